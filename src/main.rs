@@ -1,3 +1,28 @@
-mod config;
+//! `emperor`: one binary; this file only parses the command line and hands over to a role.
 
-fn main() {}
+mod cli;
+mod config;
+mod emperor;
+mod protocol;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("EMPEROR_LOG", "info"))
+        .format(|buf, record| {
+            let ts = buf.timestamp_millis();
+            writeln!(buf, "{ts} {:<5} {}", record.level(), record.args())
+        })
+        .init();
+    match cli.into_options() {
+        Ok(opts) => emperor::run(opts),
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Command line of the one `emperor` binary.
+//!
+//! Option names are uWSGI's wherever uWSGI has one (`--emperor-throttle`, `--reload-mercy`, ...), so that an
+//! operator moving from a uWSGI emperor keeps their muscle memory. Values are validated here, once, into
+//! [`EmperorOptions`]; nothing below `main` sees raw strings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Runs one app per `.ini` file found in a directory, as a plain process, binding each app's sockets itself.
+#[derive(Debug, Parser)]
+#[command(name = "emperor", version, about, long_about = None)]
+pub struct Cli {
+    /// Directory holding the vassal files (`<name>.ini`).
+    #[arg(value_name = "VASSALS_DIR", required_unless_present = "emperor")]
+    pub vassals_dir: Option<PathBuf>,
+
+    /// Same as VASSALS_DIR (uWSGI's spelling).
+    #[arg(long = "emperor", value_name = "DIR", conflicts_with = "vassals_dir")]
+    pub emperor: Option<PathBuf>,
+
+    /// Program run for vassals that have no `exec`, as `<PATH> --ini <file>`.
+    #[arg(long, value_name = "PATH", default_value = "uwsgi")]
+    pub emperor_wrapper: PathBuf,
+
+    /// Base delay in milliseconds before restarting a vassal that died before it was loyal; grows by this
+    /// much with every further such death.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub emperor_throttle: u64,
+
+    /// Upper bound of the throttle delay, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 180_000)]
+    pub emperor_max_throttle: u64,
+
+    /// A vassal that sent one heartbeat and then none for this many seconds is killed and restarted.
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    pub emperor_required_heartbeat: u64,
+
+    /// Seconds a stopping vassal gets before it is killed (its own `stop-timeout` wins).
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    pub reload_mercy: u64,
+
+    /// Seconds between safety-net rescans of the vassals directory (inotify does the real work).
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    pub emperor_freq: u64,
+
+    /// A vassal that stays up this many seconds counts as loyal even if it never says so (byte 17), so
+    /// that its next death is not throttled.
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    pub emperor_loyalty_time: u64,
+
+    /// Mode for unix sockets the emperor binds (octal, e.g. 660), unless the vassal sets `chmod-socket`.
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub chmod_socket: Option<u32>,
+
+    /// Owner for unix sockets the emperor binds, unless the vassal sets `chown-socket`.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub chown_socket: Option<String>,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 660"))
+}
+
+/// Validated emperor settings, shared read-only by every vassal actor.
+#[derive(Debug, Clone)]
+pub struct EmperorOptions {
+    pub vassals_dir: PathBuf,
+    pub wrapper: PathBuf,
+    pub throttle: Duration,
+    pub max_throttle: Duration,
+    pub heartbeat: Duration,
+    pub reload_mercy: Duration,
+    pub freq: Duration,
+    pub loyalty_time: Duration,
+    pub chmod_socket: Option<u32>,
+    pub chown_socket: Option<crate::config::Owner>,
+}
+
+impl Cli {
+    /// Turns raw arguments into options, or a message for the user.
+    pub fn into_options(self) -> Result<EmperorOptions, String> {
+        let dir = self.vassals_dir.or(self.emperor).ok_or("no vassals directory given")?;
+        let chown_socket = match &self.chown_socket {
+            Some(s) => Some(crate::config::parse_owner(s).map_err(|e| format!("--chown-socket {s:?}: {e}"))?),
+            None => None,
+        };
+        Ok(EmperorOptions {
+            vassals_dir: dir,
+            wrapper: self.emperor_wrapper,
+            throttle: Duration::from_millis(self.emperor_throttle.max(1)),
+            max_throttle: Duration::from_millis(self.emperor_max_throttle.max(self.emperor_throttle)),
+            heartbeat: Duration::from_secs(self.emperor_required_heartbeat.max(1)),
+            reload_mercy: Duration::from_secs(self.reload_mercy),
+            freq: Duration::from_secs(self.emperor_freq.max(1)),
+            loyalty_time: Duration::from_secs(self.emperor_loyalty_time),
+            chmod_socket: self.chmod_socket,
+            chown_socket,
+        })
+    }
+}

@@ -1,0 +1,663 @@
+//! The per-vassal state machine, as a pure function: `(state, event, now) → (state, actions)`.
+//!
+//! It does no I/O and reads no clock, so every transition is unit-tested without processes; the actor
+//! in `vassal.rs` feeds it events and carries out the actions. The deadline the actor sleeps until is
+//! derived from the state ([`Fsm::deadline`]), so an idle vassal costs no wake-ups at all.
+//!
+//! # States
+//! | state        | meaning |
+//! |--------------|---------|
+//! | `Waiting`    | sockets bound, no process (before the first start, after a voluntary shutdown) |
+//! | `Starting`   | process spawned, has not announced itself yet (only vassals expected to speak, i.e. uWSGI) |
+//! | `Running`    | process up; `loyal` once it sent byte 17 or stayed up `loyalty_time` |
+//! | `Reloading`  | byte 1 sent (in-place reload), waiting for the vassal to accept again |
+//! | `Stopping`   | stop requested; `then` says what follows the exit (restart, wait, finish) |
+//! | `Throttled`  | died before it was loyal; restarts at `until` |
+//! | `Invalid`    | the file has never been valid; nothing runs |
+//! | `Done`       | final; the actor releases its sockets and ends |
+//!
+//! # Transitions
+//! | from                      | event                          | to                         | actions |
+//! |---------------------------|--------------------------------|----------------------------|---------|
+//! | Waiting, Invalid          | Start                          | (same)                     | Spawn |
+//! | Waiting, Invalid          | Spawned{speaks}                | Starting if speaks, else Running | |
+//! | Waiting, Invalid          | SpawnFailed                    | Throttled(attempt+1)       | |
+//! | Starting                  | Msg ready/accepting/loyal      | Running                    | |
+//! | Starting, Running         | Msg loyal                      | Running{loyal}             | attempts = 0 |
+//! | any with a process        | Msg heartbeat                  | (same, heartbeat armed)    | |
+//! | any with a process        | Msg config request             | (same)                     | PushConfig |
+//! | Starting, Running         | Msg voluntary shutdown         | Stopping{then: Wait}       | stop |
+//! | Starting, Running         | Timer: heartbeat overdue       | (same)                     | KillGroup |
+//! | Starting, Running         | Timer: loyalty time reached    | Running{loyal}             | attempts = 0 |
+//! | Starting, Running, Reloading | Reload{in place}, speaks    | Reloading                  | Send(1) |
+//! | Starting, Running, Reloading | Reload{restart} or silent   | Stopping{then: Restart}    | stop |
+//! | Reloading                 | Msg ready/accepting/loyal      | Running                    | |
+//! | Reloading                 | Timer                          | Running                    | (warn) |
+//! | Starting, Running, Reloading | Exited, loyal               | Waiting                    | Spawn (at once) |
+//! | Starting, Running, Reloading | Exited, not loyal           | Throttled(attempt+1)       | |
+//! | Stopping                  | Exited                         | per `then`: Waiting+Spawn, Waiting, Done | |
+//! | Stopping                  | Timer (not yet killed)         | Stopping{killed}           | KillGroup |
+//! | Stopping                  | Reload                         | Stopping{then: Restart}    | |
+//! | Throttled                 | Timer, ClearThrottle, Reload   | Waiting                    | Spawn |
+//! | any with a process        | Remove, Shutdown               | Stopping{then: Finish}     | stop |
+//! | Waiting, Throttled, Invalid | Remove, Shutdown             | Done                       | Finish |
+//!
+//! "stop" means: byte 2 (graceful stop) to a vassal that speaks the uWSGI protocol, the vassal's
+//! stop signal to one that does not; `KillGroup` follows when `stop_timeout` runs out.
+//! Throttle delay after the n-th death in a row without loyalty: `min(n × throttle, max_throttle)`,
+//! uWSGI's linear growth without its 1 ms first step and its halving past the maximum.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::emperor::spawn::Exit;
+use crate::protocol::{EmperorMsg, VassalMsg};
+
+/// Timing knobs, from the command line and the vassal file.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub throttle: Duration,
+    pub max_throttle: Duration,
+    pub heartbeat: Duration,
+    pub loyalty_time: Duration,
+    pub stop_timeout: Duration,
+    pub stop_signal: Signal,
+}
+
+/// What the emperor knows about one running process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub pid: i32,
+    pub started: Instant,
+    /// It speaks the uWSGI emperor protocol: it runs through the wrapper (uWSGI) or has sent a byte.
+    pub speaks: bool,
+    pub loyal: bool,
+    pub ready: bool,
+    pub accepting: bool,
+    /// Armed by the first heartbeat, as in uWSGI.
+    pub last_heartbeat: Option<Instant>,
+}
+
+/// What follows a requested stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterStop {
+    /// Start a new process (config changed, reload of a silent vassal, restart).
+    Restart,
+    /// Keep the sockets and wait (voluntary shutdown).
+    Wait,
+    /// Release everything (file deleted, emperor shutting down).
+    Finish,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Waiting,
+    Starting(Instance),
+    Running(Instance),
+    Reloading {
+        inst: Instance,
+        deadline: Instant,
+    },
+    Stopping {
+        inst: Instance,
+        deadline: Option<Instant>,
+        then: AfterStop,
+    },
+    Throttled {
+        until: Instant,
+    },
+    Invalid {
+        error: String,
+    },
+    Done,
+}
+
+impl State {
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Waiting => "waiting",
+            State::Starting(_) => "starting",
+            State::Running(_) => "running",
+            State::Reloading { .. } => "reloading",
+            State::Stopping { .. } => "stopping",
+            State::Throttled { .. } => "throttled",
+            State::Invalid { .. } => "invalid",
+            State::Done => "done",
+        }
+    }
+
+    pub fn instance(&self) -> Option<&Instance> {
+        match self {
+            State::Starting(i) | State::Running(i) => Some(i),
+            State::Reloading { inst, .. } | State::Stopping { inst, .. } => Some(inst),
+            _ => None,
+        }
+    }
+
+    fn instance_mut(&mut self) -> Option<&mut Instance> {
+        match self {
+            State::Starting(i) | State::Running(i) => Some(i),
+            State::Reloading { inst, .. } | State::Stopping { inst, .. } => Some(inst),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A valid config is present; start if nothing runs.
+    Start,
+    Spawned {
+        pid: i32,
+        speaks: bool,
+    },
+    SpawnFailed,
+    Msg(VassalMsg),
+    Exited(Exit),
+    /// The deadline from [`Fsm::deadline`] passed.
+    Timer,
+    /// The file changed (`restart`: its `[emperor]` section changed) or SIGHUP (`restart: false`).
+    Reload {
+        restart: bool,
+    },
+    Remove,
+    Shutdown,
+    ClearThrottle,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Spawn,
+    Send(EmperorMsg),
+    Signal(Signal),
+    KillGroup,
+    PushConfig,
+    Finish,
+    Log(log::Level, String),
+}
+
+#[derive(Debug)]
+pub struct Fsm {
+    pub state: State,
+    pub params: Params,
+    /// Deaths in a row before loyalty; drives the throttle.
+    pub attempts: u32,
+    /// Processes started after the first one.
+    pub restarts: u32,
+    started_once: bool,
+}
+
+impl Fsm {
+    pub fn new(params: Params) -> Self {
+        Fsm {
+            state: State::Waiting,
+            params,
+            attempts: 0,
+            restarts: 0,
+            started_once: false,
+        }
+    }
+
+    /// When the actor must feed [`Event::Timer`], if ever.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::Throttled { until } => Some(*until),
+            State::Stopping { deadline, .. } => *deadline,
+            State::Reloading { deadline, .. } => Some(*deadline),
+            State::Starting(i) | State::Running(i) => {
+                let hb = i.last_heartbeat.map(|t| t + self.params.heartbeat);
+                let loyalty = (!i.loyal).then(|| i.started + self.params.loyalty_time);
+                match (hb, loyalty) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The throttle delay for the current attempt count.
+    pub fn throttle_delay(&self) -> Duration {
+        self.params
+            .throttle
+            .saturating_mul(self.attempts.max(1))
+            .min(self.params.max_throttle)
+    }
+
+    fn stop(&mut self, inst: Instance, then: AfterStop, now: Instant, acts: &mut Vec<Action>) {
+        acts.push(if inst.speaks {
+            Action::Send(EmperorMsg::GracefulStop)
+        } else {
+            Action::Signal(self.params.stop_signal)
+        });
+        self.state = State::Stopping {
+            inst,
+            deadline: Some(now + self.params.stop_timeout),
+            then,
+        };
+    }
+
+    fn spawn(&mut self, acts: &mut Vec<Action>) {
+        self.state = State::Waiting;
+        acts.push(Action::Spawn);
+    }
+
+    fn died(&mut self, inst: Instance, exit: Exit, now: Instant, acts: &mut Vec<Action>) {
+        let loyal = inst.loyal || now.duration_since(inst.started) >= self.params.loyalty_time;
+        if loyal {
+            self.attempts = 0;
+            acts.push(Action::Log(log::Level::Warn, format!("exited {exit}; restarting")));
+            self.spawn(acts);
+        } else {
+            self.attempts += 1;
+            let delay = self.throttle_delay();
+            acts.push(Action::Log(
+                log::Level::Warn,
+                format!(
+                    "exited {exit} before it was loyal; throttled: next start in {:.1}s (attempt {})",
+                    delay.as_secs_f64(),
+                    self.attempts
+                ),
+            ));
+            self.state = State::Throttled { until: now + delay };
+        }
+    }
+
+    /// Feeds one event; returns what the actor must do, in order.
+    pub fn on_event(&mut self, ev: Event, now: Instant) -> Vec<Action> {
+        let mut acts = Vec::new();
+        let state = std::mem::replace(&mut self.state, State::Done);
+        self.state = state.clone();
+        match (state, ev) {
+            (State::Done, _) => {}
+
+            // No process.
+            (State::Waiting | State::Invalid { .. }, Event::Start | Event::Reload { .. }) => self.spawn(&mut acts),
+            (State::Waiting | State::Invalid { .. }, Event::Spawned { pid, speaks }) => {
+                if self.started_once {
+                    self.restarts += 1;
+                }
+                self.started_once = true;
+                let inst = Instance {
+                    pid,
+                    started: now,
+                    speaks,
+                    loyal: false,
+                    ready: false,
+                    accepting: false,
+                    last_heartbeat: None,
+                };
+                self.state = if speaks {
+                    State::Starting(inst)
+                } else {
+                    State::Running(inst)
+                };
+            }
+            (State::Waiting | State::Invalid { .. }, Event::SpawnFailed) => {
+                self.attempts += 1;
+                let delay = self.throttle_delay();
+                acts.push(Action::Log(
+                    log::Level::Warn,
+                    format!(
+                        "throttled: next start in {:.1}s (attempt {})",
+                        delay.as_secs_f64(),
+                        self.attempts
+                    ),
+                ));
+                self.state = State::Throttled { until: now + delay };
+            }
+            (State::Throttled { .. }, Event::Timer) => self.spawn(&mut acts),
+            (State::Throttled { .. }, Event::ClearThrottle | Event::Reload { .. } | Event::Start) => {
+                self.attempts = 0;
+                self.spawn(&mut acts);
+            }
+            (State::Waiting | State::Throttled { .. } | State::Invalid { .. }, Event::Remove | Event::Shutdown) => {
+                self.state = State::Done;
+                acts.push(Action::Finish);
+            }
+            (_, Event::ClearThrottle) => self.attempts = 0,
+
+            // Messages from a live process.
+            (st, Event::Msg(msg)) if st.instance().is_some() => self.on_msg(st, msg, now, &mut acts),
+
+            // Timers with a live process.
+            (State::Starting(mut inst) | State::Running(mut inst), Event::Timer) => {
+                if inst.last_heartbeat.is_some_and(|t| now >= t + self.params.heartbeat) {
+                    acts.push(Action::Log(
+                        log::Level::Warn,
+                        format!(
+                            "sent no heartbeat in the last {}s; killing it",
+                            self.params.heartbeat.as_secs()
+                        ),
+                    ));
+                    acts.push(Action::KillGroup);
+                    inst.last_heartbeat = None;
+                }
+                if !inst.loyal && now >= inst.started + self.params.loyalty_time {
+                    inst.loyal = true;
+                    self.attempts = 0;
+                    acts.push(Action::Log(log::Level::Debug, "up long enough: loyal".into()));
+                }
+                self.state = State::Running(inst);
+            }
+            (State::Reloading { inst, .. }, Event::Timer) => {
+                acts.push(Action::Log(
+                    log::Level::Warn,
+                    "did not confirm its reload in time; treating it as running".into(),
+                ));
+                self.state = State::Running(inst);
+            }
+            (
+                State::Stopping {
+                    inst,
+                    deadline: Some(_),
+                    then,
+                },
+                Event::Timer,
+            ) => {
+                acts.push(Action::Log(
+                    log::Level::Warn,
+                    format!(
+                        "did not stop within {:.1}s; killing it",
+                        self.params.stop_timeout.as_secs_f64()
+                    ),
+                ));
+                acts.push(Action::KillGroup);
+                self.state = State::Stopping {
+                    inst,
+                    deadline: None,
+                    then,
+                };
+            }
+
+            // Reloads.
+            (
+                State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. },
+                Event::Reload { restart },
+            ) => {
+                if inst.speaks && !restart {
+                    acts.push(Action::Log(log::Level::Info, "reloading (in place)".into()));
+                    acts.push(Action::Send(EmperorMsg::Reload));
+                    let inst = Instance {
+                        ready: false,
+                        accepting: false,
+                        ..inst
+                    };
+                    self.state = State::Reloading {
+                        inst,
+                        deadline: now + self.params.stop_timeout,
+                    };
+                } else {
+                    acts.push(Action::Log(log::Level::Info, "reloading (new process)".into()));
+                    self.stop(inst, AfterStop::Restart, now, &mut acts);
+                }
+            }
+            (
+                State::Stopping {
+                    inst,
+                    deadline,
+                    then: AfterStop::Wait | AfterStop::Finish,
+                },
+                Event::Reload { .. } | Event::Start,
+            ) => {
+                self.state = State::Stopping {
+                    inst,
+                    deadline,
+                    then: AfterStop::Restart,
+                };
+            }
+
+            // Stop requests.
+            (
+                State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. },
+                Event::Remove | Event::Shutdown,
+            ) => {
+                acts.push(Action::Log(log::Level::Info, "stopping".into()));
+                self.stop(inst, AfterStop::Finish, now, &mut acts);
+            }
+            (State::Stopping { inst, deadline, .. }, Event::Remove | Event::Shutdown) => {
+                self.state = State::Stopping {
+                    inst,
+                    deadline,
+                    then: AfterStop::Finish,
+                };
+            }
+
+            // Exits.
+            (State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. }, Event::Exited(exit)) => {
+                self.died(inst, exit, now, &mut acts)
+            }
+            (State::Stopping { then, .. }, Event::Exited(exit)) => {
+                acts.push(Action::Log(log::Level::Info, format!("exited {exit}")));
+                match then {
+                    AfterStop::Restart => self.spawn(&mut acts),
+                    AfterStop::Wait => self.state = State::Waiting,
+                    AfterStop::Finish => {
+                        self.state = State::Done;
+                        acts.push(Action::Finish);
+                    }
+                }
+            }
+
+            // Everything else changes nothing (e.g. Start while running, Timer without deadline).
+            _ => {}
+        }
+        acts
+    }
+
+    fn on_msg(&mut self, mut st: State, msg: VassalMsg, now: Instant, acts: &mut Vec<Action>) {
+        let Some(inst) = st.instance_mut() else { return };
+        inst.speaks = true;
+        match msg {
+            VassalMsg::Ready => {
+                inst.ready = true;
+                acts.push(Action::Log(log::Level::Info, "ready".into()));
+            }
+            VassalMsg::Accepting => {
+                inst.accepting = true;
+                acts.push(Action::Log(log::Level::Info, "accepting".into()));
+            }
+            VassalMsg::Loyal => {
+                if !inst.loyal {
+                    acts.push(Action::Log(log::Level::Info, "loyal".into()));
+                }
+                inst.loyal = true;
+                self.attempts = 0;
+            }
+            VassalMsg::Heartbeat => inst.last_heartbeat = Some(now),
+            VassalMsg::ConfigRequest => acts.push(Action::PushConfig),
+            VassalMsg::VoluntaryShutdown => {}
+            VassalMsg::Sos | VassalMsg::Unknown(_) => {
+                acts.push(Action::Log(log::Level::Debug, format!("ignoring message {msg:?}")));
+            }
+        }
+        let announces = matches!(msg, VassalMsg::Ready | VassalMsg::Accepting | VassalMsg::Loyal);
+        match st {
+            State::Starting(inst) | State::Running(inst) if msg == VassalMsg::VoluntaryShutdown => {
+                acts.push(Action::Log(log::Level::Info, "voluntary shutdown; waiting".into()));
+                self.stop(inst, AfterStop::Wait, now, acts);
+            }
+            State::Starting(inst) if announces => self.state = State::Running(inst),
+            State::Reloading { inst, .. } if announces => self.state = State::Running(inst),
+            other => self.state = other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> Params {
+        Params {
+            throttle: Duration::from_millis(1000),
+            max_throttle: Duration::from_millis(3500),
+            heartbeat: Duration::from_secs(30),
+            loyalty_time: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(5),
+            stop_signal: Signal::SIGTERM,
+        }
+    }
+
+    fn running(speaks: bool) -> (Fsm, Instant) {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(params());
+        assert_eq!(f.on_event(Event::Start, t0), vec![Action::Spawn]);
+        f.on_event(Event::Spawned { pid: 42, speaks }, t0);
+        (f, t0)
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn silent_vassal_runs_at_once_uwsgi_waits_for_ready() {
+        let (f, _) = running(false);
+        assert_eq!(f.state.name(), "running");
+        let (mut f, t0) = running(true);
+        assert_eq!(f.state.name(), "starting");
+        f.on_event(Event::Msg(VassalMsg::Ready), t0);
+        assert_eq!(f.state.name(), "running");
+    }
+
+    #[test]
+    fn unloyal_deaths_throttle_linearly_up_to_max() {
+        let (mut f, t0) = running(false);
+        let mut now = t0;
+        let mut delays = vec![];
+        for _ in 0..5 {
+            f.on_event(Event::Exited(Exit::Code(1)), now);
+            let State::Throttled { until } = f.state else {
+                panic!("{:?}", f.state)
+            };
+            delays.push(until - now);
+            now = until;
+            assert_eq!(f.on_event(Event::Timer, now), vec![Action::Spawn]);
+            f.on_event(Event::Spawned { pid: 43, speaks: false }, now);
+        }
+        assert_eq!(
+            delays,
+            vec![
+                secs(1),
+                secs(2),
+                secs(3),
+                Duration::from_millis(3500),
+                Duration::from_millis(3500)
+            ]
+        );
+        assert_eq!(f.restarts, 5);
+    }
+
+    #[test]
+    fn loyal_death_restarts_at_once_and_resets_throttle() {
+        let (mut f, t0) = running(true);
+        f.attempts = 3;
+        f.on_event(Event::Msg(VassalMsg::Loyal), t0);
+        assert_eq!(f.attempts, 0);
+        let acts = f.on_event(Event::Exited(Exit::Signal(Signal::SIGSEGV)), t0 + secs(1));
+        assert!(acts.contains(&Action::Spawn));
+    }
+
+    #[test]
+    fn staying_up_makes_a_silent_vassal_loyal() {
+        let (mut f, t0) = running(false);
+        assert_eq!(f.deadline(), Some(t0 + secs(10)));
+        f.on_event(Event::Timer, t0 + secs(10));
+        assert!(f.state.instance().unwrap().loyal);
+        assert_eq!(f.deadline(), None, "an idle loyal vassal needs no wake-up");
+        let acts = f.on_event(Event::Exited(Exit::Code(0)), t0 + secs(20));
+        assert!(acts.contains(&Action::Spawn));
+    }
+
+    #[test]
+    fn reload_in_place_for_speakers_restart_for_silent() {
+        let (mut f, t0) = running(true);
+        f.on_event(Event::Msg(VassalMsg::Accepting), t0);
+        let acts = f.on_event(Event::Reload { restart: false }, t0);
+        assert!(acts.contains(&Action::Send(EmperorMsg::Reload)));
+        assert_eq!(f.state.name(), "reloading");
+        f.on_event(Event::Msg(VassalMsg::Accepting), t0);
+        assert_eq!(f.state.name(), "running");
+
+        let acts = f.on_event(Event::Reload { restart: true }, t0);
+        assert!(acts.contains(&Action::Send(EmperorMsg::GracefulStop)));
+        assert!(matches!(
+            f.state,
+            State::Stopping {
+                then: AfterStop::Restart,
+                ..
+            }
+        ));
+        assert!(f.on_event(Event::Exited(Exit::Code(0)), t0).contains(&Action::Spawn));
+
+        let (mut f, t0) = running(false);
+        let acts = f.on_event(Event::Reload { restart: false }, t0);
+        assert!(acts.contains(&Action::Signal(Signal::SIGTERM)));
+    }
+
+    #[test]
+    fn stop_escalates_to_kill_after_timeout() {
+        let (mut f, t0) = running(false);
+        f.on_event(Event::Remove, t0);
+        assert_eq!(f.deadline(), Some(t0 + secs(5)));
+        let acts = f.on_event(Event::Timer, t0 + secs(5));
+        assert!(acts.contains(&Action::KillGroup));
+        assert_eq!(f.deadline(), None);
+        let acts = f.on_event(Event::Exited(Exit::Signal(Signal::SIGKILL)), t0 + secs(5));
+        assert!(acts.contains(&Action::Finish));
+        assert_eq!(f.state, State::Done);
+    }
+
+    #[test]
+    fn file_back_while_stopping_restarts() {
+        let (mut f, t0) = running(false);
+        f.on_event(Event::Remove, t0);
+        f.on_event(Event::Reload { restart: true }, t0);
+        assert!(f.on_event(Event::Exited(Exit::Code(0)), t0).contains(&Action::Spawn));
+    }
+
+    #[test]
+    fn heartbeat_is_armed_by_the_first_one() {
+        let (mut f, t0) = running(true);
+        f.on_event(Event::Msg(VassalMsg::Loyal), t0);
+        assert_eq!(f.deadline(), None);
+        f.on_event(Event::Msg(VassalMsg::Heartbeat), t0 + secs(1));
+        assert_eq!(f.deadline(), Some(t0 + secs(31)));
+        let acts = f.on_event(Event::Timer, t0 + secs(31));
+        assert!(acts.contains(&Action::KillGroup));
+    }
+
+    #[test]
+    fn voluntary_shutdown_stops_and_waits() {
+        let (mut f, t0) = running(true);
+        let acts = f.on_event(Event::Msg(VassalMsg::VoluntaryShutdown), t0);
+        assert!(acts.contains(&Action::Send(EmperorMsg::GracefulStop)));
+        f.on_event(Event::Exited(Exit::Code(0)), t0);
+        assert_eq!(f.state, State::Waiting);
+    }
+
+    #[test]
+    fn clear_throttle_starts_now_and_config_request_pushes() {
+        let (mut f, t0) = running(false);
+        f.on_event(Event::Exited(Exit::Code(1)), t0);
+        assert_eq!(f.on_event(Event::ClearThrottle, t0), vec![Action::Spawn]);
+        assert_eq!(f.attempts, 0);
+        let (mut f, t0) = running(true);
+        assert_eq!(
+            f.on_event(Event::Msg(VassalMsg::ConfigRequest), t0),
+            vec![Action::PushConfig]
+        );
+    }
+
+    #[test]
+    fn spawn_failure_throttles_and_shutdown_finishes() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(params());
+        f.on_event(Event::Start, t0);
+        f.on_event(Event::SpawnFailed, t0);
+        assert_eq!(f.state, State::Throttled { until: t0 + secs(1) });
+        assert_eq!(f.on_event(Event::Shutdown, t0), vec![Action::Finish]);
+    }
+}

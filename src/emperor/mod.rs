@@ -1,0 +1,258 @@
+//! The emperor role: watch a directory of vassal files and keep one vassal running per valid file.
+//!
+//! # Theory of operation
+//! * **One thread, many actors.** The emperor runs a current-thread tokio runtime. Each vassal is an
+//!   actor task (`vassal.rs`) that owns the vassal's sockets, process and control channel and drives a
+//!   pure state machine (`fsm.rs`). Single-threaded on purpose: forking happens only on this thread,
+//!   which lives as long as the emperor, so `PR_SET_PDEATHSIG` means "the emperor died" (style guide
+//!   §2), and no per-vassal locking exists.
+//! * **The main loop** (this file) only routes: inotify events and a slow rescan feed `scan.rs`, whose
+//!   diff becomes `Update`/`Remove` commands; signals become broadcast commands. It parses a vassal
+//!   file once per change, so a broken file is reported exactly once per change.
+//! * **Nothing polls per vassal.** An idle vassal's actor sleeps on its channels and on a deadline
+//!   derived from its state; with a loyal vassal and no heartbeat there is no deadline at all. The
+//!   only periodic work is the directory rescan every `--emperor-freq` seconds.
+//! * **Isolation.** Errors inside an actor are logged with the vassal's name and handled there; only
+//!   a missing vassals directory or failing signal setup stops the emperor.
+//! * **Shutdown** (SIGTERM/SIGINT/SIGQUIT): every actor gets `Shutdown`, stops its vassal gracefully
+//!   (then SIGKILL after its stop timeout), releases its sockets and reports done; the emperor exits
+//!   0 when the last one has.
+
+pub mod fsm;
+mod output;
+mod scan;
+mod sockets;
+pub mod spawn;
+mod vassal;
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use inotify::{Inotify, WatchMask};
+use log::{error, info, warn};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::cli::EmperorOptions;
+use crate::config;
+use scan::{Change, Snapshot};
+use vassal::{Command, VassalHandle};
+
+/// How long the main loop waits after the first inotify event before scanning, to coalesce a burst.
+const DEBOUNCE: Duration = Duration::from_millis(10);
+
+/// Runs the emperor until it is told to stop. Returns the process exit code.
+pub fn run(mut opts: EmperorOptions) -> ExitCode {
+    spawn::mark_inherited_fds_cloexec();
+    opts.vassals_dir = match std::fs::canonicalize(&opts.vassals_dir) {
+        Ok(d) if d.is_dir() => d,
+        Ok(d) => return fatal(&format!("{} is not a directory", d.display())),
+        Err(e) => {
+            return fatal(&format!(
+                "cannot open the vassals directory {}: {e}",
+                opts.vassals_dir.display()
+            ));
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fatal(&format!("cannot start the runtime: {e}")),
+    };
+    let local = tokio::task::LocalSet::new();
+    match local.block_on(&rt, Emperor::new(opts).run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fatal(&e),
+    }
+}
+
+fn fatal(msg: &str) -> ExitCode {
+    error!("{msg}");
+    ExitCode::FAILURE
+}
+
+struct Emperor {
+    opts: Arc<EmperorOptions>,
+    snapshot: Snapshot,
+    vassals: HashMap<String, VassalHandle>,
+    /// Every actor task; a finished (or, by a bug, panicked) actor is noticed here.
+    actors: JoinSet<String>,
+    /// The last scan error, so that a vanished directory is reported once, not every rescan.
+    scan_error: Option<String>,
+}
+
+impl Emperor {
+    fn new(opts: EmperorOptions) -> Self {
+        Emperor {
+            opts: Arc::new(opts),
+            snapshot: Snapshot::new(),
+            vassals: HashMap::new(),
+            actors: JoinSet::new(),
+            scan_error: None,
+        }
+    }
+
+    async fn run(mut self) -> Result<(), String> {
+        let sig = |kind: SignalKind| signal(kind).map_err(|e| format!("cannot install signal handlers: {e}"));
+        let (mut term, mut int, mut quit) = (
+            sig(SignalKind::terminate())?,
+            sig(SignalKind::interrupt())?,
+            sig(SignalKind::quit())?,
+        );
+        let (mut hup, mut usr1) = (sig(SignalKind::hangup())?, sig(SignalKind::user_defined1())?);
+        let mut urg = sig(SignalKind::from_raw(libc::SIGURG))?;
+
+        let dir = self.opts.vassals_dir.clone();
+        let inotify = Inotify::init().map_err(|e| format!("cannot start inotify: {e}"))?;
+        inotify
+            .watches()
+            .add(
+                &dir,
+                WatchMask::CREATE
+                    | WatchMask::CLOSE_WRITE
+                    | WatchMask::ATTRIB
+                    | WatchMask::DELETE
+                    | WatchMask::MOVED_FROM
+                    | WatchMask::MOVED_TO
+                    | WatchMask::DELETE_SELF
+                    | WatchMask::MOVE_SELF
+                    | WatchMask::ONLYDIR,
+            )
+            .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        let mut events = inotify
+            .into_event_stream([0u8; 4096])
+            .map_err(|e| format!("cannot read inotify events: {e}"))?;
+
+        self.rescan();
+        info!("watching {} ({} vassals)", dir.display(), self.vassals.len());
+
+        let mut rescan = tokio::time::interval_at(Instant::now() + self.opts.freq, self.opts.freq);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut scan_at: Option<Instant> = None;
+        let mut shutting_down = false;
+        use futures_util::StreamExt;
+        loop {
+            tokio::select! {
+                ev = events.next(), if !shutting_down => match ev {
+                    Some(Ok(ev)) => {
+                        let relevant = ev.name.as_ref().is_none_or(|n| n.to_str().is_some_and(scan::is_vassal_name));
+                        if relevant && scan_at.is_none() {
+                            scan_at = Some(Instant::now() + DEBOUNCE);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        warn!("inotify: {e}; rescanning");
+                        scan_at = Some(Instant::now());
+                    }
+                    None => return Err("the inotify stream ended".into()),
+                },
+                _ = sleep_until(scan_at), if scan_at.is_some() && !shutting_down => {
+                    scan_at = None;
+                    self.rescan();
+                }
+                _ = rescan.tick(), if !shutting_down => self.rescan(),
+                _ = term.recv() => shutting_down = self.begin_shutdown("SIGTERM"),
+                _ = int.recv() => shutting_down = self.begin_shutdown("SIGINT"),
+                _ = quit.recv() => shutting_down = self.begin_shutdown("SIGQUIT"),
+                _ = hup.recv(), if !shutting_down => {
+                    info!("SIGHUP: reloading every vassal");
+                    self.rescan();
+                    self.broadcast(|| Command::Reload);
+                }
+                _ = usr1.recv() => {
+                    info!("status: {} vassals, watching {}", self.vassals.len(), dir.display());
+                    self.broadcast(|| Command::Status);
+                }
+                _ = urg.recv() => {
+                    info!("SIGURG: clearing the throttle of every vassal");
+                    self.broadcast(|| Command::ClearThrottle);
+                }
+                Some(res) = self.actors.join_next_with_id() => {
+                    let id = match &res {
+                        Ok((id, _)) => *id,
+                        Err(e) => e.id(),
+                    };
+                    if let Err(e) = &res {
+                        error!("a vassal actor failed (this is a bug): {e}");
+                    }
+                    self.vassals.retain(|_, h| h.task != id);
+                }
+            }
+            if shutting_down && self.vassals.is_empty() {
+                info!("every vassal has stopped; bye");
+                return Ok(());
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, signame: &str) -> bool {
+        info!("{signame}: stopping {} vassals", self.vassals.len());
+        self.broadcast(|| Command::Shutdown);
+        true
+    }
+
+    fn broadcast(&self, cmd: impl Fn() -> Command) {
+        for h in self.vassals.values() {
+            let _ = h.tx.send(cmd());
+        }
+    }
+
+    /// Scans the directory and turns the differences into commands.
+    fn rescan(&mut self) {
+        let dir = self.opts.vassals_dir.clone();
+        let new = match scan::scan(&dir) {
+            Ok(s) => {
+                if self.scan_error.take().is_some() {
+                    info!("{} is readable again", dir.display());
+                }
+                s
+            }
+            Err(e) => {
+                let msg = format!("cannot scan {}: {e}; vassals keep running as they are", dir.display());
+                if self.scan_error.as_deref() != Some(&msg) {
+                    error!("{msg}");
+                    self.scan_error = Some(msg);
+                }
+                return;
+            }
+        };
+        for change in scan::diff(&self.snapshot, &new) {
+            match change {
+                Change::Added(name) | Change::Changed(name) => {
+                    let cfg = config::load(&dir.join(&name), &dir).map(Arc::new).map_err(Arc::new);
+                    self.send(name, Command::Update(cfg));
+                }
+                Change::Removed(name) => {
+                    if let Some(h) = self.vassals.get(&name) {
+                        let _ = h.tx.send(Command::Remove);
+                    }
+                }
+            }
+        }
+        self.snapshot = new;
+    }
+
+    /// Sends to the vassal's actor, starting one if there is none (or only a finished one).
+    fn send(&mut self, name: String, cmd: Command) {
+        let cmd = match self.vassals.get(&name) {
+            Some(h) => match h.tx.send(cmd) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(cmd)) => cmd,
+            },
+            None => cmd,
+        };
+        let h = vassal::start(name.clone(), self.opts.clone(), &mut self.actors);
+        let _ = h.tx.send(cmd);
+        self.vassals.insert(name, h);
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

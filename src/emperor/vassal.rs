@@ -1,0 +1,420 @@
+//! One actor per vassal: a tokio task that owns the vassal's sockets, process and control channel.
+//!
+//! The actor is the thin, effectful shell around the pure state machine in `fsm.rs`: it turns the
+//! world (commands from the main loop, bytes on the control channel, the process's exit, the
+//! state's deadline) into [`Event`]s and carries out the [`Action`]s that come back. A failure here
+//! (a socket that cannot be bound, a command that cannot be executed) is logged with the vassal's
+//! name and becomes an event for this vassal only; it never reaches the emperor or another vassal.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use log::{debug, error, info, log, warn};
+use nix::sys::signal::Signal;
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::fsm::{Action, Event, Fsm, Params, State};
+use super::output;
+use super::sockets::{self, BoundSocket, SocketOptions};
+use super::spawn::{self, Child, Exit, SpawnRequest};
+use crate::cli::EmperorOptions;
+use crate::config::{ConfigError, VassalConfig};
+use crate::protocol::{EmperorMsg, VassalMsg};
+
+/// What the main loop tells an actor.
+#[derive(Debug)]
+pub enum Command {
+    /// The file was added or changed; parsed once by the main loop.
+    Update(Result<Arc<VassalConfig>, Arc<ConfigError>>),
+    /// The file is gone.
+    Remove,
+    /// The emperor is stopping.
+    Shutdown,
+    /// SIGHUP.
+    Reload,
+    /// SIGURG.
+    ClearThrottle,
+    /// SIGUSR1: log one status line.
+    Status,
+}
+
+/// The main loop's end of an actor.
+#[derive(Debug)]
+pub struct VassalHandle {
+    pub tx: mpsc::UnboundedSender<Command>,
+    /// Identifies the actor's task in the emperor's `JoinSet`, also when it panicked.
+    pub task: tokio::task::Id,
+}
+
+/// Starts the actor for `name` in `set`; the task returns the name once it has released everything.
+pub fn start(name: String, opts: Arc<EmperorOptions>, set: &mut JoinSet<String>) -> VassalHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let params = params_for(&opts, None);
+    let actor = Actor {
+        name,
+        opts,
+        config: None,
+        fsm: Fsm::new(params),
+        sockets: Vec::new(),
+        proc: None,
+    };
+    let task = set.spawn_local(actor.run(rx));
+    VassalHandle { tx, task: task.id() }
+}
+
+fn params_for(opts: &EmperorOptions, cfg: Option<&VassalConfig>) -> Params {
+    Params {
+        throttle: opts.throttle,
+        max_throttle: opts.max_throttle,
+        heartbeat: opts.heartbeat,
+        loyalty_time: opts.loyalty_time,
+        stop_timeout: cfg.and_then(|c| c.stop_timeout).unwrap_or(opts.reload_mercy),
+        stop_signal: cfg.and_then(|c| c.stop_signal).unwrap_or(Signal::SIGTERM),
+    }
+}
+
+/// A live vassal process and the emperor's ends of its channels.
+#[derive(Debug)]
+struct Proc {
+    child: Child,
+    /// `None` once the vassal closed its end (it may still be alive).
+    control: Option<UnixStream>,
+}
+
+#[derive(Debug)]
+struct Actor {
+    name: String,
+    opts: Arc<EmperorOptions>,
+    /// The last config that parsed; a later broken edit does not replace it.
+    config: Option<Arc<VassalConfig>>,
+    fsm: Fsm,
+    /// Bound once, kept across restarts and reloads, released on Finish.
+    sockets: Vec<BoundSocket>,
+    proc: Option<Proc>,
+}
+
+/// What woke the actor.
+enum Wake {
+    Command(Option<Command>),
+    Exited(std::io::Result<Exit>),
+    Control(Vec<u8>),
+    Timer,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) -> String {
+        while self.fsm.state != State::Done {
+            let deadline = self.fsm.deadline();
+            let wake = {
+                let (child, control) = match &mut self.proc {
+                    Some(p) => (Some(&mut p.child), p.control.as_mut()),
+                    None => (None, None),
+                };
+                tokio::select! {
+                    cmd = rx.recv() => Wake::Command(cmd),
+                    res = wait_child(child) => Wake::Exited(res),
+                    bytes = read_control(control) => Wake::Control(bytes),
+                    _ = sleep_until(deadline), if deadline.is_some() => Wake::Timer,
+                }
+            };
+            let events = match wake {
+                Wake::Command(Some(cmd)) => self.command(cmd),
+                // The main loop is gone: behave as on shutdown.
+                Wake::Command(None) => vec![Event::Shutdown],
+                Wake::Exited(res) => {
+                    self.proc = None;
+                    match res {
+                        Ok(exit) => vec![Event::Exited(exit)],
+                        Err(e) => {
+                            error!("[{}] cannot wait for the vassal: {e}", self.name);
+                            vec![Event::Exited(Exit::Code(-1))]
+                        }
+                    }
+                }
+                Wake::Control(bytes) if bytes.is_empty() => {
+                    debug!("[{}] closed its emperor channel", self.name);
+                    if let Some(p) = &mut self.proc {
+                        p.control = None;
+                    }
+                    vec![]
+                }
+                Wake::Control(bytes) => bytes.into_iter().map(|b| Event::Msg(VassalMsg::from(b))).collect(),
+                Wake::Timer => vec![Event::Timer],
+            };
+            for ev in events {
+                self.feed(ev);
+            }
+        }
+        for s in self.sockets.drain(..) {
+            s.release();
+        }
+        self.name
+    }
+
+    /// Feeds an event and runs the resulting actions, which may produce further events (a spawn's outcome).
+    fn feed(&mut self, ev: Event) {
+        let mut queue = vec![ev];
+        while let Some(ev) = queue.pop() {
+            for act in self.fsm.on_event(ev, Instant::now()) {
+                if let Some(next) = self.act(act) {
+                    queue.push(next);
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) -> Vec<Event> {
+        match cmd {
+            Command::Update(Ok(cfg)) => {
+                self.fsm.params = params_for(&self.opts, Some(&cfg));
+                let restart = self
+                    .config
+                    .as_ref()
+                    .is_none_or(|old| old.emperor_hash != cfg.emperor_hash);
+                let first = self.config.is_none();
+                self.config = Some(cfg);
+                if first {
+                    vec![Event::Start]
+                } else {
+                    vec![Event::Reload { restart }]
+                }
+            }
+            Command::Update(Err(e)) => {
+                for line in e.to_string().lines() {
+                    error!("[{}] {line}", self.name);
+                }
+                if self.config.is_some() {
+                    warn!(
+                        "[{}] keeping the current instance on its last good config until the file is fixed",
+                        self.name
+                    );
+                } else if self.fsm.state.instance().is_none() {
+                    self.fsm.state = State::Invalid { error: e.to_string() };
+                }
+                vec![]
+            }
+            Command::Remove => vec![Event::Remove],
+            Command::Shutdown => vec![Event::Shutdown],
+            Command::Reload if self.config.is_some() => vec![Event::Reload { restart: false }],
+            Command::Reload => vec![],
+            Command::ClearThrottle => vec![Event::ClearThrottle],
+            Command::Status => {
+                self.log_status();
+                vec![]
+            }
+        }
+    }
+
+    fn log_status(&self) {
+        let inst = self.fsm.state.instance();
+        let pid = inst.map_or("-".to_string(), |i| i.pid.to_string());
+        let next = match &self.fsm.state {
+            State::Throttled { until } => {
+                format!(
+                    " next_start_in={:.1}s",
+                    until.saturating_duration_since(Instant::now()).as_secs_f64()
+                )
+            }
+            State::Invalid { error } => format!(" error={:?}", error.lines().next().unwrap_or("")),
+            _ => String::new(),
+        };
+        info!(
+            "[{}] status: state={} pid={pid} loyal={} restarts={} throttle_attempts={}{next}",
+            self.name,
+            self.fsm.state.name(),
+            u8::from(inst.is_some_and(|i| i.loyal)),
+            self.fsm.restarts,
+            self.fsm.attempts,
+        );
+    }
+
+    fn act(&mut self, act: Action) -> Option<Event> {
+        match act {
+            Action::Spawn => Some(match self.spawn() {
+                Ok(ev) => ev,
+                Err(e) => {
+                    error!("[{}] cannot start: {e}", self.name);
+                    Event::SpawnFailed
+                }
+            }),
+            Action::Send(msg) => {
+                self.send(msg);
+                None
+            }
+            Action::Signal(sig) => {
+                if let Some(p) = &self.proc {
+                    p.child.signal(sig);
+                }
+                None
+            }
+            Action::KillGroup => {
+                if let Some(p) = &self.proc {
+                    p.child.kill_group();
+                }
+                None
+            }
+            Action::PushConfig => {
+                // Only vassals given a config channel ever ask; process vassals read their file themselves.
+                debug!("[{}] asked for its config, but it has no config channel", self.name);
+                None
+            }
+            Action::Finish => {
+                info!("[{}] removed", self.name);
+                None
+            }
+            Action::Log(level, msg) => {
+                log!(level, "[{}] {msg}", self.name);
+                None
+            }
+        }
+    }
+
+    fn send(&mut self, msg: EmperorMsg) {
+        let Some(control) = self.proc.as_mut().and_then(|p| p.control.as_mut()) else {
+            return;
+        };
+        if let Err(e) = control.try_write(&[msg.byte()]) {
+            debug!("[{}] cannot send {msg:?}: {e}", self.name);
+        }
+    }
+
+    /// Binds what is missing, releases what is no longer declared, then forks the vassal.
+    fn spawn(&mut self) -> Result<Event, String> {
+        let cfg = self.config.clone().ok_or("no valid config")?;
+        self.reconcile_sockets(&cfg)?;
+
+        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+            .map_err(|e| format!("cannot create the control channel: {e}"))?;
+        let control = control_stream(ours).map_err(|e| format!("cannot set up the control channel: {e}"))?;
+        let (out_rx, out_w) = output::pipe().map_err(|e| format!("cannot create the output pipe: {e}"))?;
+
+        let (argv, speaks) = match &cfg.exec {
+            Some(argv) => (argv.clone(), false),
+            None => (
+                vec![
+                    self.opts.wrapper.to_string_lossy().into_owned(),
+                    "--ini".into(),
+                    cfg.name.clone(),
+                ],
+                true,
+            ),
+        };
+        let cwd = cfg.chdir.clone().unwrap_or_else(|| self.opts.vassals_dir.clone());
+        let default_name = fd_name(&self.name);
+        let req = SpawnRequest {
+            argv: &argv,
+            env: cfg.env.clone(),
+            cwd: &cwd,
+            sockets: self
+                .sockets
+                .iter()
+                .map(|s| (s.fd(), s.spec.name.clone().unwrap_or_else(|| default_name.clone())))
+                .collect(),
+            extra_fds: vec![(theirs.as_fd(), "UWSGI_EMPEROR_FD")],
+            output: out_w.as_fd(),
+            pdeathsig: Signal::SIGKILL,
+        };
+        let child = spawn::spawn(req).map_err(|e| e.to_string())?;
+        drop(out_w);
+        drop(theirs);
+        tokio::task::spawn_local(output::forward(self.name.clone(), out_rx));
+        let pid = child.pid().as_raw();
+        info!("[{}] spawned pid {pid}: {}", self.name, argv.join(" "));
+        self.proc = Some(Proc {
+            child,
+            control: Some(control),
+        });
+        Ok(Event::Spawned { pid, speaks })
+    }
+
+    fn reconcile_sockets(&mut self, cfg: &VassalConfig) -> Result<(), String> {
+        let mut old = std::mem::take(&mut self.sockets);
+        let mut result = Ok(());
+        for spec in &cfg.sockets {
+            if let Some(i) = old.iter().position(|s| s.spec.addr == spec.addr) {
+                let mut s = old.swap_remove(i);
+                s.spec = spec.clone();
+                self.sockets.push(s);
+                continue;
+            }
+            let opts = SocketOptions {
+                backlog: cfg.listen.unwrap_or(sockets::DEFAULT_BACKLOG),
+                mode: cfg.chmod_socket.or(self.opts.chmod_socket),
+                owner: cfg.chown_socket.as_ref().or(self.opts.chown_socket.as_ref()),
+            };
+            match sockets::bind(spec, opts) {
+                Ok(s) => {
+                    debug!("[{}] bound {}", self.name, spec.addr);
+                    self.sockets.push(s);
+                }
+                Err(e) => {
+                    result = Err(e.to_string());
+                    break;
+                }
+            }
+        }
+        for s in old {
+            debug!("[{}] releasing {}", self.name, s.spec.addr);
+            s.release();
+        }
+        result
+    }
+}
+
+/// The default LISTEN_FDNAMES entry: the vassal name without `.ini`, made safe for the ':'-separated list.
+fn fd_name(vassal: &str) -> String {
+    let stem = vassal.strip_suffix(".ini").unwrap_or(vassal);
+    stem.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn control_stream(fd: OwnedFd) -> std::io::Result<UnixStream> {
+    let std_stream = std::os::unix::net::UnixStream::from(fd);
+    std_stream.set_nonblocking(true)?;
+    UnixStream::from_std(std_stream)
+}
+
+/// Waits for the process to exit; never completes when there is none.
+async fn wait_child(child: Option<&mut Child>) -> std::io::Result<Exit> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads whatever bytes the vassal sent; empty means EOF; never completes without a channel.
+/// Cancel-safe.
+async fn read_control(control: Option<&mut UnixStream>) -> Vec<u8> {
+    let Some(control) = control else {
+        return std::future::pending().await;
+    };
+    let mut buf = [0u8; 64];
+    loop {
+        if control.readable().await.is_err() {
+            return Vec::new();
+        }
+        match control.try_read(&mut buf) {
+            Ok(n) => return buf[..n].to_vec(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Vec::new(),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

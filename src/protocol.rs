@@ -1,0 +1,84 @@
+//! The uWSGI emperor protocol on a vassal's control channel.
+//!
+//! This is a wire contract with real uWSGI (Debian ships 2.0.21), so it follows
+//! `core/emperor.c` byte for byte (see `shared/reference/uwsgi-protocol.md` §1.2 and §2):
+//!
+//! * The control channel is a `socketpair(AF_UNIX, SOCK_STREAM)`; the vassal finds its end in
+//!   `UWSGI_EMPEROR_FD`. Messages are single raw bytes with no framing, in both directions, and a
+//!   byte nobody knows is ignored (uWSGI logs and drops it, so do we).
+//! * Byte 0 (uWSGI's brutal stop) is never sent: the emperor always asks for a graceful stop (2)
+//!   and kills the process group itself when the stop timeout runs out.
+//! * Process vassals read their own file (`--ini <file>`), as under uWSGI's directory monitor, so
+//!   they get no config channel (`UWSGI_EMPEROR_FD_CONFIG`) and a config request (byte 2) is
+//!   answered with nothing.
+
+/// What a vassal says to its emperor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VassalMsg {
+    /// `1`: the master is set up ("spawned"). Not re-sent after an in-place reload.
+    Ready,
+    /// `2`: about to re-exec for a reload; send the config again.
+    ConfigRequest,
+    /// `5`: worker 1 accepts connections. Re-sent after every reload.
+    Accepting,
+    /// `17`: served its first request.
+    Loyal,
+    /// `22`: voluntary shutdown (`--idle` with `--die-on-idle`).
+    VoluntaryShutdown,
+    /// `26`: heartbeat (`--heartbeat N`).
+    Heartbeat,
+    /// `30`: broodlord asks for a zerg. We have no broodlord mode; logged and ignored.
+    Sos,
+    /// Anything else, ignored as uWSGI does.
+    Unknown(u8),
+}
+
+impl From<u8> for VassalMsg {
+    fn from(b: u8) -> Self {
+        match b {
+            1 => Self::Ready,
+            2 => Self::ConfigRequest,
+            5 => Self::Accepting,
+            17 => Self::Loyal,
+            22 => Self::VoluntaryShutdown,
+            26 => Self::Heartbeat,
+            30 => Self::Sos,
+            other => Self::Unknown(other),
+        }
+    }
+}
+
+/// What the emperor says to a vassal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmperorMsg {
+    /// `1`: graceful reload in place; the master re-execs itself and keeps its sockets.
+    Reload = 1,
+    /// `2`: graceful stop; understood by uWSGI since 2.0.19, ignored by older ones (they are killed
+    /// after the mercy period instead).
+    GracefulStop = 2,
+}
+
+impl EmperorMsg {
+    pub fn byte(self) -> u8 {
+        self as u8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_match_uwsgi() {
+        assert_eq!(VassalMsg::from(1), VassalMsg::Ready);
+        assert_eq!(VassalMsg::from(2), VassalMsg::ConfigRequest);
+        assert_eq!(VassalMsg::from(5), VassalMsg::Accepting);
+        assert_eq!(VassalMsg::from(17), VassalMsg::Loyal);
+        assert_eq!(VassalMsg::from(22), VassalMsg::VoluntaryShutdown);
+        assert_eq!(VassalMsg::from(26), VassalMsg::Heartbeat);
+        assert_eq!(VassalMsg::from(30), VassalMsg::Sos);
+        assert_eq!(VassalMsg::from(99), VassalMsg::Unknown(99));
+        assert_eq!(EmperorMsg::Reload.byte(), 1);
+        assert_eq!(EmperorMsg::GracefulStop.byte(), 2);
+    }
+}
