@@ -153,14 +153,21 @@ impl Emperor {
                     scan_at = None;
                     self.rescan();
                 }
-                _ = rescan.tick(), if !shutting_down => self.rescan(),
+                _ = rescan.tick(), if !shutting_down => {
+                    self.rescan();
+                }
                 _ = term.recv() => shutting_down = self.begin_shutdown("SIGTERM"),
                 _ = int.recv() => shutting_down = self.begin_shutdown("SIGINT"),
                 _ = quit.recv() => shutting_down = self.begin_shutdown("SIGQUIT"),
                 _ = hup.recv(), if !shutting_down => {
                     info!("SIGHUP: reloading every vassal");
-                    self.rescan();
-                    self.broadcast(|| Command::Reload);
+                    // A vassal whose file changed is already reloading by the rescan; don't reload it twice.
+                    let updated = self.rescan();
+                    for (name, h) in &self.vassals {
+                        if !updated.contains(name) {
+                            let _ = h.tx.send(Command::Reload);
+                        }
+                    }
                 }
                 _ = usr1.recv() => {
                     info!("status: {} vassals, watching {}", self.vassals.len(), dir.display());
@@ -200,8 +207,8 @@ impl Emperor {
         }
     }
 
-    /// Scans the directory and turns the differences into commands.
-    fn rescan(&mut self) {
+    /// Scans the directory and turns the differences into commands. Returns the vassals it updated.
+    fn rescan(&mut self) -> Vec<String> {
         let dir = self.opts.vassals_dir.clone();
         let new = match scan::scan(&dir) {
             Ok(s) => {
@@ -216,14 +223,16 @@ impl Emperor {
                     error!("{msg}");
                     self.scan_error = Some(msg);
                 }
-                return;
+                return Vec::new();
             }
         };
+        let mut updated = Vec::new();
         for change in scan::diff(&self.snapshot, &new) {
             match change {
                 Change::Added(name) | Change::Changed(name) => {
                     let cfg = config::load(&dir.join(&name), &dir).map(Arc::new).map_err(Arc::new);
-                    self.send(name, Command::Update(cfg));
+                    self.send(name.clone(), Command::Update(cfg));
+                    updated.push(name);
                 }
                 Change::Removed(name) => {
                     if let Some(h) = self.vassals.get(&name) {
@@ -233,6 +242,7 @@ impl Emperor {
             }
         }
         self.snapshot = new;
+        updated
     }
 
     /// Sends to the vassal's actor, starting one if there is none (or only a finished one).
