@@ -51,6 +51,10 @@ pub struct SpawnRequest<'a> {
     /// Further fds placed right after the sockets, each announced in the named variable
     /// (`UWSGI_EMPEROR_FD`, `UWSGI_EMPEROR_FD_CONFIG`).
     pub extra_fds: Vec<(BorrowedFd<'a>, &'static str)>,
+    /// Becomes the vassal's stdin; `/dev/null` when `None`. uWSGI's convention for a socket the
+    /// emperor owns (its on-demand vassals get theirs there), and the only one that survives a
+    /// uWSGI 2.0 graceful reload, which forgets `LISTEN_FDS` sockets.
+    pub stdin: Option<BorrowedFd<'a>>,
     /// Becomes the vassal's stdout and stderr.
     pub output: BorrowedFd<'a>,
     /// Sent to the vassal when the emperor's thread dies.
@@ -145,7 +149,8 @@ pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Child> {
 
     // The fd plan: targets 0, 1, 2, then sockets from 3, then the extra fds.
     let devnull = OwnedFd::from(std::fs::File::open("/dev/null")?);
-    let mut sources: Vec<RawFd> = vec![devnull.as_raw_fd(), req.output.as_raw_fd(), req.output.as_raw_fd()];
+    let stdin = req.stdin.map_or(devnull.as_raw_fd(), |fd| fd.as_raw_fd());
+    let mut sources: Vec<RawFd> = vec![stdin, req.output.as_raw_fd(), req.output.as_raw_fd()];
     sources.extend(req.sockets.iter().map(|(fd, _)| fd.as_raw_fd()));
     let first_extra = sources.len();
     sources.extend(req.extra_fds.iter().map(|(fd, _)| fd.as_raw_fd()));

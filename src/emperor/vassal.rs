@@ -199,8 +199,12 @@ impl Actor {
             }
             Command::Remove => vec![Event::Remove],
             Command::Shutdown => vec![Event::Shutdown],
-            Command::Reload if self.config.is_some() => vec![Event::Reload { restart: false }],
-            Command::Reload => vec![],
+            Command::Reload => match &self.config {
+                Some(cfg) => vec![Event::Reload {
+                    restart: !survives_in_place_reload(cfg),
+                }],
+                None => vec![],
+            },
             Command::ClearThrottle => vec![Event::ClearThrottle],
             Command::Status => {
                 self.log_status();
@@ -303,18 +307,24 @@ impl Actor {
                 true,
             ),
         };
+        // A uWSGI vassal (run through the wrapper) gets its first socket as fd 0, uWSGI's own
+        // convention for emperor-owned sockets and the only place a socket survives its reload.
+        let (stdin, listen) = match self.sockets.split_first() {
+            Some((first, rest)) if cfg.exec.is_none() => (Some(first.fd()), rest),
+            _ => (None, &self.sockets[..]),
+        };
         let cwd = cfg.chdir.clone().unwrap_or_else(|| self.opts.vassals_dir.clone());
         let default_name = fd_name(&self.name);
         let req = SpawnRequest {
             argv: &argv,
             env: cfg.env.clone(),
             cwd: &cwd,
-            sockets: self
-                .sockets
+            sockets: listen
                 .iter()
                 .map(|s| (s.fd(), s.spec.name.clone().unwrap_or_else(|| default_name.clone())))
                 .collect(),
             extra_fds: vec![(theirs.as_fd(), "UWSGI_EMPEROR_FD")],
+            stdin,
             output: out_w.as_fd(),
             pdeathsig: Signal::SIGKILL,
         };
@@ -363,6 +373,13 @@ impl Actor {
         }
         result
     }
+}
+
+/// Can the vassal's process keep all its sockets through an in-place reload (byte 1)? uWSGI 2.0 keeps
+/// the fd-0 socket but forgets `LISTEN_FDS` ones when it re-execs, so a uWSGI vassal with more than
+/// one emperor socket is reloaded by starting a new process instead.
+fn survives_in_place_reload(cfg: &VassalConfig) -> bool {
+    cfg.exec.is_some() || cfg.sockets.len() <= 1
 }
 
 /// The default LISTEN_FDNAMES entry: the vassal name without `.ini`, made safe for the ':'-separated list.
