@@ -1,0 +1,213 @@
+"""Shared helpers for the benchmarks: build, run an emperor in a temp dir, read records, clean up."""
+
+import math
+import os
+import resource
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+EMPEROR = os.path.join(TARGET, "release", "emperor")
+TESTAPP = os.path.join(TARGET, "release", "examples", "testapp")
+
+
+def build():
+    """Builds the release emperor and testapp (quick when nothing changed)."""
+    cmd = ["cargo", "build", "--release", "--bin", "emperor", "--example", "testapp"]
+    print("building:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def stop_on_sigterm():
+    """Makes SIGTERM behave like Ctrl-C, so that the `finally` clean-ups run."""
+
+    def handler(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def raise_nofile():
+    """preexec_fn: soft open-files limit up to the hard one (hundreds of sockets and pipes)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def quote(*args):
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def read_records(path, kinds=("start",)):
+    """Returns the record lines of the given kinds as dicts: {"kind": ..., "pid": int, "t_ns": int, ...}."""
+    out = []
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        kind, _, rest = line.partition(" ")
+        if kind not in kinds:
+            continue
+        rec = {"kind": kind}
+        for field in rest.split():
+            k, _, v = field.partition("=")
+            rec[k] = v
+        if "pid" in rec and "t_ns" in rec:
+            rec["pid"], rec["t_ns"] = int(rec["pid"]), int(rec["t_ns"])
+            out.append(rec)
+    return out
+
+
+def wait_for(predicate, timeout, what, interval=0.002):
+    """Polls predicate() until it returns something true; raises TimeoutError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def children_of(pid):
+    """Pids whose parent is `pid` (scans /proc; works without CONFIG_PROC_CHILDREN)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # Field 4 (ppid) comes after the ")" that closes the command name.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            kids.append(int(entry))
+    return kids
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+
+
+def percentile(values, p):
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    s = sorted(values)
+    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+
+
+def summary_ms(values_ns):
+    ms = [v / 1e6 for v in values_ns]
+    return {
+        "median": statistics.median(ms),
+        "p90": percentile(ms, 90),
+        "max": max(ms),
+        "min": min(ms),
+    }
+
+
+class Run:
+    """A temp dir with a vassals dir, a record file and a log; runs one daemon and cleans up everything.
+
+    Every vassal we start carries the temp dir's path on its command line (the record file), which is how
+    leftovers are recognised, never by name alone.
+    """
+
+    def __init__(self, label, keep=False):
+        self.dir = tempfile.mkdtemp(prefix=f"emperor-bench-{label}-")
+        self.vassals = os.path.join(self.dir, "vassals")
+        os.mkdir(self.vassals)
+        self.record = os.path.join(self.dir, "records.log")
+        self.log_path = os.path.join(self.dir, "daemon.log")
+        self.keep = keep
+        self.proc = None
+        self.failed = False
+
+    def __enter__(self):
+        return self
+
+    def start(self, argv, env=None):
+        """Starts the daemon (argv[0] = binary), output to daemon.log, in its own session."""
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            env=dict(os.environ, **(env or {})),
+            preexec_fn=raise_nofile,
+            start_new_session=True,
+        )
+        return self.proc
+
+    def check_alive(self):
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with status {self.proc.returncode}; see {self.log_path}")
+
+    def records(self, kinds=("start",)):
+        return read_records(self.record, kinds)
+
+    def ours(self, pid):
+        line = cmdline(pid)
+        return line is not None and self.dir in line
+
+    def stop(self, grace=20):
+        """SIGTERM the daemon (which stops its vassals), SIGKILL it after `grace` s, then SIGKILL leftovers."""
+        if self.proc is None:
+            return
+        suspects = set(children_of(self.proc.pid))
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                print(f"daemon still running {grace} s after SIGTERM; killing it", file=sys.stderr)
+                self.proc.kill()
+                self.proc.wait()
+        suspects |= {r["pid"] for r in self.records(("start", "reload", "child"))}
+        leftovers = [p for p in suspects if self.ours(p)]
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if leftovers:
+            print(f"killed {len(leftovers)} leftover vassal process(es)", file=sys.stderr)
+        self.proc = None
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.stop()
+        finally:
+            if hasattr(self, "log"):
+                self.log.close()
+            if exc_type is not None or self.keep or self.failed:
+                print(f"kept {self.dir} (daemon.log, records.log)", file=sys.stderr)
+                if exc_type is not None and exc_type is not KeyboardInterrupt:
+                    self.tail_log()
+            else:
+                subprocess.run(["rm", "-rf", self.dir], check=False)
+        return False
+
+    def tail_log(self, lines=20):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                tail = f.read().splitlines()[-lines:]
+        except OSError:
+            return
+        print(f"--- last {len(tail)} lines of {self.log_path}", file=sys.stderr)
+        for line in tail:
+            print(line, file=sys.stderr)

@@ -1,0 +1,418 @@
+//! `testapp`: a small vassal used by the integration tests and the benchmark.
+//!
+//! It uses only `std` and `libc`, opens no file except the record file and needs no DNS, so it also runs as a
+//! static binary in a `FROM scratch` container.
+//!
+//! Flags:
+//! - `--record <file>`: append one line at start:
+//!   `start pid=<pid> t_ns=<CLOCK_REALTIME ns> listen_fds=<n|-> listen_pid_ok=<0|1> names=<LISTEN_FDNAMES|->
+//!   emperor_fd=<n|-> cwd=<cwd> stdin=<socket|-> [env_FOO=<value|->]... [ini=<file>]`.
+//!   Later events append `reload pid=<pid> t_ns=<ns>` (byte 1 from the emperor) and
+//!   `child pid=<pid> parent=<pid>` (`--spawn-child`). Each line is one `write()` on an `O_APPEND` fd, so lines
+//!   of concurrent processes never interleave.
+//!   Without `--record`, the env var `TESTAPP_RECORD` names the record file (for runs through `--emperor-wrapper`).
+//! - `--ini <file>`: accepted so the app can stand in for uWSGI as `--emperor-wrapper`; adds `ini=<file>` at the end
+//!   of the start line.
+//! - `--show-env <NAME>` (repeatable): add `env_<NAME>=<value or ->` to the start line.
+//! - `--name <s>`: text used in HTTP responses (default `testapp`).
+//! - `--exit-after <ms>`: exit after that many milliseconds with `--exit-code <N>` (default 0).
+//! - `--crash`: exit with code 1 right after recording.
+//! - `--ignore-term`: ignore SIGTERM. Without it SIGTERM makes the app exit with code 0 (a handler calls `_exit(0)`).
+//! - `--speak`: talk the uWSGI emperor protocol on `UWSGI_EMPEROR_FD`: write byte 1 (ready) then 5 (accepting) at
+//!   start, 17 (loyal) after the first served request. Reading byte 0 or 2 exits 0; byte 1 records a `reload` line
+//!   and keeps running; EOF exits 1.
+//! - `--heartbeat <s>`: write byte 26 every `s` seconds (first one right away) on `UWSGI_EMPEROR_FD`.
+//! - `--heartbeat-once`: write byte 26 once at start, then never again.
+//! - `--spawn-child`: fork a grandchild (same process group) that closes its inherited fds and sleeps forever;
+//!   record `child pid=<pid>`.
+//!
+//! The start line ends with `stdin=socket` when fd 0 is a listening socket (uWSGI's convention for a socket owned
+//! by the emperor), else `stdin=-`; such an fd 0 is served too.
+//!
+//! The app validates `LISTEN_PID == getpid()` (`listen_pid_ok`) and serves every socket of `LISTEN_FDS` (fds 3..,
+//! unix or TCP, told apart by `getsockname`), one thread per socket: accept, read the request head (up to
+//! `\r\n\r\n` or 8 KiB), answer `hello from <name> pid=<pid>\n` with HTTP/1.1 200, close.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixListener;
+use std::process::exit;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::Duration;
+
+struct Opts {
+    record: Option<String>,
+    show_env: Vec<String>,
+    name: String,
+    exit_after: Option<u64>,
+    exit_code: i32,
+    crash: bool,
+    ignore_term: bool,
+    speak: bool,
+    heartbeat: Option<u64>,
+    heartbeat_once: bool,
+    spawn_child: bool,
+    ini: Option<String>,
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("testapp: {msg}");
+    exit(2);
+}
+
+fn parse_args() -> Opts {
+    let mut o = Opts {
+        record: None,
+        show_env: Vec::new(),
+        name: "testapp".to_string(),
+        exit_after: None,
+        exit_code: 0,
+        crash: false,
+        ignore_term: false,
+        speak: false,
+        heartbeat: None,
+        heartbeat_once: false,
+        spawn_child: false,
+        ini: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = |flag: &str| args.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        match a.as_str() {
+            "--record" => o.record = Some(val("--record")),
+            "--ini" => o.ini = Some(val("--ini")),
+            "--show-env" => o.show_env.push(val("--show-env")),
+            "--name" => o.name = val("--name"),
+            "--exit-after" => {
+                o.exit_after = Some(
+                    val("--exit-after")
+                        .parse()
+                        .unwrap_or_else(|_| usage("bad --exit-after")),
+                )
+            }
+            "--exit-code" => o.exit_code = val("--exit-code").parse().unwrap_or_else(|_| usage("bad --exit-code")),
+            "--heartbeat" => {
+                o.heartbeat = Some(val("--heartbeat").parse().unwrap_or_else(|_| usage("bad --heartbeat")))
+            }
+            "--crash" => o.crash = true,
+            "--ignore-term" => o.ignore_term = true,
+            "--speak" => o.speak = true,
+            "--heartbeat-once" => o.heartbeat_once = true,
+            "--spawn-child" => o.spawn_child = true,
+            other => usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    if o.record.is_none() {
+        o.record = std::env::var("TESTAPP_RECORD").ok().filter(|v| !v.is_empty());
+    }
+    o
+}
+
+static RECORD_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Append one line to the record file with a single `write()`.
+fn record(line: &str) {
+    let fd = RECORD_FD.load(Ordering::SeqCst);
+    if fd < 0 {
+        return;
+    }
+    let mut buf = line.as_bytes().to_vec();
+    buf.push(b'\n');
+    // SAFETY: fd is an open O_APPEND fd owned by this process; buf is valid for its length.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if n != buf.len() as isize {
+        eprintln!("testapp: short write to record file");
+    }
+}
+
+fn now_ns() -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+fn pid() -> i32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+extern "C" fn on_term(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(0) };
+}
+
+/// The control fd (UWSGI_EMPEROR_FD), if any.
+static EMPEROR_FD: OnceLock<Option<i32>> = OnceLock::new();
+
+fn send_byte(b: u8) {
+    if let Some(Some(fd)) = EMPEROR_FD.get() {
+        // SAFETY: writing one byte from a valid buffer to an fd we inherited.
+        let n = unsafe { libc::write(*fd, [b].as_ptr().cast(), 1) };
+        if n != 1 {
+            eprintln!("testapp: write of byte {b} to emperor fd {fd} failed");
+        }
+    }
+}
+
+fn env_or_dash(name: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "-".to_string())
+}
+
+fn main() {
+    let o = parse_args();
+    let me = pid();
+
+    if let Some(path) = &o.record {
+        let c = CString::new(path.as_str()).unwrap_or_else(|_| usage("bad --record path"));
+        // SAFETY: c is a valid NUL-terminated path.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
+                0o644,
+            )
+        };
+        if fd < 0 {
+            eprintln!(
+                "testapp: cannot open record file {path}: {}",
+                std::io::Error::last_os_error()
+            );
+            exit(2);
+        }
+        RECORD_FD.store(fd, Ordering::SeqCst);
+    }
+
+    if o.ignore_term {
+        // SAFETY: setting a signal disposition.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    } else {
+        // SAFETY: on_term only calls _exit, which is async-signal-safe.
+        unsafe { libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t) };
+    }
+
+    let listen_fds: Option<i32> = std::env::var("LISTEN_FDS").ok().and_then(|v| v.parse().ok());
+    let listen_pid_ok = std::env::var("LISTEN_PID").ok().and_then(|v| v.parse::<i32>().ok()) == Some(me);
+    let emperor_fd: Option<i32> = std::env::var("UWSGI_EMPEROR_FD").ok().and_then(|v| v.parse().ok());
+    EMPEROR_FD.set(emperor_fd).ok();
+    let cwd = std::env::current_dir()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "-".to_string());
+
+    let stdin_is_listener = is_listening_socket(0);
+    let mut line = format!(
+        "start pid={me} t_ns={} listen_fds={} listen_pid_ok={} names={} emperor_fd={} cwd={cwd} stdin={}",
+        now_ns(),
+        listen_fds.map_or("-".to_string(), |n| n.to_string()),
+        listen_pid_ok as u8,
+        env_or_dash("LISTEN_FDNAMES"),
+        emperor_fd.map_or("-".to_string(), |n| n.to_string()),
+        if stdin_is_listener { "socket" } else { "-" },
+    );
+    for name in &o.show_env {
+        line.push_str(&format!(" env_{name}={}", env_or_dash(name)));
+    }
+    if let Some(ini) = &o.ini {
+        line.push_str(&format!(" ini={ini}"));
+    }
+    record(&line);
+    eprintln!("testapp {} pid={me} started", o.name);
+
+    if o.crash {
+        eprintln!("testapp {} crashing on purpose", o.name);
+        exit(1);
+    }
+
+    // Fork before any thread exists, so the child is a plain single-threaded copy.
+    if o.spawn_child {
+        // SAFETY: no other thread exists yet; the child only calls async-signal-safe functions.
+        let child = unsafe { libc::fork() };
+        if child < 0 {
+            eprintln!("testapp: fork failed: {}", std::io::Error::last_os_error());
+            exit(2);
+        }
+        if child == 0 {
+            // Grandchild: drop every inherited fd but stdio, then sleep forever.
+            for fd in 3..4096 {
+                // SAFETY: closing fds we may or may not hold is harmless in this process.
+                unsafe { libc::close(fd) };
+            }
+            loop {
+                // SAFETY: pause has no preconditions.
+                unsafe { libc::pause() };
+            }
+        }
+        record(&format!("child pid={child} parent={me}"));
+    }
+
+    if let Some(ms) = o.exit_after {
+        let code = o.exit_code;
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(ms));
+            eprintln!("testapp exiting after {ms} ms with code {code}");
+            exit(code);
+        });
+    }
+
+    if o.speak {
+        let Some(fd) = emperor_fd else {
+            eprintln!("testapp: --speak without UWSGI_EMPEROR_FD");
+            exit(2);
+        };
+        send_byte(1);
+        send_byte(5);
+        thread::spawn(move || {
+            loop {
+                let mut b = [0u8; 1];
+                // SAFETY: reading one byte into a valid buffer.
+                let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+                if n == 0 {
+                    eprintln!("testapp: EOF on emperor fd, exiting 1");
+                    exit(1);
+                }
+                if n < 0 {
+                    if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    eprintln!(
+                        "testapp: read on emperor fd failed: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    exit(1);
+                }
+                match b[0] {
+                    0 | 2 => {
+                        eprintln!("testapp: emperor asked to stop (byte {})", b[0]);
+                        exit(0);
+                    }
+                    1 => {
+                        eprintln!("testapp: emperor asked to reload");
+                        record(&format!("reload pid={} t_ns={}", pid(), now_ns()));
+                    }
+                    other => eprintln!("testapp: ignoring byte {other} from emperor"),
+                }
+            }
+        });
+    }
+
+    if o.heartbeat_once {
+        send_byte(26);
+    }
+    if let Some(s) = o.heartbeat {
+        thread::spawn(move || {
+            loop {
+                send_byte(26);
+                thread::sleep(Duration::from_secs(s.max(1)));
+            }
+        });
+    }
+
+    let loyal_sent = Arc::new(AtomicBool::new(false));
+    let speak = o.speak;
+    let body = format!("hello from {} pid={me}\n", o.name);
+    // uWSGI's convention for an emperor-owned socket is fd 0; serve it too when it is a listening socket.
+    let fds: Vec<i32> = stdin_is_listener
+        .then_some(0)
+        .into_iter()
+        .chain(3..3 + listen_fds.unwrap_or(0))
+        .collect();
+    for fd in fds {
+        let body = body.clone();
+        let loyal_sent = Arc::clone(&loyal_sent);
+        let on_served = move || {
+            if speak && !loyal_sent.swap(true, Ordering::SeqCst) {
+                send_byte(17);
+            }
+        };
+        match socket_family(fd) {
+            Some(libc::AF_UNIX) => {
+                // SAFETY: fd is a listening socket handed to us under the LISTEN_FDS convention.
+                let l = unsafe { UnixListener::from_raw_fd(fd) };
+                thread::spawn(move || {
+                    for s in l.incoming() {
+                        match s {
+                            Ok(s) => {
+                                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                                serve(s, &body, &on_served)
+                            }
+                            Err(e) => eprintln!("testapp: accept on fd {fd}: {e}"),
+                        }
+                    }
+                });
+            }
+            Some(libc::AF_INET) | Some(libc::AF_INET6) => {
+                // SAFETY: as above.
+                let l = unsafe { TcpListener::from_raw_fd(fd) };
+                thread::spawn(move || {
+                    for s in l.incoming() {
+                        match s {
+                            Ok(s) => {
+                                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                                serve(s, &body, &on_served)
+                            }
+                            Err(e) => eprintln!("testapp: accept on fd {fd}: {e}"),
+                        }
+                    }
+                });
+            }
+            other => eprintln!("testapp: fd {fd} is not a unix/inet socket (family {other:?}), not serving it"),
+        }
+    }
+
+    loop {
+        thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn is_listening_socket(fd: i32) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && v != 0
+}
+
+fn socket_family(fd: i32) -> Option<i32> {
+    // SAFETY: sockaddr_storage is plain data; getsockname writes at most len bytes.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    let r = unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
+    (r == 0).then_some(ss.ss_family as i32)
+}
+
+fn serve<S: Read + Write>(mut s: S, body: &str, on_served: &dyn Fn()) {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(resp.as_bytes()).is_ok() {
+        let _ = s.flush();
+    }
+    on_served();
+}

@@ -1,0 +1,124 @@
+//! Bad vassal files: one clear error per change, never affecting other vassals.
+
+use crate::util::*;
+use std::thread;
+use std::time::Duration;
+
+fn error_lines(h: &Harness, needle: &str) -> Vec<String> {
+    h.stderr()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn bad_file_reported_once_and_fixed() {
+    let mut h = Harness::new("bad_file_reported_once");
+    h.write_vassal("good.ini", &h.app_ini("good.ini", ""));
+    let bad_path = h.vassal("bad.ini");
+    // Line 3 holds the misspelt key.
+    let bad = format!(
+        "[emperor]\n{}sockte = {}\n",
+        h.exec_line("bad.ini", ""),
+        h.sock("bad.sock").display()
+    );
+    h.write_vassal("bad.ini", &bad);
+    h.start(&["--emperor-freq", "1"]);
+    let good = h.wait_starts("good.ini", 1, LONG)[0].pid();
+
+    let tag = format!("{}:3:", bad_path.display());
+    h.wait_log(&tag, LONG);
+    let lines = error_lines(&h, &tag);
+    h.check(
+        lines.len() == 1,
+        format!("expected exactly one error line for {tag}: {lines:?}"),
+    );
+    let l = &lines[0];
+    h.check(l.contains("ERROR"), format!("error must be logged at ERROR level: {l}"));
+    h.check(
+        l.contains("[emperor] sockte"),
+        format!("error must name the section and key: {l}"),
+    );
+    h.check(
+        l.contains("did you mean \"socket\""),
+        format!("error must suggest \"socket\": {l}"),
+    );
+
+    // Proving a negative: after 2.5 s (at least two rescans with --emperor-freq 1) the error is still reported once.
+    thread::sleep(Duration::from_millis(2500));
+    let lines = error_lines(&h, &tag);
+    h.check(
+        lines.len() == 1,
+        format!("error must not be repeated by rescans: {lines:?}"),
+    );
+    h.check(h.starts("bad.ini").is_empty(), "the bad vassal must not start");
+    h.check(
+        alive(good) && h.starts("good.ini").len() == 1,
+        "the good vassal keeps running, same pid",
+    );
+
+    // Fixing the file starts it.
+    h.write_vassal("bad.ini", &bad.replace("sockte", "socket"));
+    let s = &h.wait_starts("bad.ini", 1, LONG)[0];
+    h.check(s.get("listen_fds") == "1", format!("{s:?}"));
+    h.wait_http_unix(h.sock("bad.sock"), LONG);
+    h.check(
+        alive(good) && h.starts("good.ini").len() == 1,
+        "the good vassal is still untouched",
+    );
+}
+
+#[test]
+fn running_vassal_survives_invalid_edit() {
+    let mut h = Harness::new("running_vassal_survives_invalid_edit");
+    let content = h.app_ini("r.ini", "");
+    h.write_vassal("r.ini", &content);
+    h.start(&["--emperor-freq", "1"]);
+    let pid = h.wait_starts("r.ini", 1, LONG)[0].pid();
+
+    // Line 2 becomes an invalid socket spec... use an unknown key, which every implementation must reject.
+    h.write_vassal(
+        "r.ini",
+        &format!(
+            "[emperor]\nnot-a-key = 1\n{}",
+            content.trim_start_matches("[emperor]\n")
+        ),
+    );
+    let tag = format!("{}:2:", h.vassal("r.ini").display());
+    h.wait_log(&tag, LONG);
+    // Proving a negative: the old instance keeps running on its last good config for 1.5 s (includes a rescan).
+    thread::sleep(Duration::from_millis(1500));
+    h.check(
+        alive(pid),
+        format!("running vassal {pid} must keep running after its file became invalid"),
+    );
+    h.check(h.starts("r.ini").len() == 1, "no restart on an invalid file");
+    h.check(error_lines(&h, &tag).len() == 1, "invalid file reported once");
+    h.wait_http_unix(h.sock("r.ini.sock"), LONG);
+
+    // Fixing it reloads it (a silent vassal: new pid).
+    h.write_vassal("r.ini", &content);
+    let starts = h.wait_starts("r.ini", 2, LONG);
+    h.check(
+        starts[1].pid() != pid,
+        format!("fixing the file must reload the vassal: {starts:?}"),
+    );
+    h.wait_dead(pid, LONG, "old instance after the fix");
+}
+
+#[test]
+fn bad_socket_value_names_line_and_key() {
+    let mut h = Harness::new("bad_socket_value");
+    let bad = format!("[emperor]\n\n{}socket = 127.0.0.1:notaport\n", h.exec_line("v.ini", ""));
+    h.write_vassal("v.ini", &bad);
+    h.start(&[]);
+    let tag = format!("{}:4:", h.vassal("v.ini").display());
+    h.wait_log(&tag, LONG);
+    let lines = error_lines(&h, &tag);
+    h.check(
+        lines.len() == 1 && lines[0].contains("ERROR") && lines[0].contains("socket") && lines[0].contains("notaport"),
+        format!("one ERROR line naming key and value expected: {lines:?}"),
+    );
+    h.check(h.starts("v.ini").is_empty(), "must not start");
+}

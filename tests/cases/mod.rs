@@ -1,0 +1,8 @@
+//! Test modules; they live in a subdirectory so Cargo does not build each one as its own test crate.
+
+mod config_errors;
+mod lifecycle;
+mod signals;
+mod sockets;
+mod throttle;
+mod uwsgi;
