@@ -13,8 +13,10 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
-EMPEROR = os.path.join(TARGET, "release", "emperor")
-TESTAPP = os.path.join(TARGET, "release", "examples", "testapp")
+# .cargo/config.toml builds for an explicit target (static binaries), so artifacts live under its triple.
+OUT = os.path.join(TARGET, "x86_64-unknown-linux-gnu", "release")
+EMPEROR = os.path.join(OUT, "emperor")
+TESTAPP = os.path.join(OUT, "examples", "testapp")
 
 
 def build():

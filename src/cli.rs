@@ -7,12 +7,41 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 /// Runs one app per `.ini` file found in a directory, as a plain process, binding each app's sockets itself.
 #[derive(Debug, Parser)]
 #[command(name = "emperor", version, about, long_about = None)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
+    /// A role other than the emperor; only the emperor itself starts these.
+    #[command(subcommand)]
+    pub role: Option<Role>,
+
+    #[command(flatten)]
+    pub emperor: EmperorArgs,
+}
+
+/// The hidden roles of the one binary.
+#[derive(Debug, Subcommand)]
+pub enum Role {
+    /// PID 1 inside a Docker vassal's container: receives the sockets over the proxy socket, then runs
+    /// the vassal's command.
+    #[command(hide = true)]
+    Shim(ShimArgs),
+}
+
+/// `emperor shim [--] <command>...`; everything else comes from the container's environment.
+#[derive(Debug, Args)]
+pub struct ShimArgs {
+    /// The vassal's command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// The emperor's own options.
+#[derive(Debug, Args)]
+pub struct EmperorArgs {
     /// Directory holding the vassal files (`<name>.ini`).
     #[arg(value_name = "VASSALS_DIR", required_unless_present = "emperor")]
     pub vassals_dir: Option<PathBuf>,
@@ -82,7 +111,7 @@ pub struct EmperorOptions {
     pub chown_socket: Option<crate::config::Owner>,
 }
 
-impl Cli {
+impl EmperorArgs {
     /// Turns raw arguments into options, or a message for the user.
     pub fn into_options(self) -> Result<EmperorOptions, String> {
         let dir = self.vassals_dir.or(self.emperor).ok_or("no vassals directory given")?;

@@ -4,6 +4,8 @@ mod cli;
 mod config;
 mod emperor;
 mod protocol;
+mod proxy_socket;
+mod shim;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -18,11 +20,14 @@ fn main() -> ExitCode {
             writeln!(buf, "{ts} {:<5} {}", record.level(), record.args())
         })
         .init();
-    match cli.into_options() {
-        Ok(opts) => emperor::run(opts),
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::from(2)
-        }
+    match cli.role {
+        Some(cli::Role::Shim(args)) => shim::main(args),
+        None => match cli.emperor.into_options() {
+            Ok(opts) => emperor::run(opts),
+            Err(e) => {
+                log::error!("{e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
