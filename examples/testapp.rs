@@ -17,7 +17,8 @@
 //! - `--name <s>`: text used in HTTP responses (default `testapp`).
 //! - `--exit-after <ms>`: exit after that many milliseconds with `--exit-code <N>` (default 0).
 //! - `--crash`: exit with code 1 right after recording.
-//! - `--ignore-term`: ignore SIGTERM. Without it SIGTERM makes the app exit with code 0 (a handler calls `_exit(0)`).
+//! - `--ignore-term`: ignore SIGTERM. Without it SIGTERM is graceful: the app stops taking connections, finishes the ones
+//!   it took (queued ones stay in the shared backlog for the next process) and exits 0.
 //! - `--speak`: talk the uWSGI emperor protocol on `UWSGI_EMPEROR_FD`: write byte 1 (ready) then 5 (accepting) at
 //!   start, 17 (loyal) after the first served request. Reading byte 0 or 2 exits 0; byte 1 records a `reload` line
 //!   and keeps running; EOF exits 1.
@@ -141,9 +142,25 @@ fn pid() -> i32 {
     unsafe { libc::getpid() }
 }
 
+/// Set by SIGTERM: stop taking connections, finish the ones taken, exit 0. Connections still queued
+/// stay in the (shared) listening socket's backlog for the next process, so a restart loses none.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
 extern "C" fn on_term(_: libc::c_int) {
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(0) };
+    STOPPING.store(true, Ordering::SeqCst);
+}
+
+/// Waits until `fd` has a connection to accept, or the app is stopping (checked every 50 ms).
+/// Never sets O_NONBLOCK: the listening socket's file description is shared with the emperor.
+fn wait_acceptable(fd: i32) -> bool {
+    while !STOPPING.load(Ordering::SeqCst) {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        if unsafe { libc::poll(&mut p, 1, 50) } > 0 && !STOPPING.load(Ordering::SeqCst) {
+            return true;
+        }
+    }
+    false
 }
 
 /// The control fd (UWSGI_EMPEROR_FD), if any.
@@ -323,6 +340,7 @@ fn main() {
         .into_iter()
         .chain(3..3 + listen_fds.unwrap_or(0))
         .collect();
+    let mut workers = Vec::new();
     for fd in fds {
         let body = body.clone();
         let loyal_sent = Arc::clone(&loyal_sent);
@@ -335,40 +353,44 @@ fn main() {
             Some(libc::AF_UNIX) => {
                 // SAFETY: fd is a listening socket handed to us under the LISTEN_FDS convention.
                 let l = unsafe { UnixListener::from_raw_fd(fd) };
-                thread::spawn(move || {
-                    for s in l.incoming() {
-                        match s {
-                            Ok(s) => {
+                workers.push(thread::spawn(move || {
+                    while wait_acceptable(fd) {
+                        match l.accept() {
+                            Ok((s, _)) => {
                                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                                 serve(s, &body, &on_served)
                             }
                             Err(e) => eprintln!("testapp: accept on fd {fd}: {e}"),
                         }
                     }
-                });
+                }));
             }
             Some(libc::AF_INET) | Some(libc::AF_INET6) => {
                 // SAFETY: as above.
                 let l = unsafe { TcpListener::from_raw_fd(fd) };
-                thread::spawn(move || {
-                    for s in l.incoming() {
-                        match s {
-                            Ok(s) => {
+                workers.push(thread::spawn(move || {
+                    while wait_acceptable(fd) {
+                        match l.accept() {
+                            Ok((s, _)) => {
                                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                                 serve(s, &body, &on_served)
                             }
                             Err(e) => eprintln!("testapp: accept on fd {fd}: {e}"),
                         }
                     }
-                });
+                }));
             }
             other => eprintln!("testapp: fd {fd} is not a unix/inet socket (family {other:?}), not serving it"),
         }
     }
 
-    loop {
-        thread::sleep(Duration::from_secs(3600));
+    while !STOPPING.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(10));
     }
+    for w in workers {
+        let _ = w.join();
+    }
+    std::process::exit(0);
 }
 
 fn is_listening_socket(fd: i32) -> bool {

@@ -29,6 +29,52 @@ pub enum Role {
     /// the vassal's command.
     #[command(hide = true)]
     Shim(ShimArgs),
+    /// One per Docker vassal: creates the container and hands the vassal's fds into it.
+    #[command(hide = true)]
+    Bridge(BridgeArgs),
+}
+
+/// What the emperor tells a bridge on its command line (the vassal file's text and the fds come
+/// through the environment, see `bridge/mod.rs`).
+#[derive(Debug, Args)]
+pub struct BridgeArgs {
+    /// The vassal's name (`app.ini`).
+    #[arg(long)]
+    pub name: String,
+    /// The vassal file.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// The vassals directory, for relative paths in the file.
+    #[arg(long)]
+    pub vassals_dir: PathBuf,
+    /// The emperor's instance id (label `emperor.instance`).
+    #[arg(long)]
+    pub instance: String,
+    /// Where private proxy-socket directories are made.
+    #[arg(long)]
+    pub run_dir: PathBuf,
+    /// Extra `KEY=VALUE` labels for the container.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Log every Docker request body.
+    #[arg(long)]
+    pub docker_debug: bool,
+    /// Program for `[uwsgi]` vassals inside the container.
+    #[arg(long)]
+    pub wrapper: String,
+    /// Seconds the container gets to connect to its proxy socket.
+    #[arg(long, default_value_t = 30)]
+    pub handshake_timeout: u64,
+    /// Seconds `docker stop` waits before Docker kills the container.
+    #[arg(long)]
+    pub stop_timeout: u64,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 /// `emperor shim [--] <command>...`; everything else comes from the container's environment.
@@ -87,6 +133,31 @@ pub struct EmperorArgs {
     /// Owner for unix sockets the emperor binds, unless the vassal sets `chown-socket`.
     #[arg(long, value_name = "USER[:GROUP]")]
     pub chown_socket: Option<String>,
+
+    /// Enable Docker vassals and reap this emperor's orphaned containers at start-up even before any
+    /// vassal uses Docker (Docker is enabled anyway as soon as one vassal has `docker-image`).
+    #[arg(long)]
+    pub emperor_docker: bool,
+
+    /// Refuse vassals without `docker-image`.
+    #[arg(long)]
+    pub emperor_docker_required: bool,
+
+    /// The Docker daemon's socket (default: `DOCKER_HOST`, else /var/run/docker.sock).
+    #[arg(long, value_name = "PATH")]
+    pub docker_daemon_socket: Option<PathBuf>,
+
+    /// Log the Docker requests the bridges make.
+    #[arg(long)]
+    pub docker_debug: bool,
+
+    /// Extra `KEY=VALUE` label on every container (repeatable).
+    #[arg(long = "docker-label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub docker_labels: Vec<(String, String)>,
+
+    /// Directory for the bridges' private proxy-socket directories.
+    #[arg(long, value_name = "DIR", default_value = "/run/emperor")]
+    pub emperor_run_dir: PathBuf,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -109,6 +180,15 @@ pub struct EmperorOptions {
     pub loyalty_time: Duration,
     pub chmod_socket: Option<u32>,
     pub chown_socket: Option<crate::config::Owner>,
+    /// Label value `emperor.instance`: derived from the vassals directory, so a restarted emperor
+    /// recognises its containers and two emperors on different directories never reap each other's.
+    pub instance: String,
+    pub docker: bool,
+    pub docker_required: bool,
+    pub docker_daemon_socket: Option<PathBuf>,
+    pub docker_debug: bool,
+    pub docker_labels: Vec<(String, String)>,
+    pub run_dir: PathBuf,
 }
 
 impl EmperorArgs {
@@ -130,6 +210,13 @@ impl EmperorArgs {
             loyalty_time: Duration::from_secs(self.emperor_loyalty_time),
             chmod_socket: self.chmod_socket,
             chown_socket,
+            instance: String::new(),
+            docker: self.emperor_docker || self.emperor_docker_required,
+            docker_required: self.emperor_docker_required,
+            docker_daemon_socket: self.docker_daemon_socket,
+            docker_debug: self.docker_debug,
+            docker_labels: self.docker_labels,
+            run_dir: self.emperor_run_dir,
         })
     }
 }

@@ -1,8 +1,10 @@
 //! `emperor`: one binary; this file only parses the command line and hands over to a role.
 
+mod bridge;
 mod cli;
 mod config;
 mod emperor;
+mod exit;
 mod protocol;
 mod proxy_socket;
 mod shim;
@@ -22,6 +24,7 @@ fn main() -> ExitCode {
         .init();
     match cli.role {
         Some(cli::Role::Shim(args)) => shim::main(args),
+        Some(cli::Role::Bridge(args)) => bridge::main(args),
         None => match cli.emperor.into_options() {
             Ok(opts) => emperor::run(opts),
             Err(e) => {

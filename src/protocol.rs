@@ -8,9 +8,12 @@
 //!   byte nobody knows is ignored (uWSGI logs and drops it, so do we).
 //! * Byte 0 (uWSGI's brutal stop) is never sent: the emperor always asks for a graceful stop (2)
 //!   and kills the process group itself when the stop timeout runs out.
-//! * Process vassals read their own file (`--ini <file>`), as under uWSGI's directory monitor, so
-//!   they get no config channel (`UWSGI_EMPEROR_FD_CONFIG`) and a config request (byte 2) is
-//!   answered with nothing.
+//! * The config channel (`UWSGI_EMPEROR_FD_CONFIG`) carries the vassal file as one uwsgi packet:
+//!   `modifier1 = 115`, a little-endian `u16` length, `modifier2 = 0`, then the bytes. It is pushed
+//!   at spawn and again whenever the vassal sends [`VassalMsg::ConfigRequest`], never on reload:
+//!   uWSGI 2.0.x pushed on reload too and its vassals then read a stale config (§2). Only Docker
+//!   `[uwsgi]` vassals (`--ini emperor://<name>`) get one; process vassals read their own file, as
+//!   under uWSGI's directory monitor.
 
 /// What a vassal says to its emperor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,27 @@ impl EmperorMsg {
     }
 }
 
+/// uWSGI's `modifier1` for an emperor config packet.
+const CONFIG_MODIFIER1: u8 = 115;
+
+/// Frames a vassal file for the config channel.
+///
+/// uWSGI keeps the length in a `u16` and silently truncates larger configs, which corrupts the stream,
+/// and it rejects empty ones, so both are refused here with a message for the vassal's log.
+pub fn config_frame(config: &[u8]) -> Result<Vec<u8>, String> {
+    let len = u16::try_from(config.len())
+        .map_err(|_| format!("config is {} bytes; uWSGI's config pipe takes at most 65535", config.len()))?;
+    if len == 0 {
+        return Err("config is empty; uWSGI refuses an empty config".into());
+    }
+    let mut frame = Vec::with_capacity(4 + config.len());
+    frame.push(CONFIG_MODIFIER1);
+    frame.extend_from_slice(&len.to_le_bytes());
+    frame.push(0);
+    frame.extend_from_slice(config);
+    Ok(frame)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +104,16 @@ mod tests {
         assert_eq!(VassalMsg::from(99), VassalMsg::Unknown(99));
         assert_eq!(EmperorMsg::Reload.byte(), 1);
         assert_eq!(EmperorMsg::GracefulStop.byte(), 2);
+    }
+
+    #[test]
+    fn config_frame_layout() {
+        let f = config_frame(b"[uwsgi]\nx=1\n").unwrap();
+        assert_eq!(&f[..4], &[115, 12, 0, 0]);
+        assert_eq!(&f[4..], b"[uwsgi]\nx=1\n");
+        assert_eq!(&config_frame(&[b'a'; 300]).unwrap()[..4], &[115, 44, 1, 0]);
+        assert!(config_frame(b"").is_err());
+        assert!(config_frame(&vec![b'a'; 65535]).is_ok());
+        assert!(config_frame(&vec![b'a'; 65536]).is_err());
     }
 }

@@ -13,7 +13,7 @@
 //! | `Reloading`  | byte 1 sent (in-place reload), waiting for the vassal to accept again |
 //! | `Stopping`   | stop requested; `then` says what follows the exit (restart, wait, finish) |
 //! | `Throttled`  | died before it was loyal; restarts at `until` |
-//! | `Invalid`    | the file has never been valid; nothing runs |
+//! | `Invalid`    | the file has never been valid, or Docker rejected it; nothing runs until it changes |
 //! | `Done`       | final; the actor releases its sockets and ends |
 //!
 //! # Transitions
@@ -36,6 +36,7 @@
 //! | Starting, Running, Reloading | Exited, loyal               | Waiting                    | Spawn (at once) |
 //! | Starting, Running, Reloading | Exited, not loyal           | Throttled(attempt+1)       | |
 //! | Stopping                  | Exited                         | per `then`: Waiting+Spawn, Waiting, Done | |
+//! | Starting, Running, Reloading | Rejected (bridge: bad config) | Invalid                  | |
 //! | Stopping                  | Timer (not yet killed)         | Stopping{killed}           | KillGroup |
 //! | Stopping                  | Reload                         | Stopping{then: Restart}    | |
 //! | Throttled                 | Timer, ClearThrottle, Reload   | Waiting                    | Spawn |
@@ -155,6 +156,8 @@ pub enum Event {
     SpawnFailed,
     Msg(VassalMsg),
     Exited(Exit),
+    /// The vassal's bridge exited saying the file cannot work as it is (a Docker rejection).
+    Rejected,
     /// The deadline from [`Fsm::deadline`] passed.
     Timer,
     /// The file changed (`restart`: its `[emperor]` section changed) or SIGHUP (`restart: false`).
@@ -428,6 +431,15 @@ impl Fsm {
             (State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. }, Event::Exited(exit)) => {
                 self.died(inst, exit, now, &mut acts)
             }
+            (State::Starting(_) | State::Running(_) | State::Reloading { .. }, Event::Rejected) => {
+                let error = "rejected by Docker; waiting for the file to change".to_string();
+                acts.push(Action::Log(log::Level::Error, error.clone()));
+                self.state = State::Invalid { error };
+            }
+            (st @ State::Stopping { .. }, Event::Rejected) => {
+                self.state = st;
+                return self.on_event(Event::Exited(Exit::Code(i32::from(crate::exit::BAD_CONFIG))), now);
+            }
             (State::Stopping { then, .. }, Event::Exited(exit)) => {
                 acts.push(Action::Log(log::Level::Info, format!("exited {exit}")));
                 match then {
@@ -649,6 +661,15 @@ mod tests {
             f.on_event(Event::Msg(VassalMsg::ConfigRequest), t0),
             vec![Action::PushConfig]
         );
+    }
+
+    #[test]
+    fn rejected_by_docker_waits_for_the_file() {
+        let (mut f, t0) = running(false);
+        f.on_event(Event::Rejected, t0);
+        assert!(matches!(f.state, State::Invalid { .. }));
+        assert_eq!(f.deadline(), None);
+        assert_eq!(f.on_event(Event::Reload { restart: true }, t0), vec![Action::Spawn]);
     }
 
     #[test]

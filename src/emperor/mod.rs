@@ -20,6 +20,7 @@
 
 pub mod fsm;
 mod output;
+mod reap;
 mod scan;
 mod sockets;
 pub mod spawn;
@@ -58,6 +59,7 @@ pub fn run(mut opts: EmperorOptions) -> ExitCode {
             ));
         }
     };
+    opts.instance = instance_id(&opts.vassals_dir);
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fatal(&format!("cannot start the runtime: {e}")),
@@ -67,6 +69,17 @@ pub fn run(mut opts: EmperorOptions) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fatal(&e),
     }
+}
+
+/// FNV-1a of the canonical vassals directory, as 16 hex digits.
+fn instance_id(dir: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.as_os_str().as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 fn fatal(msg: &str) -> ExitCode {
@@ -82,6 +95,8 @@ struct Emperor {
     actors: JoinSet<String>,
     /// The last scan error, so that a vanished directory is reported once, not every rescan.
     scan_error: Option<String>,
+    /// Vassals whose current config is a Docker one: their containers are not orphans.
+    docker_vassals: std::collections::HashSet<String>,
 }
 
 impl Emperor {
@@ -92,6 +107,7 @@ impl Emperor {
             vassals: HashMap::new(),
             actors: JoinSet::new(),
             scan_error: None,
+            docker_vassals: Default::default(),
         }
     }
 
@@ -128,6 +144,9 @@ impl Emperor {
 
         self.rescan();
         info!("watching {} ({} vassals)", dir.display(), self.vassals.len());
+        if self.opts.docker || !self.docker_vassals.is_empty() {
+            tokio::task::spawn_local(reap::orphans(self.opts.clone(), self.docker_vassals.clone()));
+        }
 
         let mut rescan = tokio::time::interval_at(Instant::now() + self.opts.freq, self.opts.freq);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -230,11 +249,17 @@ impl Emperor {
         for change in scan::diff(&self.snapshot, &new) {
             match change {
                 Change::Added(name) | Change::Changed(name) => {
-                    let cfg = config::load(&dir.join(&name), &dir).map(Arc::new).map_err(Arc::new);
+                    let cfg = config::load(&dir.join(&name), &dir).and_then(|c| self.admit(c));
+                    match &cfg {
+                        Ok(c) if c.docker.is_some() => self.docker_vassals.insert(name.clone()),
+                        _ => self.docker_vassals.remove(&name),
+                    };
+                    let cfg = cfg.map(Arc::new).map_err(Arc::new);
                     self.send(name.clone(), Command::Update(cfg));
                     updated.push(name);
                 }
                 Change::Removed(name) => {
+                    self.docker_vassals.remove(&name);
                     if let Some(h) = self.vassals.get(&name) {
                         let _ = h.tx.send(Command::Remove);
                     }
@@ -243,6 +268,23 @@ impl Emperor {
         }
         self.snapshot = new;
         updated
+    }
+
+    /// Applies emperor-wide rules to a parsed vassal file.
+    fn admit(&self, cfg: config::VassalConfig) -> Result<config::VassalConfig, config::ConfigError> {
+        if self.opts.docker_required && cfg.docker.is_none() {
+            return Err(config::ConfigError {
+                path: cfg.path.clone(),
+                problems: vec![config::Problem {
+                    line: None,
+                    column: None,
+                    key: None,
+                    value: None,
+                    message: "refused: --emperor-docker-required is set and the file has no docker-image".into(),
+                }],
+            });
+        }
+        Ok(cfg)
     }
 
     /// Sends to the vassal's actor, starting one if there is none (or only a finished one).

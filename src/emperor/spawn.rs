@@ -55,8 +55,10 @@ pub struct SpawnRequest<'a> {
     /// emperor owns (its on-demand vassals get theirs there), and the only one that survives a
     /// uWSGI 2.0 graceful reload, which forgets `LISTEN_FDS` sockets.
     pub stdin: Option<BorrowedFd<'a>>,
-    /// Becomes the vassal's stdout and stderr.
+    /// Becomes the vassal's stdout, and its stderr unless `stderr` is set.
     pub output: BorrowedFd<'a>,
+    /// A separate stderr (a bridge logs straight to the emperor's own stderr).
+    pub stderr: Option<BorrowedFd<'a>>,
     /// Sent to the vassal when the emperor's thread dies.
     pub pdeathsig: Signal,
 }
@@ -150,7 +152,8 @@ pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Child> {
     // The fd plan: targets 0, 1, 2, then sockets from 3, then the extra fds.
     let devnull = OwnedFd::from(std::fs::File::open("/dev/null")?);
     let stdin = req.stdin.map_or(devnull.as_raw_fd(), |fd| fd.as_raw_fd());
-    let mut sources: Vec<RawFd> = vec![stdin, req.output.as_raw_fd(), req.output.as_raw_fd()];
+    let stderr = req.stderr.unwrap_or(req.output).as_raw_fd();
+    let mut sources: Vec<RawFd> = vec![stdin, req.output.as_raw_fd(), stderr];
     sources.extend(req.sockets.iter().map(|(fd, _)| fd.as_raw_fd()));
     let first_extra = sources.len();
     sources.extend(req.extra_fds.iter().map(|(fd, _)| fd.as_raw_fd()));

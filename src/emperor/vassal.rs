@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, info, log, warn};
 use nix::sys::signal::Signal;
@@ -24,6 +24,9 @@ use super::spawn::{self, Child, Exit, SpawnRequest};
 use crate::cli::EmperorOptions;
 use crate::config::{ConfigError, VassalConfig};
 use crate::protocol::{EmperorMsg, VassalMsg};
+
+/// Extra time a bridge gets to stop and remove its container before the emperor kills it.
+const BRIDGE_GRACE: Duration = Duration::from_secs(10);
 
 /// What the main loop tells an actor.
 #[derive(Debug)]
@@ -67,12 +70,14 @@ pub fn start(name: String, opts: Arc<EmperorOptions>, set: &mut JoinSet<String>)
 }
 
 fn params_for(opts: &EmperorOptions, cfg: Option<&VassalConfig>) -> Params {
+    // A bridge needs time to `docker stop` (which itself escalates to SIGKILL) and remove the container.
+    let bridge_grace = if cfg.is_some_and(|c| c.docker.is_some()) { BRIDGE_GRACE } else { Duration::ZERO };
     Params {
         throttle: opts.throttle,
         max_throttle: opts.max_throttle,
         heartbeat: opts.heartbeat,
         loyalty_time: opts.loyalty_time,
-        stop_timeout: cfg.and_then(|c| c.stop_timeout).unwrap_or(opts.reload_mercy),
+        stop_timeout: cfg.and_then(|c| c.stop_timeout).unwrap_or(opts.reload_mercy) + bridge_grace,
         stop_signal: cfg.and_then(|c| c.stop_signal).unwrap_or(Signal::SIGTERM),
     }
 }
@@ -83,6 +88,12 @@ struct Proc {
     child: Child,
     /// `None` once the vassal closed its end (it may still be alive).
     control: Option<UnixStream>,
+    /// The config channel of a Docker `[uwsgi]` vassal.
+    config: Option<UnixStream>,
+    /// A bridge's lifeline: the bridge sees EOF on the other end when the emperor is gone.
+    _lifeline: Option<OwnedFd>,
+    /// A Docker vassal, run by a bridge.
+    bridged: bool,
 }
 
 #[derive(Debug)]
@@ -126,9 +137,15 @@ impl Actor {
                 // The main loop is gone: behave as on shutdown.
                 Wake::Command(None) => vec![Event::Shutdown],
                 Wake::Exited(res) => {
-                    self.proc = None;
+                    let bridged = self.proc.take().is_some_and(|p| p.bridged);
                     match res {
-                        Ok(exit) => vec![Event::Exited(exit)],
+                        Ok(Exit::Code(c)) if bridged && c == i32::from(crate::exit::BAD_CONFIG) => vec![Event::Rejected],
+                        Ok(exit) => {
+                            if bridged && let Exit::Code(c) = exit && let Some(what) = crate::exit::describe(c) {
+                                warn!("[{}] bridge: {what}", self.name);
+                            }
+                            vec![Event::Exited(exit)]
+                        }
                         Err(e) => {
                             error!("[{}] cannot wait for the vassal: {e}", self.name);
                             vec![Event::Exited(Exit::Code(-1))]
@@ -262,8 +279,7 @@ impl Actor {
                 None
             }
             Action::PushConfig => {
-                // Only vassals given a config channel ever ask; process vassals read their file themselves.
-                debug!("[{}] asked for its config, but it has no config channel", self.name);
+                self.push_config();
                 None
             }
             Action::Finish => {
@@ -286,59 +302,148 @@ impl Actor {
         }
     }
 
-    /// Binds what is missing, releases what is no longer declared, then forks the vassal.
+    /// Binds what is missing, releases what is no longer declared, then forks the vassal (or, for a
+    /// Docker vassal, its bridge).
     fn spawn(&mut self) -> Result<Event, String> {
         let cfg = self.config.clone().ok_or("no valid config")?;
         self.reconcile_sockets(&cfg)?;
 
-        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| format!("cannot create the control channel: {e}"))?;
+        let (ours, theirs) = channel().map_err(|e| format!("cannot create the control channel: {e}"))?;
         let control = control_stream(ours).map_err(|e| format!("cannot set up the control channel: {e}"))?;
         let (out_rx, out_w) = output::pipe().map_err(|e| format!("cannot create the output pipe: {e}"))?;
-
-        let (argv, speaks) = match &cfg.exec {
-            Some(argv) => (argv.clone(), false),
-            None => (
-                vec![
-                    self.opts.wrapper.to_string_lossy().into_owned(),
-                    "--ini".into(),
-                    cfg.name.clone(),
-                ],
-                true,
-            ),
-        };
-        // A uWSGI vassal (run through the wrapper) gets its first socket as fd 0, uWSGI's own
-        // convention for emperor-owned sockets and the only place a socket survives its reload.
-        let (stdin, listen) = match self.sockets.split_first() {
-            Some((first, rest)) if cfg.exec.is_none() => (Some(first.fd()), rest),
-            _ => (None, &self.sockets[..]),
-        };
-        let cwd = cfg.chdir.clone().unwrap_or_else(|| self.opts.vassals_dir.clone());
         let default_name = fd_name(&self.name);
+        let names = |socks: &[BoundSocket]| -> Vec<String> {
+            socks.iter().map(|s| s.spec.name.clone().unwrap_or_else(|| default_name.clone())).collect()
+        };
+
+        let bridged = cfg.docker.is_some();
+        let speaks;
+        let argv;
+        let mut env = Vec::new();
+        let mut extra_fds = vec![(theirs.as_fd(), "UWSGI_EMPEROR_FD")];
+        let mut config_chan = None;
+        let mut lifeline = None;
+        let lifeline_r;
+        let config_theirs;
+        let (stdin, listen): (Option<_>, &[BoundSocket]) = if bridged {
+            // The bridge gets every socket as LISTEN_FDS; the shim places them inside the container.
+            speaks = crate::bridge::docker::is_uwsgi(&cfg);
+            argv = self.bridge_argv(&cfg);
+            env.push((crate::bridge::ENV_VASSAL_TEXT.to_string(), cfg.text.clone()));
+            if let Some(sock) = &self.opts.docker_daemon_socket {
+                env.push(("DOCKER_HOST".into(), format!("unix://{}", sock.display())));
+            }
+            if speaks {
+                let (ours, t) = channel().map_err(|e| format!("cannot create the config channel: {e}"))?;
+                config_chan = Some(control_stream(ours).map_err(|e| format!("cannot set up the config channel: {e}"))?);
+                config_theirs = Some(t);
+            } else {
+                config_theirs = None;
+            }
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| format!("cannot create the bridge's lifeline: {e}"))?;
+            lifeline = Some(w);
+            lifeline_r = Some(r);
+            (None, &self.sockets[..])
+        } else {
+            config_theirs = None;
+            lifeline_r = None;
+            match &cfg.exec {
+                Some(a) => {
+                    argv = a.clone();
+                    speaks = false;
+                }
+                None => {
+                    argv = vec![self.opts.wrapper.to_string_lossy().into_owned(), "--ini".into(), cfg.name.clone()];
+                    speaks = true;
+                }
+            }
+            env = cfg.env.clone();
+            // A uWSGI vassal (run through the wrapper) gets its first socket as fd 0, uWSGI's own
+            // convention for emperor-owned sockets and the only place a socket survives its reload.
+            match self.sockets.split_first() {
+                Some((first, rest)) if cfg.exec.is_none() => (Some(first.fd()), rest),
+                _ => (None, &self.sockets[..]),
+            }
+        };
+        if let Some(fd) = &config_theirs {
+            extra_fds.push((fd.as_fd(), "UWSGI_EMPEROR_FD_CONFIG"));
+        }
+        if let Some(fd) = &lifeline_r {
+            extra_fds.push((fd.as_fd(), crate::bridge::ENV_LIFELINE_FD));
+        }
+        let cwd = cfg.chdir.clone().unwrap_or_else(|| self.opts.vassals_dir.clone());
+        let stderr = std::io::stderr();
         let req = SpawnRequest {
             argv: &argv,
-            env: cfg.env.clone(),
+            env,
             cwd: &cwd,
-            sockets: listen
-                .iter()
-                .map(|s| (s.fd(), s.spec.name.clone().unwrap_or_else(|| default_name.clone())))
-                .collect(),
-            extra_fds: vec![(theirs.as_fd(), "UWSGI_EMPEROR_FD")],
+            sockets: listen.iter().map(|s| s.fd()).zip(names(listen)).collect(),
+            extra_fds,
             stdin,
             output: out_w.as_fd(),
-            pdeathsig: Signal::SIGKILL,
+            stderr: bridged.then(|| stderr.as_fd()),
+            pdeathsig: if bridged { Signal::SIGTERM } else { Signal::SIGKILL },
         };
         let child = spawn::spawn(req).map_err(|e| e.to_string())?;
-        drop(out_w);
-        drop(theirs);
+        drop((out_w, theirs, config_theirs, lifeline_r));
         tokio::task::spawn_local(output::forward(self.name.clone(), out_rx));
         let pid = child.pid().as_raw();
-        info!("[{}] spawned pid {pid}: {}", self.name, argv.join(" "));
-        self.proc = Some(Proc {
-            child,
-            control: Some(control),
-        });
+        if bridged {
+            info!("[{}] spawned bridge pid {pid} for image {}", self.name, cfg.docker.as_ref().map_or("", |d| &d.image));
+        } else {
+            info!("[{}] spawned pid {pid}: {}", self.name, argv.join(" "));
+        }
+        self.proc = Some(Proc { child, control: Some(control), config: config_chan, _lifeline: lifeline, bridged });
+        self.push_config();
         Ok(Event::Spawned { pid, speaks })
+    }
+
+    fn bridge_argv(&self, cfg: &VassalConfig) -> Vec<String> {
+        let exe = std::env::current_exe().map_or_else(|_| "/proc/self/exe".into(), |p| p.to_string_lossy().into_owned());
+        let mut argv = vec![
+            exe,
+            "bridge".into(),
+            "--name".into(),
+            cfg.name.clone(),
+            "--file".into(),
+            cfg.path.to_string_lossy().into_owned(),
+            "--vassals-dir".into(),
+            self.opts.vassals_dir.to_string_lossy().into_owned(),
+            "--instance".into(),
+            self.opts.instance.clone(),
+            "--run-dir".into(),
+            self.opts.run_dir.to_string_lossy().into_owned(),
+            "--wrapper".into(),
+            self.opts.wrapper.to_string_lossy().into_owned(),
+            "--stop-timeout".into(),
+            docker_stop_secs(cfg, &self.opts).to_string(),
+        ];
+        if self.opts.docker_debug {
+            argv.push("--docker-debug".into());
+        }
+        for (k, v) in &self.opts.docker_labels {
+            argv.push("--label".into());
+            argv.push(format!("{k}={v}"));
+        }
+        argv
+    }
+
+    /// Sends the vassal file over the config channel, if the vassal has one.
+    fn push_config(&mut self) {
+        let Some(cfg) = self.config.clone() else { return };
+        let Some(chan) = self.proc.as_mut().and_then(|p| p.config.as_mut()) else {
+            debug!("[{}] asked for its config, but it has no config channel", self.name);
+            return;
+        };
+        match crate::protocol::config_frame(cfg.text.as_bytes()) {
+            Ok(frame) => {
+                if let Err(e) = write_all_now(chan, &frame) {
+                    warn!("[{}] cannot push its config: {e}", self.name);
+                }
+            }
+            Err(e) => error!("[{}] cannot push its config: {e}", self.name),
+        }
     }
 
     fn reconcile_sockets(&mut self, cfg: &VassalConfig) -> Result<(), String> {
@@ -394,6 +499,28 @@ fn fd_name(vassal: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A `socketpair(AF_UNIX, SOCK_STREAM)`, both ends CLOEXEC; uWSGI's emperor uses the same kind.
+fn channel() -> nix::Result<(OwnedFd, OwnedFd)> {
+    socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+}
+
+/// Writes a small frame on a non-blocking stream that has room for it (a fresh socket buffer holds
+/// far more than a vassal file).
+fn write_all_now(chan: &mut UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match chan.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Seconds `docker stop` gives a Docker vassal; the emperor itself waits 10 s longer for its bridge.
+fn docker_stop_secs(cfg: &VassalConfig, opts: &EmperorOptions) -> u64 {
+    cfg.stop_timeout.unwrap_or(opts.reload_mercy).as_secs_f64().ceil() as u64
 }
 
 fn control_stream(fd: OwnedFd) -> std::io::Result<UnixStream> {

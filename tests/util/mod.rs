@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;

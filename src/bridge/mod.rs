@@ -1,0 +1,474 @@
+//! The bridge role: one process per Docker vassal, between the emperor and the vassal's container.
+//!
+//! Docker cannot hand a host fd to a container, so the bridge does it the way uwsgi-docker did
+//! (`docker.c::docker_run`), with today's Engine API:
+//!
+//! 1. adopt the fds the emperor placed (sockets from fd 3 as `LISTEN_FDS`, the vassal's ends of its
+//!    control and config channels, a lifeline pipe whose EOF means the emperor is gone);
+//! 2. check the image (no registry is ever asked) and remove a stale container with the vassal's name,
+//!    but only one an emperor created (label `emperor.vassal`); a foreign one is never touched;
+//! 3. bind the proxy socket in a private directory and bind-mount **the directory** (a mounted socket
+//!    file would pin a dead inode when re-created);
+//! 4. create the container with everything in `HostConfig`, attach to its tty *before* starting it so
+//!    no output is lost, then start it;
+//! 5. accept exactly one connection on the proxy socket, check that the peer is a process of that
+//!    container (its pid namespace is the container's), send the fds (`proxy_socket.rs`), close our
+//!    copies and unlink the socket — from then on the emperor talks to the vassal directly;
+//! 6. forward the container's output to stdout (the emperor prefixes each line with the vassal name);
+//! 7. on the container's exit, remove it and exit with its code ([`crate::exit`]). SIGTERM (the
+//!    emperor stopping the vassal, or `PR_SET_PDEATHSIG` when the emperor dies) and EOF on the
+//!    lifeline stop the container with the vassal's stop signal and timeout first.
+//!
+//! A container that never connects times out with a message saying what to check, instead of the
+//! bridge hanging forever as uwsgi-docker's did.
+
+pub mod docker;
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::{
+    AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions,
+    StopContainerOptions, WaitContainerOptions,
+};
+use futures_util::StreamExt;
+use log::{debug, error, info, warn};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::BridgeArgs;
+use crate::config::{self, DockerConfig, VassalConfig};
+use crate::exit;
+use crate::proxy_socket;
+
+/// Environment the emperor gives a bridge, besides the systemd-style sockets.
+pub const ENV_VASSAL_TEXT: &str = "EMPEROR_VASSAL_TEXT";
+pub const ENV_LIFELINE_FD: &str = "EMPEROR_LIFELINE_FD";
+
+/// The bridge's entry point.
+pub fn main(args: BridgeArgs) -> ExitCode {
+    let title = format!("bridge:{}", args.name);
+    let short: String = title.chars().take(15).collect();
+    if let Ok(c) = std::ffi::CString::new(short) {
+        let _ = nix::sys::prctl::set_name(&c);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("[{}] bridge: cannot start its runtime: {e}", args.name);
+            return ExitCode::from(exit::START_FAILED);
+        }
+    };
+    let name = args.name.clone();
+    let code = rt.block_on(Bridge::new(args).run());
+    debug!("[{name}] bridge: exiting with {code}");
+    ExitCode::from(code)
+}
+
+/// A failed step: the exit code and the message for the log.
+type Fail = (u8, String);
+
+struct Fds {
+    sockets: Vec<OwnedFd>,
+    control: OwnedFd,
+    config: Option<OwnedFd>,
+    lifeline: Option<OwnedFd>,
+}
+
+struct Bridge {
+    args: BridgeArgs,
+    /// The container's id once created, so every exit path removes it.
+    container: Option<String>,
+    /// The proxy directory we created, removed on exit.
+    proxy_dir: Option<PathBuf>,
+}
+
+impl Bridge {
+    fn new(args: BridgeArgs) -> Self {
+        Bridge { args, container: None, proxy_dir: None }
+    }
+
+    fn log_fail(&self, (code, msg): &Fail) {
+        error!("[{}] bridge: {msg}", self.args.name);
+        if let Some(what) = exit::describe(i32::from(*code)) {
+            debug!("[{}] bridge: exit {code}: {what}", self.args.name);
+        }
+    }
+
+    async fn run(mut self) -> u8 {
+        let docker = match connect().await {
+            Ok(d) => d,
+            Err(f) => {
+                self.log_fail(&f);
+                return f.0;
+            }
+        };
+        let code = match self.run_with(&docker).await {
+            Ok(code) => code,
+            Err(f) => {
+                self.log_fail(&f);
+                f.0
+            }
+        };
+        self.cleanup(&docker).await;
+        code
+    }
+
+    async fn cleanup(&mut self, docker: &Docker) {
+        if let Some(id) = self.container.take() {
+            let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+            match docker.remove_container(&id, Some(opts)).await {
+                Ok(()) => debug!("[{}] bridge: removed container {}", self.args.name, short(&id)),
+                Err(e) if status(&e) == Some(404) => {}
+                Err(e) => warn!("[{}] bridge: cannot remove container {}: {e}", self.args.name, short(&id)),
+            }
+        }
+        if let Some(dir) = self.proxy_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    async fn run_with(&mut self, docker: &Docker) -> Result<u8, Fail> {
+        let name = self.args.name.clone();
+        let text = std::env::var(ENV_VASSAL_TEXT).map_err(|_| (exit::BAD_CONFIG, format!("{ENV_VASSAL_TEXT} is not set")))?;
+        let cfg = config::parse(&name, &self.args.file, &text, &self.args.vassals_dir)
+            .map_err(|e| (exit::BAD_CONFIG, e.to_string()))?;
+        let d = cfg.docker.clone().ok_or((exit::BAD_CONFIG, "the vassal has no docker-image".to_string()))?;
+        let fds = adopt_fds()?;
+
+        let image = docker.inspect_image(&d.image).await.map_err(|e| match status(&e) {
+            Some(404) => (
+                exit::IMAGE_MISSING,
+                format!("image {:?} not found; build it (no registry is consulted) and the emperor retries", d.image),
+            ),
+            _ => docker_fail("inspect image", &e),
+        })?;
+        let image_command: Vec<String> = image
+            .config
+            .map(|c| c.entrypoint.unwrap_or_default().into_iter().chain(c.cmd.unwrap_or_default()).collect())
+            .unwrap_or_default();
+
+        self.remove_stale(docker, &d).await?;
+
+        // The proxy socket, in a directory of its own.
+        let (host_sock, container_sock) = match &d.proxy {
+            Some(p) => (p.host.clone(), p.container.clone()),
+            None => {
+                let dir = self.args.run_dir.join(&self.args.instance).join(&d.container_name);
+                (dir.join(docker::PROXY_NAME), format!("{}/{}", docker::PROXY_DIR, docker::PROXY_NAME))
+            }
+        };
+        let host_dir = host_sock.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        std::fs::create_dir_all(&host_dir)
+            .map_err(|e| (exit::START_FAILED, format!("cannot create the proxy directory {}: {e}", host_dir.display())))?;
+        if d.proxy.is_none() {
+            self.proxy_dir = Some(host_dir.clone());
+        }
+        let _ = std::fs::remove_file(&host_sock);
+        let listener = UnixListener::bind(&host_sock)
+            .map_err(|e| (exit::START_FAILED, format!("cannot bind the proxy socket {}: {e}", host_sock.display())))?;
+        // Any container user must be able to connect; the peer is verified before anything is sent. A
+        // `docker-proxy` directory is the user's: its mode is left alone.
+        if d.proxy.is_none() {
+            let _ = std::fs::set_permissions(&host_dir, std::fs::Permissions::from_mode(0o755));
+        }
+        let _ = std::fs::set_permissions(&host_sock, std::fs::Permissions::from_mode(0o666));
+
+        let shim_host = std::env::current_exe()
+            .map_err(|e| (exit::START_FAILED, format!("cannot find the emperor binary for the shim: {e}")))?;
+        let socket_names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+            .unwrap_or_default()
+            .split(':')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        let ctx = docker::Context {
+            instance: &self.args.instance,
+            extra_labels: &self.args.labels,
+            shim_host: &shim_host,
+            proxy_host_dir: &host_dir,
+            proxy_container_path: &container_sock,
+            image_command,
+            wrapper: &self.args.wrapper,
+            socket_names,
+            has_config: fds.config.is_some(),
+        };
+        if docker::payload(&cfg, &ctx).is_empty() {
+            return Err((exit::BAD_CONFIG, format!("image {:?} has no Entrypoint or Cmd; set exec", d.image)));
+        }
+        let body = docker::container_body(&cfg, &d, &ctx);
+        if self.args.docker_debug {
+            info!("[{name}] bridge: create {} with {body:?}", d.container_name);
+        }
+        let opts = CreateContainerOptions { name: Some(d.container_name.clone()), ..Default::default() };
+        let created = docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| (exit::START_FAILED, format!("cannot create container {}: {}", d.container_name, message(&e))))?;
+        let id = created.id;
+        self.container = Some(id.clone());
+        if let Some(cid) = &d.cidfile
+            && let Err(e) = std::fs::write(cid, format!("{id}\n"))
+        {
+            warn!("[{name}] bridge: cannot write docker-cidfile {}: {e}", cid.display());
+        }
+
+        // Attach before start: with logs=true nothing the container prints is lost.
+        let attach = docker
+            .attach_container(
+                &id,
+                Some(AttachContainerOptions { stream: true, logs: true, stdout: true, stderr: true, ..Default::default() }),
+            )
+            .await
+            .map_err(|e| docker_fail("attach to the container", &e))?;
+        tokio::spawn(forward_output(attach.output));
+
+        docker
+            .start_container(&id, None)
+            .await
+            .map_err(|e| (exit::START_FAILED, format!("cannot start container {}: {}", d.container_name, message(&e))))?;
+        let inspect = docker
+            .inspect_container(&id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| docker_fail("inspect the container", &e))?;
+        let init_pid = inspect.state.and_then(|s| s.pid).unwrap_or(0);
+        info!("[{name}] bridge: container {} started (pid {init_pid})", short(&id));
+
+        let mut wait = Box::pin(docker.wait_container(&id, None::<WaitContainerOptions>));
+        let mut term = signal(SignalKind::terminate()).map_err(|e| (exit::START_FAILED, e.to_string()))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| (exit::START_FAILED, e.to_string()))?;
+        let lifeline = fds.lifeline.and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
+        let mut lifeline_eof = Box::pin(async move {
+            match lifeline {
+                Some(rx) => {
+                    let _ = rx.readable().await;
+                }
+                None => std::future::pending().await,
+            }
+        });
+
+        // The hand-over, racing the container's early death and the emperor's stop.
+        let mut to_send: Vec<OwnedFd> = vec![fds.control];
+        to_send.extend(fds.config);
+        to_send.extend(fds.sockets);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.args.handshake_timeout);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                conn = listener.accept() => {
+                    let Ok((stream, _)) = conn else { continue };
+                    let stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => { warn!("[{name}] bridge: proxy connection: {e}"); continue; }
+                    };
+                    let _ = stream.set_nonblocking(false);
+                    match proxy_socket::peer_cred(&stream) {
+                        Ok((pid, _, _)) if same_pid_ns(pid, init_pid) => {}
+                        Ok((pid, _, _)) => {
+                            warn!("[{name}] bridge: refusing a proxy connection from pid {pid}, which is not in container {}", short(&id));
+                            continue;
+                        }
+                        Err(e) => { warn!("[{name}] bridge: proxy connection without credentials: {e}"); continue; }
+                    }
+                    let borrowed: Vec<_> = to_send.iter().map(|fd| fd.as_fd()).collect();
+                    proxy_socket::send_fds(&stream, &borrowed)
+                        .map_err(|e| (exit::START_FAILED, format!("cannot send the sockets over the proxy socket: {e}")))?;
+                    debug!("[{name}] bridge: handed {} fds to the container", to_send.len());
+                    break;
+                }
+                res = wait.next() => {
+                    let code = wait_code(res);
+                    return Err((exit::from_app(code), format!("container {} exited with code {code} before it connected to the proxy socket", short(&id))));
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err((exit::NO_HANDSHAKE, format!(
+                        "container {} did not connect to its proxy socket within {} s; its entrypoint must be the shim \
+                         (docker-shim = true) or a uWSGI that honours UWSGI_EMPEROR_PROXY",
+                        short(&id), self.args.handshake_timeout)));
+                }
+                _ = term.recv() => { stopping = true; break; }
+                _ = int.recv() => { stopping = true; break; }
+                _ = &mut lifeline_eof => { stopping = true; break; }
+            }
+        }
+        // Our copies must go: the vassal's control channel reports EOF to the emperor only when the
+        // vassal closes it, and the proxy socket is single-use.
+        drop(to_send);
+        drop(listener);
+        let _ = std::fs::remove_file(&host_sock);
+
+        loop {
+            if stopping {
+                self.stop(docker, &id, &cfg).await;
+            }
+            tokio::select! {
+                res = wait.next() => {
+                    let code = wait_code(res);
+                    info!("[{name}] bridge: container {} exited with code {code}", short(&id));
+                    return Ok(exit::from_app(code));
+                }
+                _ = term.recv(), if !stopping => stopping = true,
+                _ = int.recv(), if !stopping => stopping = true,
+                _ = &mut lifeline_eof, if !stopping => {
+                    info!("[{name}] bridge: the emperor is gone; stopping the container");
+                    stopping = true;
+                }
+            }
+        }
+    }
+
+    /// `docker stop` with the vassal's stop signal and timeout (Docker SIGKILLs after it).
+    async fn stop(&self, docker: &Docker, id: &str, cfg: &VassalConfig) {
+        let t = i32::try_from(self.args.stop_timeout).unwrap_or(i32::MAX);
+        let opts = StopContainerOptions { t: Some(t), signal: cfg.stop_signal.map(|s| s.as_str().to_string()) };
+        match docker.stop_container(id, Some(opts)).await {
+            Ok(()) => {}
+            Err(e) if matches!(status(&e), Some(304 | 404)) => {}
+            Err(e) => warn!("[{}] bridge: cannot stop container {}: {e}", self.args.name, short(id)),
+        }
+    }
+
+    /// Removes a container left with the vassal's name by an earlier emperor; refuses a foreign one.
+    async fn remove_stale(&self, docker: &Docker, d: &DockerConfig) -> Result<(), Fail> {
+        let existing = match docker.inspect_container(&d.container_name, None::<InspectContainerOptions>).await {
+            Ok(c) => c,
+            Err(e) if status(&e) == Some(404) => return Ok(()),
+            Err(e) => return Err(docker_fail("look for a stale container", &e)),
+        };
+        let labels: HashMap<String, String> = existing.config.and_then(|c| c.labels).unwrap_or_default();
+        if !labels.contains_key(docker::LABEL_VASSAL) {
+            return Err((
+                exit::START_FAILED,
+                format!(
+                    "a container named {:?} exists and was not created by an emperor; it is left alone — remove or \
+                     rename it, or rename the vassal file",
+                    d.container_name
+                ),
+            ));
+        }
+        let id = existing.id.unwrap_or_else(|| d.container_name.clone());
+        info!("[{}] bridge: removing stale container {}", self.args.name, short(&id));
+        let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        match docker.remove_container(&id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) => Err(docker_fail("remove the stale container", &e)),
+        }
+    }
+}
+
+/// Connects to the daemon named by `DOCKER_HOST` (the emperor sets it from `--docker-daemon-socket`)
+/// or the default socket, and agrees on an API version.
+async fn connect() -> Result<Docker, Fail> {
+    let where_ = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let unreachable = |e: &dyn std::fmt::Display| {
+        (
+            exit::DOCKER_UNAVAILABLE,
+            format!(
+                "cannot reach the Docker daemon at {where_}: {e}; start dockerd (or point --docker-daemon-socket / \
+                 DOCKER_HOST at it); the emperor retries"
+            ),
+        )
+    };
+    let docker = Docker::connect_with_local_defaults().map_err(|e| unreachable(&e))?;
+    docker.negotiate_version().await.map_err(|e| unreachable(&e))
+}
+
+/// Takes ownership of the fds the emperor placed: sockets from fd 3 (`LISTEN_FDS`), then the control
+/// and config channels and the lifeline, each named by its variable.
+fn adopt_fds() -> Result<Fds, Fail> {
+    let bad = |what: String| (exit::START_FAILED, what);
+    let pid_ok = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let n: RawFd = match std::env::var("LISTEN_FDS") {
+        Ok(v) if pid_ok => v.parse().map_err(|_| bad(format!("bad LISTEN_FDS {v:?}")))?,
+        _ => 0,
+    };
+    let sockets = (3..3 + n).map(adopt).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    let fd_var = |var: &str| -> Result<Option<OwnedFd>, Fail> {
+        match std::env::var(var) {
+            Ok(v) => {
+                let fd: RawFd = v.parse().map_err(|_| bad(format!("bad {var} {v:?}")))?;
+                adopt(fd).map(Some).map_err(bad)
+            }
+            Err(_) => Ok(None),
+        }
+    };
+    let control = fd_var("UWSGI_EMPEROR_FD")?.ok_or_else(|| bad("UWSGI_EMPEROR_FD is not set".into()))?;
+    Ok(Fds { sockets, control, config: fd_var("UWSGI_EMPEROR_FD_CONFIG")?, lifeline: fd_var(ENV_LIFELINE_FD)? })
+}
+
+/// Adopts one inherited fd, after checking it is open, and marks it close-on-exec.
+fn adopt(fd: RawFd) -> Result<OwnedFd, String> {
+    if fd < 3 {
+        return Err(format!("fd {fd} cannot be an inherited socket"));
+    }
+    // SAFETY: fcntl(F_GETFD/F_SETFD) on an integer only reads or sets a flag; an invalid number yields EBADF.
+    let ok = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0;
+    if !ok {
+        return Err(format!("fd {fd} was not passed by the emperor: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the emperor placed this fd for us and nothing else in this process refers to it: each number
+    // is adopted exactly once, right after start-up, before any other fd is opened.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Is `pid` in the pid namespace of the container whose init is `init_pid`?
+fn same_pid_ns(pid: i32, init_pid: i64) -> bool {
+    if pid <= 0 || init_pid <= 0 {
+        return false;
+    }
+    let ns = |p: i64| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    matches!((ns(i64::from(pid)), ns(init_pid)), (Some(a), Some(b)) if a == b)
+}
+
+async fn forward_output(
+    mut output: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bollard::container::LogOutput, DockerError>> + Send>>,
+) {
+    use std::io::Write;
+    while let Some(Ok(chunk)) = output.next().await {
+        let bytes = chunk.into_bytes();
+        let mut out = std::io::stdout().lock();
+        if out.write_all(&bytes).and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
+}
+
+fn wait_code(res: Option<Result<bollard::models::ContainerWaitResponse, DockerError>>) -> i64 {
+    match res {
+        Some(Ok(r)) => r.status_code,
+        Some(Err(DockerError::DockerContainerWaitError { code, .. })) => code,
+        Some(Err(_)) | None => i64::from(exit::START_FAILED),
+    }
+}
+
+fn status(e: &DockerError) -> Option<u16> {
+    match e {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn message(e: &DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn docker_fail(step: &str, e: &DockerError) -> Fail {
+    match e {
+        DockerError::DockerResponseServerError { .. } => (exit::START_FAILED, format!("cannot {step}: {}", message(e))),
+        other => (exit::DOCKER_UNAVAILABLE, format!("cannot {step}: the Docker daemon did not answer: {other}")),
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}

@@ -1,0 +1,701 @@
+//! The shim: PID 1 inside a Docker vassal's container (`emperor shim -- <command> [args...]`).
+//!
+//! The bridge creates the container with Entrypoint `["/.emperor/emperor", "shim", "--"]` and the vassal's
+//! command as Cmd, with this binary bind-mounted read-only at `/.emperor/emperor` (it is static, so it runs
+//! in a `FROM scratch` image) and the proxy socket's directory bind-mounted. The shim then:
+//!
+//! 1. connects to the proxy socket named by [`ENV_PROXY`], retrying every 50 ms for up to 30 s, and
+//!    receives one frame (`crate::proxy_socket`): control fd, config fd if [`ENV_CONFIG`] is `1`, then
+//!    [`ENV_SOCKETS`] listening sockets. It connects from PID 1 itself, before anything forks, so the
+//!    bridge's `SO_PEERCRED` check sees the container's init pid (`.State.Pid` in `docker inspect`);
+//! 2. places the fds the way the emperor places them for process vassals (`emperor::spawn`), and sets
+//!    the environment conventions the payload may read (below);
+//! 3. forks and execs the payload and stays PID 1 with tini's semantics: forwards signals, reaps every
+//!    zombie, exits with the payload's status.
+//!
+//! # The environment contract (bridge → shim)
+//! | variable | value |
+//! |---|---|
+//! | [`ENV_PROXY`] `EMPEROR_PROXY` | path of the proxy socket inside the container |
+//! | [`ENV_SOCKETS`] `EMPEROR_SOCKETS` | number of listening sockets in the frame (after control and config); default 0 |
+//! | [`ENV_CONFIG`] `EMPEROR_CONFIG` | `1` if a config fd follows the control fd, else `0` (default) |
+//! | [`ENV_FDNAMES`] `EMPEROR_FDNAMES` | the sockets' names joined by `:` (each `unknown` when unset) |
+//! | [`ENV_STDIN_SOCKET`] `EMPEROR_STDIN_SOCKET` | `1` (uWSGI vassals): the first socket becomes fd 0; else `0` (default) |
+//!
+//! Every `EMPEROR_*` variable is removed from the payload's environment.
+//!
+//! # The fd layout and environment the payload gets (shim → payload)
+//! Exactly as a process vassal of the emperor: with `n` sockets in `LISTEN_FDS`,
+//! - the sockets at fd 3..3+n: `LISTEN_FDS=n`, `LISTEN_FDNAMES`, `LISTEN_PID` (the payload's own pid, as
+//!   systemd's `sd_listen_fds` checks it) and `NGINX=3;4;` (nginx's inherited-socket convention: each fd
+//!   followed by `;`). None of these is set when `n` is 0;
+//! - with [`ENV_STDIN_SOCKET`] `=1`, the *first* socket goes to fd 0 instead (uWSGI's convention for a
+//!   socket the emperor owns, and the only one a uWSGI 2.0 graceful reload does not forget), and the
+//!   others to 3.. as above. Otherwise fd 0 stays what Docker gave (the tty with `Tty`, else `/dev/null`
+//!   or the attach stream);
+//! - the control channel at 3+n (`UWSGI_EMPEROR_FD`), then the config channel at 4+n
+//!   (`UWSGI_EMPEROR_FD_CONFIG`, only when there is one).
+//!
+//! Fixed places because that is what every consumer expects: systemd-style apps count from 3, uWSGI
+//! reads fd numbers from its two variables and takes fd 0 as an inherited socket.
+//!
+//! # Why tini semantics
+//! A container's PID 1 gets no default signal actions from the kernel: a signal it has no handler for is
+//! dropped, so `docker stop` would wait its full timeout and then SIGKILL (measured: 3 s instead of
+//! 47 ms). And every orphan in the container is reparented to PID 1, which must reap it or it stays a
+//! zombie. So, like tini (`src/tini.c`): every catchable asynchronous signal is blocked in the shim
+//! before anything else, and waited for with `sigwaitinfo`; SIGCHLD reaps *all* children with
+//! `waitpid(-1, WNOHANG)`, everything else is forwarded to the payload. The payload gets an empty signal
+//! mask and default dispositions, its own process group, and the terminal's foreground if there is one
+//! (so a tty's ^C reaches it). When the payload exits, the shim exits with its code, or 128+signal.
+//! Synchronous signals (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS) are not blocked: they
+//! are about the shim's own bugs and must stay fatal.
+//!
+//! Outside a container (tests on the host) the shim is not PID 1; it then makes itself a child
+//! subreaper (tini's `-s`), so orphans of the payload are still its to reap.
+//!
+//! # Why CLOEXEC
+//! Received fds are close-on-exec (`MSG_CMSG_CLOEXEC`), and fds inherited from whoever started the shim
+//! are marked so at start-up. Only the fds placed at their final numbers, by `dup2` right before the
+//! fork, cross the `exec`, so the payload gets exactly the layout above and nothing else. The shim
+//! closes its own copies after the fork: the emperor sees EOF on the control channel as soon as the
+//! payload closes it or dies, not when the shim exits.
+//!
+//! # Exit codes
+//! - the payload's exit code, or 128+signal when a signal killed it;
+//! - [`EXIT_SETUP`] (125) when the shim could not get going: bad environment, proxy socket unreachable
+//!   after 30 s, bad frame, fd placement or fork failed (the message on stderr starts with `shim:`);
+//! - [`EXIT_NOT_FOUND`] (127) when the command does not exist, [`EXIT_CANNOT_EXECUTE`] (126) when it
+//!   cannot be executed for another reason (`shim: cannot execute <cmd>: <error>` on stderr);
+//! - 128+signal when SIGTERM, SIGINT or SIGQUIT arrives before the payload started (a `docker stop` while
+//!   the proxy socket is not there yet); other early signals wait and are forwarded to the payload.
+//!
+//! # Fork discipline
+//! The shim is single-threaded (nothing in it starts a thread, and `main` builds no runtime for this
+//! role), so it may fork freely. All memory the child uses is prepared before the fork; the child only
+//! makes async-signal-safe calls, and reports a failed `exec` by writing its errno to a CLOEXEC pipe,
+//! from which the parent builds the message.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::proxy_socket;
+
+/// Path of the proxy socket inside the container.
+pub const ENV_PROXY: &str = "EMPEROR_PROXY";
+/// Number of listening sockets in the frame, after control and config.
+pub const ENV_SOCKETS: &str = "EMPEROR_SOCKETS";
+/// `1` if the frame carries a config fd right after the control fd, `0` if not.
+pub const ENV_CONFIG: &str = "EMPEROR_CONFIG";
+/// The sockets' names, in frame order, joined by `:`; they become `LISTEN_FDNAMES`.
+pub const ENV_FDNAMES: &str = "EMPEROR_FDNAMES";
+/// `1` puts the first socket at fd 0 (uWSGI vassals), `0` puts every socket in `LISTEN_FDS`.
+pub const ENV_STDIN_SOCKET: &str = "EMPEROR_STDIN_SOCKET";
+
+/// The shim could not set the payload up (see the module doc).
+pub const EXIT_SETUP: u8 = 125;
+/// The payload's command exists but cannot be executed.
+pub const EXIT_CANNOT_EXECUTE: u8 = 126;
+/// The payload's command does not exist.
+pub const EXIT_NOT_FOUND: u8 = 127;
+
+/// How long the shim waits for the proxy socket to appear and answer, and then for the frame.
+const PROXY_PATIENCE: Duration = Duration::from_secs(30);
+/// Pause between two connection attempts.
+const RETRY_EVERY: Duration = Duration::from_millis(50);
+
+/// Variables the payload must not inherit from the container's environment: the shim sets the ones
+/// that apply, and a stale value from an image would mislead the payload.
+const SCRUBBED_ENV: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NGINX",
+    "NOTIFY_SOCKET",
+    "UWSGI_RELOADS",
+    "UWSGI_EMPEROR_FD",
+    "UWSGI_EMPEROR_FD_CONFIG",
+    "UWSGI_EMPEROR_PROXY",
+];
+
+/// Width of the `LISTEN_PID=` slot; pids fit in 10 digits.
+const PID_SLOT: usize = 10;
+
+/// Signals that stop the shim while it is still waiting for the proxy socket.
+const EARLY_STOP: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
+
+/// Why the shim ends before the payload runs.
+enum Failure {
+    /// Exit [`EXIT_SETUP`] with this message.
+    Setup(String),
+    /// A stop signal arrived first: exit 128+signal.
+    Stopped(libc::c_int),
+}
+
+impl From<String> for Failure {
+    fn from(msg: String) -> Failure {
+        Failure::Setup(msg)
+    }
+}
+
+/// Entry point of the `shim` role.
+pub fn main(args: crate::cli::ShimArgs) -> ExitCode {
+    match run(&args.command) {
+        Ok(code) => code,
+        Err(Failure::Setup(msg)) => {
+            eprintln!("shim: {msg}");
+            ExitCode::from(EXIT_SETUP)
+        }
+        Err(Failure::Stopped(sig)) => {
+            eprintln!("shim: stopped by {} before the command started", signal_name(sig));
+            ExitCode::from(status_byte(128 + sig))
+        }
+    }
+}
+
+fn run(command: &[String]) -> Result<ExitCode, Failure> {
+    mark_inherited_fds_cloexec();
+    // Before anything else, so that no signal is lost (or, for PID 1, silently dropped) from here on.
+    let signals = blocked_signals();
+    signals
+        .thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+    if nix::unistd::getpid().as_raw() != 1 {
+        // Not in a container (or under another init): adopt the payload's orphans like PID 1 would.
+        let _ = nix::sys::prctl::set_child_subreaper(true);
+    }
+
+    let setup = Setup::from_env()?;
+    let stream = connect(&setup.proxy)?;
+    stream
+        .set_read_timeout(Some(PROXY_PATIENCE))
+        .map_err(|e| format!("proxy socket: {e}"))?;
+    let expected = 1 + usize::from(setup.config) + setup.sockets;
+    let fds = proxy_socket::recv_fds(&stream, expected)
+        .map_err(|e| format!("bad frame on the proxy socket {}: {e}", setup.proxy.display()))?;
+    if fds.len() != expected {
+        return Err(Failure::Setup(format!(
+            "the frame on {} carries {} fds, but the environment announces {expected} (control{} + {} socket(s))",
+            setup.proxy.display(),
+            fds.len(),
+            if setup.config { " + config" } else { "" },
+            setup.sockets
+        )));
+    }
+    drop(stream);
+
+    let plan = Plan::new(&setup, fds, command)?;
+    match plan.spawn()? {
+        Spawned::Running(pid) => Ok(supervise(pid, &signals)),
+        Spawned::ExecFailed(code) => Ok(ExitCode::from(code)),
+    }
+}
+
+/// What the bridge told the shim through the container's environment.
+#[derive(Debug)]
+struct Setup {
+    proxy: PathBuf,
+    config: bool,
+    sockets: usize,
+    names: Vec<String>,
+    stdin_socket: bool,
+}
+
+impl Setup {
+    fn from_env() -> Result<Setup, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let flag = |name: &str| match var(name).as_deref() {
+            None | Some("0") => Ok(false),
+            Some("1") => Ok(true),
+            Some(other) => Err(format!("{name}={other:?}: expected 0 or 1")),
+        };
+        let proxy = var(ENV_PROXY)
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("{ENV_PROXY} is not set: the shim only runs in a container started by the emperor"))?;
+        let sockets = match var(ENV_SOCKETS) {
+            None => 0,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= 250)
+                .ok_or_else(|| format!("{ENV_SOCKETS}={v:?}: expected a number of sockets (0 to 250)"))?,
+        };
+        let names = match var(ENV_FDNAMES) {
+            None => vec!["unknown".to_string(); sockets],
+            Some(v) => v.split(':').map(str::to_string).collect(),
+        };
+        if names.len() != sockets {
+            return Err(format!(
+                "{ENV_FDNAMES} names {} socket(s), but {ENV_SOCKETS} is {sockets}",
+                names.len()
+            ));
+        }
+        Ok(Setup {
+            proxy,
+            config: flag(ENV_CONFIG)?,
+            sockets,
+            names,
+            stdin_socket: flag(ENV_STDIN_SOCKET)?,
+        })
+    }
+}
+
+/// Connects to the proxy socket, which normally exists already; retries while it does not, watching for
+/// a stop signal between attempts.
+fn connect(path: &std::path::Path) -> Result<UnixStream, Failure> {
+    let deadline = Instant::now() + PROXY_PATIENCE;
+    loop {
+        let err = match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(Failure::Setup(format!(
+                "cannot connect to the proxy socket {}: {err} (gave up after {} s)",
+                path.display(),
+                PROXY_PATIENCE.as_secs()
+            )));
+        }
+        // Signals are blocked, so the sleep is not cut short and nothing is lost meanwhile.
+        std::thread::sleep(RETRY_EVERY);
+        if let Some(sig) = pending_stop_signal() {
+            return Err(Failure::Stopped(sig));
+        }
+    }
+}
+
+/// Every fd of the payload: the fd to place and its number there.
+struct Plan {
+    placements: Vec<(OwnedFd, RawFd)>,
+    program: CString,
+    argv: Vec<CString>,
+    /// NUL-terminated `K=V` entries; one of them holds the blank `LISTEN_PID` slot.
+    envp: Vec<Vec<u8>>,
+}
+
+impl Plan {
+    fn new(setup: &Setup, fds: Vec<OwnedFd>, command: &[String]) -> Result<Plan, String> {
+        let mut fds = fds.into_iter();
+        let control = fds.next().ok_or("the frame carries no control fd")?;
+        let config = if setup.config { fds.next() } else { None };
+        let mut sockets: Vec<(OwnedFd, &str)> = fds.zip(setup.names.iter().map(String::as_str)).collect();
+
+        let mut placements = Vec::new();
+        if setup.stdin_socket && !sockets.is_empty() {
+            let (first, _) = sockets.remove(0);
+            placements.push((first, 0));
+        }
+        let n = sockets.len();
+        let names: Vec<&str> = sockets.iter().map(|(_, name)| *name).collect();
+        for (i, (fd, _)) in sockets.into_iter().enumerate() {
+            placements.push((fd, fd_number(3 + i)));
+        }
+        let control_at = fd_number(3 + n);
+        placements.push((control, control_at));
+        let config_at = config.map(|fd| {
+            placements.push((fd, control_at + 1));
+            control_at + 1
+        });
+
+        // The container's environment, as bytes (names and values need not be UTF-8), minus ours.
+        let mut env: Vec<Vec<u8>> = std::env::vars_os()
+            .filter(|(k, _)| {
+                let k = k.as_bytes();
+                !k.starts_with(b"EMPEROR_") && !SCRUBBED_ENV.iter().any(|s| s.as_bytes() == k)
+            })
+            .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
+            .collect();
+        let mut set = |k: &str, v: String| env.push(format!("{k}={v}").into_bytes());
+        if n > 0 {
+            set("LISTEN_FDS", n.to_string());
+            set("LISTEN_FDNAMES", names.join(":"));
+            set("LISTEN_PID", " ".repeat(PID_SLOT));
+            set("NGINX", (3..3 + n).map(|fd| format!("{fd};")).collect());
+        }
+        set("UWSGI_EMPEROR_FD", control_at.to_string());
+        if let Some(at) = config_at {
+            set("UWSGI_EMPEROR_FD_CONFIG", at.to_string());
+        }
+        let envp: Vec<Vec<u8>> = env
+            .into_iter()
+            .map(|e| cstring(e, "an environment variable").map(CString::into_bytes_with_nul))
+            .collect::<Result<_, _>>()?;
+
+        let argv: Vec<CString> = command
+            .iter()
+            .map(|a| cstring(a.clone().into_bytes(), "the command line"))
+            .collect::<Result<_, _>>()?;
+        let program = argv.first().cloned().ok_or("no command given")?;
+        Ok(Plan {
+            placements,
+            program,
+            argv,
+            envp,
+        })
+    }
+
+    /// Places the fds, forks, and execs the payload in the child. Returns once the child's `exec`
+    /// succeeded or failed.
+    fn spawn(mut self) -> Result<Spawned, String> {
+        let command = self.program.to_string_lossy().into_owned();
+        let placed = place_fds(std::mem::take(&mut self.placements)).map_err(|e| format!("cannot place the fds: {e}"))?;
+
+        let mut argv_p: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
+        argv_p.push(std::ptr::null());
+        // Pointers derived from `as_mut_ptr`, because the child writes the LISTEN_PID digits through one.
+        let mut envp_p: Vec<*const libc::c_char> = self
+            .envp
+            .iter_mut()
+            .map(|e| e.as_mut_ptr().cast_const().cast())
+            .collect();
+        let pid_slot: *mut u8 = match self.envp.iter().position(|e| e.starts_with(b"LISTEN_PID=")) {
+            // SAFETY: that entry is "LISTEN_PID=" + PID_SLOT spaces + NUL, so the offset stays inside it;
+            // `self.envp` is neither moved nor freed before the child execs (the parent keeps `self`
+            // alive until after the fork, and the child never returns).
+            Some(i) => unsafe { envp_p[i].cast_mut().cast::<u8>().add("LISTEN_PID=".len()) },
+            None => std::ptr::null_mut(),
+        };
+        envp_p.push(std::ptr::null());
+
+        // Carries a failed exec's errno to the parent. Created after the placement, so it cannot sit
+        // on a target number; CLOEXEC, so a successful exec closes it (EOF).
+        let (err_r, err_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
+
+        // SAFETY: the shim is single-threaded (see the module doc), so the child is a complete copy of
+        // this process with no lock held by a vanished thread. The child runs only `child_exec`, which
+        // makes async-signal-safe calls on memory prepared above and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(format!("cannot fork: {}", io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            // SAFETY: we are the freshly forked child; every pointer points into buffers built above,
+            // NUL-terminated as execvpe wants, and `pid_slot` (if not null) has PID_SLOT writable bytes.
+            unsafe {
+                child_exec(ChildPlan {
+                    program: self.program.as_ptr(),
+                    argv: argv_p.as_ptr(),
+                    envp: envp_p.as_ptr(),
+                    pid_slot,
+                    err_w: err_w.as_raw_fd(),
+                })
+            }
+        }
+        // Our copies of the payload's fds go: the payload alone holds them now.
+        drop(placed);
+        drop(err_w);
+        let mut buf = [0u8; 4];
+        let mut got = 0;
+        while got < buf.len() {
+            match nix::unistd::read(&err_r, &mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(format!("reading the exec status: {e}")),
+            }
+        }
+        if got < buf.len() {
+            return Ok(Spawned::Running(pid));
+        }
+        let errno = i32::from_ne_bytes(buf);
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, which has exited or is about to (it _exits right after
+        // writing); `status` is a valid out-pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let err = io::Error::from_raw_os_error(errno);
+        eprintln!("shim: cannot execute {command}: {err}");
+        let code = if errno == libc::ENOENT {
+            EXIT_NOT_FOUND
+        } else {
+            EXIT_CANNOT_EXECUTE
+        };
+        Ok(Spawned::ExecFailed(code))
+    }
+}
+
+/// How [`Plan::spawn`] ended.
+enum Spawned {
+    /// The payload runs with this pid.
+    Running(libc::pid_t),
+    /// `exec` failed (the message is printed); exit with this code, as a shell would.
+    ExecFailed(u8),
+}
+
+/// Raw pointers the child needs; all point into memory the parent built before forking.
+struct ChildPlan {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    pid_slot: *mut u8,
+    err_w: RawFd,
+}
+
+/// The child's half of [`Plan::spawn`]: own process group and the terminal's foreground, the
+/// `LISTEN_PID` digits, default signal dispositions, an empty mask, then `execvpe`. Never returns.
+///
+/// # Safety
+/// Must run in a freshly forked child of the single-threaded shim. `program`, `argv` and `envp` are
+/// NUL-terminated strings and NULL-terminated arrays of them; `pid_slot` is null or has [`PID_SLOT`]
+/// writable bytes; `err_w` is an open fd.
+unsafe fn child_exec(plan: ChildPlan) -> ! {
+    // SAFETY: every call below is async-signal-safe (setpgid, getpgrp, tcsetpgrp, getpid, signal,
+    // sigemptyset, sigprocmask, execvpe, write, _exit) and takes plain integers or the pointers this
+    // function's contract describes. execvpe reads PATH with getenv and searches it without
+    // allocating (glibc builds each candidate path on the stack); getenv is not on the
+    // async-signal-safe list, but the process is a single-threaded copy, so no one holds the
+    // environment's lock.
+    unsafe {
+        // Own process group, made the terminal's foreground group if fd 0..2 is our controlling tty:
+        // a tty's ^C then reaches the payload. tcsetpgrp from a background group raises SIGTTOU unless
+        // it is blocked, and it still is (the mask is inherited from the shim), so this cannot stop us.
+        libc::setpgid(0, 0);
+        for fd in 0..3 {
+            if libc::tcsetpgrp(fd, libc::getpgrp()) == 0 {
+                break;
+            }
+        }
+        if !plan.pid_slot.is_null() {
+            write_pid(plan.pid_slot, libc::getpid());
+        }
+        // Handlers reset on exec by themselves, ignored signals do not (Rust's runtime ignores
+        // SIGPIPE); then unblock everything, so the payload starts with a clean slate. A signal that
+        // arrived since the fork is delivered now, with its default action, as it would be after exec.
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::execvpe(plan.program, plan.argv, plan.envp);
+        let errno = (*libc::__errno_location()).to_ne_bytes();
+        libc::write(plan.err_w, errno.as_ptr().cast(), errno.len());
+        libc::_exit(EXIT_NOT_FOUND.into())
+    }
+}
+
+/// Writes `pid` as left-aligned decimal digits into `slot`, NUL-terminating early when it is shorter
+/// than the slot (trailing blanks would trip strict parsers). No allocation: runs after fork.
+///
+/// # Safety
+/// `slot` has [`PID_SLOT`] writable bytes.
+unsafe fn write_pid(slot: *mut u8, pid: libc::pid_t) {
+    let mut pid = pid.unsigned_abs();
+    let mut digits = [0u8; PID_SLOT];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (pid % 10) as u8;
+        n += 1;
+        pid /= 10;
+        if pid == 0 || n == PID_SLOT {
+            break;
+        }
+    }
+    for (k, d) in digits[..n].iter().rev().enumerate() {
+        // SAFETY: k < n <= PID_SLOT, inside the slot by the contract.
+        unsafe { *slot.add(k) = *d };
+    }
+    if n < PID_SLOT {
+        // SAFETY: n < PID_SLOT, inside the slot.
+        unsafe { *slot.add(n) = 0 };
+    }
+}
+
+/// Waits for signals as PID 1 until the payload exits: SIGCHLD reaps every child that has exited
+/// (the payload and any orphan the shim adopted), everything else goes to the payload. Returns the
+/// payload's exit code, or 128+signal.
+fn supervise(payload: libc::pid_t, signals: &SigSet) -> ExitCode {
+    loop {
+        let sig = wait_signal(signals);
+        if sig != libc::SIGCHLD {
+            forward(payload, sig);
+            continue;
+        }
+        let mut payload_status = None;
+        while let Some((pid, status)) = reap_one() {
+            if pid == payload {
+                payload_status = Some(status);
+            }
+        }
+        if let Some(status) = payload_status {
+            let code = if libc::WIFSIGNALED(status) {
+                128 + libc::WTERMSIG(status)
+            } else {
+                libc::WEXITSTATUS(status)
+            };
+            return ExitCode::from(status_byte(code));
+        }
+    }
+}
+
+/// The signals the shim blocks and waits for: all but SIGKILL and SIGSTOP (which cannot be blocked)
+/// and the synchronous ones, which report the shim's own faults.
+fn blocked_signals() -> SigSet {
+    let mut set = SigSet::all();
+    for sig in [
+        Signal::SIGFPE,
+        Signal::SIGILL,
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGABRT,
+        Signal::SIGTRAP,
+        Signal::SIGSYS,
+    ] {
+        set.remove(sig);
+    }
+    set
+}
+
+/// Blocks until one signal of `set` (all blocked) is pending, and takes it.
+fn wait_signal(set: &SigSet) -> libc::c_int {
+    loop {
+        // SAFETY: `set` is an initialised sigset_t; a null siginfo pointer is allowed.
+        let sig = unsafe { libc::sigwaitinfo(set.as_ref(), std::ptr::null_mut()) };
+        if sig > 0 {
+            return sig;
+        }
+        // EINTR (a stop/continue of the shim): wait again.
+    }
+}
+
+/// A pending SIGTERM, SIGINT or SIGQUIT, taken off the pending set. Other pending signals stay pending
+/// and reach the payload once it runs.
+fn pending_stop_signal() -> Option<libc::c_int> {
+    let mut stop = SigSet::empty();
+    EARLY_STOP.iter().for_each(|s| stop.add(*s));
+    // SAFETY: sigset_t is plain data and sigemptyset initialises it; sigpending writes into it.
+    let pending = unsafe {
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut pending);
+        libc::sigpending(&mut pending);
+        pending
+    };
+    for sig in EARLY_STOP {
+        // SAFETY: `pending` was initialised above.
+        if unsafe { libc::sigismember(&pending, sig as libc::c_int) } == 1 {
+            let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: valid set and timespec; the signal is pending, so this returns at once and
+            // takes it (and nothing outside `stop`).
+            unsafe { libc::sigtimedwait(stop.as_ref(), std::ptr::null_mut(), &zero) };
+            return Some(sig as libc::c_int);
+        }
+    }
+    None
+}
+
+/// Sends `sig` to the payload; a payload that is already gone is not an error.
+fn forward(pid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: kill(2) takes plain integers. `pid` is our unreaped child (we reap it only in
+    // `supervise`, which then stops forwarding), so the pid cannot belong to another process.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Reaps one exited child, whichever it is: `(pid, wait status)`, or `None` when no child has exited.
+fn reap_one() -> Option<(libc::pid_t, libc::c_int)> {
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid out-pointer; WNOHANG never blocks.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid > 0 {
+            return Some((pid, status));
+        }
+        if pid < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        return None; // 0: children left but none exited; -1 ECHILD: no child at all.
+    }
+}
+
+/// Moves each fd to its target number, without FD_CLOEXEC, so it crosses the exec. Returns the placed
+/// fds: the shim owns them until it has forked, then drops (closes) its copies.
+fn place_fds(plan: Vec<(OwnedFd, RawFd)>) -> io::Result<Vec<OwnedFd>> {
+    let floor = plan.iter().map(|(_, t)| *t).max().unwrap_or(2) + 1;
+    // Park every fd above all targets first, so that placing one never overwrites another that still
+    // waits for its turn. The originals close as they go; the parked copies are CLOEXEC.
+    let parked: Vec<(OwnedFd, RawFd)> = plan
+        .into_iter()
+        .map(|(fd, target)| {
+            let copy = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(floor))?;
+            // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; nothing else owns it.
+            Ok((unsafe { OwnedFd::from_raw_fd(copy) }, target))
+        })
+        .collect::<io::Result<_>>()?;
+    parked
+        .iter()
+        .map(|(fd, target)| {
+            // SAFETY: dup2 takes two integers. Whatever sat at `target` is closed by it; no Rust object
+            // of the shim owns such an fd: the originals were closed above, the proxy connection is
+            // dropped, and what can remain below `floor` is fd 0 (Docker's stdin, owned by no one here)
+            // or fds inherited from our parent, which nothing in the shim uses.
+            let fd = unsafe { libc::dup2(fd.as_raw_fd(), *target) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `target` now refers to the duplicate we just made, and (see above) it has no
+            // other owner in this process.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .collect()
+}
+
+/// Marks every fd above 2 this process inherited as close-on-exec, so nothing leaks to the payload but
+/// the layout we build.
+fn mark_inherited_fds_cloexec() {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets a flag on fds of this single-threaded
+    // process and reads no memory. Kernels before 5.11 fail with ENOSYS, and then we go on: Docker
+    // gives PID 1 only fds 0 to 2 anyway.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    }
+}
+
+fn cstring(bytes: Vec<u8>, what: &str) -> Result<CString, String> {
+    CString::new(bytes).map_err(|_| format!("{what} contains a NUL byte"))
+}
+
+fn fd_number(n: usize) -> RawFd {
+    RawFd::try_from(n).expect("at most 253 fds")
+}
+
+/// An exit status as the byte a process can return (a shell shows 128+9 = 137 for SIGKILL).
+fn status_byte(code: libc::c_int) -> u8 {
+    u8::try_from(code & 0xff).expect("masked")
+}
+
+fn signal_name(sig: libc::c_int) -> String {
+    Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_digits_are_left_aligned_and_terminated() {
+        let mut slot = *b"          \0";
+        // SAFETY: the slot has PID_SLOT writable bytes (plus a NUL).
+        unsafe { write_pid(slot.as_mut_ptr(), 4321) };
+        assert_eq!(&slot[..5], b"4321\0");
+        let mut slot = *b"          \0";
+        // SAFETY: as above.
+        unsafe { write_pid(slot.as_mut_ptr(), 1) };
+        assert_eq!(&slot[..2], b"1\0");
+    }
+
+    #[test]
+    fn synchronous_signals_stay_unblocked() {
+        let set = blocked_signals();
+        assert!(set.contains(Signal::SIGTERM) && set.contains(Signal::SIGCHLD) && set.contains(Signal::SIGWINCH));
+        assert!(!set.contains(Signal::SIGSEGV) && !set.contains(Signal::SIGBUS));
+    }
+}
