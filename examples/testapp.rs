@@ -154,7 +154,11 @@ extern "C" fn on_term(_: libc::c_int) {
 /// Never sets O_NONBLOCK: the listening socket's file description is shared with the emperor.
 fn wait_acceptable(fd: i32) -> bool {
     while !STOPPING.load(Ordering::SeqCst) {
-        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd for the duration of the call.
         if unsafe { libc::poll(&mut p, 1, 50) } > 0 && !STOPPING.load(Ordering::SeqCst) {
             return true;

@@ -75,8 +75,12 @@ const CONFIG_MODIFIER1: u8 = 115;
 /// uWSGI keeps the length in a `u16` and silently truncates larger configs, which corrupts the stream,
 /// and it rejects empty ones, so both are refused here with a message for the vassal's log.
 pub fn config_frame(config: &[u8]) -> Result<Vec<u8>, String> {
-    let len = u16::try_from(config.len())
-        .map_err(|_| format!("config is {} bytes; uWSGI's config pipe takes at most 65535", config.len()))?;
+    let len = u16::try_from(config.len()).map_err(|_| {
+        format!(
+            "config is {} bytes; uWSGI's config pipe takes at most 65535",
+            config.len()
+        )
+    })?;
     if len == 0 {
         return Err("config is empty; uWSGI refuses an empty config".into());
     }

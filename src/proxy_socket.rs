@@ -72,7 +72,6 @@ const SCM_MAX_FD: usize = 253;
 
 /// Sends `fds` in one frame (see the module doc), with one `sendmsg`. Retries on `EINTR`, and on
 /// `EAGAIN` after a short poll, so it also works on a non-blocking socket.
-#[cfg_attr(not(test), allow(dead_code, reason = "the bridge's side; called once the bridge is wired in"))]
 pub fn send_fds(sock: &UnixStream, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     if fds.is_empty() || fds.len() > SCM_MAX_FD {
         return Err(io::Error::new(
@@ -94,7 +93,12 @@ pub fn send_fds(sock: &UnixStream, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
             Ok(n) => sent += n,
             Err(Errno::EINTR) => {}
             Err(Errno::EAGAIN) => wait_ready(sock.as_fd(), PollFlags::POLLOUT, PollTimeout::from(100u16))?,
-            Err(e) => return Err(io::Error::new(io::Error::from(e).kind(), format!("sendmsg on the proxy socket: {e}"))),
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("sendmsg on the proxy socket: {e}"),
+                ));
+            }
         }
     }
     Ok(())
@@ -115,7 +119,12 @@ pub fn recv_fds(sock: &UnixStream, max: usize) -> io::Result<Vec<OwnedFd>> {
     let mut cmsg_buf = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     while got < FRAME_LEN {
         let mut iov = [IoSliceMut::new(&mut frame[got..])];
-        let msg = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg_buf), MsgFlags::MSG_CMSG_CLOEXEC) {
+        let msg = match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_buf),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
             Ok(msg) => msg,
             Err(Errno::EINTR) => continue,
             Err(Errno::EAGAIN) if sock.read_timeout()?.is_some() => {
@@ -128,7 +137,12 @@ pub fn recv_fds(sock: &UnixStream, max: usize) -> io::Result<Vec<OwnedFd>> {
                 wait_ready(sock.as_fd(), PollFlags::POLLIN, PollTimeout::NONE)?;
                 continue;
             }
-            Err(e) => return Err(io::Error::new(io::Error::from(e).kind(), format!("recvmsg on the proxy socket: {e}"))),
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("recvmsg on the proxy socket: {e}"),
+                ));
+            }
         };
         for cmsg in msg.cmsgs().map_err(|_| io::Error::other("control data truncated"))? {
             if let ControlMessageOwned::ScmRights(raw) = cmsg {
@@ -172,7 +186,6 @@ pub fn recv_fds(sock: &UnixStream, max: usize) -> io::Result<Vec<OwnedFd>> {
 
 /// The peer of a connected unix socket, as the kernel recorded it at `connect`/`socketpair` time
 /// (`SO_PEERCRED`): `(pid, uid, gid)`, translated into the caller's pid namespace.
-#[cfg_attr(not(test), allow(dead_code, reason = "the bridge's side; called once the bridge is wired in"))]
 pub fn peer_cred(sock: &UnixStream) -> io::Result<(i32, u32, u32)> {
     let cred = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials)?;
     Ok((cred.pid(), cred.uid(), cred.gid()))

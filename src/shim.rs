@@ -217,9 +217,9 @@ impl Setup {
             Some("1") => Ok(true),
             Some(other) => Err(format!("{name}={other:?}: expected 0 or 1")),
         };
-        let proxy = var(ENV_PROXY)
-            .map(PathBuf::from)
-            .ok_or_else(|| format!("{ENV_PROXY} is not set: the shim only runs in a container started by the emperor"))?;
+        let proxy = var(ENV_PROXY).map(PathBuf::from).ok_or_else(|| {
+            format!("{ENV_PROXY} is not set: the shim only runs in a container started by the emperor")
+        })?;
         let sockets = match var(ENV_SOCKETS) {
             None => 0,
             Some(v) => v
@@ -346,17 +346,19 @@ impl Plan {
     /// succeeded or failed.
     fn spawn(mut self) -> Result<Spawned, String> {
         let command = self.program.to_string_lossy().into_owned();
-        let placed = place_fds(std::mem::take(&mut self.placements)).map_err(|e| format!("cannot place the fds: {e}"))?;
+        let placed =
+            place_fds(std::mem::take(&mut self.placements)).map_err(|e| format!("cannot place the fds: {e}"))?;
 
         let mut argv_p: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
         argv_p.push(std::ptr::null());
+        let pid_entry = self.envp.iter().position(|e| e.starts_with(b"LISTEN_PID="));
         // Pointers derived from `as_mut_ptr`, because the child writes the LISTEN_PID digits through one.
         let mut envp_p: Vec<*const libc::c_char> = self
             .envp
             .iter_mut()
             .map(|e| e.as_mut_ptr().cast_const().cast())
             .collect();
-        let pid_slot: *mut u8 = match self.envp.iter().position(|e| e.starts_with(b"LISTEN_PID=")) {
+        let pid_slot: *mut u8 = match pid_entry {
             // SAFETY: that entry is "LISTEN_PID=" + PID_SLOT spaces + NUL, so the offset stays inside it;
             // `self.envp` is neither moved nor freed before the child execs (the parent keeps `self`
             // alive until after the fork, and the child never returns).

@@ -49,7 +49,11 @@ pub struct Context<'a> {
 pub fn payload(cfg: &VassalConfig, ctx: &Context<'_>) -> Vec<String> {
     match &cfg.exec {
         Some(argv) => argv.clone(),
-        None if cfg.uwsgi_section => vec![ctx.wrapper.to_string(), "--ini".into(), format!("emperor://{}", cfg.name)],
+        None if cfg.uwsgi_section => vec![
+            ctx.wrapper.to_string(),
+            "--ini".into(),
+            format!("emperor://{}", cfg.name),
+        ],
         None => ctx.image_command.clone(),
     }
 }
@@ -69,7 +73,10 @@ pub fn container_body(cfg: &VassalConfig, d: &DockerConfig, ctx: &Context<'_>) -
         env.push(format!("{}={}", shim::ENV_CONFIG, u8::from(ctx.has_config)));
         env.push(format!("{}={}", shim::ENV_FDNAMES, ctx.socket_names.join(":")));
         env.push(format!("{}={}", shim::ENV_STDIN_SOCKET, u8::from(is_uwsgi(cfg))));
-        (Some(vec![SHIM_PATH.to_string(), "shim".into(), "--".into()]), Some(payload))
+        (
+            Some(vec![SHIM_PATH.to_string(), "shim".into(), "--".into()]),
+            Some(payload),
+        )
     } else {
         // A uWSGI that speaks the proxy protocol itself connects on its own (uwsgi-docker's way).
         env.push(format!("UWSGI_EMPEROR_PROXY={}", ctx.proxy_container_path));
@@ -88,7 +95,9 @@ pub fn container_body(cfg: &VassalConfig, d: &DockerConfig, ctx: &Context<'_>) -
         read_only: Some(read_only),
         ..Default::default()
     };
-    let proxy_container_dir = Path::new(ctx.proxy_container_path).parent().map_or("/".into(), |p| p.to_string_lossy());
+    let proxy_container_dir = Path::new(ctx.proxy_container_path)
+        .parent()
+        .map_or("/".into(), |p| p.to_string_lossy());
     let mut mounts = vec![bind(ctx.proxy_host_dir, &proxy_container_dir, false)];
     if d.shim {
         mounts.push(bind(ctx.shim_host, SHIM_PATH, true));
@@ -100,10 +109,14 @@ pub fn container_body(cfg: &VassalConfig, d: &DockerConfig, ctx: &Context<'_>) -
     for p in &d.ports {
         let key = format!("{}/{}", p.container_port, p.proto);
         exposed.push(key.clone());
-        bindings.entry(key).or_insert_with(|| Some(Vec::new())).get_or_insert_with(Vec::new).push(PortBinding {
-            host_ip: p.host_ip.map(|ip| ip.to_string()),
-            host_port: Some(p.host_port.to_string()),
-        });
+        bindings
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: p.host_ip.map(|ip| ip.to_string()),
+                host_port: Some(p.host_port.to_string()),
+            });
     }
 
     ContainerCreateBody {
@@ -130,7 +143,10 @@ pub fn container_body(cfg: &VassalConfig, d: &DockerConfig, ctx: &Context<'_>) -
             // Docker keeps its own copy of the output; bound it so a chatty vassal cannot fill the disk.
             log_config: Some(HostConfigLogConfig {
                 typ: Some("json-file".into()),
-                config: Some(HashMap::from([("max-size".into(), "10m".into()), ("max-file".into(), "2".into())])),
+                config: Some(HashMap::from([
+                    ("max-size".into(), "10m".into()),
+                    ("max-file".into(), "2".into()),
+                ])),
             }),
             ..Default::default()
         }),
@@ -163,15 +179,27 @@ mod tests {
 
     #[test]
     fn everything_goes_into_host_config_at_create() {
-        let c = cfg("[emperor]\ndocker-image = img\nsocket = name=web,/run/a.sock\ndocker-port = 127.0.0.1:8080:80\n\
+        let c = cfg(
+            "[emperor]\ndocker-image = img\nsocket = name=web,/run/a.sock\ndocker-port = 127.0.0.1:8080:80\n\
                      docker-mount = /srv/data:/data:ro\ndocker-network-mode = none\ndocker-memory = 64m\n\
-                     docker-dns = 1.1.1.1\ndocker-env = A=1\nenv = B=2\ndocker-user = nobody\n");
+                     docker-dns = 1.1.1.1\ndocker-env = A=1\nenv = B=2\ndocker-user = nobody\n",
+        );
         let d = c.docker.clone().unwrap();
-        let (shim, dir) = (PathBuf::from("/usr/bin/emperor"), PathBuf::from("/run/emperor/abc/app.ini"));
+        let (shim, dir) = (
+            PathBuf::from("/usr/bin/emperor"),
+            PathBuf::from("/run/emperor/abc/app.ini"),
+        );
         let labels = [("emperor.test".to_string(), "1".to_string())];
         let b = container_body(&c, &d, &ctx(&shim, &dir, &labels));
-        assert_eq!(b.entrypoint.as_deref(), Some(&[SHIM_PATH.to_string(), "shim".into(), "--".into()][..]));
-        assert_eq!(b.cmd.as_deref(), Some(&["/app".to_string(), "--serve".into()][..]), "the image's own command");
+        assert_eq!(
+            b.entrypoint.as_deref(),
+            Some(&[SHIM_PATH.to_string(), "shim".into(), "--".into()][..])
+        );
+        assert_eq!(
+            b.cmd.as_deref(),
+            Some(&["/app".to_string(), "--serve".into()][..]),
+            "the image's own command"
+        );
         let env = b.env.unwrap();
         assert!(env.contains(&"B=2".to_string()) && env.contains(&"A=1".to_string()));
         assert!(env.contains(&format!("{}=/.emperor/proxy/vassal.sock", shim::ENV_PROXY)));
@@ -185,13 +213,22 @@ mod tests {
         assert_eq!(hc.memory, Some(64 << 20));
         assert_eq!(hc.dns, Some(vec!["1.1.1.1".to_string()]));
         let mounts = hc.mounts.unwrap();
-        let targets: Vec<_> = mounts.iter().map(|m| (m.target.clone().unwrap(), m.read_only)).collect();
-        assert!(targets.contains(&("/.emperor/proxy".into(), Some(false))), "{targets:?}");
+        let targets: Vec<_> = mounts
+            .iter()
+            .map(|m| (m.target.clone().unwrap(), m.read_only))
+            .collect();
+        assert!(
+            targets.contains(&("/.emperor/proxy".into(), Some(false))),
+            "{targets:?}"
+        );
         assert!(targets.contains(&(SHIM_PATH.into(), Some(true))), "{targets:?}");
         assert!(targets.contains(&("/data".into(), Some(true))), "{targets:?}");
         let pb = hc.port_bindings.unwrap();
         let bind = &pb["80/tcp"].as_ref().unwrap()[0];
-        assert_eq!((bind.host_ip.as_deref(), bind.host_port.as_deref()), (Some("127.0.0.1"), Some("8080")));
+        assert_eq!(
+            (bind.host_ip.as_deref(), bind.host_port.as_deref()),
+            (Some("127.0.0.1"), Some("8080"))
+        );
         assert_eq!(b.user.as_deref(), Some("nobody"));
         assert_eq!(b.tty, Some(true));
     }
@@ -213,7 +250,11 @@ mod tests {
         let (shim, dir) = (PathBuf::from("/e"), PathBuf::from("/d"));
         let b = container_body(&c, c.docker.as_ref().unwrap(), &ctx(&shim, &dir, &[]));
         assert_eq!(b.entrypoint, None, "the image's entrypoint stays");
-        assert!(b.env.unwrap().contains(&"UWSGI_EMPEROR_PROXY=/.emperor/proxy/vassal.sock".to_string()));
+        assert!(
+            b.env
+                .unwrap()
+                .contains(&"UWSGI_EMPEROR_PROXY=/.emperor/proxy/vassal.sock".to_string())
+        );
         let mounts = b.host_config.unwrap().mounts.unwrap();
         assert!(mounts.iter().all(|m| m.target.as_deref() != Some(SHIM_PATH)));
     }

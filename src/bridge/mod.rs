@@ -91,7 +91,11 @@ struct Bridge {
 
 impl Bridge {
     fn new(args: BridgeArgs) -> Self {
-        Bridge { args, container: None, proxy_dir: None }
+        Bridge {
+            args,
+            container: None,
+            proxy_dir: None,
+        }
     }
 
     fn log_fail(&self, (code, msg): &Fail) {
@@ -122,11 +126,19 @@ impl Bridge {
 
     async fn cleanup(&mut self, docker: &Docker) {
         if let Some(id) = self.container.take() {
-            let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+            let opts = RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            };
             match docker.remove_container(&id, Some(opts)).await {
                 Ok(()) => debug!("[{}] bridge: removed container {}", self.args.name, short(&id)),
                 Err(e) if status(&e) == Some(404) => {}
-                Err(e) => warn!("[{}] bridge: cannot remove container {}: {e}", self.args.name, short(&id)),
+                Err(e) => warn!(
+                    "[{}] bridge: cannot remove container {}: {e}",
+                    self.args.name,
+                    short(&id)
+                ),
             }
         }
         if let Some(dir) = self.proxy_dir.take() {
@@ -136,22 +148,35 @@ impl Bridge {
 
     async fn run_with(&mut self, docker: &Docker) -> Result<u8, Fail> {
         let name = self.args.name.clone();
-        let text = std::env::var(ENV_VASSAL_TEXT).map_err(|_| (exit::BAD_CONFIG, format!("{ENV_VASSAL_TEXT} is not set")))?;
+        let text =
+            std::env::var(ENV_VASSAL_TEXT).map_err(|_| (exit::BAD_CONFIG, format!("{ENV_VASSAL_TEXT} is not set")))?;
         let cfg = config::parse(&name, &self.args.file, &text, &self.args.vassals_dir)
             .map_err(|e| (exit::BAD_CONFIG, e.to_string()))?;
-        let d = cfg.docker.clone().ok_or((exit::BAD_CONFIG, "the vassal has no docker-image".to_string()))?;
+        let d = cfg
+            .docker
+            .clone()
+            .ok_or((exit::BAD_CONFIG, "the vassal has no docker-image".to_string()))?;
         let fds = adopt_fds()?;
 
         let image = docker.inspect_image(&d.image).await.map_err(|e| match status(&e) {
             Some(404) => (
                 exit::IMAGE_MISSING,
-                format!("image {:?} not found; build it (no registry is consulted) and the emperor retries", d.image),
+                format!(
+                    "image {:?} not found; build it (no registry is consulted) and the emperor retries",
+                    d.image
+                ),
             ),
             _ => docker_fail("inspect image", &e),
         })?;
         let image_command: Vec<String> = image
             .config
-            .map(|c| c.entrypoint.unwrap_or_default().into_iter().chain(c.cmd.unwrap_or_default()).collect())
+            .map(|c| {
+                c.entrypoint
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(c.cmd.unwrap_or_default())
+                    .collect()
+            })
             .unwrap_or_default();
 
         self.remove_stale(docker, &d).await?;
@@ -161,18 +186,32 @@ impl Bridge {
             Some(p) => (p.host.clone(), p.container.clone()),
             None => {
                 let dir = self.args.run_dir.join(&self.args.instance).join(&d.container_name);
-                (dir.join(docker::PROXY_NAME), format!("{}/{}", docker::PROXY_DIR, docker::PROXY_NAME))
+                (
+                    dir.join(docker::PROXY_NAME),
+                    format!("{}/{}", docker::PROXY_DIR, docker::PROXY_NAME),
+                )
             }
         };
-        let host_dir = host_sock.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-        std::fs::create_dir_all(&host_dir)
-            .map_err(|e| (exit::START_FAILED, format!("cannot create the proxy directory {}: {e}", host_dir.display())))?;
+        let host_dir = host_sock
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        std::fs::create_dir_all(&host_dir).map_err(|e| {
+            (
+                exit::START_FAILED,
+                format!("cannot create the proxy directory {}: {e}", host_dir.display()),
+            )
+        })?;
         if d.proxy.is_none() {
             self.proxy_dir = Some(host_dir.clone());
         }
         let _ = std::fs::remove_file(&host_sock);
-        let listener = UnixListener::bind(&host_sock)
-            .map_err(|e| (exit::START_FAILED, format!("cannot bind the proxy socket {}: {e}", host_sock.display())))?;
+        let listener = UnixListener::bind(&host_sock).map_err(|e| {
+            (
+                exit::START_FAILED,
+                format!("cannot bind the proxy socket {}: {e}", host_sock.display()),
+            )
+        })?;
         // Any container user must be able to connect; the peer is verified before anything is sent. A
         // `docker-proxy` directory is the user's: its mode is left alone.
         if d.proxy.is_none() {
@@ -180,8 +219,12 @@ impl Bridge {
         }
         let _ = std::fs::set_permissions(&host_sock, std::fs::Permissions::from_mode(0o666));
 
-        let shim_host = std::env::current_exe()
-            .map_err(|e| (exit::START_FAILED, format!("cannot find the emperor binary for the shim: {e}")))?;
+        let shim_host = std::env::current_exe().map_err(|e| {
+            (
+                exit::START_FAILED,
+                format!("cannot find the emperor binary for the shim: {e}"),
+            )
+        })?;
         let socket_names: Vec<String> = std::env::var("LISTEN_FDNAMES")
             .unwrap_or_default()
             .split(':')
@@ -200,17 +243,25 @@ impl Bridge {
             has_config: fds.config.is_some(),
         };
         if docker::payload(&cfg, &ctx).is_empty() {
-            return Err((exit::BAD_CONFIG, format!("image {:?} has no Entrypoint or Cmd; set exec", d.image)));
+            return Err((
+                exit::BAD_CONFIG,
+                format!("image {:?} has no Entrypoint or Cmd; set exec", d.image),
+            ));
         }
         let body = docker::container_body(&cfg, &d, &ctx);
         if self.args.docker_debug {
             info!("[{name}] bridge: create {} with {body:?}", d.container_name);
         }
-        let opts = CreateContainerOptions { name: Some(d.container_name.clone()), ..Default::default() };
-        let created = docker
-            .create_container(Some(opts), body)
-            .await
-            .map_err(|e| (exit::START_FAILED, format!("cannot create container {}: {}", d.container_name, message(&e))))?;
+        let opts = CreateContainerOptions {
+            name: Some(d.container_name.clone()),
+            ..Default::default()
+        };
+        let created = docker.create_container(Some(opts), body).await.map_err(|e| {
+            (
+                exit::START_FAILED,
+                format!("cannot create container {}: {}", d.container_name, message(&e)),
+            )
+        })?;
         let id = created.id;
         self.container = Some(id.clone());
         if let Some(cid) = &d.cidfile
@@ -223,16 +274,24 @@ impl Bridge {
         let attach = docker
             .attach_container(
                 &id,
-                Some(AttachContainerOptions { stream: true, logs: true, stdout: true, stderr: true, ..Default::default() }),
+                Some(AttachContainerOptions {
+                    stream: true,
+                    logs: true,
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                }),
             )
             .await
             .map_err(|e| docker_fail("attach to the container", &e))?;
         tokio::spawn(forward_output(attach.output));
 
-        docker
-            .start_container(&id, None)
-            .await
-            .map_err(|e| (exit::START_FAILED, format!("cannot start container {}: {}", d.container_name, message(&e))))?;
+        docker.start_container(&id, None).await.map_err(|e| {
+            (
+                exit::START_FAILED,
+                format!("cannot start container {}: {}", d.container_name, message(&e)),
+            )
+        })?;
         let inspect = docker
             .inspect_container(&id, None::<InspectContainerOptions>)
             .await
@@ -243,7 +302,9 @@ impl Bridge {
         let mut wait = Box::pin(docker.wait_container(&id, None::<WaitContainerOptions>));
         let mut term = signal(SignalKind::terminate()).map_err(|e| (exit::START_FAILED, e.to_string()))?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| (exit::START_FAILED, e.to_string()))?;
-        let lifeline = fds.lifeline.and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
+        let lifeline = fds
+            .lifeline
+            .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
         let mut lifeline_eof = Box::pin(async move {
             match lifeline {
                 Some(rx) => {
@@ -326,7 +387,10 @@ impl Bridge {
     /// `docker stop` with the vassal's stop signal and timeout (Docker SIGKILLs after it).
     async fn stop(&self, docker: &Docker, id: &str, cfg: &VassalConfig) {
         let t = i32::try_from(self.args.stop_timeout).unwrap_or(i32::MAX);
-        let opts = StopContainerOptions { t: Some(t), signal: cfg.stop_signal.map(|s| s.as_str().to_string()) };
+        let opts = StopContainerOptions {
+            t: Some(t),
+            signal: cfg.stop_signal.map(|s| s.as_str().to_string()),
+        };
         match docker.stop_container(id, Some(opts)).await {
             Ok(()) => {}
             Err(e) if matches!(status(&e), Some(304 | 404)) => {}
@@ -336,7 +400,10 @@ impl Bridge {
 
     /// Removes a container left with the vassal's name by an earlier emperor; refuses a foreign one.
     async fn remove_stale(&self, docker: &Docker, d: &DockerConfig) -> Result<(), Fail> {
-        let existing = match docker.inspect_container(&d.container_name, None::<InspectContainerOptions>).await {
+        let existing = match docker
+            .inspect_container(&d.container_name, None::<InspectContainerOptions>)
+            .await
+        {
             Ok(c) => c,
             Err(e) if status(&e) == Some(404) => return Ok(()),
             Err(e) => return Err(docker_fail("look for a stale container", &e)),
@@ -354,7 +421,11 @@ impl Bridge {
         }
         let id = existing.id.unwrap_or_else(|| d.container_name.clone());
         info!("[{}] bridge: removing stale container {}", self.args.name, short(&id));
-        let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
         match docker.remove_container(&id, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if status(&e) == Some(404) => Ok(()),
@@ -400,7 +471,12 @@ fn adopt_fds() -> Result<Fds, Fail> {
         }
     };
     let control = fd_var("UWSGI_EMPEROR_FD")?.ok_or_else(|| bad("UWSGI_EMPEROR_FD is not set".into()))?;
-    Ok(Fds { sockets, control, config: fd_var("UWSGI_EMPEROR_FD_CONFIG")?, lifeline: fd_var(ENV_LIFELINE_FD)? })
+    Ok(Fds {
+        sockets,
+        control,
+        config: fd_var("UWSGI_EMPEROR_FD_CONFIG")?,
+        lifeline: fd_var(ENV_LIFELINE_FD)?,
+    })
 }
 
 /// Adopts one inherited fd, after checking it is open, and marks it close-on-exec.
@@ -411,7 +487,10 @@ fn adopt(fd: RawFd) -> Result<OwnedFd, String> {
     // SAFETY: fcntl(F_GETFD/F_SETFD) on an integer only reads or sets a flag; an invalid number yields EBADF.
     let ok = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0;
     if !ok {
-        return Err(format!("fd {fd} was not passed by the emperor: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "fd {fd} was not passed by the emperor: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: the emperor placed this fd for us and nothing else in this process refers to it: each number
     // is adopted exactly once, right after start-up, before any other fd is opened.
@@ -428,7 +507,9 @@ fn same_pid_ns(pid: i32, init_pid: i64) -> bool {
 }
 
 async fn forward_output(
-    mut output: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bollard::container::LogOutput, DockerError>> + Send>>,
+    mut output: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<bollard::container::LogOutput, DockerError>> + Send>,
+    >,
 ) {
     use std::io::Write;
     while let Some(Ok(chunk)) = output.next().await {
@@ -465,7 +546,10 @@ fn message(e: &DockerError) -> String {
 fn docker_fail(step: &str, e: &DockerError) -> Fail {
     match e {
         DockerError::DockerResponseServerError { .. } => (exit::START_FAILED, format!("cannot {step}: {}", message(e))),
-        other => (exit::DOCKER_UNAVAILABLE, format!("cannot {step}: the Docker daemon did not answer: {other}")),
+        other => (
+            exit::DOCKER_UNAVAILABLE,
+            format!("cannot {step}: the Docker daemon did not answer: {other}"),
+        ),
     }
 }
 

@@ -29,18 +29,31 @@ pub async fn orphans(opts: Arc<EmperorOptions>, current: HashSet<String>) {
         Err(e) => return warn!("cannot reap orphaned containers: {e}"),
     };
     let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_INSTANCE}={}", opts.instance)])]);
-    let list = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+    let list = ListContainersOptions {
+        all: true,
+        filters: Some(filters),
+        ..Default::default()
+    };
     let containers = match docker.list_containers(Some(list)).await {
         Ok(c) => c,
         Err(e) => return warn!("cannot list this emperor's containers: {e}"),
     };
     for c in containers {
-        let vassal = c.labels.as_ref().and_then(|l| l.get(LABEL_VASSAL)).cloned().unwrap_or_default();
+        let vassal = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_VASSAL))
+            .cloned()
+            .unwrap_or_default();
         if current.contains(&vassal) {
             continue;
         }
         let Some(id) = c.id else { continue };
-        let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
         match docker.remove_container(&id, Some(opts)).await {
             Ok(()) => info!("[{vassal}] removed orphaned container {}", id.get(..12).unwrap_or(&id)),
             Err(e) => warn!("[{vassal}] cannot remove orphaned container {id}: {e}"),

@@ -71,7 +71,11 @@ pub fn start(name: String, opts: Arc<EmperorOptions>, set: &mut JoinSet<String>)
 
 fn params_for(opts: &EmperorOptions, cfg: Option<&VassalConfig>) -> Params {
     // A bridge needs time to `docker stop` (which itself escalates to SIGKILL) and remove the container.
-    let bridge_grace = if cfg.is_some_and(|c| c.docker.is_some()) { BRIDGE_GRACE } else { Duration::ZERO };
+    let bridge_grace = if cfg.is_some_and(|c| c.docker.is_some()) {
+        BRIDGE_GRACE
+    } else {
+        Duration::ZERO
+    };
     Params {
         throttle: opts.throttle,
         max_throttle: opts.max_throttle,
@@ -139,9 +143,14 @@ impl Actor {
                 Wake::Exited(res) => {
                     let bridged = self.proc.take().is_some_and(|p| p.bridged);
                     match res {
-                        Ok(Exit::Code(c)) if bridged && c == i32::from(crate::exit::BAD_CONFIG) => vec![Event::Rejected],
+                        Ok(Exit::Code(c)) if bridged && c == i32::from(crate::exit::BAD_CONFIG) => {
+                            vec![Event::Rejected]
+                        }
                         Ok(exit) => {
-                            if bridged && let Exit::Code(c) = exit && let Some(what) = crate::exit::describe(c) {
+                            if bridged
+                                && let Exit::Code(c) = exit
+                                && let Some(what) = crate::exit::describe(c)
+                            {
                                 warn!("[{}] bridge: {what}", self.name);
                             }
                             vec![Event::Exited(exit)]
@@ -313,7 +322,10 @@ impl Actor {
         let (out_rx, out_w) = output::pipe().map_err(|e| format!("cannot create the output pipe: {e}"))?;
         let default_name = fd_name(&self.name);
         let names = |socks: &[BoundSocket]| -> Vec<String> {
-            socks.iter().map(|s| s.spec.name.clone().unwrap_or_else(|| default_name.clone())).collect()
+            socks
+                .iter()
+                .map(|s| s.spec.name.clone().unwrap_or_else(|| default_name.clone()))
+                .collect()
         };
 
         let bridged = cfg.docker.is_some();
@@ -354,7 +366,11 @@ impl Actor {
                     speaks = false;
                 }
                 None => {
-                    argv = vec![self.opts.wrapper.to_string_lossy().into_owned(), "--ini".into(), cfg.name.clone()];
+                    argv = vec![
+                        self.opts.wrapper.to_string_lossy().into_owned(),
+                        "--ini".into(),
+                        cfg.name.clone(),
+                    ];
                     speaks = true;
                 }
             }
@@ -390,17 +406,28 @@ impl Actor {
         tokio::task::spawn_local(output::forward(self.name.clone(), out_rx));
         let pid = child.pid().as_raw();
         if bridged {
-            info!("[{}] spawned bridge pid {pid} for image {}", self.name, cfg.docker.as_ref().map_or("", |d| &d.image));
+            info!(
+                "[{}] spawned bridge pid {pid} for image {}",
+                self.name,
+                cfg.docker.as_ref().map_or("", |d| &d.image)
+            );
         } else {
             info!("[{}] spawned pid {pid}: {}", self.name, argv.join(" "));
         }
-        self.proc = Some(Proc { child, control: Some(control), config: config_chan, _lifeline: lifeline, bridged });
+        self.proc = Some(Proc {
+            child,
+            control: Some(control),
+            config: config_chan,
+            _lifeline: lifeline,
+            bridged,
+        });
         self.push_config();
         Ok(Event::Spawned { pid, speaks })
     }
 
     fn bridge_argv(&self, cfg: &VassalConfig) -> Vec<String> {
-        let exe = std::env::current_exe().map_or_else(|_| "/proc/self/exe".into(), |p| p.to_string_lossy().into_owned());
+        let exe =
+            std::env::current_exe().map_or_else(|_| "/proc/self/exe".into(), |p| p.to_string_lossy().into_owned());
         let mut argv = vec![
             exe,
             "bridge".into(),

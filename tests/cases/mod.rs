@@ -1,7 +1,10 @@
 //! Test modules; they live in a subdirectory so Cargo does not build each one as its own test crate.
 
 mod config_errors;
+mod docker;
 mod lifecycle;
+mod nginx;
+mod shim;
 mod signals;
 mod sockets;
 mod throttle;

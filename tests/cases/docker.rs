@@ -1,0 +1,190 @@
+//! Docker vassals against a real Docker daemon: the bridge, the proxy socket and the shim together.
+//!
+//! Every test holds a `DockerSweep`, whose drop removes every container with the test's label even
+//! when the test fails, and passes that label to the emperor (`--docker-label`). Vassal names are
+//! unique per run, because container names are daemon-wide.
+
+use std::fs;
+use std::time::Duration;
+
+use crate::util::docker::{DockerSweep, container_exists, inspect, unique_name, wait_no_container};
+use crate::util::{Harness, LONG};
+
+const IMAGE: &str = "emperor-test/testapp";
+
+/// A Docker vassal running the test app with network none, serving `sock` and recording to rec/.
+fn vassal(h: &Harness, name: &str, extra: &str) -> String {
+    format!(
+        "[emperor]\ndocker-image = {IMAGE}\ndocker-network-mode = none\nsocket = {sock}\n\
+         docker-mount = {rec}:/rec\nexec = /testapp --name {name} --record /rec/{name}.rec\n{extra}",
+        sock = h.sock(&format!("{name}.sock")).display(),
+        rec = h.root.join("rec").display(),
+    )
+}
+
+fn start(h: &mut Harness, sweep: &DockerSweep, extra: &[&str]) {
+    let mut args: Vec<String> = sweep.emperor_args();
+    args.extend(["--reload-mercy", "5"].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    h.start(&refs);
+}
+
+#[test]
+fn docker_vassal_serves_through_the_passed_socket_with_network_none() {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("docker_serves");
+    let name = unique_name("serve");
+    let file = format!("{name}.ini");
+    h.write_vassal(&file, &vassal(&h, &name, ""));
+    start(&mut h, &sweep, &[]);
+    let s = &h.wait_starts(&name, 1, LONG)[0];
+    h.check(
+        s.get("listen_fds") == "1" && s.get("listen_pid_ok") == "1",
+        format!("LISTEN_FDS in the container: {s:?}"),
+    );
+    h.check(
+        s.get("emperor_fd") != "-",
+        format!("UWSGI_EMPEROR_FD in the container: {s:?}"),
+    );
+    let r = h.wait_http_unix(h.sock(&format!("{name}.sock")), LONG);
+    h.check(
+        r.contains(&format!("hello from {name}")),
+        format!("answer through the socket: {r:?}"),
+    );
+
+    // The container carries the labels, runs with network none, and is the vassal's name.
+    let labels = inspect(&file, "{{json .Config.Labels}}").unwrap_or_default();
+    for want in [
+        "emperor.vassal",
+        "emperor.instance",
+        "emperor.config-hash",
+        sweep.case_label(),
+    ] {
+        let key = want.split('=').next().unwrap();
+        h.check(labels.contains(key), format!("label {key} on the container: {labels}"));
+    }
+    let net = inspect(&file, "{{.HostConfig.NetworkMode}}").unwrap_or_default();
+    h.check(net.trim() == "none", format!("network mode: {net}"));
+    // The app's output reaches the emperor's stdout with the vassal's prefix (the test app prints nothing
+    // by default, so check the bridge's own log line instead).
+    h.wait_vlog(&file, "started", LONG);
+}
+
+#[test]
+fn touch_replaces_the_container_and_the_socket_stays() {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("docker_touch");
+    let name = unique_name("touch");
+    let file = format!("{name}.ini");
+    h.write_vassal(&file, &vassal(&h, &name, ""));
+    start(&mut h, &sweep, &[]);
+    h.wait_starts(&name, 1, LONG);
+    let sock = h.sock(&format!("{name}.sock"));
+    h.wait_http_unix(&sock, LONG);
+    let first_id = inspect(&file, "{{.Id}}").unwrap_or_default();
+    let ino = fs::metadata(&sock)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+
+    h.touch_vassal(&file);
+    h.wait_starts(&name, 2, LONG);
+    let r = h.wait_http_unix(&sock, LONG);
+    h.check(r.contains("hello from"), format!("answer after the reload: {r:?}"));
+    let second_id = inspect(&file, "{{.Id}}").unwrap_or_default();
+    h.check(
+        first_id != second_id && !second_id.is_empty(),
+        format!("a new container: {first_id} -> {second_id}"),
+    );
+    let ino2 = fs::metadata(&sock)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    h.check(ino == ino2, "the socket file is the same one across the reload");
+}
+
+#[test]
+fn delete_removes_the_container_and_sigterm_removes_all() {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("docker_delete");
+    let a = unique_name("dela");
+    let b = unique_name("delb");
+    h.write_vassal(&format!("{a}.ini"), &vassal(&h, &a, ""));
+    h.write_vassal(&format!("{b}.ini"), &vassal(&h, &b, ""));
+    start(&mut h, &sweep, &[]);
+    h.wait_starts(&a, 1, LONG);
+    h.wait_starts(&b, 1, LONG);
+    h.remove_vassal(&format!("{a}.ini"));
+    h.check(
+        wait_no_container(&format!("{a}.ini"), LONG),
+        "the deleted vassal's container is removed",
+    );
+    h.check(
+        !h.sock(&format!("{a}.sock")).exists(),
+        "the deleted vassal's socket is unlinked",
+    );
+    h.check(
+        container_exists(&format!("{b}.ini")),
+        "the other vassal's container is untouched",
+    );
+
+    h.signal(libc::SIGTERM);
+    let status = h.wait_exit(Duration::from_secs(30));
+    h.check(status.code() == Some(0), format!("emperor exit status {status:?}"));
+    h.check(
+        sweep.containers().is_empty(),
+        format!("no container left: {:?}", sweep.containers()),
+    );
+}
+
+#[test]
+fn kill_9_of_the_emperor_leaves_no_container_and_a_restart_converges() {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("docker_kill9");
+    let name = unique_name("k9");
+    let file = format!("{name}.ini");
+    h.write_vassal(&file, &vassal(&h, &name, ""));
+    start(&mut h, &sweep, &[]);
+    h.wait_starts(&name, 1, LONG);
+    h.signal(libc::SIGKILL);
+    h.wait_exit(LONG);
+    h.check(
+        wait_no_container(&file, Duration::from_secs(20)),
+        "the bridge removes the container after kill -9",
+    );
+
+    drop(h);
+
+    // A new emperor with the same vassal runs exactly one container for it.
+    let mut h2 = Harness::new("docker_kill9_again");
+    h2.write_vassal(&file, &vassal(&h2, &name, ""));
+    start(&mut h2, &sweep, &[]);
+    h2.wait_starts(&name, 1, LONG);
+    let rows = sweep.containers();
+    h2.check(rows.len() == 1, format!("exactly one container: {rows:?}"));
+}
+
+#[test]
+fn missing_image_and_bad_values_leave_the_others_running() {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("docker_bad");
+    let good = unique_name("good");
+    let missing = unique_name("missing");
+    let bad = unique_name("badmem");
+    h.write_vassal(&format!("{good}.ini"), &vassal(&h, &good, ""));
+    h.write_vassal(
+        &format!("{missing}.ini"),
+        &vassal(&h, &missing, "").replace(IMAGE, "emperor-test/does-not-exist"),
+    );
+    h.write_vassal(&format!("{bad}.ini"), &vassal(&h, &bad, "docker-memory = lots\n"));
+    start(&mut h, &sweep, &["--emperor-throttle", "500"]);
+    let first = h.wait_starts(&good, 1, LONG)[0].pid();
+    h.wait_vlog(&format!("{missing}.ini"), "not found", LONG);
+    h.wait_vlog(&format!("{bad}.ini"), "docker-memory", LONG);
+    // The missing image is retried (throttled), not given up.
+    h.wait_vlog(&format!("{missing}.ini"), "throttled", LONG);
+    h.check(
+        h.starts(&good).len() == 1 && h.starts(&good)[0].pid() == first,
+        "the good vassal kept running",
+    );
+    h.check(!h.stderr().contains("panicked"), "no panic");
+}

@@ -1,0 +1,182 @@
+//! The product's main use, end to end: a real nginx (Debian's) on 127.0.0.1 proxies to the unix socket
+//! of a Docker vassal that runs with network `none`, and a restart of the vassal under load loses no
+//! request.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::docker::{DockerSweep, unique_name};
+use crate::util::{Harness, LONG, descendants, free_port, kill};
+
+const NGINX: &str = "/usr/sbin/nginx";
+
+/// A private nginx: its own prefix, config, pid file and logs under the test's dir; killed on drop.
+struct Nginx {
+    child: Child,
+}
+
+impl Nginx {
+    fn start(dir: &Path, port: u16, upstream_sock: &Path) -> Nginx {
+        assert!(
+            Path::new(NGINX).exists(),
+            "{NGINX} is missing: run scripts/setup (installs nginx-light)"
+        );
+        fs::create_dir_all(dir.join("logs")).unwrap();
+        let conf = format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\npid {d}/nginx.pid;\n\
+             error_log {d}/logs/error.log warn;\nevents {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             upstream app {{ server unix:{sock}; }}\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n}}\n",
+            d = dir.display(),
+            sock = upstream_sock.display(),
+        );
+        fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new(NGINX)
+            .args([
+                "-p",
+                &dir.to_string_lossy(),
+                "-c",
+                &dir.join("nginx.conf").to_string_lossy(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        Nginx { child }
+    }
+}
+
+impl Drop for Nginx {
+    /// SIGTERM makes the master stop its workers; SIGKILL of the master alone would orphan them.
+    fn drop(&mut self) {
+        let master = self.child.id() as i32;
+        let workers = descendants(master);
+        kill(master, libc::SIGTERM);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for w in workers {
+            kill(w, libc::SIGKILL);
+        }
+    }
+}
+
+/// One HTTP/1.0 GET to nginx; Ok(status line) or the error.
+fn get(port: u16) -> Result<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let status = buf.lines().next().unwrap_or("").to_string();
+    if status.contains(" 200 ") && buf.contains("hello from") {
+        Ok(status)
+    } else {
+        Err(format!(
+            "bad answer: {}",
+            buf.lines().take(3).collect::<Vec<_>>().join(" | ")
+        ))
+    }
+}
+
+#[test]
+fn nginx_to_a_docker_vassal_loses_no_request_across_a_restart() {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("nginx_docker");
+    let name = unique_name("web");
+    let file = format!("{name}.ini");
+    let sock = h.sock(&format!("{name}.sock"));
+    h.write_vassal(
+        &file,
+        &format!(
+            "[emperor]\ndocker-image = emperor-test/testapp\ndocker-network-mode = none\nsocket = {}\n\
+             docker-mount = {}:/rec\nexec = /testapp --name {name} --record /rec/{name}.rec\n",
+            sock.display(),
+            h.root.join("rec").display()
+        ),
+    );
+    let mut args = sweep.emperor_args();
+    args.extend(["--reload-mercy", "10"].map(String::from));
+    h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    h.wait_starts(&name, 1, LONG);
+    h.wait_http_unix(&sock, LONG);
+
+    let port = free_port();
+    let _nginx = Nginx::start(&h.root.join("nginx"), port, &sock);
+    let start = Instant::now();
+    while get(port).is_err() {
+        assert!(
+            start.elapsed() < LONG,
+            "nginx never answered 200 on 127.0.0.1:{port}{}",
+            h.tail()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // A bounded load: 4 clients, until the restart is done and a little beyond, at most 60 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            thread::spawn(move || {
+                let t0 = Instant::now();
+                while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(60) {
+                    match get(port) {
+                        Ok(_) => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => failures.lock().unwrap().push(e),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    h.wait_for(
+        || ok.load(Ordering::SeqCst) > 50,
+        LONG,
+        "some requests under load before the restart",
+    );
+    let old_pid = h.starts(&name)[0].pid();
+    h.touch_vassal(&file);
+    h.wait_starts(&name, 2, Duration::from_secs(30));
+    let at_restart = ok.load(Ordering::SeqCst);
+    h.wait_for(
+        || ok.load(Ordering::SeqCst) > at_restart + 50,
+        LONG,
+        "requests served by the new container",
+    );
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    h.check(
+        failures.is_empty(),
+        format!(
+            "{} failed requests of {} (old pid {old_pid}): {:?}",
+            failures.len(),
+            ok.load(Ordering::SeqCst),
+            &failures[..failures.len().min(5)]
+        ),
+    );
+}
