@@ -155,6 +155,10 @@ pub struct EmperorArgs {
     #[arg(long = "docker-label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub docker_labels: Vec<(String, String)>,
 
+    /// Seconds a container gets to connect to its proxy socket before its start counts as failed.
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    pub docker_connect_timeout: u64,
+
     /// Directory for the bridges' private proxy-socket directories.
     #[arg(long, value_name = "DIR", default_value = "/run/emperor")]
     pub emperor_run_dir: PathBuf,
@@ -188,6 +192,7 @@ pub struct EmperorOptions {
     pub docker_daemon_socket: Option<PathBuf>,
     pub docker_debug: bool,
     pub docker_labels: Vec<(String, String)>,
+    pub docker_connect_timeout: u64,
     pub run_dir: PathBuf,
 }
 
@@ -216,6 +221,7 @@ impl EmperorArgs {
             docker_daemon_socket: self.docker_daemon_socket,
             docker_debug: self.docker_debug,
             docker_labels: self.docker_labels,
+            docker_connect_timeout: self.docker_connect_timeout.max(1),
             run_dir: self.emperor_run_dir,
         })
     }

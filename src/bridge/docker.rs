@@ -78,9 +78,11 @@ pub fn container_body(cfg: &VassalConfig, d: &DockerConfig, ctx: &Context<'_>) -
             Some(payload),
         )
     } else {
-        // A uWSGI that speaks the proxy protocol itself connects on its own (uwsgi-docker's way).
+        // A uWSGI that speaks the proxy protocol itself connects on its own (uwsgi-docker's way). An
+        // explicit command replaces the image's Entrypoint and Cmd (Docker then drops the image's Cmd).
         env.push(format!("UWSGI_EMPEROR_PROXY={}", ctx.proxy_container_path));
-        (None, cfg.exec.clone().or_else(|| is_uwsgi(cfg).then_some(payload)))
+        let own = cfg.exec.clone().or_else(|| is_uwsgi(cfg).then_some(payload));
+        (own, None)
     };
 
     let mut labels: HashMap<String, String> = ctx.extra_labels.iter().cloned().collect();
@@ -249,7 +251,11 @@ mod tests {
         let c = cfg("[emperor]\ndocker-image = img\ndocker-shim = false\n[uwsgi]\nmaster = true\n");
         let (shim, dir) = (PathBuf::from("/e"), PathBuf::from("/d"));
         let b = container_body(&c, c.docker.as_ref().unwrap(), &ctx(&shim, &dir, &[]));
-        assert_eq!(b.entrypoint, None, "the image's entrypoint stays");
+        assert_eq!(
+            b.entrypoint.as_deref(),
+            Some(&["/usr/bin/uwsgi".to_string(), "--ini".into(), "emperor://app.ini".into()][..])
+        );
+        assert_eq!(b.cmd, None);
         assert!(
             b.env
                 .unwrap()

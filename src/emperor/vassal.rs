@@ -82,7 +82,11 @@ fn params_for(opts: &EmperorOptions, cfg: Option<&VassalConfig>) -> Params {
         heartbeat: opts.heartbeat,
         loyalty_time: opts.loyalty_time,
         stop_timeout: cfg.and_then(|c| c.stop_timeout).unwrap_or(opts.reload_mercy) + bridge_grace,
-        stop_signal: cfg.and_then(|c| c.stop_signal).unwrap_or(Signal::SIGTERM),
+        // A bridge always gets SIGTERM: it hands the vassal's own stop signal to `docker stop`.
+        stop_signal: match cfg {
+            Some(c) if c.docker.is_none() => c.stop_signal.unwrap_or(Signal::SIGTERM),
+            _ => Signal::SIGTERM,
+        },
     }
 }
 
@@ -445,6 +449,8 @@ impl Actor {
             self.opts.wrapper.to_string_lossy().into_owned(),
             "--stop-timeout".into(),
             docker_stop_secs(cfg, &self.opts).to_string(),
+            "--handshake-timeout".into(),
+            self.opts.docker_connect_timeout.to_string(),
         ];
         if self.opts.docker_debug {
             argv.push("--docker-debug".into());

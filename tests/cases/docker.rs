@@ -176,7 +176,9 @@ fn missing_image_and_bad_values_leave_the_others_running() {
         &vassal(&h, &missing, "").replace(IMAGE, "emperor-test/does-not-exist"),
     );
     h.write_vassal(&format!("{bad}.ini"), &vassal(&h, &bad, "docker-memory = lots\n"));
+    h.write_vassal(&format!("@{bad}.ini"), &vassal(&h, &format!("at{bad}"), ""));
     start(&mut h, &sweep, &["--emperor-throttle", "500"]);
+    h.wait_vlog(&format!("@{bad}.ini"), "is not a valid container name", LONG);
     let first = h.wait_starts(&good, 1, LONG)[0].pid();
     h.wait_vlog(&format!("{missing}.ini"), "not found", LONG);
     h.wait_vlog(&format!("{bad}.ini"), "docker-memory", LONG);
@@ -187,4 +189,109 @@ fn missing_image_and_bad_values_leave_the_others_running() {
         "the good vassal kept running",
     );
     h.check(!h.stderr().contains("panicked"), "no panic");
+}
+
+#[test]
+fn docker_required_refuses_process_vassals_and_a_non_root_user_is_served() {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("docker_required");
+    let name = unique_name("nobody");
+    h.write_vassal(
+        &format!("{name}.ini"),
+        &vassal(&h, &name, "docker-user = 65534:65534\n"),
+    );
+    // The record dir must be writable by the container's user.
+    fs::set_permissions(h.root.join("rec"), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    h.write_vassal("plain.ini", &h.app_ini("plain", ""));
+    start(&mut h, &sweep, &["--emperor-docker-required"]);
+    h.wait_starts(&name, 1, LONG);
+    let r = h.wait_http_unix(h.sock(&format!("{name}.sock")), LONG);
+    h.check(
+        r.contains("hello from"),
+        format!("a non-root container user is served: {r:?}"),
+    );
+    h.wait_vlog("plain.ini", "--emperor-docker-required", LONG);
+    h.check(
+        h.starts("plain").is_empty(),
+        "a vassal without docker-image is not started",
+    );
+}
+
+#[test]
+fn unreachable_daemon_and_silent_container_are_retried_with_clear_messages() {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("docker_unreach");
+    let silent = unique_name("silent");
+    // docker-shim = false with an image that never speaks the proxy protocol: it never connects.
+    h.write_vassal(&format!("{silent}.ini"), &vassal(&h, &silent, "docker-shim = false\n"));
+    start(
+        &mut h,
+        &sweep,
+        &["--docker-connect-timeout", "2", "--emperor-throttle", "500"],
+    );
+    h.wait_vlog(
+        &format!("{silent}.ini"),
+        "did not connect to its proxy socket within 2 s",
+        LONG,
+    );
+    h.wait_vlog(&format!("{silent}.ini"), "throttled", LONG);
+    let file = format!("{silent}.ini");
+    h.check(
+        wait_no_container(&file, LONG),
+        "the container that never connected is removed",
+    );
+
+    let mut h2 = Harness::new("docker_unreach2");
+    let name = unique_name("nodaemon");
+    h2.write_vassal(&format!("{name}.ini"), &vassal(&h2, &name, ""));
+    h2.write_vassal("plain.ini", &h2.app_ini("plain", ""));
+    start(
+        &mut h2,
+        &sweep,
+        &[
+            "--docker-daemon-socket",
+            "/nonexistent/docker.sock",
+            "--emperor-throttle",
+            "500",
+        ],
+    );
+    h2.wait_vlog(&format!("{name}.ini"), "cannot reach the Docker daemon", LONG);
+    h2.wait_vlog(&format!("{name}.ini"), "throttled", LONG);
+    h2.wait_starts("plain", 1, LONG);
+    h2.check(!h2.stderr().contains("panicked"), "no panic");
+}
+
+#[test]
+fn a_restarted_emperor_reaps_the_container_of_a_vassal_deleted_while_it_was_down() {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("docker_reap");
+    let name = unique_name("orphan");
+    let file = format!("{name}.ini");
+    h.write_vassal(&file, &vassal(&h, &name, ""));
+    start(&mut h, &sweep, &[]);
+    h.wait_starts(&name, 1, LONG);
+    // Kill the bridge first, then the emperor, so that nobody cleans up: the container stays behind.
+    let bridge: i32 = h
+        .stderr()
+        .lines()
+        .find_map(|l| {
+            l.split("spawned bridge pid ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("the bridge's pid in the log");
+    crate::util::kill(bridge, libc::SIGKILL);
+    h.signal(libc::SIGKILL);
+    h.wait_exit(LONG);
+    h.check(container_exists(&file), "the container outlived its bridge and emperor");
+    h.remove_vassal(&file);
+    h.clear_exited();
+    start(&mut h, &sweep, &["--emperor-docker"]);
+    h.check(
+        wait_no_container(&file, LONG),
+        "the restarted emperor removed the orphaned container",
+    );
 }

@@ -515,6 +515,15 @@ impl Harness {
         }
     }
 
+    /// After the emperor exited, allow `start` again on the same directory (a restarted emperor).
+    pub fn clear_exited(&mut self) {
+        if let Some(c) = &mut self.child
+            && matches!(c.try_wait(), Ok(Some(_)))
+        {
+            self.child = None;
+        }
+    }
+
     /// Every pid a testapp recorded (start and child lines).
     pub fn recorded_pids(&self) -> Vec<i32> {
         let mut pids = vec![];
