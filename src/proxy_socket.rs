@@ -199,6 +199,25 @@ fn wait_ready(fd: BorrowedFd<'_>, events: PollFlags, timeout: PollTimeout) -> io
     }
 }
 
+/// Adopts one fd the emperor placed for a bridge (the sockets from fd 3 and the channels named by
+/// variables), after checking it is open, and marks it close-on-exec.
+pub fn adopt_inherited(fd: std::os::fd::RawFd) -> Result<OwnedFd, String> {
+    if fd < 3 {
+        return Err(format!("fd {fd} cannot be an inherited socket"));
+    }
+    // SAFETY: fcntl(F_GETFD/F_SETFD) on an integer only reads or sets a flag; an invalid number yields EBADF.
+    let ok = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0;
+    if !ok {
+        return Err(format!(
+            "fd {fd} was not passed by the emperor: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the emperor placed this fd for us and nothing else in this process refers to it: each number
+    // is adopted exactly once, right after start-up, before any other fd is opened.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,7 @@
 pub mod docker;
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -460,12 +460,15 @@ fn adopt_fds() -> Result<Fds, Fail> {
         Ok(v) if pid_ok => v.parse().map_err(|_| bad(format!("bad LISTEN_FDS {v:?}")))?,
         _ => 0,
     };
-    let sockets = (3..3 + n).map(adopt).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    let sockets = (3..3 + n)
+        .map(proxy_socket::adopt_inherited)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
     let fd_var = |var: &str| -> Result<Option<OwnedFd>, Fail> {
         match std::env::var(var) {
             Ok(v) => {
                 let fd: RawFd = v.parse().map_err(|_| bad(format!("bad {var} {v:?}")))?;
-                adopt(fd).map(Some).map_err(bad)
+                proxy_socket::adopt_inherited(fd).map(Some).map_err(bad)
             }
             Err(_) => Ok(None),
         }
@@ -477,24 +480,6 @@ fn adopt_fds() -> Result<Fds, Fail> {
         config: fd_var("UWSGI_EMPEROR_FD_CONFIG")?,
         lifeline: fd_var(ENV_LIFELINE_FD)?,
     })
-}
-
-/// Adopts one inherited fd, after checking it is open, and marks it close-on-exec.
-fn adopt(fd: RawFd) -> Result<OwnedFd, String> {
-    if fd < 3 {
-        return Err(format!("fd {fd} cannot be an inherited socket"));
-    }
-    // SAFETY: fcntl(F_GETFD/F_SETFD) on an integer only reads or sets a flag; an invalid number yields EBADF.
-    let ok = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0;
-    if !ok {
-        return Err(format!(
-            "fd {fd} was not passed by the emperor: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: the emperor placed this fd for us and nothing else in this process refers to it: each number
-    // is adopted exactly once, right after start-up, before any other fd is opened.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Is `pid` in the pid namespace of the container whose init is `init_pid`?
