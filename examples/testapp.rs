@@ -27,6 +27,13 @@
 //! - `--spawn-child`: fork a grandchild (same process group) that closes its inherited fds and sleeps forever;
 //!   record `child pid=<pid>`.
 //!
+//! - `--bind-unix <path>` (repeatable): bind and listen on that unix socket itself (a stale file is replaced, mode
+//!   0666) and serve it like a `LISTEN_FDS` socket; for running the app without an emperor (benchmarks).
+//! - `--keep-alive`: HTTP/1.1 keep-alive: each accepted connection gets its own thread, which answers request after
+//!   request on it (`Connection: keep-alive`) until the client closes it, sends `Connection: close`, speaks HTTP/1.0
+//!   without `Connection: keep-alive`, or stays idle for 60 s. Without it: one connection at a time per socket,
+//!   closed after each answer.
+//!
 //! The start line ends with `stdin=socket` when fd 0 is a listening socket (uWSGI's convention for a socket owned
 //! by the emperor), else `stdin=-`; such an fd 0 is served too.
 //!
@@ -58,6 +65,8 @@ struct Opts {
     heartbeat_once: bool,
     spawn_child: bool,
     ini: Option<String>,
+    bind_unix: Vec<String>,
+    keep_alive: bool,
 }
 
 fn usage(msg: &str) -> ! {
@@ -79,6 +88,8 @@ fn parse_args() -> Opts {
         heartbeat_once: false,
         spawn_child: false,
         ini: None,
+        bind_unix: Vec::new(),
+        keep_alive: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -104,6 +115,8 @@ fn parse_args() -> Opts {
             "--speak" => o.speak = true,
             "--heartbeat-once" => o.heartbeat_once = true,
             "--spawn-child" => o.spawn_child = true,
+            "--bind-unix" => o.bind_unix.push(val("--bind-unix")),
+            "--keep-alive" => o.keep_alive = true,
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -339,20 +352,24 @@ fn main() {
     let speak = o.speak;
     let body = format!("hello from {} pid={me}\n", o.name);
     // uWSGI's convention for an emperor-owned socket is fd 0; serve it too when it is a listening socket.
-    let fds: Vec<i32> = stdin_is_listener
+    let mut fds: Vec<i32> = stdin_is_listener
         .then_some(0)
         .into_iter()
         .chain(3..3 + listen_fds.unwrap_or(0))
         .collect();
+    for path in &o.bind_unix {
+        fds.push(bind_unix(path));
+    }
+    let keep_alive = o.keep_alive;
     let mut workers = Vec::new();
     for fd in fds {
-        let body = body.clone();
+        let body: Arc<str> = Arc::from(body.as_str());
         let loyal_sent = Arc::clone(&loyal_sent);
-        let on_served = move || {
+        let on_served: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             if speak && !loyal_sent.swap(true, Ordering::SeqCst) {
                 send_byte(17);
             }
-        };
+        });
         match socket_family(fd) {
             Some(libc::AF_UNIX) => {
                 // SAFETY: fd is a listening socket handed to us under the LISTEN_FDS convention.
@@ -360,10 +377,7 @@ fn main() {
                 workers.push(thread::spawn(move || {
                     while wait_acceptable(fd) {
                         match l.accept() {
-                            Ok((s, _)) => {
-                                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                                serve(s, &body, &on_served)
-                            }
+                            Ok((s, _)) => handle(s, &body, &on_served, keep_alive),
                             Err(e) => eprintln!("testapp: accept on fd {fd}: {e}"),
                         }
                     }
@@ -375,10 +389,7 @@ fn main() {
                 workers.push(thread::spawn(move || {
                     while wait_acceptable(fd) {
                         match l.accept() {
-                            Ok((s, _)) => {
-                                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                                serve(s, &body, &on_served)
-                            }
+                            Ok((s, _)) => handle(s, &body, &on_served, keep_alive),
                             Err(e) => eprintln!("testapp: accept on fd {fd}: {e}"),
                         }
                     }
@@ -441,4 +452,109 @@ fn serve<S: Read + Write>(mut s: S, body: &str, on_served: &dyn Fn()) {
         let _ = s.flush();
     }
     on_served();
+}
+
+/// A stream `handle` can serve: a unix or TCP connection.
+trait Conn: Read + Write + Send + 'static {
+    fn set_timeout(&self, d: Duration);
+}
+
+impl Conn for std::os::unix::net::UnixStream {
+    fn set_timeout(&self, d: Duration) {
+        let _ = self.set_read_timeout(Some(d));
+    }
+}
+
+impl Conn for std::net::TcpStream {
+    fn set_timeout(&self, d: Duration) {
+        let _ = self.set_read_timeout(Some(d));
+    }
+}
+
+/// Serves one accepted connection: inline, one answer then close (the default), or with `--keep-alive` on a
+/// thread of its own, answer after answer.
+fn handle<S: Conn>(s: S, body: &Arc<str>, on_served: &Arc<dyn Fn() + Send + Sync>, keep_alive: bool) {
+    if keep_alive {
+        s.set_timeout(Duration::from_secs(60));
+        let (body, on_served) = (Arc::clone(body), Arc::clone(on_served));
+        thread::spawn(move || serve_keep_alive(s, &body, &*on_served));
+    } else {
+        s.set_timeout(Duration::from_secs(5));
+        serve(s, body, &**on_served);
+    }
+}
+
+/// `--bind-unix`: binds and listens on `path` (a stale file is replaced; mode 0666), returns the raw fd.
+fn bind_unix(path: &str) -> i32 {
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).unwrap_or_else(|e| {
+        eprintln!("testapp: cannot bind {path}: {e}");
+        exit(2);
+    });
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666));
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(l);
+    // SAFETY: fd is the listening socket we own; a deeper backlog than std's default.
+    unsafe { libc::listen(fd, 1024) };
+    fd
+}
+
+/// `--keep-alive`: answers requests on one connection until the client is done with it.
+fn serve_keep_alive<S: Read + Write>(mut s: S, body: &str, on_served: &dyn Fn()) {
+    let mut pending: Vec<u8> = Vec::with_capacity(4096);
+    let mut buf = [0u8; 4096];
+    loop {
+        // One request head (and its body, if it declares a Content-Length).
+        let end = loop {
+            if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if pending.len() > 8192 {
+                return;
+            }
+            match s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        };
+        let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+        let mut content_length = 0usize;
+        let mut conn_close = head.lines().next().is_some_and(|l| l.ends_with("http/1.0"));
+        for line in head.lines().skip(1) {
+            if let Some(v) = line.strip_prefix("content-length:") {
+                content_length = v.trim().parse().unwrap_or(0);
+            } else if let Some(v) = line.strip_prefix("connection:") {
+                let v = v.trim();
+                if v.contains("close") {
+                    conn_close = true;
+                } else if v.contains("keep-alive") {
+                    conn_close = false;
+                }
+            }
+        }
+        while pending.len() < end + content_length {
+            match s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+        pending.drain(..end + content_length);
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{body}",
+            body.len(),
+            if conn_close { "close" } else { "keep-alive" }
+        );
+        if s.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+        on_served();
+        if conn_close || STOPPING.load(Ordering::SeqCst) {
+            let _ = s.flush();
+            return;
+        }
+    }
 }
