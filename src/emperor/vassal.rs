@@ -465,7 +465,7 @@ impl Actor {
     /// Sends the vassal file over the config channel, if the vassal has one.
     fn push_config(&mut self) {
         let Some(cfg) = self.config.clone() else { return };
-        let Some(chan) = self.proc.as_mut().and_then(|p| p.config.as_mut()) else {
+        let Some(chan) = self.proc.as_ref().and_then(|p| p.config.as_ref()) else {
             debug!("[{}] asked for its config, but it has no config channel", self.name);
             return;
         };
@@ -540,12 +540,14 @@ fn channel() -> nix::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Writes a small frame on a non-blocking stream that has room for it (a fresh socket buffer holds
-/// far more than a vassal file).
-fn write_all_now(chan: &mut UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
+/// far more than a vassal file). A plain write(2): tokio's `try_write` reports WouldBlock on a stream
+/// it has not polled yet, which would lose the first push right after spawn.
+fn write_all_now(chan: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
-        match chan.try_write(buf) {
+        match nix::unistd::write(chan, buf) {
             Ok(n) => buf = &buf[n..],
-            Err(e) => return Err(e),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

@@ -9,3 +9,4 @@ mod signals;
 mod sockets;
 mod throttle;
 mod uwsgi;
+mod uwsgi_docker;

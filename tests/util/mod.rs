@@ -29,9 +29,18 @@ pub fn testapp() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let manifest = env!("CARGO_MANIFEST_DIR");
+        // The test binary lives in target/<triple>/<profile>/deps/; build the example for the same profile.
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target profile dir")
+            .to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let out = Command::new(env!("CARGO"))
             .args(["build", "--quiet", "--example", "testapp", "--manifest-path"])
             .arg(Path::new(manifest).join("Cargo.toml"))
+            .args(release.then_some("--release"))
             .stdin(Stdio::null())
             .output()
             .expect("running cargo build --example testapp");
@@ -40,9 +49,6 @@ pub fn testapp() -> &'static Path {
             "cargo build --example testapp failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // The test binary lives in target/<profile>/deps/; examples in target/<profile>/examples/.
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
         let p = profile_dir.join("examples").join("testapp");
         assert!(p.exists(), "testapp not found at {}", p.display());
         p
