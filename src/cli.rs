@@ -162,6 +162,16 @@ pub struct EmperorArgs {
     /// Directory for the bridges' private proxy-socket directories.
     #[arg(long, value_name = "DIR", default_value = "/run/emperor")]
     pub emperor_run_dir: PathBuf,
+
+    /// Keep this nginx include file (upstreams + `map $host $emperor_upstream`) in step with the
+    /// vassals' `domains`/`domain` lines.
+    #[arg(long, value_name = "PATH")]
+    pub nginx_map: Option<PathBuf>,
+
+    /// Command run (split like a shell would, run without one) after the include file changed, e.g.
+    /// "nginx -s reload". Its failure is logged, never fatal.
+    #[arg(long, value_name = "COMMAND", requires = "nginx_map")]
+    pub nginx_reload: Option<String>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -194,6 +204,10 @@ pub struct EmperorOptions {
     pub docker_labels: Vec<(String, String)>,
     pub docker_connect_timeout: u64,
     pub run_dir: PathBuf,
+    /// `--nginx-map`: the include file `emperor/routes.rs` keeps; absolute once the emperor runs.
+    pub nginx_map: Option<PathBuf>,
+    /// `--nginx-reload`, split.
+    pub nginx_reload: Option<Vec<String>>,
 }
 
 impl EmperorArgs {
@@ -202,6 +216,10 @@ impl EmperorArgs {
         let dir = self.vassals_dir.or(self.emperor).ok_or("no vassals directory given")?;
         let chown_socket = match &self.chown_socket {
             Some(s) => Some(crate::config::parse_owner(s).map_err(|e| format!("--chown-socket {s:?}: {e}"))?),
+            None => None,
+        };
+        let nginx_reload = match &self.nginx_reload {
+            Some(s) => Some(split_command(s).map_err(|e| format!("--nginx-reload {s:?}: {e}"))?),
             None => None,
         };
         Ok(EmperorOptions {
@@ -223,6 +241,65 @@ impl EmperorArgs {
             docker_labels: self.docker_labels,
             docker_connect_timeout: self.docker_connect_timeout.max(1),
             run_dir: self.emperor_run_dir,
+            nginx_map: self.nginx_map,
+            nginx_reload,
         })
+    }
+}
+
+/// A command line split as `exec =` is: shell-like quoting, no shell.
+fn split_command(s: &str) -> Result<Vec<String>, String> {
+    if s.contains('\0') {
+        return Err("contains a nul byte".to_owned());
+    }
+    match shlex::split(s) {
+        None => Err("unbalanced quotes or trailing backslash".to_owned()),
+        Some(argv) if argv.first().is_none_or(String::is_empty) => Err("empty command".to_owned()),
+        Some(argv) => Ok(argv),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(args: &[&str]) -> Result<EmperorOptions, String> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("emperor").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+        cli.emperor.into_options()
+    }
+
+    #[test]
+    fn nginx_options() {
+        let o = options(&["d"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((o.nginx_map, o.nginx_reload), (None, None));
+        let o = options(&[
+            "--nginx-map",
+            "/etc/nginx/r.conf",
+            "--nginx-reload",
+            "nginx -p '/a b' -s reload",
+            "d",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.nginx_map, Some(PathBuf::from("/etc/nginx/r.conf")));
+        assert_eq!(
+            o.nginx_reload,
+            Some(vec![
+                "nginx".into(),
+                "-p".into(),
+                "/a b".into(),
+                "-s".into(),
+                "reload".into()
+            ])
+        );
+        let e = options(&["--nginx-map", "r.conf", "--nginx-reload", "nginx 'x", "d"]).err();
+        assert_eq!(
+            e.as_deref(),
+            Some("--nginx-reload \"nginx 'x\": unbalanced quotes or trailing backslash")
+        );
+        let e = options(&["--nginx-map", "r.conf", "--nginx-reload", "''", "d"]).err();
+        assert_eq!(e.as_deref(), Some("--nginx-reload \"''\": empty command"));
+        // A reload command without a map makes no sense.
+        assert!(options(&["--nginx-reload", "nginx -s reload", "d"]).is_err());
     }
 }

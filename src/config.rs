@@ -51,9 +51,33 @@
 //! # Keys
 //!
 //! All in `[emperor]`, case-sensitive, values trimmed, an empty value is an error. `socket`,
-//! `env`, `docker-socket`, `docker-port`, `docker-mount`, `docker-env` and `docker-dns` repeat;
-//! every other key may be given once. See [`KNOWN_KEYS`] and the fields of [`VassalConfig`] and
-//! [`DockerConfig`]. A file with no `[emperor]` section is a classic uWSGI vassal and is valid.
+//! `env`, `docker-socket`, `docker-port`, `docker-mount`, `docker-env`, `docker-dns`, `domains`
+//! and `domain` repeat; every other key may be given once. See [`KNOWN_KEYS`] and the fields of
+//! [`VassalConfig`] and [`DockerConfig`]. A file with no `[emperor]` section is a classic uWSGI
+//! vassal and is valid.
+//!
+//! # On-demand, idle and Host routes
+//!
+//! `on-demand` ([`VassalConfig::on_demand`]), `idle` ([`VassalConfig::idle`]) and `idle-action`
+//! ([`IdleAction`]) apply to process and Docker vassals alike; `idle-action` without `idle` is an
+//! error (`needs idle`). `domains = a.example b.example` and `domain = <host> [socket=<name>]`
+//! become [`VassalConfig::routes`], which `emperor/routes.rs` turns into an nginx include file.
+//! What is checked here, per vassal, with the line of the offending host:
+//!
+//! - a host is a DNS name, `*.name` or nginx's `.name` (both `name` and every name below it),
+//!   lowercased; a port, a URL, or a `*` anywhere but in front is an error;
+//! - two hosts of one vassal may not claim the same name ([`Route::overlaps`]: `a.b` twice, but
+//!   also `.a.b` with `a.b` or `*.a.b`), since nginx refuses such a map ("conflicting parameter");
+//! - a route needs a target: `socket=<name>` must name one of the vassal's `socket` or
+//!   `docker-socket` lines (by its `name=`), and without it the target is the first socket, so a
+//!   vassal with routes and no socket is an error; an abstract target (`@name`) is an error too,
+//!   because nginx cannot connect to one (1.22 takes `unix:@name` for a file name).
+//!
+//! The same host in two vassals is not an error here (each file is valid on its own): the route
+//! table resolves it, see `emperor/routes.rs`. These keys and `on-demand`/`idle`/`idle-action`
+//! only change what the emperor does around the vassal, so they are left out of
+//! [`VassalConfig::emperor_hash`]: editing them is a plain reload (in place for a vassal that speaks
+//! the protocol), never a new container by itself.
 //!
 //! # Docker vassals
 //!
@@ -121,6 +145,11 @@ pub const KNOWN_KEYS: &[&str] = &[
     "docker-cidfile",
     "docker-dns",
     "docker-shim",
+    "on-demand",
+    "idle",
+    "idle-action",
+    "domains",
+    "domain",
 ];
 
 /// Keys that may be given more than once; each line adds one value, in order.
@@ -132,6 +161,8 @@ const REPEATABLE_KEYS: &[&str] = &[
     "docker-mount",
     "docker-env",
     "docker-dns",
+    "domains",
+    "domain",
 ];
 
 /// uwsgi-docker attributes we do not take, with what to write instead.
@@ -160,6 +191,9 @@ const MAX_SOCKET_NAME_LEN: usize = 255;
 
 /// Below this Jaro-Winkler similarity an unknown key gets no "did you mean".
 const SUGGESTION_THRESHOLD: f64 = 0.8;
+
+/// Longest DNS name (RFC 1035, without the trailing dot).
+const MAX_HOST_LEN: usize = 253;
 
 /// One vassal, validated. Built only by [`parse`] / [`load`]; the emperor, bridges and actors see
 /// nothing of the INI layer.
@@ -206,6 +240,62 @@ pub struct VassalConfig {
     /// emperor://<name>` in its container. For a Docker vassal this flag is part of
     /// [`VassalConfig::emperor_hash`], since it changes the container's command.
     pub uwsgi_section: bool,
+    /// `on-demand = true|false|1|0|yes|no` (any case; default false): bind the sockets at once,
+    /// start the vassal on the first connection.
+    pub on_demand: bool,
+    /// `idle = <seconds>` (integer or decimal, > 0): the vassal is idle when no connection has been
+    /// open on any of its sockets for that long.
+    pub idle: Option<Duration>,
+    /// `idle-action = stop|pause` (default stop); needs `idle`.
+    pub idle_action: IdleAction,
+    /// `domains = <host> <host> ...` and `domain = <host> [socket=<name>]`, in file order: the
+    /// Host names nginx routes to this vassal (see `emperor/routes.rs`). Hosts are lowercase, and
+    /// no two overlap within a vassal; a vassal with routes has at least one socket, and every
+    /// `socket=` names one of its sockets that is not abstract.
+    pub routes: Vec<Route>,
+}
+
+/// What an idle vassal becomes (`idle-action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdleAction {
+    /// Stop it; an on-demand vassal goes back to waiting for a connection.
+    #[default]
+    Stop,
+    /// Freeze it (docker pause, the cgroup freezer); thawed on the next connection.
+    Pause,
+}
+
+/// One Host route: requests whose `Host` matches `host` go to the vassal's socket `socket`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route {
+    /// A lowercase DNS name (`a.example`), a wildcard (`*.example`: every name below it) or
+    /// nginx's suffix form (`.example`: `example` and every name below it). No port, no
+    /// trailing dot.
+    pub host: String,
+    /// `socket=<name>`: a named socket of the vassal; `None`: its first socket.
+    pub socket: Option<String>,
+}
+
+impl Route {
+    /// What the host claims in an nginx `hostnames` map, as (exact name, wildcard suffix): `a.b`
+    /// claims the exact name `a.b`, `*.a.b` the names below `a.b`, `.a.b` both. Two hosts conflict
+    /// when they claim the same thing (nginx refuses such a map: "conflicting parameter").
+    pub fn claims(&self) -> (Option<&str>, Option<&str>) {
+        if let Some(base) = self.host.strip_prefix("*.") {
+            (None, Some(base))
+        } else if let Some(base) = self.host.strip_prefix('.') {
+            (Some(base), Some(base))
+        } else {
+            (Some(&self.host), None)
+        }
+    }
+
+    /// True if the two hosts claim a name in common (see [`Route::claims`]).
+    pub fn overlaps(&self, other: &Route) -> bool {
+        let (a_exact, a_wild) = self.claims();
+        let (b_exact, b_wild) = other.claims();
+        (a_exact.is_some() && a_exact == b_exact) || (a_wild.is_some() && a_wild == b_wild)
+    }
 }
 
 impl VassalConfig {
@@ -619,6 +709,10 @@ fn empty_config(name: &str, path: &Path, text: &str) -> VassalConfig {
         text: text.to_owned(),
         docker: None,
         uwsgi_section: false,
+        on_demand: false,
+        idle: None,
+        idle_action: IdleAction::Stop,
+        routes: Vec::new(),
     }
 }
 
@@ -665,6 +759,11 @@ fn build(
     let mut port_lines: HashMap<(Option<IpAddr>, u16, String), Option<usize>> = HashMap::new();
     let mut mount_lines: HashMap<String, Option<usize>> = HashMap::new();
     let mut swap_entry: Option<&RawEntry> = None;
+    // An invalid socket line may be the one a route names; no route check then, only its problem.
+    let mut socket_invalid = false;
+    // Each route with the entry it came from, for the checks that need every socket first.
+    let mut route_entries: Vec<&RawEntry> = Vec::new();
+    let mut idle_action_entry: Option<&RawEntry> = None;
 
     for entry in &raw.entries {
         let key = entry.key.as_str();
@@ -764,12 +863,60 @@ fn build(
                 .map(|ip| docker.dns.push(ip))
                 .map_err(|_| format!("\"{value}\" is not an ip address")),
             "docker-shim" => parse_bool(value).map(|b| docker.shim = b),
+            "on-demand" => parse_bool(value).map(|b| config.on_demand = b),
+            "idle" => parse_seconds(value, "idle").map(|t| config.idle = Some(t)),
+            "idle-action" => parse_idle_action(value).map(|a| {
+                config.idle_action = a;
+                idle_action_entry = Some(entry);
+            }),
+            "domains" => {
+                let mut result = Ok(());
+                for host in value.split_whitespace() {
+                    let added = parse_host(host).and_then(|host| {
+                        add_route(
+                            &mut config.routes,
+                            &mut route_entries,
+                            entry,
+                            Route { host, socket: None },
+                        )
+                    });
+                    if let Err(message) = added {
+                        // One problem per bad host, all on this line.
+                        problems.push(Problem::for_entry(entry, message));
+                        result = Err(String::new());
+                    }
+                }
+                match result {
+                    Err(_) => continue,
+                    ok => ok,
+                }
+            }
+            "domain" => {
+                parse_domain(value).and_then(|route| add_route(&mut config.routes, &mut route_entries, entry, route))
+            }
             // KNOWN_KEYS lists a key that has no parser: a bug here, reported rather than ignored.
             _ => Err("known key without a parser (emperor bug)".to_owned()),
         };
         if let Err(message) = result {
+            if matches!(key, "socket" | "docker-socket") {
+                socket_invalid = true;
+            }
             problems.push(Problem::for_entry(entry, message));
         }
+    }
+
+    // Keys that depend on others, checked once every line is known (order in the file is free).
+    if let Some(entry) = idle_action_entry
+        && config.idle.is_none()
+        && !first_seen.contains_key("idle")
+    {
+        problems.push(Problem::for_entry(
+            entry,
+            "needs idle: the action is taken after \"idle = <seconds>\" without a connection",
+        ));
+    }
+    if !socket_invalid {
+        check_route_targets(&config, &route_entries, problems);
     }
 
     if let Some(image_entry) = image_entry {
@@ -815,6 +962,11 @@ fn suggest(key: &str) -> Option<&'static str> {
 /// unlike `DefaultHasher`, so it can outlive the process (container labels). `uwsgi_section`
 /// adds a marker (for Docker vassals, whose container command depends on it); the marker's key
 /// `[uwsgi]` cannot be an `[emperor]` key, so it cannot collide with a real entry.
+/// Keys that change only what the emperor does around the vassal (when to start it, when it is idle,
+/// which hosts route to it), not the process or container itself: changing them must not restart it,
+/// so they are left out of [`VassalConfig::emperor_hash`]. Their new values apply at once.
+const EMPEROR_ONLY_KEYS: &[&str] = &["on-demand", "idle", "idle-action", "domains", "domain"];
+
 fn emperor_hash(entries: &[RawEntry], uwsgi_section: bool) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -825,7 +977,7 @@ fn emperor_hash(entries: &[RawEntry], uwsgi_section: bool) -> u64 {
             hash = hash.wrapping_mul(PRIME);
         }
     };
-    for entry in entries {
+    for entry in entries.iter().filter(|e| !EMPEROR_ONLY_KEYS.contains(&e.key.as_str())) {
         feed(entry.key.as_bytes());
         feed(entry.value.as_bytes());
     }
@@ -1003,6 +1155,11 @@ fn parse_signal(value: &str) -> Result<Signal, String> {
 
 /// Seconds, integer or decimal (`2`, `0.5`); no sign, exponent, `inf` or `nan`.
 fn parse_timeout(value: &str) -> Result<Duration, String> {
+    parse_seconds(value, "timeout")
+}
+
+/// Seconds as for [`parse_timeout`]; `what` names the value in messages.
+fn parse_seconds(value: &str, what: &str) -> Result<Duration, String> {
     let digits = value.bytes().filter(u8::is_ascii_digit).count();
     let dots = value.bytes().filter(|b| *b == b'.').count();
     if digits == 0 || dots > 1 || digits + dots != value.len() {
@@ -1011,9 +1168,9 @@ fn parse_timeout(value: &str) -> Result<Duration, String> {
     let secs: f64 = value
         .parse()
         .map_err(|_| "expected seconds, such as 10 or 0.5".to_owned())?;
-    let timeout = Duration::try_from_secs_f64(secs).map_err(|_| "timeout is too large".to_owned())?;
+    let timeout = Duration::try_from_secs_f64(secs).map_err(|_| format!("{what} is too large"))?;
     if timeout.is_zero() {
-        return Err("timeout must be greater than 0".to_owned());
+        return Err(format!("{what} must be greater than 0"));
     }
     Ok(timeout)
 }
@@ -1411,6 +1568,193 @@ fn parse_bool(value: &str) -> Result<bool, String> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// On-demand, idle and Host routes
+// ---------------------------------------------------------------------------------------------
+
+fn parse_idle_action(value: &str) -> Result<IdleAction, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "stop" => Ok(IdleAction::Stop),
+        "pause" => Ok(IdleAction::Pause),
+        _ => Err("expected stop or pause".to_owned()),
+    }
+}
+
+/// A Host for nginx's `hostnames` map: a DNS name, `*.name` or `.name`, lowercased, one trailing
+/// dot dropped. Labels are RFC 1123 (`a-z 0-9 -`, 1 to 63, not starting or ending with `-`) plus
+/// `_`, which real names use (`_acme-challenge`) and nginx matches like any other character.
+fn parse_host(value: &str) -> Result<String, String> {
+    let host = value.to_ascii_lowercase();
+    if host.contains(':') || host.contains('[') {
+        return Err(format!(
+            "\"{value}\" has a port or is an ipv6 address: a route matches nginx's $host, which is the \
+             name alone (no port); write the name"
+        ));
+    }
+    if host.contains('/') {
+        return Err(format!("\"{value}\" is a url or path; write the host name alone"));
+    }
+    let (prefix, name) = if let Some(rest) = host.strip_prefix("*.") {
+        ("*.", rest)
+    } else if let Some(rest) = host.strip_prefix('.') {
+        (".", rest)
+    } else {
+        ("", host.as_str())
+    };
+    if name.contains('*') {
+        return Err(format!(
+            "\"{value}\": a wildcard is only allowed as a leading \"*.\" (as in *.example.com)"
+        ));
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return Err(format!("\"{value}\" has no name after \"{prefix}\""));
+    }
+    if name.len() > MAX_HOST_LEN {
+        return Err(format!(
+            "\"{value}\" is {} bytes; a dns name has at most {MAX_HOST_LEN}",
+            name.len()
+        ));
+    }
+    for label in name.split('.') {
+        let valid = (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !valid {
+            return Err(format!(
+                "\"{value}\" is not a host name: \"{label}\" is not a dns label (1 to 63 of a-z 0-9 - _, \
+                 not starting or ending with -)"
+            ));
+        }
+    }
+    Ok(format!("{prefix}{name}"))
+}
+
+/// `domain = <host> [socket=<name>]`.
+fn parse_domain(value: &str) -> Result<Route, String> {
+    const SYNTAX: &str = "expected \"<host>\" or \"<host> socket=<name>\"";
+    let mut words = value.split_whitespace();
+    let host = parse_host(words.next().unwrap_or_default())?;
+    let mut socket = None;
+    for word in words {
+        match word.split_once('=') {
+            Some(("socket", name)) if socket.is_none() => socket = Some(check_socket_name(name)?),
+            Some(("socket", _)) => return Err(format!("socket= given twice; {SYNTAX}")),
+            Some((option, _)) => return Err(format!("unknown option \"{option}\"; {SYNTAX}")),
+            None => {
+                return Err(format!(
+                    "\"{word}\": one host per domain line (use domains = for several); {SYNTAX}"
+                ));
+            }
+        }
+    }
+    Ok(Route { host, socket })
+}
+
+/// Adds a route unless its host overlaps one already declared by the vassal (nginx would refuse
+/// the map).
+fn add_route<'a>(
+    routes: &mut Vec<Route>,
+    entries: &mut Vec<&'a RawEntry>,
+    entry: &'a RawEntry,
+    route: Route,
+) -> Result<(), String> {
+    if let Some(i) = routes.iter().position(|r| r.overlaps(&route)) {
+        let (first, line) = (&routes[i].host, entries[i].line);
+        let same = if *first == route.host {
+            format!("host {} is already routed", route.host)
+        } else {
+            format!(
+                "host {} overlaps {first} (nginx matches {} through both)",
+                route.host,
+                overlap_example(&routes[i], &route)
+            )
+        };
+        return Err(match line {
+            Some(line) => format!("{same} on line {line}"),
+            None => same,
+        });
+    }
+    routes.push(route);
+    entries.push(entry);
+    Ok(())
+}
+
+/// A name two overlapping hosts both claim, for the message.
+fn overlap_example(a: &Route, b: &Route) -> String {
+    let (a_exact, a_wild) = a.claims();
+    let (b_exact, b_wild) = b.claims();
+    match (
+        a_exact.filter(|e| Some(*e) == b_exact),
+        a_wild.filter(|w| Some(*w) == b_wild),
+    ) {
+        (Some(exact), _) => exact.to_owned(),
+        (None, Some(wild)) => format!("*.{wild}"),
+        (None, None) => a.host.clone(),
+    }
+}
+
+/// Every route needs a socket to go to: the named one, or the first. nginx cannot connect to an
+/// abstract unix socket (1.22 takes `unix:@name` as a file name), so one is refused as a target.
+fn check_route_targets(config: &VassalConfig, entries: &[&RawEntry], problems: &mut Vec<Problem>) {
+    let mut reported: Vec<Option<usize>> = Vec::new();
+    let mut report = |entry: &RawEntry, message: String, problems: &mut Vec<Problem>| {
+        // One problem per line, even for a domains line with several hosts.
+        if !reported.contains(&entry.line) || entry.line.is_none() {
+            reported.push(entry.line);
+            problems.push(Problem::for_entry(entry, message));
+        }
+    };
+    for (route, entry) in config.routes.iter().zip(entries) {
+        let target = match &route.socket {
+            None => match config.sockets.first() {
+                Some(first) => first,
+                None => {
+                    report(
+                        entry,
+                        "needs a socket: requests for the host go to the vassal's first socket \
+                         (or the one named with socket=), and it has none"
+                            .to_owned(),
+                        problems,
+                    );
+                    continue;
+                }
+            },
+            Some(name) => match config.sockets.iter().find(|s| s.name.as_deref() == Some(name)) {
+                Some(spec) => spec,
+                None => {
+                    let named: Vec<&str> = config.sockets.iter().filter_map(|s| s.name.as_deref()).collect();
+                    let known = if named.is_empty() {
+                        "it has no named socket (socket = name=<name>,<address>)".to_owned()
+                    } else {
+                        format!("its named sockets: {}", named.join(", "))
+                    };
+                    report(
+                        entry,
+                        format!("the vassal has no socket named \"{name}\"; {known}"),
+                        problems,
+                    );
+                    continue;
+                }
+            },
+        };
+        if let SocketAddrSpec::Abstract(_) = target.addr {
+            report(
+                entry,
+                format!(
+                    "routes to the abstract socket {}, which nginx cannot connect to; route to a socket \
+                     with a path or host:port (domain = <host> socket=<name>)",
+                    target.addr
+                ),
+                problems,
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1652,11 +1996,16 @@ mod tests {
                 "docker-swap" => "-1",
                 "docker-cidfile" => "/c",
                 "docker-shim" => "yes",
+                "on-demand" => "true",
+                "idle" => "30",
+                "idle-action" => "pause",
                 other => panic!("add a value for {other}"),
             };
-            // Other docker-* keys need a docker-image line first.
+            // Other docker-* keys need a docker-image line first, idle-action needs idle.
             let (prefix, first) = if key.starts_with("docker-") && *key != "docker-image" {
                 ("docker-image = img\n", 3)
+            } else if *key == "idle-action" {
+                ("idle = 1\n", 3)
             } else {
                 ("", 2)
             };
@@ -2990,5 +3339,339 @@ chmod-socket = 666
         // The vassal's own sections (uwsgi's `socket`, `chmod-socket`, ...) are not ours.
         assert_eq!(c.chmod_socket, None);
         assert_eq!(c.text, T_STANDARD_SOCKET);
+    }
+
+    // On-demand, idle and Host routes.
+
+    fn route(host: &str, socket: Option<&str>) -> Route {
+        Route {
+            host: host.into(),
+            socket: socket.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn on_demand_and_idle() {
+        let c = ok("[emperor]\nsocket = /run/a.sock\n");
+        assert_eq!((c.on_demand, c.idle, c.idle_action), (false, None, IdleAction::Stop));
+        assert!(c.routes.is_empty());
+        for (value, expected) in [
+            ("true", true),
+            ("YES", true),
+            ("1", true),
+            ("no", false),
+            ("False", false),
+            ("0", false),
+        ] {
+            assert_eq!(ok(&one(&format!("on-demand = {value}"))).on_demand, expected, "{value}");
+        }
+        let c = ok("[emperor]\non-demand = yes\nidle = 2.5\nidle-action = pause\n");
+        assert!(c.on_demand);
+        assert_eq!(c.idle, Some(Duration::from_millis(2500)));
+        assert_eq!(c.idle_action, IdleAction::Pause);
+        // Order in the file does not matter.
+        let c = ok("[emperor]\nidle-action = Stop\nidle = 60\n");
+        assert_eq!(
+            (c.idle, c.idle_action),
+            (Some(Duration::from_secs(60)), IdleAction::Stop)
+        );
+        // Docker vassals take them too.
+        let c = ok(&with_image("on-demand = true\nidle = 1\nidle-action = pause"));
+        assert!(c.on_demand && c.docker.is_some());
+    }
+
+    #[test]
+    fn on_demand_and_idle_invalid() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "on-demand = maybe",
+                "on-demand",
+                "expected true, false, 1, 0, yes or no",
+            ),
+            ("idle = 0", "idle", "idle must be greater than 0"),
+            ("idle = 0.0", "idle", "idle must be greater than 0"),
+            ("idle = -3", "idle", "expected seconds, such as 10 or 0.5"),
+            ("idle = 5m", "idle", "expected seconds, such as 10 or 0.5"),
+            ("idle = 1e9999", "idle", "expected seconds, such as 10 or 0.5"),
+            ("idle-action = freeze", "idle-action", "expected stop or pause"),
+        ];
+        for (line, key, message) in cases {
+            // idle-action is checked with an idle line, so only its own problem shows.
+            let text = if *key == "idle-action" {
+                format!("[emperor]\n{line}\nidle = 1\n")
+            } else {
+                one(line)
+            };
+            let e = err(&text);
+            assert_eq!(problems(&e), vec![(Some(2), Some(*key), *message)], "{line}");
+        }
+        let e = err("[emperor]\nsocket = /run/a.sock\nidle-action = pause\n");
+        assert_eq!(
+            problems(&e),
+            vec![(
+                Some(3),
+                Some("idle-action"),
+                "needs idle: the action is taken after \"idle = <seconds>\" without a connection"
+            )]
+        );
+        // An invalid idle has its own problem; idle-action adds none.
+        let e = err("[emperor]\nidle = never\nidle-action = stop\n");
+        assert_eq!(
+            problems(&e),
+            vec![(Some(2), Some("idle"), "expected seconds, such as 10 or 0.5")]
+        );
+    }
+
+    #[test]
+    fn routes_from_domains_and_domain() {
+        let c = ok("[emperor]\n\
+            socket = /run/a.sock\n\
+            socket = name=admin,127.0.0.1:9001\n\
+            domains = Shop.Example  www.shop.example\tapi.shop.example.\n\
+            domain = *.Apps.Example\n\
+            domain = admin.shop.example socket=admin\n\
+            domains = .static.example _acme.x-1.example localhost\n");
+        assert_eq!(
+            c.routes,
+            vec![
+                route("shop.example", None),
+                route("www.shop.example", None),
+                route("api.shop.example", None),
+                route("*.apps.example", None),
+                route("admin.shop.example", Some("admin")),
+                route(".static.example", None),
+                route("_acme.x-1.example", None),
+                route("localhost", None),
+            ]
+        );
+        // A named socket may also be the first one.
+        let c = ok("[emperor]\nsocket = name=web,/run/w.sock\ndomain = a.example socket=web\ndomain = b.example\n");
+        assert_eq!(
+            c.routes,
+            vec![route("a.example", Some("web")), route("b.example", None)]
+        );
+    }
+
+    #[test]
+    fn routes_invalid() {
+        let base = "[emperor]\nsocket = /run/a.sock\nsocket = name=admin,/run/admin.sock\nsocket = name=abs,@abs\n";
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "domains = a.example:8080",
+                "domains",
+                "\"a.example:8080\" has a port or is an ipv6 address: a route matches nginx's $host, which is \
+                 the name alone (no port); write the name",
+            ),
+            (
+                "domain = [::1]",
+                "domain",
+                "\"[::1]\" has a port or is an ipv6 address: a route matches nginx's $host, which is the name \
+                 alone (no port); write the name",
+            ),
+            (
+                "domain = http://a.example/",
+                "domain",
+                "\"http://a.example/\" has a port or is an ipv6 address: a route matches nginx's $host, which \
+                 is the name alone (no port); write the name",
+            ),
+            (
+                "domain = a.example/x",
+                "domain",
+                "\"a.example/x\" is a url or path; write the host name alone",
+            ),
+            (
+                "domain = www.*.example",
+                "domain",
+                "\"www.*.example\": a wildcard is only allowed as a leading \"*.\" (as in *.example.com)",
+            ),
+            (
+                "domain = example.*",
+                "domain",
+                "\"example.*\": a wildcard is only allowed as a leading \"*.\" (as in *.example.com)",
+            ),
+            ("domain = *.", "domain", "\"*.\" has no name after \"*.\""),
+            ("domain = .", "domain", "\".\" has no name after \".\""),
+            (
+                "domain = a..example",
+                "domain",
+                "\"a..example\" is not a host name: \"\" is not a dns label (1 to 63 of a-z 0-9 - _, not \
+                 starting or ending with -)",
+            ),
+            (
+                "domain = -a.example",
+                "domain",
+                "\"-a.example\" is not a host name: \"-a\" is not a dns label (1 to 63 of a-z 0-9 - _, not \
+                 starting or ending with -)",
+            ),
+            (
+                "domain = a.example b.example",
+                "domain",
+                "\"b.example\": one host per domain line (use domains = for several); expected \"<host>\" or \
+                 \"<host> socket=<name>\"",
+            ),
+            (
+                "domain = a.example weight=2",
+                "domain",
+                "unknown option \"weight\"; expected \"<host>\" or \"<host> socket=<name>\"",
+            ),
+            (
+                "domain = a.example socket=admin socket=admin",
+                "domain",
+                "socket= given twice; expected \"<host>\" or \"<host> socket=<name>\"",
+            ),
+            ("domain = a.example socket=", "domain", "socket name is empty"),
+            (
+                "domain = a.example socket=nope",
+                "domain",
+                "the vassal has no socket named \"nope\"; its named sockets: admin, abs",
+            ),
+            (
+                "domain = a.example socket=abs",
+                "domain",
+                "routes to the abstract socket @abs, which nginx cannot connect to; route to a socket with a \
+                 path or host:port (domain = <host> socket=<name>)",
+            ),
+        ];
+        for (line, key, message) in cases {
+            let e = err(&format!("{base}{line}\n"));
+            assert_eq!(problems(&e), vec![(Some(5), Some(*key), *message)], "{line}");
+        }
+        let long = format!("{}.example", "a".repeat(64));
+        let e = err(&format!("{base}domain = {long}\n"));
+        assert!(e.problems[0].message.contains("is not a dns label"), "{e}");
+        let huge = vec!["a".repeat(60); 5].join(".");
+        let e = err(&format!("{base}domain = {huge}\n"));
+        assert_eq!(
+            e.problems[0].message,
+            format!("\"{huge}\" is {} bytes; a dns name has at most 253", huge.len())
+        );
+    }
+
+    #[test]
+    fn routes_same_host_twice_in_one_vassal() {
+        let e = err("[emperor]\nsocket = /run/a.sock\ndomains = a.example B.example\n\
+                     domain = b.example\ndomains = c.example A.EXAMPLE.\n");
+        assert_eq!(
+            problems(&e),
+            vec![
+                (Some(4), Some("domain"), "host b.example is already routed on line 3"),
+                (Some(5), Some("domains"), "host a.example is already routed on line 3"),
+            ]
+        );
+        // Overlaps nginx would refuse in one map: .x claims x and *.x.
+        let e = err("[emperor]\nsocket = /run/a.sock\ndomains = .x.example\ndomains = x.example *.x.example\n");
+        assert_eq!(
+            problems(&e),
+            vec![
+                (
+                    Some(4),
+                    Some("domains"),
+                    "host x.example overlaps .x.example (nginx matches x.example through both) on line 3"
+                ),
+                (
+                    Some(4),
+                    Some("domains"),
+                    "host *.x.example overlaps .x.example (nginx matches *.x.example through both) on line 3"
+                ),
+            ]
+        );
+        // A wildcard and the exact name do not overlap.
+        let c = ok("[emperor]\nsocket = /run/a.sock\ndomains = x.example *.x.example\n");
+        assert_eq!(c.routes.len(), 2);
+    }
+
+    #[test]
+    fn routes_need_a_socket() {
+        let e = err("[emperor]\ndomains = a.example b.example\ndomain = c.example\n");
+        let needs = "needs a socket: requests for the host go to the vassal's first socket (or the one named \
+                     with socket=), and it has none";
+        assert_eq!(
+            problems(&e),
+            vec![(Some(2), Some("domains"), needs), (Some(3), Some("domain"), needs)]
+        );
+        // The socket may come after the route, and docker-socket counts.
+        let c = ok("[emperor]\ndomain = a.example socket=web\nsocket = name=web,/run/w.sock\n");
+        assert_eq!(c.routes, vec![route("a.example", Some("web"))]);
+        let c = ok(&with_image(
+            "domain = a.example socket=d\ndocker-socket = name=d,/run/d.sock",
+        ));
+        assert_eq!(c.routes, vec![route("a.example", Some("d"))]);
+        // A first socket that is abstract cannot be the default target.
+        let e = err("[emperor]\nsocket = @abs\nsocket = name=p,/run/p.sock\ndomain = a.example\n");
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert!(
+            e.problems[0].message.starts_with("routes to the abstract socket @abs"),
+            "{e}"
+        );
+        assert!(
+            ok("[emperor]\nsocket = @abs\nsocket = name=p,/run/p.sock\ndomain = a.example socket=p\n")
+                .routes
+                .len()
+                == 1
+        );
+        // An invalid socket line is reported alone: it may be the one the route meant.
+        let e = err("[emperor]\nsocket = name=web,garbage\ndomain = a.example socket=web\n");
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].key.as_deref(), Some("socket"));
+    }
+
+    #[test]
+    fn readme_routing_example_parses() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Routing by Host with nginx\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("README section"));
+        let text = section
+            .split("```ini\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap_or_else(|| panic!("ini block"));
+        let c = ok(text);
+        assert_eq!(
+            c.routes,
+            vec![
+                route("shop.example", None),
+                route("www.shop.example", None),
+                route("admin.shop.example", Some("admin")),
+                route("*.shops.example", None),
+            ]
+        );
+    }
+
+    #[test]
+    fn route_overlaps() {
+        let cases = [
+            ("a.b", "a.b", true),
+            ("a.b", "*.a.b", false),
+            ("a.b", ".a.b", true),
+            ("*.a.b", ".a.b", true),
+            ("*.a.b", "*.a.b", true),
+            ("x.a.b", "*.a.b", false),
+            ("a.b", "b", false),
+        ];
+        for (a, b, expected) in cases {
+            assert_eq!(route(a, None).overlaps(&route(b, None)), expected, "{a} {b}");
+            assert_eq!(route(b, None).overlaps(&route(a, None)), expected, "{b} {a}");
+        }
+    }
+
+    #[test]
+    fn emperor_only_keys_do_not_change_the_emperor_hash() {
+        let base = "[emperor]\nsocket = /run/a.sock\n";
+        let hashes: Vec<u64> = [
+            "",
+            "domains = a.example\n",
+            "domains = b.example\n",
+            "domain = a.example\n",
+            "on-demand = true\n",
+            "idle = 5\n",
+            "idle = 5\nidle-action = pause\n",
+        ]
+        .iter()
+        .map(|extra| ok(&format!("{base}{extra}")).emperor_hash)
+        .collect();
+        assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+        assert_ne!(hashes[0], ok("[emperor]\nsocket = /run/b.sock\n").emperor_hash);
     }
 }

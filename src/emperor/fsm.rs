@@ -12,16 +12,21 @@
 //! | `Running`    | process up; `loyal` once it sent byte 17 or stayed up `loyalty_time` |
 //! | `Reloading`  | byte 1 sent (in-place reload), waiting for the vassal to accept again |
 //! | `Stopping`   | stop requested; `then` says what follows the exit (restart, wait, finish) |
-//! | `Throttled`  | died before it was loyal; restarts at `until` |
+//! | `Throttled`  | died before it was loyal; restarts at `until` (an on-demand vassal then waits) |
+//! | `Paused`     | frozen while idle (`idle-action = pause`); a connection thaws it |
 //! | `Invalid`    | the file has never been valid, or Docker rejected it; nothing runs until it changes |
 //! | `Done`       | final; the actor releases its sockets and ends |
 //!
 //! # Transitions
 //! | from                      | event                          | to                         | actions |
 //! |---------------------------|--------------------------------|----------------------------|---------|
-//! | Waiting, Invalid          | Start                          | (same)                     | Spawn |
+//! | Waiting, Invalid          | Start, Reload                  | (same)                     | Spawn, or nothing if on demand |
+//! | Waiting                   | Activated (a connection waits) | (same)                     | Spawn |
 //! | Waiting, Invalid          | Spawned{speaks}                | Starting if speaks, else Running | |
-//! | Waiting, Invalid          | SpawnFailed                    | Throttled(attempt+1)       | |
+//! | Waiting, Invalid          | SpawnFailed                    | Throttled(attempt+1)       | DrainQueue if on demand |
+//! | Starting, Running         | Idle                           | Stopping{then: Wait}, or Paused | stop, or Pause |
+//! | Paused                    | Activated                      | Running                    | Resume |
+//! | Paused                    | Reload, Remove, Shutdown       | as Running                 | Resume, then as Running |
 //! | Starting                  | Msg ready/accepting/loyal      | Running                    | |
 //! | Starting, Running         | Msg loyal                      | Running{loyal}             | attempts = 0 |
 //! | any with a process        | Msg heartbeat                  | (same, heartbeat armed)    | |
@@ -33,13 +38,13 @@
 //! | Starting, Running, Reloading | Reload{restart} or silent   | Stopping{then: Restart}    | stop |
 //! | Reloading                 | Msg ready/accepting/loyal      | Running                    | |
 //! | Reloading                 | Timer                          | Running                    | (warn) |
-//! | Starting, Running, Reloading | Exited, loyal               | Waiting                    | Spawn (at once) |
-//! | Starting, Running, Reloading | Exited, not loyal           | Throttled(attempt+1)       | |
+//! | Starting, Running, Reloading | Exited, loyal               | Waiting                    | Spawn (at once; on demand: wait) |
+//! | Starting, Running, Reloading | Exited, not loyal           | Throttled(attempt+1)       | DrainQueue if on demand |
 //! | Stopping                  | Exited                         | per `then`: Waiting+Spawn, Waiting, Done | |
 //! | Starting, Running, Reloading | Rejected (bridge: bad config) | Invalid                  | |
 //! | Stopping                  | Timer (not yet killed)         | Stopping{killed}           | KillGroup |
 //! | Stopping                  | Reload                         | Stopping{then: Restart}    | |
-//! | Throttled                 | Timer, ClearThrottle, Reload   | Waiting                    | Spawn |
+//! | Throttled                 | Timer, ClearThrottle, Reload   | Waiting                    | Spawn (on demand: wait) |
 //! | any with a process        | Remove, Shutdown               | Stopping{then: Finish}     | stop |
 //! | Waiting, Throttled, Invalid | Remove, Shutdown             | Done                       | Finish |
 //!
@@ -64,6 +69,10 @@ pub struct Params {
     pub loyalty_time: Duration,
     pub stop_timeout: Duration,
     pub stop_signal: Signal,
+    /// Start on the first connection instead of at once (`on-demand`).
+    pub on_demand: bool,
+    /// On idle, freeze the vassal instead of stopping it (`idle-action = pause`).
+    pub idle_pause: bool,
 }
 
 /// What the emperor knows about one running process.
@@ -108,6 +117,8 @@ pub enum State {
     Throttled {
         until: Instant,
     },
+    /// Frozen while idle (`idle-action = pause`); thawed by the next connection.
+    Paused(Instance),
     Invalid {
         error: String,
     },
@@ -123,6 +134,7 @@ impl State {
             State::Reloading { .. } => "reloading",
             State::Stopping { .. } => "stopping",
             State::Throttled { .. } => "throttled",
+            State::Paused(_) => "paused",
             State::Invalid { .. } => "invalid",
             State::Done => "done",
         }
@@ -130,7 +142,7 @@ impl State {
 
     pub fn instance(&self) -> Option<&Instance> {
         match self {
-            State::Starting(i) | State::Running(i) => Some(i),
+            State::Starting(i) | State::Running(i) | State::Paused(i) => Some(i),
             State::Reloading { inst, .. } | State::Stopping { inst, .. } => Some(inst),
             _ => None,
         }
@@ -138,7 +150,7 @@ impl State {
 
     fn instance_mut(&mut self) -> Option<&mut Instance> {
         match self {
-            State::Starting(i) | State::Running(i) => Some(i),
+            State::Starting(i) | State::Running(i) | State::Paused(i) => Some(i),
             State::Reloading { inst, .. } | State::Stopping { inst, .. } => Some(inst),
             _ => None,
         }
@@ -167,6 +179,10 @@ pub enum Event {
     Remove,
     Shutdown,
     ClearThrottle,
+    /// A connection is waiting on one of the vassal's sockets (while waiting on demand, or paused).
+    Activated,
+    /// No connection was open on the vassal's sockets, and none arrived, for `idle` seconds.
+    Idle,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +192,12 @@ pub enum Action {
     Signal(Signal),
     KillGroup,
     PushConfig,
+    /// Accept and close the connections queued on the vassal's sockets: it could not start, and its
+    /// clients must not hang until the throttle ends.
+    DrainQueue,
+    /// Freeze the vassal (cgroup freezer through `docker pause`, or SIGSTOP of a process group).
+    Pause,
+    Resume,
     Finish,
     Log(log::Level, String),
 }
@@ -246,24 +268,40 @@ impl Fsm {
         acts.push(Action::Spawn);
     }
 
+    /// Start now, or, for an on-demand vassal, wait for a connection.
+    fn start_or_wait(&mut self, acts: &mut Vec<Action>) {
+        if self.params.on_demand {
+            self.state = State::Waiting;
+        } else {
+            self.spawn(acts);
+        }
+    }
+
+    fn throttle(&mut self, what: String, now: Instant, acts: &mut Vec<Action>) {
+        self.attempts += 1;
+        let delay = self.throttle_delay();
+        acts.push(Action::Log(
+            log::Level::Warn,
+            format!(
+                "{what}throttled: next start in {:.1}s (attempt {})",
+                delay.as_secs_f64(),
+                self.attempts
+            ),
+        ));
+        if self.params.on_demand {
+            acts.push(Action::DrainQueue);
+        }
+        self.state = State::Throttled { until: now + delay };
+    }
+
     fn died(&mut self, inst: Instance, exit: Exit, now: Instant, acts: &mut Vec<Action>) {
         let loyal = inst.loyal || now.duration_since(inst.started) >= self.params.loyalty_time;
         if loyal {
             self.attempts = 0;
             acts.push(Action::Log(log::Level::Warn, format!("exited {exit}; restarting")));
-            self.spawn(acts);
+            self.start_or_wait(acts);
         } else {
-            self.attempts += 1;
-            let delay = self.throttle_delay();
-            acts.push(Action::Log(
-                log::Level::Warn,
-                format!(
-                    "exited {exit} before it was loyal; throttled: next start in {:.1}s (attempt {})",
-                    delay.as_secs_f64(),
-                    self.attempts
-                ),
-            ));
-            self.state = State::Throttled { until: now + delay };
+            self.throttle(format!("exited {exit} before it was loyal; "), now, acts);
         }
     }
 
@@ -276,7 +314,16 @@ impl Fsm {
             (State::Done, _) => {}
 
             // No process.
-            (State::Waiting | State::Invalid { .. }, Event::Start | Event::Reload { .. }) => self.spawn(&mut acts),
+            (State::Waiting | State::Invalid { .. }, Event::Start | Event::Reload { .. }) => {
+                self.start_or_wait(&mut acts)
+            }
+            (State::Waiting, Event::Activated) => {
+                acts.push(Action::Log(
+                    log::Level::Info,
+                    "a connection is waiting: starting".into(),
+                ));
+                self.spawn(&mut acts);
+            }
             (State::Waiting | State::Invalid { .. }, Event::Spawned { pid, speaks }) => {
                 if self.started_once {
                     self.restarts += 1;
@@ -298,28 +345,47 @@ impl Fsm {
                 };
             }
             (State::Waiting | State::Invalid { .. }, Event::SpawnFailed) => {
-                self.attempts += 1;
-                let delay = self.throttle_delay();
-                acts.push(Action::Log(
-                    log::Level::Warn,
-                    format!(
-                        "throttled: next start in {:.1}s (attempt {})",
-                        delay.as_secs_f64(),
-                        self.attempts
-                    ),
-                ));
-                self.state = State::Throttled { until: now + delay };
+                self.throttle(String::new(), now, &mut acts)
             }
-            (State::Throttled { .. }, Event::Timer) => self.spawn(&mut acts),
+            (State::Throttled { .. }, Event::Timer) => self.start_or_wait(&mut acts),
             (State::Throttled { .. }, Event::ClearThrottle | Event::Reload { .. } | Event::Start) => {
                 self.attempts = 0;
-                self.spawn(&mut acts);
+                self.start_or_wait(&mut acts);
             }
             (State::Waiting | State::Throttled { .. } | State::Invalid { .. }, Event::Remove | Event::Shutdown) => {
                 self.state = State::Done;
                 acts.push(Action::Finish);
             }
             (_, Event::ClearThrottle) => self.attempts = 0,
+
+            // Idle and paused.
+            (State::Starting(inst) | State::Running(inst), Event::Idle) => {
+                if self.params.idle_pause {
+                    acts.push(Action::Log(log::Level::Info, "idle: pausing".into()));
+                    acts.push(Action::Pause);
+                    self.state = State::Paused(inst);
+                } else {
+                    acts.push(Action::Log(log::Level::Info, "idle: stopping".into()));
+                    self.stop(inst, AfterStop::Wait, now, &mut acts);
+                }
+            }
+            (State::Paused(mut inst), Event::Activated) => {
+                acts.push(Action::Log(
+                    log::Level::Info,
+                    "a connection is waiting: resuming".into(),
+                ));
+                acts.push(Action::Resume);
+                // Frozen processes send no heartbeats; the check starts over.
+                inst.last_heartbeat = inst.last_heartbeat.map(|_| now);
+                self.state = State::Running(inst);
+            }
+            (State::Paused(mut inst), ev @ (Event::Reload { .. } | Event::Remove | Event::Shutdown)) => {
+                acts.push(Action::Resume);
+                inst.last_heartbeat = inst.last_heartbeat.map(|_| now);
+                self.state = State::Running(inst);
+                acts.extend(self.on_event(ev, now));
+            }
+            (State::Paused(inst), Event::Exited(exit)) => self.died(inst, exit, now, &mut acts),
 
             // Messages from a live process.
             (st, Event::Msg(msg)) if st.instance().is_some() => self.on_msg(st, msg, now, &mut acts),
@@ -509,6 +575,8 @@ mod tests {
             loyalty_time: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(5),
             stop_signal: Signal::SIGTERM,
+            on_demand: false,
+            idle_pause: false,
         }
     }
 
@@ -661,6 +729,58 @@ mod tests {
             f.on_event(Event::Msg(VassalMsg::ConfigRequest), t0),
             vec![Action::PushConfig]
         );
+    }
+
+    #[test]
+    fn on_demand_waits_for_a_connection_and_goes_back_to_waiting_when_idle() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(Params {
+            on_demand: true,
+            ..params()
+        });
+        assert_eq!(f.on_event(Event::Start, t0), vec![]);
+        assert_eq!(f.state, State::Waiting);
+        assert!(f.on_event(Event::Activated, t0).contains(&Action::Spawn));
+        f.on_event(Event::Spawned { pid: 9, speaks: false }, t0);
+        let acts = f.on_event(Event::Idle, t0 + secs(30));
+        assert!(acts.contains(&Action::Signal(Signal::SIGTERM)));
+        f.on_event(Event::Exited(Exit::Code(0)), t0 + secs(30));
+        assert_eq!(f.state, State::Waiting);
+        assert!(f.on_event(Event::Activated, t0 + secs(40)).contains(&Action::Spawn));
+    }
+
+    #[test]
+    fn on_demand_start_failure_drains_the_queue_and_waits_after_the_throttle() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(Params {
+            on_demand: true,
+            ..params()
+        });
+        f.on_event(Event::Activated, t0);
+        let acts = f.on_event(Event::SpawnFailed, t0);
+        assert!(acts.contains(&Action::DrainQueue));
+        assert_eq!(f.on_event(Event::Timer, t0 + secs(1)), vec![]);
+        assert_eq!(f.state, State::Waiting);
+    }
+
+    #[test]
+    fn idle_pause_freezes_and_a_connection_thaws() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(Params {
+            idle_pause: true,
+            ..params()
+        });
+        f.on_event(Event::Start, t0);
+        f.on_event(Event::Spawned { pid: 9, speaks: false }, t0);
+        assert!(f.on_event(Event::Idle, t0).contains(&Action::Pause));
+        assert_eq!(f.state.name(), "paused");
+        assert_eq!(f.deadline(), None);
+        assert!(f.on_event(Event::Activated, t0).contains(&Action::Resume));
+        assert_eq!(f.state.name(), "running");
+        f.on_event(Event::Idle, t0);
+        let acts = f.on_event(Event::Remove, t0);
+        assert_eq!(acts[0], Action::Resume);
+        assert!(acts.contains(&Action::Signal(Signal::SIGTERM)));
     }
 
     #[test]

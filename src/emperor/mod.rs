@@ -17,16 +17,21 @@
 //! * **Shutdown** (SIGTERM/SIGINT/SIGQUIT): every actor gets `Shutdown`, stops its vassal gracefully
 //!   (then SIGKILL after its stop timeout), releases its sockets and reports done; the emperor exits
 //!   0 when the last one has.
+//! * **Emperor-wide facts** about vassals live here, not in the actors: `good` holds each vassal's
+//!   latest valid config (a file that became invalid keeps its last good one, as its actor does),
+//!   and `--nginx-map` (`routes.rs`) is rendered from it after every scan and emptied at shutdown.
 
+mod conns;
 pub mod fsm;
 mod output;
 mod reap;
+mod routes;
 mod scan;
 mod sockets;
 pub mod spawn;
 mod vassal;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +65,12 @@ pub fn run(mut opts: EmperorOptions) -> ExitCode {
         }
     };
     opts.instance = instance_id(&opts.vassals_dir);
+    if let Some(path) = &opts.nginx_map {
+        match std::path::absolute(path) {
+            Ok(p) => opts.nginx_map = Some(p),
+            Err(e) => return fatal(&format!("--nginx-map {}: {e}", path.display())),
+        }
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fatal(&format!("cannot start the runtime: {e}")),
@@ -97,6 +108,10 @@ struct Emperor {
     scan_error: Option<String>,
     /// Vassals whose current config is a Docker one: their containers are not orphans.
     docker_vassals: std::collections::HashSet<String>,
+    /// Each vassal's latest valid config (kept while its file is invalid, dropped when it is gone).
+    good: BTreeMap<String, Arc<config::VassalConfig>>,
+    /// `--nginx-map`: the include file kept in step with `good`'s routes.
+    nginx_map: Option<routes::NginxMap>,
 }
 
 impl Emperor {
@@ -108,6 +123,8 @@ impl Emperor {
             actors: JoinSet::new(),
             scan_error: None,
             docker_vassals: Default::default(),
+            good: BTreeMap::new(),
+            nginx_map: None,
         }
     }
 
@@ -142,6 +159,13 @@ impl Emperor {
             .into_event_stream([0u8; 4096])
             .map_err(|e| format!("cannot read inotify events: {e}"))?;
 
+        if let Some(path) = &self.opts.nginx_map {
+            self.nginx_map = Some(routes::NginxMap::new(
+                path.clone(),
+                dir.clone(),
+                self.opts.nginx_reload.clone(),
+            ));
+        }
         self.rescan();
         info!("watching {} ({} vassals)", dir.display(), self.vassals.len());
         if self.opts.docker || !self.docker_vassals.is_empty() {
@@ -208,6 +232,9 @@ impl Emperor {
                 }
             }
             if shutting_down && self.vassals.is_empty() {
+                if let Some(map) = &mut self.nginx_map {
+                    map.settle().await;
+                }
                 info!("every vassal has stopped; bye");
                 return Ok(());
             }
@@ -216,6 +243,10 @@ impl Emperor {
 
     fn begin_shutdown(&mut self, signame: &str) -> bool {
         info!("{signame}: stopping {} vassals", self.vassals.len());
+        // nginx stops routing to the vassals first: unknown host (404), not a dying socket (502).
+        if let Some(map) = &mut self.nginx_map {
+            map.clear();
+        }
         self.broadcast(|| Command::Shutdown);
         true
     }
@@ -255,11 +286,15 @@ impl Emperor {
                         _ => self.docker_vassals.remove(&name),
                     };
                     let cfg = cfg.map(Arc::new).map_err(Arc::new);
+                    if let Ok(c) = &cfg {
+                        self.good.insert(name.clone(), c.clone());
+                    }
                     self.send(name.clone(), Command::Update(cfg));
                     updated.push(name);
                 }
                 Change::Removed(name) => {
                     self.docker_vassals.remove(&name);
+                    self.good.remove(&name);
                     if let Some(h) = self.vassals.get(&name) {
                         let _ = h.tx.send(Command::Remove);
                     }
@@ -267,6 +302,9 @@ impl Emperor {
             }
         }
         self.snapshot = new;
+        if let Some(map) = &mut self.nginx_map {
+            map.sync(&self.good);
+        }
         updated
     }
 

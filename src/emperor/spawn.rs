@@ -413,3 +413,13 @@ impl Child {
         }
     }
 }
+
+/// Registers a (duplicated) listening socket with the runtime to learn when a connection is waiting on
+/// it, without ever accepting it: the emperor watches a vassal's sockets while the vassal waits on
+/// demand, is paused, or is checked for idleness. Dropping the result deregisters it.
+pub fn watch_readable(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd's as_raw_fd always returns the same open fd until it is dropped, and the
+    // AsyncFd owns it for its whole life.
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| io::Error::other(e.to_string()))
+}

@@ -6,17 +6,19 @@
 //! (a socket that cannot be bound, a command that cannot be executed) is logged with the vassal's
 //! name and becomes an event for this vassal only; it never reaches the emperor or another vassal.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, log, warn};
 use nix::sys::signal::Signal;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::conns;
 use super::fsm::{Action, Event, Fsm, Params, State};
 use super::output;
 use super::sockets::{self, BoundSocket, SocketOptions};
@@ -64,6 +66,9 @@ pub fn start(name: String, opts: Arc<EmperorOptions>, set: &mut JoinSet<String>)
         fsm: Fsm::new(params),
         sockets: Vec::new(),
         proc: None,
+        watch: Vec::new(),
+        idle: None,
+        freezer: None,
     };
     let task = set.spawn_local(actor.run(rx));
     VassalHandle { tx, task: task.id() }
@@ -87,6 +92,8 @@ fn params_for(opts: &EmperorOptions, cfg: Option<&VassalConfig>) -> Params {
             Some(c) if c.docker.is_none() => c.stop_signal.unwrap_or(Signal::SIGTERM),
             _ => Signal::SIGTERM,
         },
+        on_demand: cfg.is_some_and(|c| c.on_demand),
+        idle_pause: cfg.is_some_and(|c| c.idle_action == crate::config::IdleAction::Pause),
     }
 }
 
@@ -114,6 +121,21 @@ struct Actor {
     /// Bound once, kept across restarts and reloads, released on Finish.
     sockets: Vec<BoundSocket>,
     proc: Option<Proc>,
+    /// Duplicates of the listening sockets registered for readiness, while the actor must learn that
+    /// a connection is waiting: to start an on-demand vassal, to thaw a paused one, or to see
+    /// activity between idle checks.
+    watch: Vec<AsyncFd<OwnedFd>>,
+    /// Idle detection of a running vassal with `idle` set.
+    idle: Option<IdleCheck>,
+    /// The last pause/resume still in flight, so the next one runs after it.
+    freezer: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// When the vassal was last seen busy, and when to look again.
+#[derive(Debug, Clone, Copy)]
+struct IdleCheck {
+    last_busy: Instant,
+    next: Instant,
 }
 
 /// What woke the actor.
@@ -122,6 +144,10 @@ enum Wake {
     Exited(std::io::Result<Exit>),
     Control(Vec<u8>),
     Timer,
+    /// A connection is waiting on a watched socket.
+    Readable,
+    /// Time to count the vassal's connections.
+    IdleCheck,
 }
 
 impl Actor {
@@ -133,11 +159,14 @@ impl Actor {
                     Some(p) => (Some(&mut p.child), p.control.as_mut()),
                     None => (None, None),
                 };
+                let idle_at = self.idle.map(|i| i.next);
                 tokio::select! {
                     cmd = rx.recv() => Wake::Command(cmd),
                     res = wait_child(child) => Wake::Exited(res),
                     bytes = read_control(control) => Wake::Control(bytes),
                     _ = sleep_until(deadline), if deadline.is_some() => Wake::Timer,
+                    _ = any_readable(&self.watch) => Wake::Readable,
+                    _ = sleep_until(idle_at), if idle_at.is_some() => Wake::IdleCheck,
                 }
             };
             let events = match wake {
@@ -174,15 +203,160 @@ impl Actor {
                 }
                 Wake::Control(bytes) => bytes.into_iter().map(|b| Event::Msg(VassalMsg::from(b))).collect(),
                 Wake::Timer => vec![Event::Timer],
+                Wake::Readable => {
+                    self.watch.clear();
+                    match (&self.fsm.state, &mut self.idle) {
+                        (State::Waiting | State::Paused(_), _) => vec![Event::Activated],
+                        (_, Some(idle)) => {
+                            idle.last_busy = Instant::now();
+                            vec![]
+                        }
+                        _ => vec![],
+                    }
+                }
+                Wake::IdleCheck => self.idle_check(),
             };
             for ev in events {
                 self.feed(ev);
             }
+            self.sync_watch();
         }
         for s in self.sockets.drain(..) {
             s.release();
         }
         self.name
+    }
+
+    /// Keeps the socket watch and the idle check in line with the state: watch for a connection while
+    /// waiting on demand or paused; check idleness while running with `idle` set; nothing otherwise.
+    fn sync_watch(&mut self) {
+        let on_demand = self.fsm.params.on_demand && self.config.is_some();
+        let activation = matches!(self.fsm.state, State::Paused(_)) || (on_demand && self.fsm.state == State::Waiting);
+        let idle = self.config.as_ref().and_then(|c| c.idle);
+        let checking = idle.is_some() && matches!(self.fsm.state, State::Starting(_) | State::Running(_));
+        if checking {
+            if self.idle.is_none() {
+                let now = Instant::now();
+                self.idle = Some(IdleCheck {
+                    last_busy: now,
+                    next: now + idle_step(idle),
+                });
+                self.arm_watch();
+            }
+        } else {
+            self.idle = None;
+        }
+        if activation {
+            if self.watch.is_empty() {
+                self.arm_watch();
+            }
+        } else if !checking {
+            self.watch.clear();
+        }
+    }
+
+    fn arm_watch(&mut self) {
+        self.watch.clear();
+        for s in &self.sockets {
+            match s.fd().try_clone_to_owned().and_then(spawn::watch_readable) {
+                Ok(w) => self.watch.push(w),
+                Err(e) => warn!("[{}] cannot watch {}: {e}", self.name, s.spec.addr),
+            }
+        }
+    }
+
+    /// Counts the vassal's connections in the kernel; idle once none was open, and none arrived, for
+    /// `idle` seconds.
+    fn idle_check(&mut self) -> Vec<Event> {
+        let (Some(check), Some(idle)) = (self.idle, self.config.as_ref().and_then(|c| c.idle)) else {
+            return vec![];
+        };
+        let now = Instant::now();
+        let specs: Vec<_> = self.sockets.iter().map(|s| &s.spec.addr).collect();
+        let open = match conns::open_connections(&specs) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!("[{}] cannot count its connections: {e}", self.name);
+                1
+            }
+        };
+        let last_busy = if open > 0 { now } else { check.last_busy };
+        if now.duration_since(last_busy) >= idle {
+            debug!(
+                "[{}] idle for {:.1}s",
+                self.name,
+                now.duration_since(last_busy).as_secs_f64()
+            );
+            self.idle = None;
+            self.watch.clear();
+            return vec![Event::Idle];
+        }
+        let next = (last_busy + idle).min(now + idle_step(Some(idle)));
+        self.idle = Some(IdleCheck { last_busy, next });
+        if self.watch.is_empty() {
+            self.arm_watch();
+        }
+        vec![]
+    }
+
+    /// Accepts and closes whatever waits on the vassal's sockets (nobody will serve it soon).
+    fn drain_queue(&self) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut closed = 0;
+        for s in &self.sockets {
+            for _ in 0..10_000 {
+                let mut fds = [PollFd::new(s.fd(), PollFlags::POLLIN)];
+                if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+                    break;
+                }
+                match nix::sys::socket::accept4(s.fd().as_raw_fd(), nix::sys::socket::SockFlag::SOCK_CLOEXEC) {
+                    Ok(fd) => {
+                        let _ = nix::unistd::close(fd);
+                        closed += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        if closed > 0 {
+            warn!(
+                "[{}] closed {closed} waiting connection(s): the vassal could not start",
+                self.name
+            );
+        }
+    }
+
+    /// Freezes or thaws the vassal: `docker pause` for a container, SIGSTOP/SIGCONT of the process group
+    /// otherwise. Docker calls run in order, one after the other.
+    fn freeze(&mut self, pause: bool) {
+        let Some(p) = &self.proc else { return };
+        let docker_name = self
+            .config
+            .as_ref()
+            .and_then(|c| c.docker.as_ref())
+            .map(|d| d.container_name.clone());
+        match docker_name {
+            None => {
+                let sig = if pause { Signal::SIGSTOP } else { Signal::SIGCONT };
+                let _ = nix::sys::signal::killpg(p.child.pid(), sig);
+            }
+            Some(container) => {
+                let prev = self.freezer.take();
+                let name = self.name.clone();
+                let socket = self.opts.docker_daemon_socket.clone();
+                self.freezer = Some(tokio::task::spawn_local(async move {
+                    if let Some(prev) = prev {
+                        let _ = prev.await;
+                    }
+                    if let Err(e) = docker_freeze(socket.as_deref(), &container, pause).await {
+                        warn!(
+                            "[{name}] cannot {} container {container}: {e}",
+                            if pause { "pause" } else { "unpause" }
+                        );
+                    }
+                }));
+            }
+        }
     }
 
     /// Feeds an event and runs the resulting actions, which may produce further events (a spawn's outcome).
@@ -206,6 +380,13 @@ impl Actor {
                     .as_ref()
                     .is_none_or(|old| old.emperor_hash != cfg.emperor_hash);
                 let first = self.config.is_none();
+                // An on-demand vassal's sockets must exist before anything runs: they are what starts it.
+                if cfg.on_demand && self.fsm.state.instance().is_none() {
+                    if let Err(e) = self.reconcile_sockets(&cfg) {
+                        error!("[{}] {e}", self.name);
+                    }
+                    info!("[{}] on demand: waiting for a connection", self.name);
+                }
                 self.config = Some(cfg);
                 if first {
                     vec![Event::Start]
@@ -293,6 +474,18 @@ impl Actor {
             }
             Action::PushConfig => {
                 self.push_config();
+                None
+            }
+            Action::DrainQueue => {
+                self.drain_queue();
+                None
+            }
+            Action::Pause => {
+                self.freeze(true);
+                None
+            }
+            Action::Resume => {
+                self.freeze(false);
                 None
             }
             Action::Finish => {
@@ -589,6 +782,34 @@ async fn read_control(control: Option<&mut UnixStream>) -> Vec<u8> {
             Err(_) => return Vec::new(),
         }
     }
+}
+
+/// How often an idle check looks again while the vassal is busy: a quarter of `idle`, 0.25–5 s.
+fn idle_step(idle: Option<Duration>) -> Duration {
+    (idle.unwrap_or(Duration::from_secs(20)) / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
+}
+
+/// Completes when a connection waits on any watched socket; never, without one.
+async fn any_readable(watch: &[AsyncFd<OwnedFd>]) {
+    if watch.is_empty() {
+        return std::future::pending().await;
+    }
+    let futs = watch.iter().map(|w| Box::pin(w.readable()));
+    let _ = futures_util::future::select_all(futs).await;
+}
+
+async fn docker_freeze(socket: Option<&std::path::Path>, container: &str, pause: bool) -> Result<(), String> {
+    let docker = match socket {
+        Some(s) => bollard::Docker::connect_with_unix(&s.to_string_lossy(), 30, bollard::API_DEFAULT_VERSION),
+        None => bollard::Docker::connect_with_local_defaults(),
+    }
+    .map_err(|e| e.to_string())?;
+    let r = if pause {
+        docker.pause_container(container).await
+    } else {
+        docker.unpause_container(container).await
+    };
+    r.map_err(|e| e.to_string())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

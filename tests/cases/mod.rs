@@ -4,6 +4,8 @@ mod config_errors;
 mod docker;
 mod lifecycle;
 mod nginx;
+mod on_demand;
+mod routes;
 mod shim;
 mod signals;
 mod sockets;

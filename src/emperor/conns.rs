@@ -1,0 +1,156 @@
+//! Counting a vassal's open connections from the kernel, for idle detection.
+//!
+//! The emperor owns the listening sockets, so the connections the app accepted from them are visible
+//! to it without asking the app: an accepted unix socket carries its listener's path (Linux copies the
+//! address at connect time, so even connections still waiting in the backlog are listed), and an
+//! accepted TCP socket carries the listener's local port. Both are in the emperor's network namespace
+//! even when the app runs in a container with network `none`, because the listener was created there.
+//! `/proc/net/{unix,tcp,tcp6}` is read rather than sock_diag netlink: one read per check, no extra
+//! crate, and a check only happens for vassals with `idle` set, at most a few times per idle period.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use crate::config::SocketAddrSpec;
+
+/// Listener flag in /proc/net/unix (`__SO_ACCEPTCON`).
+const SO_ACCEPTCON: u32 = 0x0001_0000;
+
+/// How many connections are open (or queued) on the given listening sockets right now.
+pub fn open_connections(sockets: &[&SocketAddrSpec]) -> std::io::Result<usize> {
+    let mut unix_paths = HashSet::new();
+    let mut tcp = Vec::new();
+    for s in sockets {
+        match s {
+            SocketAddrSpec::Unix(p) => {
+                unix_paths.insert(p.to_string_lossy().into_owned());
+            }
+            SocketAddrSpec::Abstract(name) => {
+                unix_paths.insert(format!("@{name}"));
+            }
+            SocketAddrSpec::Tcp(addr) => tcp.push(*addr),
+        }
+    }
+    let mut n = 0;
+    if !unix_paths.is_empty() {
+        n += count_unix(&std::fs::read_to_string("/proc/net/unix")?, &unix_paths);
+    }
+    if !tcp.is_empty() {
+        for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            // tcp6 is missing when IPv6 is disabled.
+            if let Ok(text) = std::fs::read_to_string(file) {
+                n += count_tcp(&text, &tcp);
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// `Num RefCount Protocol Flags Type St Inode Path`: rows with our path that are not the listener.
+fn count_unix(text: &str, paths: &HashSet<String>) -> usize {
+    text.lines()
+        .skip(1)
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(flags), Some(path)) = (cols.get(3), cols.get(7)) else {
+                return false;
+            };
+            let listener = u32::from_str_radix(flags, 16).is_ok_and(|f| f & SO_ACCEPTCON != 0);
+            !listener && paths.contains(*path)
+        })
+        .count()
+}
+
+/// `sl local_address rem_address st ...`: rows whose local port (and address, unless we listen on
+/// a wildcard) is ours, in a state where the connection is still held: not LISTEN, TIME_WAIT or CLOSE.
+fn count_tcp(text: &str, listeners: &[SocketAddr]) -> usize {
+    text.lines()
+        .skip(1)
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(st)) = (cols.get(1), cols.get(3)) else {
+                return false;
+            };
+            if matches!(*st, "0A" | "06" | "07") {
+                return false;
+            }
+            let Some((ip_hex, port_hex)) = local.split_once(':') else {
+                return false;
+            };
+            let Ok(port) = u16::from_str_radix(port_hex, 16) else {
+                return false;
+            };
+            listeners
+                .iter()
+                .any(|l| l.port() == port && (l.ip().is_unspecified() || ip_matches(ip_hex, l)))
+        })
+        .count()
+}
+
+/// /proc/net/tcp prints IPv4 addresses as one little-endian u32 in hex, IPv6 as four of them.
+fn ip_matches(hex: &str, l: &SocketAddr) -> bool {
+    let words: Option<Vec<u32>> = hex
+        .as_bytes()
+        .chunks(8)
+        .map(|c| u32::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok())
+        .collect();
+    let Some(words) = words else { return false };
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    match l {
+        SocketAddr::V4(a) => bytes == a.ip().octets() || bytes == a.ip().to_ipv6_mapped().octets(),
+        SocketAddr::V6(a) => bytes == a.ip().octets(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_rows_with_our_path_that_are_not_the_listener() {
+        let text = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 100 /run/a.sock\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 101 /run/a.sock\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 102 /run/b.sock\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 103\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 104 @abs\n";
+        let paths: HashSet<String> = ["/run/a.sock".to_string(), "@abs".to_string()].into();
+        assert_eq!(count_unix(text, &paths), 2);
+    }
+
+    #[test]
+    fn tcp_rows_on_our_port_in_open_states() {
+        // 127.0.0.1:8080 listening, one established, one time-wait, one on another port.
+        let text = "  sl  local_address rem_address   st\n\
+            0: 0100007F:1F90 00000000:0000 0A\n\
+            1: 0100007F:1F90 0100007F:D431 01\n\
+            2: 0100007F:1F90 0100007F:D432 06\n\
+            3: 0100007F:1F91 0100007F:D433 01\n";
+        let l: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(count_tcp(text, &[l]), 1);
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(count_tcp(text, &[any]), 1);
+        let v6 = "  sl  local_address                         remote_address                        st\n\
+            0: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:D431 01\n";
+        let l6: SocketAddr = "[::1]:8080".parse().unwrap();
+        assert_eq!(count_tcp(v6, &[l6]), 1);
+    }
+
+    #[test]
+    fn counts_a_real_connection_on_a_unix_socket() {
+        let dir = std::env::temp_dir().join(format!("emperor-conns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sock");
+        let _ = std::fs::remove_file(&path);
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let spec = SocketAddrSpec::Unix(path.clone());
+        assert_eq!(open_connections(&[&spec]).unwrap(), 0);
+        let c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert_eq!(open_connections(&[&spec]).unwrap(), 1, "queued, not yet accepted");
+        let (a, _) = l.accept().unwrap();
+        assert_eq!(open_connections(&[&spec]).unwrap(), 1, "accepted");
+        drop((a, c));
+        assert_eq!(open_connections(&[&spec]).unwrap(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,189 @@
+//! On-demand start, idle stop and idle pause, for process vassals and Docker vassals.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::docker::{DockerSweep, inspect, unique_name};
+use crate::util::{Harness, LONG, alive, http_get_unix, proc_state};
+
+/// Proves a negative: nothing happened during `d` (a bounded wait, on purpose).
+fn quiet(d: Duration) {
+    thread::sleep(d);
+}
+
+#[test]
+fn on_demand_process_starts_on_the_first_connection_and_stops_when_idle() {
+    let mut h = Harness::new("od_process");
+    h.write_vassal(
+        "od.ini",
+        &h.app_ini("od", "")
+            .replace("[emperor]\n", "[emperor]\non-demand = true\nidle = 1\n"),
+    );
+    h.start(&[]);
+    h.wait_vlog("od.ini", "waiting for a connection", LONG);
+    let sock = h.sock("od.sock");
+    h.check(sock.exists(), "the socket is bound before anything runs");
+    quiet(Duration::from_millis(300));
+    h.check(h.starts("od").is_empty(), "nothing starts without a connection");
+
+    // 20 clients at once: all served, one process.
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let s = sock.clone();
+            thread::spawn(move || http_get_unix(&s, Duration::from_secs(10)))
+        })
+        .collect();
+    for c in clients {
+        let r = c.join().unwrap();
+        h.check(
+            r.as_ref().is_ok_and(|r| r.contains("hello from od")),
+            format!("a client of the cold start: {r:?}"),
+        );
+    }
+    h.check(
+        h.starts("od").len() == 1,
+        format!("exactly one process for 20 connections: {:?}", h.starts("od")),
+    );
+
+    // Idle: stopped about `idle` after the last connection closed, then waiting again.
+    let pid = h.starts("od")[0].pid();
+    h.wait_dead(pid, LONG, "the idle vassal");
+    h.wait_vlog("od.ini", "idle: stopping", LONG);
+    h.check(sock.exists(), "the socket stays while the vassal waits");
+    let r = h.wait_http_unix(&sock, LONG);
+    h.check(r.contains("hello from od"), "the next connection starts it again");
+    h.check(h.starts("od").len() == 2, "a second process");
+}
+
+#[test]
+fn an_open_connection_keeps_an_idle_vassal_alive() {
+    let mut h = Harness::new("od_open");
+    h.write_vassal(
+        "ws.ini",
+        &h.app_ini("ws", "--keep-alive")
+            .replace("[emperor]\n", "[emperor]\nidle = 1\n"),
+    );
+    h.start(&[]);
+    let pid = h.wait_starts("ws", 1, LONG)[0].pid();
+    // A long-lived connection (like a websocket): connected and kept open, nothing sent.
+    let held = UnixStream::connect(h.sock("ws.sock")).unwrap();
+    quiet(Duration::from_secs(3));
+    h.check(alive(pid), "a vassal with an open connection is not idle");
+    drop(held);
+    h.wait_dead(pid, LONG, "the vassal, idle once the connection closed");
+    h.check(
+        h.starts("ws").len() == 1,
+        "an idle vassal that is not on demand is just stopped",
+    );
+}
+
+#[test]
+fn a_failing_on_demand_vassal_closes_its_queued_clients_and_deleting_it_unlinks_the_socket() {
+    let mut h = Harness::new("od_fail");
+    h.write_vassal(
+        "bad.ini",
+        &h.app_ini("bad", "--crash")
+            .replace("[emperor]\n", "[emperor]\non-demand = true\n"),
+    );
+    h.start(&["--emperor-throttle", "5000"]);
+    h.wait_vlog("bad.ini", "waiting for a connection", LONG);
+    let mut c = UnixStream::connect(h.sock("bad.sock")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = c.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let t0 = Instant::now();
+    let mut buf = Vec::new();
+    let res = c.read_to_end(&mut buf);
+    h.check(
+        t0.elapsed() < Duration::from_secs(5),
+        format!(
+            "the queued client is closed, not left hanging until the throttle ends: {res:?} after {:?}",
+            t0.elapsed()
+        ),
+    );
+    h.wait_vlog("bad.ini", "throttled", LONG);
+    h.remove_vassal("bad.ini");
+    h.wait_for(
+        || !h.sock("bad.sock").exists(),
+        LONG,
+        "the deleted vassal's socket to be unlinked",
+    );
+}
+
+#[test]
+fn idle_pause_freezes_a_process_vassal_and_a_connection_thaws_it() {
+    let mut h = Harness::new("od_pause");
+    h.write_vassal(
+        "pz.ini",
+        &h.app_ini("pz", "")
+            .replace("[emperor]\n", "[emperor]\nidle = 1\nidle-action = pause\n"),
+    );
+    h.start(&[]);
+    let pid = h.wait_starts("pz", 1, LONG)[0].pid();
+    h.wait_for(
+        || proc_state(pid) == Some('T'),
+        LONG,
+        "the idle vassal to be stopped (SIGSTOP)",
+    );
+    let r = h.wait_http_unix(h.sock("pz.sock"), LONG);
+    h.check(
+        r.contains(&format!("pid={pid}")),
+        format!("the same process answers after the thaw: {r:?}"),
+    );
+    h.check(h.starts("pz").len() == 1, "no new process");
+}
+
+#[test]
+fn on_demand_docker_vassal_starts_one_container_for_20_connections_and_pauses_when_idle() {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("od_docker");
+    let name = unique_name("odd");
+    let file = format!("{name}.ini");
+    let sock = h.sock(&format!("{name}.sock"));
+    h.write_vassal(
+        &file,
+        &format!(
+            "[emperor]\ndocker-image = emperor-test/testapp\ndocker-network-mode = none\nsocket = {}\n\
+             docker-mount = {}:/rec\nexec = /testapp --name {name} --record /rec/{name}.rec\n\
+             on-demand = true\nidle = 1\nidle-action = pause\n",
+            sock.display(),
+            h.root.join("rec").display()
+        ),
+    );
+    let args = sweep.emperor_args();
+    h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    h.wait_vlog(&file, "waiting for a connection", LONG);
+    h.check(
+        sweep.containers().is_empty(),
+        "no container before the first connection",
+    );
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let s = sock.clone();
+            thread::spawn(move || http_get_unix(&s, Duration::from_secs(20)))
+        })
+        .collect();
+    for c in clients {
+        let r = c.join().unwrap();
+        h.check(
+            r.as_ref().is_ok_and(|r| r.contains("hello from")),
+            format!("a client of the cold start: {r:?}"),
+        );
+    }
+    h.check(
+        h.starts(&name).len() == 1,
+        format!("exactly one container start: {:?}", h.starts(&name)),
+    );
+    h.wait_for(
+        || inspect(&file, "{{.State.Paused}}").is_some_and(|s| s.trim() == "true"),
+        LONG,
+        "the idle container to be paused",
+    );
+    let r = h.wait_http_unix(&sock, LONG);
+    h.check(
+        r.contains("hello from"),
+        format!("the paused container answers once thawed: {r:?}"),
+    );
+    h.check(h.starts(&name).len() == 1, "thawed, not restarted");
+}
