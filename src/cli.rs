@@ -68,6 +68,10 @@ pub struct BridgeArgs {
     /// Seconds `docker stop` waits before Docker kills the container.
     #[arg(long)]
     pub stop_timeout: u64,
+    /// An overlapping reload: the old container still holds the vassal's name, so this one starts as
+    /// `<name>.next` and takes the name on SIGUSR1 (sent once the old one is gone).
+    #[arg(long)]
+    pub overlap: bool,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -150,6 +150,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "idle-action",
     "domains",
     "domain",
+    "reload-overlap",
+    "ready-delay",
 ];
 
 /// Keys that may be given more than once; each line adds one value, in order.
@@ -253,6 +255,13 @@ pub struct VassalConfig {
     /// no two overlap within a vassal; a vassal with routes has at least one socket, and every
     /// `socket=` names one of its sockets that is not abstract.
     pub routes: Vec<Route>,
+    /// `reload-overlap = true|false` (default true): on a reload that needs a new process or
+    /// container, start it beside the old one on the same sockets and stop the old one only once the
+    /// new one is ready. `false` stops the old one first (for apps that cannot run twice at once).
+    pub reload_overlap: bool,
+    /// `ready-delay = <seconds>` (default 1): a new instance that does not speak the uWSGI protocol
+    /// counts as ready once it has been up this long; one that does is ready when it says so.
+    pub ready_delay: Duration,
 }
 
 /// What an idle vassal becomes (`idle-action`).
@@ -713,6 +722,8 @@ fn empty_config(name: &str, path: &Path, text: &str) -> VassalConfig {
         idle: None,
         idle_action: IdleAction::Stop,
         routes: Vec::new(),
+        reload_overlap: true,
+        ready_delay: Duration::from_secs(1),
     }
 }
 
@@ -864,6 +875,8 @@ fn build(
                 .map_err(|_| format!("\"{value}\" is not an ip address")),
             "docker-shim" => parse_bool(value).map(|b| docker.shim = b),
             "on-demand" => parse_bool(value).map(|b| config.on_demand = b),
+            "reload-overlap" => parse_bool(value).map(|b| config.reload_overlap = b),
+            "ready-delay" => parse_seconds(value, "ready-delay").map(|t| config.ready_delay = t),
             "idle" => parse_seconds(value, "idle").map(|t| config.idle = Some(t)),
             "idle-action" => parse_idle_action(value).map(|a| {
                 config.idle_action = a;
@@ -965,7 +978,15 @@ fn suggest(key: &str) -> Option<&'static str> {
 /// Keys that change only what the emperor does around the vassal (when to start it, when it is idle,
 /// which hosts route to it), not the process or container itself: changing them must not restart it,
 /// so they are left out of [`VassalConfig::emperor_hash`]. Their new values apply at once.
-const EMPEROR_ONLY_KEYS: &[&str] = &["on-demand", "idle", "idle-action", "domains", "domain"];
+const EMPEROR_ONLY_KEYS: &[&str] = &[
+    "on-demand",
+    "idle",
+    "idle-action",
+    "domains",
+    "domain",
+    "reload-overlap",
+    "ready-delay",
+];
 
 fn emperor_hash(entries: &[RawEntry], uwsgi_section: bool) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -1999,6 +2020,8 @@ mod tests {
                 "on-demand" => "true",
                 "idle" => "30",
                 "idle-action" => "pause",
+                "reload-overlap" => "false",
+                "ready-delay" => "0.5",
                 other => panic!("add a value for {other}"),
             };
             // Other docker-* keys need a docker-image line first, idle-action needs idle.

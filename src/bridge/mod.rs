@@ -43,7 +43,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::BridgeArgs;
-use crate::config::{self, DockerConfig, VassalConfig};
+use crate::config::{self, VassalConfig};
 use crate::exit;
 use crate::proxy_socket;
 
@@ -69,6 +69,24 @@ pub fn main(args: BridgeArgs) -> ExitCode {
     let code = rt.block_on(Bridge::new(args).run());
     debug!("[{name}] bridge: exiting with {code}");
     ExitCode::from(code)
+}
+
+/// The signals a bridge acts on: TERM/INT stop the container, USR1 (after an overlapping reload)
+/// gives it the vassal's name.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
+    }
 }
 
 /// A failed step: the exit code and the message for the log.
@@ -106,6 +124,15 @@ impl Bridge {
     }
 
     async fn run(mut self) -> u8 {
+        // Before anything else: a stop (SIGTERM) or a rename request (SIGUSR1) may come at any time,
+        // and SIGUSR1's default action would kill the bridge.
+        let mut sigs = match Signals::new() {
+            Ok(s) => s,
+            Err(e) => {
+                error!("[{}] bridge: cannot install signal handlers: {e}", self.args.name);
+                return exit::START_FAILED;
+            }
+        };
         let docker = match connect().await {
             Ok(d) => d,
             Err(f) => {
@@ -113,7 +140,7 @@ impl Bridge {
                 return f.0;
             }
         };
-        let code = match self.run_with(&docker).await {
+        let code = match self.run_with(&docker, &mut sigs).await {
             Ok(code) => code,
             Err(f) => {
                 self.log_fail(&f);
@@ -146,7 +173,8 @@ impl Bridge {
         }
     }
 
-    async fn run_with(&mut self, docker: &Docker) -> Result<u8, Fail> {
+    async fn run_with(&mut self, docker: &Docker, sigs: &mut Signals) -> Result<u8, Fail> {
+        let Signals { term, int, usr1 } = sigs;
         let name = self.args.name.clone();
         let text =
             std::env::var(ENV_VASSAL_TEXT).map_err(|_| (exit::BAD_CONFIG, format!("{ENV_VASSAL_TEXT} is not set")))?;
@@ -179,13 +207,23 @@ impl Bridge {
             })
             .unwrap_or_default();
 
-        self.remove_stale(docker, &d).await?;
+        // The name this container is created under: the vassal's, or a temporary one beside the old
+        // container of an overlapping reload. Only a bridge that starts alone removes the vassal's
+        // stale containers (all of this emperor's, whatever their name); in an overlap the others are
+        // the instances still serving.
+        let create_name = if self.args.overlap {
+            format!("{}.next-{}", d.container_name, std::process::id())
+        } else {
+            self.remove_stale(docker, &d.container_name).await?;
+            self.remove_stale_labelled(docker, &cfg.name).await?;
+            d.container_name.clone()
+        };
 
         // The proxy socket, in a directory of its own.
         let (host_sock, container_sock) = match &d.proxy {
             Some(p) => (p.host.clone(), p.container.clone()),
             None => {
-                let dir = self.args.run_dir.join(&self.args.instance).join(&d.container_name);
+                let dir = self.args.run_dir.join(&self.args.instance).join(&create_name);
                 (
                     dir.join(docker::PROXY_NAME),
                     format!("{}/{}", docker::PROXY_DIR, docker::PROXY_NAME),
@@ -250,10 +288,10 @@ impl Bridge {
         }
         let body = docker::container_body(&cfg, &d, &ctx);
         if self.args.docker_debug {
-            info!("[{name}] bridge: create {} with {body:?}", d.container_name);
+            info!("[{name}] bridge: create {create_name} with {body:?}");
         }
         let opts = CreateContainerOptions {
-            name: Some(d.container_name.clone()),
+            name: Some(create_name.clone()),
             ..Default::default()
         };
         let created = docker.create_container(Some(opts), body).await.map_err(|e| {
@@ -300,8 +338,6 @@ impl Bridge {
         info!("[{name}] bridge: container {} started (pid {init_pid})", short(&id));
 
         let mut wait = Box::pin(docker.wait_container(&id, None::<WaitContainerOptions>));
-        let mut term = signal(SignalKind::terminate()).map_err(|e| (exit::START_FAILED, e.to_string()))?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| (exit::START_FAILED, e.to_string()))?;
         let lifeline = fds
             .lifeline
             .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
@@ -364,6 +400,7 @@ impl Bridge {
         drop(listener);
         let _ = std::fs::remove_file(&host_sock);
 
+        let mut named = !self.args.overlap;
         loop {
             if stopping {
                 self.stop(docker, &id, &cfg).await;
@@ -376,6 +413,9 @@ impl Bridge {
                 }
                 _ = term.recv(), if !stopping => stopping = true,
                 _ = int.recv(), if !stopping => stopping = true,
+                _ = usr1.recv(), if !named => {
+                    named = rename(docker, &id, &d.container_name, &name).await;
+                }
                 _ = &mut lifeline_eof, if !stopping => {
                     info!("[{name}] bridge: the emperor is gone; stopping the container");
                     stopping = true;
@@ -398,10 +438,47 @@ impl Bridge {
         }
     }
 
+    /// Removes every container of this emperor for this vassal (left by a bridge that could not clean
+    /// up, e.g. one killed during an overlapping reload).
+    async fn remove_stale_labelled(&self, docker: &Docker, vassal: &str) -> Result<(), Fail> {
+        use bollard::query_parameters::ListContainersOptions;
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}={vassal}", docker::LABEL_VASSAL),
+                format!("{}={}", docker::LABEL_INSTANCE, self.args.instance),
+            ],
+        )]);
+        let list = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let found = docker
+            .list_containers(Some(list))
+            .await
+            .map_err(|e| docker_fail("list stale containers", &e))?;
+        for c in found {
+            let Some(id) = c.id else { continue };
+            info!("[{}] bridge: removing stale container {}", self.args.name, short(&id));
+            let opts = RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            };
+            match docker.remove_container(&id, Some(opts)).await {
+                Ok(()) => {}
+                Err(e) if matches!(status(&e), Some(404 | 409)) => {}
+                Err(e) => return Err(docker_fail("remove a stale container", &e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a container left with the vassal's name by an earlier emperor; refuses a foreign one.
-    async fn remove_stale(&self, docker: &Docker, d: &DockerConfig) -> Result<(), Fail> {
+    async fn remove_stale(&self, docker: &Docker, container_name: &str) -> Result<(), Fail> {
         let existing = match docker
-            .inspect_container(&d.container_name, None::<InspectContainerOptions>)
+            .inspect_container(container_name, None::<InspectContainerOptions>)
             .await
         {
             Ok(c) => c,
@@ -413,13 +490,12 @@ impl Bridge {
             return Err((
                 exit::START_FAILED,
                 format!(
-                    "a container named {:?} exists and was not created by an emperor; it is left alone — remove or \
-                     rename it, or rename the vassal file",
-                    d.container_name
+                    "a container named {container_name:?} exists and was not created by an emperor; it is left alone — \
+                     remove or rename it, or rename the vassal file"
                 ),
             ));
         }
-        let id = existing.id.unwrap_or_else(|| d.container_name.clone());
+        let id = existing.id.unwrap_or_else(|| container_name.to_string());
         info!("[{}] bridge: removing stale container {}", self.args.name, short(&id));
         let opts = RemoveContainerOptions {
             force: true,
@@ -432,6 +508,34 @@ impl Bridge {
             Err(e) => Err(docker_fail("remove the stale container", &e)),
         }
     }
+}
+
+/// Gives the container of an overlapping reload the vassal's own name, once the old container is gone
+/// (it may still be being removed: retried for a few seconds).
+/// Returns whether the container now has the name.
+async fn rename(docker: &Docker, id: &str, to: &str, vassal: &str) -> bool {
+    use bollard::query_parameters::RenameContainerOptions;
+    for _ in 0..20 {
+        match docker
+            .rename_container(id, RenameContainerOptions { name: to.to_string() })
+            .await
+        {
+            Ok(()) => {
+                debug!("[{vassal}] bridge: container {} is now {to}", short(id));
+                return true;
+            }
+            Err(e) if status(&e) == Some(409) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(e) => {
+                warn!("[{vassal}] bridge: cannot rename container {} to {to}: {e}", short(id));
+                return false;
+            }
+        }
+    }
+    warn!(
+        "[{vassal}] bridge: container {} keeps its temporary name; {to} is still taken",
+        short(id)
+    );
+    false
 }
 
 /// Connects to the daemon named by `DOCKER_HOST` (the emperor sets it from `--docker-daemon-socket`)

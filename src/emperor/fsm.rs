@@ -35,7 +35,10 @@
 //! | Starting, Running         | Timer: heartbeat overdue       | (same)                     | KillGroup |
 //! | Starting, Running         | Timer: loyalty time reached    | Running{loyal}             | attempts = 0 |
 //! | Starting, Running, Reloading | Reload{in place}, speaks    | Reloading                  | Send(1) |
-//! | Starting, Running, Reloading | Reload{restart} or silent   | Stopping{then: Restart}    | stop |
+//! | Starting, Running, Reloading | Reload{restart} or silent, overlap | Waiting, previous = old | Overlap (spawn beside) |
+//! | Starting, Running, Reloading | Reload{restart} or silent, no overlap | Stopping{then: Restart} | stop |
+//! | Starting, Running (new)   | ready (byte 1/5/17, or ready-delay) with a previous | (same)   | RetirePrevious |
+//! | Waiting, Starting, Running (new) | SpawnFailed / Exited with a previous | Running(previous) | RestorePrevious |
 //! | Reloading                 | Msg ready/accepting/loyal      | Running                    | |
 //! | Reloading                 | Timer                          | Running                    | (warn) |
 //! | Starting, Running, Reloading | Exited, loyal               | Waiting                    | Spawn (at once; on demand: wait) |
@@ -73,6 +76,10 @@ pub struct Params {
     pub on_demand: bool,
     /// On idle, freeze the vassal instead of stopping it (`idle-action = pause`).
     pub idle_pause: bool,
+    /// Start the new instance beside the old one on a reload (`reload-overlap`).
+    pub overlap: bool,
+    /// How long a new silent instance must be up to count as ready (`ready-delay`).
+    pub ready_delay: Duration,
 }
 
 /// What the emperor knows about one running process.
@@ -183,6 +190,8 @@ pub enum Event {
     Activated,
     /// No connection was open on the vassal's sockets, and none arrived, for `idle` seconds.
     Idle,
+    /// The previous instance of an overlapping reload exited on its own.
+    PreviousExited,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +207,12 @@ pub enum Action {
     /// Freeze the vassal (cgroup freezer through `docker pause`, or SIGSTOP of a process group).
     Pause,
     Resume,
+    /// Keep the current process running as the *previous* one and spawn a new one beside it.
+    Overlap,
+    /// The new instance is ready: stop the previous one gracefully.
+    RetirePrevious,
+    /// The new instance failed before it was ready: the previous one is current again.
+    RestorePrevious,
     Finish,
     Log(log::Level, String),
 }
@@ -211,6 +226,8 @@ pub struct Fsm {
     /// Processes started after the first one.
     pub restarts: u32,
     started_once: bool,
+    /// The instance still serving while its replacement starts (an overlapping reload).
+    pub previous: Option<Instance>,
 }
 
 impl Fsm {
@@ -221,6 +238,7 @@ impl Fsm {
             attempts: 0,
             restarts: 0,
             started_once: false,
+            previous: None,
         }
     }
 
@@ -233,13 +251,47 @@ impl Fsm {
             State::Starting(i) | State::Running(i) => {
                 let hb = i.last_heartbeat.map(|t| t + self.params.heartbeat);
                 let loyalty = (!i.loyal).then(|| i.started + self.params.loyalty_time);
-                match (hb, loyalty) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                let ready = self.previous.as_ref().map(|_| self.ready_at(i));
+                [hb, loyalty, ready].into_iter().flatten().min()
             }
             _ => None,
         }
+    }
+
+    /// When a new instance counts as ready without saying so: `ready-delay` for a silent one; a
+    /// uWSGI one gets the stop timeout to announce itself before it is taken as ready anyway.
+    fn ready_at(&self, i: &Instance) -> Instant {
+        i.started
+            + if i.speaks {
+                self.params.stop_timeout.max(self.params.ready_delay)
+            } else {
+                self.params.ready_delay
+            }
+    }
+
+    /// The new instance is ready: the previous one goes.
+    fn retire_previous(&mut self, acts: &mut Vec<Action>) {
+        if self.previous.take().is_some() {
+            acts.push(Action::Log(
+                log::Level::Info,
+                "the new instance is ready; stopping the old one".into(),
+            ));
+            acts.push(Action::RetirePrevious);
+        }
+    }
+
+    /// The new instance failed before it was ready: the previous one stays.
+    fn restore_previous(&mut self, why: String, acts: &mut Vec<Action>) -> bool {
+        let Some(prev) = self.previous.take() else { return false };
+        acts.push(Action::Log(
+            log::Level::Error,
+            format!(
+                "{why}; the old instance keeps serving (set reload-overlap = false if the app cannot run twice at once)"
+            ),
+        ));
+        acts.push(Action::RestorePrevious);
+        self.state = State::Running(prev);
+        true
     }
 
     /// The throttle delay for the current attempt count.
@@ -403,6 +455,9 @@ impl Fsm {
                     acts.push(Action::KillGroup);
                     inst.last_heartbeat = None;
                 }
+                if self.previous.is_some() && now >= self.ready_at(&inst) {
+                    self.retire_previous(&mut acts);
+                }
                 if !inst.loyal && now >= inst.started + self.params.loyalty_time {
                     inst.loyal = true;
                     self.attempts = 0;
@@ -457,6 +512,16 @@ impl Fsm {
                         inst,
                         deadline: now + self.params.stop_timeout,
                     };
+                } else if self.params.overlap {
+                    // A reload during an overlap: the older one goes now, the current one is replaced.
+                    self.retire_previous(&mut acts);
+                    acts.push(Action::Log(
+                        log::Level::Info,
+                        "reloading (new instance beside the old one)".into(),
+                    ));
+                    self.previous = Some(inst);
+                    self.state = State::Waiting;
+                    acts.push(Action::Overlap);
                 } else {
                     acts.push(Action::Log(log::Level::Info, "reloading (new process)".into()));
                     self.stop(inst, AfterStop::Restart, now, &mut acts);
@@ -494,9 +559,12 @@ impl Fsm {
             }
 
             // Exits.
-            (State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. }, Event::Exited(exit)) => {
+            (State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. }, Event::Exited(exit))
+                if !self.restore_previous(format!("the new instance exited {exit} before it was ready"), &mut acts) =>
+            {
                 self.died(inst, exit, now, &mut acts)
             }
+            (State::Starting(_) | State::Running(_) | State::Reloading { .. }, Event::Exited(_)) => {}
             (State::Starting(_) | State::Running(_) | State::Reloading { .. }, Event::Rejected) => {
                 let error = "rejected by Docker; waiting for the file to change".to_string();
                 acts.push(Action::Log(log::Level::Error, error.clone()));
@@ -556,7 +624,10 @@ impl Fsm {
                 acts.push(Action::Log(log::Level::Info, "voluntary shutdown; waiting".into()));
                 self.stop(inst, AfterStop::Wait, now, acts);
             }
-            State::Starting(inst) if announces => self.state = State::Running(inst),
+            State::Starting(inst) | State::Running(inst) if announces => {
+                self.state = State::Running(inst);
+                self.retire_previous(acts);
+            }
             State::Reloading { inst, .. } if announces => self.state = State::Running(inst),
             other => self.state = other,
         }
@@ -577,6 +648,8 @@ mod tests {
             stop_signal: Signal::SIGTERM,
             on_demand: false,
             idle_pause: false,
+            overlap: false,
+            ready_delay: Duration::from_secs(1),
         }
     }
 
@@ -781,6 +854,54 @@ mod tests {
         let acts = f.on_event(Event::Remove, t0);
         assert_eq!(acts[0], Action::Resume);
         assert!(acts.contains(&Action::Signal(Signal::SIGTERM)));
+    }
+
+    #[test]
+    fn overlapping_reload_retires_the_old_instance_once_the_new_one_is_ready() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(Params {
+            overlap: true,
+            ..params()
+        });
+        f.on_event(Event::Start, t0);
+        f.on_event(Event::Spawned { pid: 1, speaks: false }, t0);
+        let acts = f.on_event(Event::Reload { restart: true }, t0 + secs(20));
+        assert!(acts.contains(&Action::Overlap), "{acts:?}");
+        assert!(
+            !acts.iter().any(|a| matches!(a, Action::Signal(_))),
+            "the old one is not stopped yet"
+        );
+        f.on_event(Event::Spawned { pid: 2, speaks: false }, t0 + secs(20));
+        assert_eq!(f.deadline(), Some(t0 + secs(21)), "ready after ready-delay");
+        assert!(
+            f.on_event(Event::Timer, t0 + secs(21))
+                .contains(&Action::RetirePrevious)
+        );
+        assert_eq!(f.previous, None);
+        assert_eq!(f.state.instance().unwrap().pid, 2);
+    }
+
+    #[test]
+    fn overlapping_reload_keeps_the_old_instance_when_the_new_one_dies() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(Params {
+            overlap: true,
+            ..params()
+        });
+        f.on_event(Event::Start, t0);
+        f.on_event(Event::Spawned { pid: 1, speaks: true }, t0);
+        f.on_event(Event::Reload { restart: true }, t0);
+        f.on_event(Event::Spawned { pid: 2, speaks: true }, t0);
+        let acts = f.on_event(Event::Exited(Exit::Code(1)), t0);
+        assert!(acts.contains(&Action::RestorePrevious));
+        assert_eq!(f.state.instance().unwrap().pid, 1);
+        // A uWSGI replacement is ready when it says so.
+        f.on_event(Event::Reload { restart: true }, t0);
+        f.on_event(Event::Spawned { pid: 3, speaks: true }, t0);
+        assert!(
+            f.on_event(Event::Msg(VassalMsg::Accepting), t0)
+                .contains(&Action::RetirePrevious)
+        );
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub fn start(name: String, opts: Arc<EmperorOptions>, set: &mut JoinSet<String>)
         watch: Vec::new(),
         idle: None,
         freezer: None,
+        previous: None,
+        retiring: Vec::new(),
+        retired: mpsc::unbounded_channel(),
     };
     let task = set.spawn_local(actor.run(rx));
     VassalHandle { tx, task: task.id() }
@@ -94,6 +97,8 @@ fn params_for(opts: &EmperorOptions, cfg: Option<&VassalConfig>) -> Params {
         },
         on_demand: cfg.is_some_and(|c| c.on_demand),
         idle_pause: cfg.is_some_and(|c| c.idle_action == crate::config::IdleAction::Pause),
+        overlap: cfg.is_some_and(|c| c.reload_overlap),
+        ready_delay: cfg.map_or(Duration::from_secs(1), |c| c.ready_delay),
     }
 }
 
@@ -109,6 +114,8 @@ struct Proc {
     _lifeline: Option<OwnedFd>,
     /// A Docker vassal, run by a bridge.
     bridged: bool,
+    /// It runs uWSGI or has sent a byte: it is stopped with byte 2 rather than a signal.
+    speaks: bool,
 }
 
 #[derive(Debug)]
@@ -129,6 +136,12 @@ struct Actor {
     idle: Option<IdleCheck>,
     /// The last pause/resume still in flight, so the next one runs after it.
     freezer: Option<tokio::task::JoinHandle<()>>,
+    /// The old process of an overlapping reload, still serving until the new one is ready.
+    previous: Option<Proc>,
+    /// Old processes being stopped in the background; the actor waits for them before it ends.
+    retiring: Vec<tokio::task::JoinHandle<()>>,
+    /// A retiring bridge has exited: the current bridge may take the container name (SIGUSR1).
+    retired: (mpsc::UnboundedSender<bool>, mpsc::UnboundedReceiver<bool>),
 }
 
 /// When the vassal was last seen busy, and when to look again.
@@ -148,6 +161,10 @@ enum Wake {
     Readable,
     /// Time to count the vassal's connections.
     IdleCheck,
+    /// The previous process of an overlapping reload exited on its own.
+    PreviousExited,
+    /// A retired process has exited (true: it was a bridge).
+    Retired(bool),
 }
 
 impl Actor {
@@ -160,7 +177,10 @@ impl Actor {
                     None => (None, None),
                 };
                 let idle_at = self.idle.map(|i| i.next);
+                let previous = self.previous.as_mut().map(|p| &mut p.child);
                 tokio::select! {
+                    _ = wait_child(previous) => Wake::PreviousExited,
+                    Some(bridged) = self.retired.1.recv() => Wake::Retired(bridged),
                     cmd = rx.recv() => Wake::Command(cmd),
                     res = wait_child(child) => Wake::Exited(res),
                     bytes = read_control(control) => Wake::Control(bytes),
@@ -201,7 +221,12 @@ impl Actor {
                     }
                     vec![]
                 }
-                Wake::Control(bytes) => bytes.into_iter().map(|b| Event::Msg(VassalMsg::from(b))).collect(),
+                Wake::Control(bytes) => {
+                    if let Some(p) = &mut self.proc {
+                        p.speaks = true;
+                    }
+                    bytes.into_iter().map(|b| Event::Msg(VassalMsg::from(b))).collect()
+                }
                 Wake::Timer => vec![Event::Timer],
                 Wake::Readable => {
                     self.watch.clear();
@@ -215,11 +240,26 @@ impl Actor {
                     }
                 }
                 Wake::IdleCheck => self.idle_check(),
+                Wake::PreviousExited => {
+                    warn!("[{}] the old instance exited during the reload", self.name);
+                    self.previous = None;
+                    vec![Event::PreviousExited]
+                }
+                Wake::Retired(bridged) => {
+                    // The old container is gone: the new one may take the vassal's name.
+                    if bridged && let Some(p) = self.proc.as_ref().filter(|p| p.bridged) {
+                        p.child.signal(Signal::SIGUSR1);
+                    }
+                    vec![]
+                }
             };
             for ev in events {
                 self.feed(ev);
             }
             self.sync_watch();
+        }
+        for task in self.retiring.drain(..) {
+            let _ = task.await;
         }
         for s in self.sockets.drain(..) {
             s.release();
@@ -297,6 +337,45 @@ impl Actor {
             self.arm_watch();
         }
         vec![]
+    }
+
+    /// Stops a process that is no longer the vassal's current one, in the background: byte 2 to a
+    /// speaker, SIGTERM to a bridge, the stop signal otherwise; its process group is killed when the
+    /// stop timeout runs out.
+    fn retire(&mut self, mut old: Proc) {
+        let stop_timeout = self.fsm.params.stop_timeout;
+        let stop_signal = self.fsm.params.stop_signal;
+        let name = self.name.clone();
+        let done = self.retired.0.clone();
+        self.retiring.retain(|t| !t.is_finished());
+        self.retiring.push(tokio::task::spawn_local(async move {
+            // The whole Proc lives until the end: a bridge reads EOF on its lifeline as "the emperor is gone".
+            let old = &mut old;
+            match &old.control {
+                Some(c) if old.speaks && !old.bridged => {
+                    let _ = write_all_now(c, &[EmperorMsg::GracefulStop.byte()]);
+                }
+                _ => old
+                    .child
+                    .signal(if old.bridged { Signal::SIGTERM } else { stop_signal }),
+            }
+            let exit = match tokio::time::timeout(stop_timeout, old.child.wait()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    warn!(
+                        "[{name}] the old instance did not stop within {:.1}s; killing it",
+                        stop_timeout.as_secs_f64()
+                    );
+                    old.child.kill_group();
+                    old.child.wait().await
+                }
+            };
+            match exit {
+                Ok(e) => info!("[{name}] the old instance (pid {}) exited {e}", old.child.pid()),
+                Err(e) => warn!("[{name}] cannot wait for the old instance: {e}"),
+            }
+            let _ = done.send(old.bridged);
+        }));
     }
 
     /// Accepts and closes whatever waits on the vassal's sockets (nobody will serve it soon).
@@ -484,6 +563,24 @@ impl Actor {
                 self.freeze(true);
                 None
             }
+            Action::Overlap => {
+                self.previous = self.proc.take();
+                self.act(Action::Spawn)
+            }
+            Action::RetirePrevious => {
+                if let Some(old) = self.previous.take() {
+                    self.retire(old);
+                }
+                None
+            }
+            Action::RestorePrevious => {
+                if let Some(new) = self.proc.take() {
+                    new.child.kill_group();
+                    self.retire(new);
+                }
+                self.proc = self.previous.take();
+                None
+            }
             Action::Resume => {
                 self.freeze(false);
                 None
@@ -503,7 +600,7 @@ impl Actor {
         let Some(control) = self.proc.as_mut().and_then(|p| p.control.as_mut()) else {
             return;
         };
-        if let Err(e) = control.try_write(&[msg.byte()]) {
+        if let Err(e) = write_all_now(control, &[msg.byte()]) {
             debug!("[{}] cannot send {msg:?}: {e}", self.name);
         }
     }
@@ -617,6 +714,7 @@ impl Actor {
             config: config_chan,
             _lifeline: lifeline,
             bridged,
+            speaks,
         });
         self.push_config();
         Ok(Event::Spawned { pid, speaks })
@@ -645,6 +743,10 @@ impl Actor {
             "--handshake-timeout".into(),
             self.opts.docker_connect_timeout.to_string(),
         ];
+        if self.previous.as_ref().is_some_and(|p| p.bridged) {
+            // The old container still holds the vassal's name.
+            argv.push("--overlap".into());
+        }
         if self.opts.docker_debug {
             argv.push("--docker-debug".into());
         }

@@ -97,7 +97,7 @@ fn get(port: u16) -> Result<String, String> {
 }
 
 #[test]
-fn nginx_to_a_docker_vassal_loses_no_request_across_a_restart() {
+fn nginx_to_a_docker_vassal_loses_no_request_across_a_restart_and_an_image_swap() {
     let sweep = DockerSweep::new();
     let mut h = Harness::new("nginx_docker");
     let name = unique_name("web");
@@ -164,6 +164,37 @@ fn nginx_to_a_docker_vassal_loses_no_request_across_a_restart() {
         || ok.load(Ordering::SeqCst) > at_restart + 50,
         LONG,
         "requests served by the new container",
+    );
+
+    // Swap to a new image under the same load: the new container starts beside the old one, which
+    // is stopped only once the new one is ready (an overlapping reload).
+    let text = fs::read_to_string(h.vassal(&file)).unwrap();
+    h.write_vassal(
+        &file,
+        &text.replace(
+            "docker-image = emperor-test/testapp\n",
+            "docker-image = emperor-test/testapp:v2\n",
+        ),
+    );
+    h.wait_starts(&name, 3, Duration::from_secs(30));
+    h.wait_for(
+        || {
+            crate::util::docker::inspect(&file, "{{.Config.Image}}")
+                .is_some_and(|i| i.trim() == "emperor-test/testapp:v2")
+        },
+        Duration::from_secs(30),
+        "the vassal's container to run the new image",
+    );
+    h.wait_for(
+        || sweep.containers().len() == 1,
+        Duration::from_secs(30),
+        "the old containers to be stopped and removed under load",
+    );
+    let at_swap = ok.load(Ordering::SeqCst);
+    h.wait_for(
+        || ok.load(Ordering::SeqCst) > at_swap + 50,
+        LONG,
+        "requests served after the image swap",
     );
     stop.store(true, Ordering::SeqCst);
     for c in clients {
