@@ -15,6 +15,21 @@
 //!   `[uwsgi]` vassals (`--ini emperor://<name>`) get one; process vassals read their own file, as
 //!   under uWSGI's directory monitor.
 
+/// Variables a vassal must not inherit from whoever started it (the emperor, or a container image):
+/// they describe someone else's socket activation or uWSGI state (uWSGI's emperor drops the same
+/// ones) and would mislead the vassal. The emperor and the shim set the ones that apply.
+pub const SCRUBBED_ENV: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NGINX",
+    "NOTIFY_SOCKET",
+    "UWSGI_RELOADS",
+    "UWSGI_EMPEROR_FD",
+    "UWSGI_EMPEROR_FD_CONFIG",
+    "UWSGI_EMPEROR_PROXY",
+];
+
 /// What a vassal says to its emperor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VassalMsg {

@@ -112,20 +112,6 @@ const PROXY_PATIENCE: Duration = Duration::from_secs(30);
 /// Pause between two connection attempts.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 
-/// Variables the payload must not inherit from the container's environment: the shim sets the ones
-/// that apply, and a stale value from an image would mislead the payload.
-const SCRUBBED_ENV: &[&str] = &[
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NGINX",
-    "NOTIFY_SOCKET",
-    "UWSGI_RELOADS",
-    "UWSGI_EMPEROR_FD",
-    "UWSGI_EMPEROR_FD_CONFIG",
-    "UWSGI_EMPEROR_PROXY",
-];
-
 /// Width of the `LISTEN_PID=` slot; pids fit in 10 digits.
 const PID_SLOT: usize = 10;
 
@@ -309,7 +295,7 @@ impl Plan {
         let mut env: Vec<Vec<u8>> = std::env::vars_os()
             .filter(|(k, _)| {
                 let k = k.as_bytes();
-                !k.starts_with(b"EMPEROR_") && !SCRUBBED_ENV.iter().any(|s| s.as_bytes() == k)
+                !k.starts_with(b"EMPEROR_") && !crate::protocol::SCRUBBED_ENV.iter().any(|s| s.as_bytes() == k)
             })
             .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
             .collect();

@@ -25,6 +25,22 @@ pub const LABEL_VASSAL: &str = "emperor.vassal";
 pub const LABEL_INSTANCE: &str = "emperor.instance";
 pub const LABEL_CONFIG_HASH: &str = "emperor.config-hash";
 
+/// Force-removes a container with its anonymous volumes. Already gone (404) or already being removed
+/// (409) count as done.
+pub async fn remove(docker: &bollard::Docker, id: &str) -> Result<(), bollard::errors::Error> {
+    let opts = bollard::query_parameters::RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    match docker.remove_container(id, Some(opts)).await {
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404 | 409, ..
+        }) => Ok(()),
+        other => other,
+    }
+}
+
 /// Everything about the container that does not come from the vassal file.
 #[derive(Debug)]
 pub struct Context<'a> {

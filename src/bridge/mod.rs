@@ -34,8 +34,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions,
-    StopContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use log::{debug, error, info, warn};
@@ -153,14 +152,8 @@ impl Bridge {
 
     async fn cleanup(&mut self, docker: &Docker) {
         if let Some(id) = self.container.take() {
-            let opts = RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            };
-            match docker.remove_container(&id, Some(opts)).await {
+            match docker::remove(docker, &id).await {
                 Ok(()) => debug!("[{}] bridge: removed container {}", self.args.name, short(&id)),
-                Err(e) if status(&e) == Some(404) => {}
                 Err(e) => warn!(
                     "[{}] bridge: cannot remove container {}: {e}",
                     self.args.name,
@@ -461,16 +454,9 @@ impl Bridge {
         for c in found {
             let Some(id) = c.id else { continue };
             info!("[{}] bridge: removing stale container {}", self.args.name, short(&id));
-            let opts = RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            };
-            match docker.remove_container(&id, Some(opts)).await {
-                Ok(()) => {}
-                Err(e) if matches!(status(&e), Some(404 | 409)) => {}
-                Err(e) => return Err(docker_fail("remove a stale container", &e)),
-            }
+            docker::remove(docker, &id)
+                .await
+                .map_err(|e| docker_fail("remove a stale container", &e))?;
         }
         Ok(())
     }
@@ -497,16 +483,9 @@ impl Bridge {
         }
         let id = existing.id.unwrap_or_else(|| container_name.to_string());
         info!("[{}] bridge: removing stale container {}", self.args.name, short(&id));
-        let opts = RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..Default::default()
-        };
-        match docker.remove_container(&id, Some(opts)).await {
-            Ok(()) => Ok(()),
-            Err(e) if status(&e) == Some(404) => Ok(()),
-            Err(e) => Err(docker_fail("remove the stale container", &e)),
-        }
+        docker::remove(docker, &id)
+            .await
+            .map_err(|e| docker_fail("remove the stale container", &e))
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bollard::Docker;
-use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
+use bollard::query_parameters::ListContainersOptions;
 use log::{info, warn};
 
 use crate::bridge::docker::{LABEL_INSTANCE, LABEL_VASSAL};
@@ -49,12 +49,7 @@ pub async fn orphans(opts: Arc<EmperorOptions>, current: HashSet<String>) {
             continue;
         }
         let Some(id) = c.id else { continue };
-        let opts = RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..Default::default()
-        };
-        match docker.remove_container(&id, Some(opts)).await {
+        match crate::bridge::docker::remove(&docker, &id).await {
             Ok(()) => info!("[{vassal}] removed orphaned container {}", id.get(..12).unwrap_or(&id)),
             Err(e) => warn!("[{vassal}] cannot remove orphaned container {id}: {e}"),
         }

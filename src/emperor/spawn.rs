@@ -86,19 +86,6 @@ impl std::fmt::Display for Exit {
     }
 }
 
-/// Environment variables a vassal must not inherit from the emperor: they describe the emperor's own
-/// activation or uWSGI state (uWSGI's emperor drops the same ones) and would mislead the vassal.
-const SCRUBBED_ENV: &[&str] = &[
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "UWSGI_RELOADS",
-    "UWSGI_EMPEROR_FD",
-    "UWSGI_EMPEROR_FD_CONFIG",
-    "UWSGI_EMPEROR_PROXY",
-];
-
 /// Width of the `LISTEN_PID=` slot; pids fit in 10 digits (pid_max ≤ 2^22 on Linux).
 const PID_SLOT: usize = 10;
 
@@ -163,7 +150,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Child> {
 
     // The environment: the emperor's, scrubbed, then ours, then the vassal's own `env =` lines.
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
-        .filter(|(k, _)| !SCRUBBED_ENV.iter().any(|s| OsStr::new(s) == k))
+        .filter(|(k, _)| !crate::protocol::SCRUBBED_ENV.iter().any(|s| OsStr::new(s) == k))
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
     let mut set = |k: &str, v: String| {
