@@ -14,7 +14,8 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "emperor", version, about, long_about = None)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
-    /// A role other than the emperor; only the emperor itself starts these.
+    /// A role other than the emperor: `status` is for operators; the hidden ones only the emperor starts.
+    /// A vassals directory literally named like a subcommand is given as `./status` or `--emperor status`.
     #[command(subcommand)]
     pub role: Option<Role>,
 
@@ -22,9 +23,11 @@ pub struct Cli {
     pub emperor: EmperorArgs,
 }
 
-/// The hidden roles of the one binary.
+/// The other roles of the one binary.
 #[derive(Debug, Subcommand)]
 pub enum Role {
+    /// Print the state of a running emperor's vassals, read from its --emperor-stats socket.
+    Status(StatusArgs),
     /// PID 1 inside a Docker vassal's container: receives the sockets over the proxy socket, then runs
     /// the vassal's command.
     #[command(hide = true)]
@@ -79,6 +82,22 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
+}
+
+/// `emperor status [--stats ADDR] [--json]`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The emperor's --emperor-stats address: a unix socket path, @abstract, or IP:port.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "EMPEROR_STATS",
+        default_value = "/run/emperor/stats.sock"
+    )]
+    pub stats: String,
+    /// Print the raw JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `emperor shim [--] <command>...`; everything else comes from the container's environment.
@@ -172,6 +191,12 @@ pub struct EmperorArgs {
     #[arg(long, value_name = "PATH")]
     pub nginx_map: Option<PathBuf>,
 
+    /// Serve the stats document (JSON) on this unix socket path, @abstract name or IP:port: every client
+    /// that connects receives it and the connection is closed (uWSGI's stats server). `emperor status`
+    /// reads it.
+    #[arg(long, alias = "emperor-stats-server", value_name = "ADDR")]
+    pub emperor_stats: Option<String>,
+
     /// Command run (split like a shell would, run without one) after the include file changed, e.g.
     /// "nginx -s reload". Its failure is logged, never fatal.
     #[arg(long, value_name = "COMMAND", requires = "nginx_map")]
@@ -212,6 +237,8 @@ pub struct EmperorOptions {
     pub nginx_map: Option<PathBuf>,
     /// `--nginx-reload`, split.
     pub nginx_reload: Option<Vec<String>>,
+    /// `--emperor-stats`.
+    pub stats: Option<String>,
 }
 
 impl EmperorArgs {
@@ -247,6 +274,7 @@ impl EmperorArgs {
             run_dir: self.emperor_run_dir,
             nginx_map: self.nginx_map,
             nginx_reload,
+            stats: self.emperor_stats,
         })
     }
 }
@@ -305,5 +333,18 @@ mod tests {
         assert_eq!(e.as_deref(), Some("--nginx-reload \"''\": empty command"));
         // A reload command without a map makes no sense.
         assert!(options(&["--nginx-reload", "nginx -s reload", "d"]).is_err());
+    }
+
+    #[test]
+    fn status_subcommand_and_a_dir_named_status() {
+        let cli = Cli::try_parse_from(["emperor", "status", "--json", "--stats", "127.0.0.1:1"]).unwrap();
+        assert!(matches!(cli.role, Some(Role::Status(StatusArgs { json: true, ref stats })) if stats == "127.0.0.1:1"));
+        for args in [&["emperor", "./status"][..], &["emperor", "--emperor", "status"]] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert!(cli.role.is_none());
+            assert!(cli.emperor.into_options().is_ok());
+        }
+        let o = options(&["--emperor-stats", "/run/s.sock", "d"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.stats.as_deref(), Some("/run/s.sock"));
     }
 }

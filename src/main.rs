@@ -8,6 +8,7 @@ mod exit;
 mod protocol;
 mod proxy_socket;
 mod shim;
+mod status;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
         })
         .init();
     match cli.role {
+        Some(cli::Role::Status(args)) => status::main(args),
         Some(cli::Role::Shim(args)) => shim::main(args),
         Some(cli::Role::Bridge(args)) => bridge::main(args),
         None => match cli.emperor.into_options() {

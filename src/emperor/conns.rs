@@ -46,6 +46,92 @@ pub fn open_connections(sockets: &[&SocketAddrSpec]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// One read of the kernel's socket tables, for the stats document: many sockets are measured from it
+/// without reading `/proc/net/*` once per socket.
+pub struct Tables {
+    /// Non-listener rows of /proc/net/unix per path, counted in one pass.
+    unix: std::collections::HashMap<String, usize>,
+    tcp: Vec<String>,
+}
+
+/// What the kernel says about one listening socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketLoad {
+    /// Connections open on it: accepted by the app, or still waiting to be.
+    pub connections: usize,
+    /// Connections waiting to be accepted; `None` for unix sockets (see [`Tables::measure`]).
+    pub queue: Option<usize>,
+}
+
+impl Tables {
+    pub fn load() -> std::io::Result<Tables> {
+        Ok(Tables {
+            unix: unix_counts(&std::fs::read_to_string("/proc/net/unix")?),
+            tcp: ["/proc/net/tcp", "/proc/net/tcp6"]
+                .iter()
+                .filter_map(|f| std::fs::read_to_string(f).ok())
+                .collect(),
+        })
+    }
+
+    /// Measures one listening socket. The accept queue of a TCP listener is its row's `rx_queue`
+    /// (the kernel prints `sk_ack_backlog` there for a listener). /proc/net/unix cannot tell a
+    /// queued unix connection from an accepted one, so a unix socket's `queue` is not measured.
+    pub fn measure(&self, addr: &SocketAddrSpec) -> SocketLoad {
+        match addr {
+            SocketAddrSpec::Tcp(a) => SocketLoad {
+                connections: self.tcp.iter().map(|t| count_tcp(t, &[*a])).sum(),
+                queue: Some(self.tcp.iter().map(|t| tcp_accept_queue(t, a)).sum()),
+            },
+            SocketAddrSpec::Unix(p) => SocketLoad {
+                connections: self.unix.get(p.to_string_lossy().as_ref()).copied().unwrap_or(0),
+                queue: None,
+            },
+            SocketAddrSpec::Abstract(name) => SocketLoad {
+                connections: self.unix.get(&format!("@{name}")).copied().unwrap_or(0),
+                queue: None,
+            },
+        }
+    }
+}
+
+/// [`count_unix`] for every path at once.
+fn unix_counts(text: &str) -> std::collections::HashMap<String, usize> {
+    let mut m = std::collections::HashMap::new();
+    for line in text.lines().skip(1) {
+        let mut cols = line.split_whitespace();
+        let (Some(flags), Some(path)) = (cols.nth(3), cols.nth(3)) else {
+            continue;
+        };
+        if u32::from_str_radix(flags, 16).is_ok_and(|f| f & SO_ACCEPTCON == 0) {
+            *m.entry(path.to_owned()).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// The `rx_queue` of the LISTEN row for `l` (`sl local rem st tx_queue:rx_queue ...`).
+fn tcp_accept_queue(text: &str, l: &SocketAddr) -> usize {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (local, st, queues) = (cols.get(1)?, cols.get(3)?, cols.get(4)?);
+            if *st != "0A" {
+                return None;
+            }
+            let (ip_hex, port_hex) = local.split_once(':')?;
+            let port = u16::from_str_radix(port_hex, 16).ok()?;
+            let same = port == l.port()
+                && (ip_matches(ip_hex, l) || (l.ip().is_unspecified() && ip_hex.bytes().all(|b| b == b'0')));
+            if !same {
+                return None;
+            }
+            usize::from_str_radix(queues.split_once(':')?.1, 16).ok()
+        })
+        .sum()
+}
+
 /// `Num RefCount Protocol Flags Type St Inode Path`: rows with our path that are not the listener.
 fn count_unix(text: &str, paths: &HashSet<String>) -> usize {
     text.lines()
@@ -116,6 +202,11 @@ mod tests {
             0000000000000000: 00000003 00000000 00000000 0001 03 104 @abs\n";
         let paths: HashSet<String> = ["/run/a.sock".to_string(), "@abs".to_string()].into();
         assert_eq!(count_unix(text, &paths), 2);
+        let m = unix_counts(text);
+        assert_eq!(
+            (m.get("/run/a.sock"), m.get("/run/b.sock"), m.get("@abs")),
+            (Some(&1), Some(&1), Some(&1))
+        );
     }
 
     #[test]
@@ -134,6 +225,17 @@ mod tests {
             0: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:D431 01\n";
         let l6: SocketAddr = "[::1]:8080".parse().unwrap();
         assert_eq!(count_tcp(v6, &[l6]), 1);
+    }
+
+    #[test]
+    fn tcp_listener_rx_queue_is_the_accept_queue() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+            0: 0100007F:1F90 00000000:0000 0A 00000000:00000003 00:00000000\n\
+            1: 0100007F:1F90 0100007F:D431 01 00000000:00000010 00:00000000\n";
+        let l: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(tcp_accept_queue(text, &l), 3);
+        let other: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        assert_eq!(tcp_accept_queue(text, &other), 0);
     }
 
     #[test]

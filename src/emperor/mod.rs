@@ -20,15 +20,22 @@
 //! * **Emperor-wide facts** about vassals live here, not in the actors: `good` holds each vassal's
 //!   latest valid config (a file that became invalid keeps its last good one, as its actor does),
 //!   and `--nginx-map` (`routes.rs`) is rendered from it after every scan and emptied at shutdown.
+//! * **Stats and systemd.** `--emperor-stats` (`stats.rs`): the main loop accepts a client and hands it,
+//!   with a copy of every actor's sender, to a task that asks each actor for a snapshot (bounded by a
+//!   short deadline) and writes the document. Actors report each state change on one channel; the main
+//!   loop keeps the state names for the systemd `STATUS=` line (`notify.rs`), sent at most once a second.
 
 mod conns;
 pub mod fsm;
+mod notify;
 mod output;
 mod reap;
 mod routes;
 mod scan;
 mod sockets;
 pub mod spawn;
+mod stats;
+pub use stats::unix_now;
 mod vassal;
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,7 +53,7 @@ use tokio::time::Instant;
 use crate::cli::EmperorOptions;
 use crate::config;
 use scan::{Change, Snapshot};
-use vassal::{Command, VassalHandle};
+use vassal::{Command, StateReport, VassalHandle};
 
 /// How long the main loop waits after the first inotify event before scanning, to coalesce a burst.
 const DEBOUNCE: Duration = Duration::from_millis(10);
@@ -112,6 +119,12 @@ struct Emperor {
     good: BTreeMap<String, Arc<config::VassalConfig>>,
     /// `--nginx-map`: the include file kept in step with `good`'s routes.
     nginx_map: Option<routes::NginxMap>,
+    /// Every actor's state changes, for the systemd status line.
+    reports: (mpsc::UnboundedSender<StateReport>, mpsc::UnboundedReceiver<StateReport>),
+    /// Each vassal's state name, as last reported.
+    states: BTreeMap<String, &'static str>,
+    /// `NOTIFY_SOCKET`, when run by systemd.
+    notify: Option<std::rc::Rc<notify::Notifier>>,
 }
 
 impl Emperor {
@@ -125,6 +138,9 @@ impl Emperor {
             docker_vassals: Default::default(),
             good: BTreeMap::new(),
             nginx_map: None,
+            reports: mpsc::unbounded_channel(),
+            states: BTreeMap::new(),
+            notify: notify::Notifier::from_env().map(std::rc::Rc::new),
         }
     }
 
@@ -166,8 +182,32 @@ impl Emperor {
                 self.opts.nginx_reload.clone(),
             ));
         }
+        let stats = match &self.opts.stats {
+            Some(addr) => {
+                let l = stats::Listener::bind(addr)?;
+                info!("stats server on {addr}");
+                Some(l)
+            }
+            None => None,
+        };
         self.rescan();
         info!("watching {} ({} vassals)", dir.display(), self.vassals.len());
+        if let Some(n) = self.notify.clone() {
+            // Commands are handled in order: once every actor has answered, each has handled its first
+            // config, so every valid vassal was started.
+            let first = stats::collect(self.senders());
+            tokio::task::spawn_local(async move {
+                first.await;
+                n.send("READY=1");
+            });
+        }
+        let mut status_at: Option<Instant> = None;
+        let mut status_sent = (
+            String::new(),
+            Instant::now()
+                .checked_sub(notify::STATUS_INTERVAL)
+                .unwrap_or_else(Instant::now),
+        );
         if self.opts.docker || !self.docker_vassals.is_empty() {
             tokio::task::spawn_local(reap::orphans(self.opts.clone(), self.docker_vassals.clone()));
         }
@@ -199,6 +239,26 @@ impl Emperor {
                 _ = rescan.tick(), if !shutting_down => {
                     self.rescan();
                 }
+                conn = accept(stats.as_ref()), if !shutting_down => match conn {
+                    Ok(conn) => {
+                        tokio::task::spawn_local(stats::serve(conn, dir.clone(), self.senders()));
+                    }
+                    Err(e) => warn!("stats: cannot accept: {e}"),
+                },
+                Some((name, state)) = self.reports.1.recv() => {
+                    self.states.insert(name, state);
+                    if self.notify.is_some() && status_at.is_none() {
+                        status_at = Some(Instant::now().max(status_sent.1 + notify::STATUS_INTERVAL));
+                    }
+                }
+                _ = sleep_until(status_at), if status_at.is_some() => {
+                    status_at = None;
+                    let line = notify::status_line(self.states.values().copied());
+                    if let Some(n) = &self.notify && line != status_sent.0 {
+                        n.send(&format!("STATUS={line}"));
+                        status_sent = (line, Instant::now());
+                    }
+                }
                 _ = term.recv() => shutting_down = self.begin_shutdown("SIGTERM"),
                 _ = int.recv() => shutting_down = self.begin_shutdown("SIGINT"),
                 _ = quit.recv() => shutting_down = self.begin_shutdown("SIGQUIT"),
@@ -228,7 +288,14 @@ impl Emperor {
                     if let Err(e) = &res {
                         error!("a vassal actor failed (this is a bug): {e}");
                     }
-                    self.vassals.retain(|_, h| h.task != id);
+                    let states = &mut self.states;
+                    self.vassals.retain(|name, h| {
+                        let keep = h.task != id;
+                        if !keep {
+                            states.remove(name);
+                        }
+                        keep
+                    });
                 }
             }
             if shutting_down && self.vassals.is_empty() {
@@ -243,12 +310,20 @@ impl Emperor {
 
     fn begin_shutdown(&mut self, signame: &str) -> bool {
         info!("{signame}: stopping {} vassals", self.vassals.len());
+        if let Some(n) = &self.notify {
+            n.send("STOPPING=1");
+        }
         // nginx stops routing to the vassals first: unknown host (404), not a dying socket (502).
         if let Some(map) = &mut self.nginx_map {
             map.clear();
         }
         self.broadcast(|| Command::Shutdown);
         true
+    }
+
+    /// A copy of every actor's sender, for a task that asks them all something.
+    fn senders(&self) -> Vec<(String, mpsc::UnboundedSender<Command>)> {
+        self.vassals.iter().map(|(n, h)| (n.clone(), h.tx.clone())).collect()
     }
 
     fn broadcast(&self, cmd: impl Fn() -> Command) {
@@ -334,9 +409,22 @@ impl Emperor {
             },
             None => cmd,
         };
-        let h = vassal::start(name.clone(), self.opts.clone(), &mut self.actors);
+        let h = vassal::start(
+            name.clone(),
+            self.opts.clone(),
+            &mut self.actors,
+            self.reports.0.clone(),
+        );
         let _ = h.tx.send(cmd);
         self.vassals.insert(name, h);
+    }
+}
+
+/// The next stats client; never, without a stats server.
+async fn accept(l: Option<&stats::Listener>) -> std::io::Result<stats::Conn> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 

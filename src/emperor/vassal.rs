@@ -23,6 +23,7 @@ use super::fsm::{Action, Event, Fsm, Params, State};
 use super::output;
 use super::sockets::{self, BoundSocket, SocketOptions};
 use super::spawn::{self, Child, Exit, SpawnRequest};
+use super::stats::{self, Track, VassalStats};
 use crate::cli::EmperorOptions;
 use crate::config::{ConfigError, VassalConfig};
 use crate::protocol::{EmperorMsg, VassalMsg};
@@ -45,7 +46,12 @@ pub enum Command {
     ClearThrottle,
     /// SIGUSR1: log one status line.
     Status,
+    /// The stats server wants the vassal's state.
+    Snapshot(tokio::sync::oneshot::Sender<super::stats::VassalStats>),
 }
+
+/// An actor's state changed (its name, see [`State::name`]); the main loop keeps counts for systemd.
+pub type StateReport = (String, &'static str);
 
 /// The main loop's end of an actor.
 #[derive(Debug)]
@@ -56,7 +62,12 @@ pub struct VassalHandle {
 }
 
 /// Starts the actor for `name` in `set`; the task returns the name once it has released everything.
-pub fn start(name: String, opts: Arc<EmperorOptions>, set: &mut JoinSet<String>) -> VassalHandle {
+pub fn start(
+    name: String,
+    opts: Arc<EmperorOptions>,
+    set: &mut JoinSet<String>,
+    reports: mpsc::UnboundedSender<StateReport>,
+) -> VassalHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let params = params_for(&opts, None);
     let actor = Actor {
@@ -72,6 +83,8 @@ pub fn start(name: String, opts: Arc<EmperorOptions>, set: &mut JoinSet<String>)
         previous: None,
         retiring: Vec::new(),
         retired: mpsc::unbounded_channel(),
+        track: Track::default(),
+        reports,
     };
     let task = set.spawn_local(actor.run(rx));
     VassalHandle { tx, task: task.id() }
@@ -142,6 +155,10 @@ struct Actor {
     retiring: Vec<tokio::task::JoinHandle<()>>,
     /// A retiring bridge has exited: the current bridge may take the container name (SIGUSR1).
     retired: (mpsc::UnboundedSender<bool>, mpsc::UnboundedReceiver<bool>),
+    /// Times and outcomes for the stats document.
+    track: Track,
+    /// Where state changes are reported.
+    reports: mpsc::UnboundedSender<StateReport>,
 }
 
 /// When the vassal was last seen busy, and when to look again.
@@ -169,6 +186,7 @@ enum Wake {
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) -> String {
+        self.observe();
         while self.fsm.state != State::Done {
             let deadline = self.fsm.deadline();
             let wake = {
@@ -194,6 +212,8 @@ impl Actor {
                 // The main loop is gone: behave as on shutdown.
                 Wake::Command(None) => vec![Event::Shutdown],
                 Wake::Exited(res) => {
+                    let requested = matches!(self.fsm.state, State::Stopping { .. });
+                    self.track.exited(&res, requested);
                     let bridged = self.proc.take().is_some_and(|p| p.bridged);
                     match res {
                         Ok(Exit::Code(c)) if bridged && c == i32::from(crate::exit::BAD_CONFIG) => {
@@ -257,6 +277,7 @@ impl Actor {
                 self.feed(ev);
             }
             self.sync_watch();
+            self.observe();
         }
         for task in self.retiring.drain(..) {
             let _ = task.await;
@@ -453,6 +474,7 @@ impl Actor {
     fn command(&mut self, cmd: Command) -> Vec<Event> {
         match cmd {
             Command::Update(Ok(cfg)) => {
+                self.track.config_error = None;
                 self.fsm.params = params_for(&self.opts, Some(&cfg));
                 let restart = self
                     .config
@@ -474,6 +496,7 @@ impl Actor {
                 }
             }
             Command::Update(Err(e)) => {
+                self.track.config_error = Some(e.to_string());
                 for line in e.to_string().lines() {
                     error!("[{}] {line}", self.name);
                 }
@@ -500,6 +523,57 @@ impl Actor {
                 self.log_status();
                 vec![]
             }
+            Command::Snapshot(tx) => {
+                let _ = tx.send(self.snapshot());
+                vec![]
+            }
+        }
+    }
+
+    /// Records what changed for the stats and reports a new state to the main loop.
+    fn observe(&mut self) {
+        if let Some(state) = self.track.observe(&self.fsm) {
+            let _ = self.reports.send((self.name.clone(), state));
+        }
+    }
+
+    fn snapshot(&self) -> VassalStats {
+        let inst = self.fsm.state.instance();
+        let cfg = self.config.as_deref();
+        let last_mod = cfg
+            .and_then(|c| std::fs::metadata(&c.path).ok())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let on_demand = match cfg {
+            Some(c) if c.on_demand => c.sockets.first().map(|s| s.addr.to_string()).unwrap_or_default(),
+            _ => String::new(),
+        };
+        VassalStats {
+            id: self.name.clone(),
+            pid: inst.map_or(-1, |i| i.pid),
+            loyal: inst.is_some_and(|i| i.loyal),
+            ready: inst.is_some_and(|i| i.ready),
+            accepting: inst.is_some_and(|i| i.accepting),
+            last_heartbeat: inst.and_then(|i| i.last_heartbeat).map_or(0, stats::instant_to_unix),
+            last_mod,
+            on_demand,
+            respawns: self.fsm.restarts,
+            state: self.fsm.state.name(),
+            kind: if cfg.is_some_and(|c| c.docker.is_some()) {
+                "docker"
+            } else {
+                "process"
+            },
+            container: cfg.and_then(|c| c.docker.as_ref()).map(|d| d.container_name.clone()),
+            sockets: self.sockets.iter().map(|s| s.spec.clone()).collect(),
+            attempts: self.fsm.attempts,
+            throttle: stats::throttle_of(&self.fsm),
+            error: match &self.fsm.state {
+                State::Invalid { error } => Some(error.clone()),
+                _ => self.track.config_error.clone(),
+            },
+            track: self.track.clone(),
         }
     }
 
@@ -532,6 +606,7 @@ impl Actor {
                 Ok(ev) => ev,
                 Err(e) => {
                     error!("[{}] cannot start: {e}", self.name);
+                    self.track.spawn_failed(&e);
                     Event::SpawnFailed
                 }
             }),
@@ -717,6 +792,7 @@ impl Actor {
             speaks,
         });
         self.push_config();
+        self.track.spawned();
         Ok(Event::Spawned { pid, speaks })
     }
 

@@ -9,6 +9,7 @@ mod routes;
 mod shim;
 mod signals;
 mod sockets;
+mod stats;
 mod throttle;
 mod uwsgi;
 mod uwsgi_docker;

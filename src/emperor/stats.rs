@@ -1,0 +1,365 @@
+//! `--emperor-stats`: the stats server, uWSGI style. A client that connects receives one JSON document
+//! and the connection is closed; nothing is read from it.
+//!
+//! Each actor owns its vassal's state, so the document is assembled from snapshots: the serving task
+//! sends every actor [`Command::Snapshot`] and waits for the answers with one short deadline
+//! ([`SNAPSHOT_TIMEOUT`]), so a stuck actor cannot hold the document back (it is listed with
+//! `"state": "unresponsive"`). Socket loads are measured once per document from the kernel's tables
+//! (`conns.rs`). The document is built with `serde_json` (already compiled in as bollard's dependency),
+//! so every string is escaped and the output is valid JSON whatever a vassal is called; uWSGI 2.1's
+//! `attrs` list of `key: value` pairs is exactly the kind of invalid output this avoids.
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, warn};
+use serde_json::{Value, json};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::conns;
+use super::fsm::{Fsm, State};
+use super::spawn::Exit;
+use super::vassal::Command;
+use crate::config::SocketSpec;
+
+/// How long the document waits for all actors' snapshots together.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a client gets to take the document.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What one actor reports about its vassal.
+#[derive(Debug, Clone)]
+pub struct VassalStats {
+    pub id: String,
+    pub pid: i32,
+    pub loyal: bool,
+    pub ready: bool,
+    pub accepting: bool,
+    pub last_heartbeat: u64,
+    pub last_mod: u64,
+    pub on_demand: String,
+    pub respawns: u32,
+    pub state: &'static str,
+    pub kind: &'static str,
+    pub container: Option<String>,
+    pub sockets: Vec<SocketSpec>,
+    pub attempts: u32,
+    /// The throttle delay of the current attempt and when it ends.
+    pub throttle: Option<(Duration, u64)>,
+    pub error: Option<String>,
+    pub track: Track,
+}
+
+/// Times and outcomes the state machine does not keep, recorded by the actor as they happen.
+#[derive(Debug, Clone, Default)]
+pub struct Track {
+    pub state: &'static str,
+    pub state_since: u64,
+    pub first_run: u64,
+    pub last_run: u64,
+    pub last_loyal: u64,
+    pub last_ready: u64,
+    pub last_accepting: u64,
+    /// `{code|signal, reason}` of the last process that ended (or failed to start).
+    pub last_exit: Option<Value>,
+    /// The file's current error, while a running vassal keeps its last good config.
+    pub config_error: Option<String>,
+    loyal: bool,
+    ready: bool,
+    accepting: bool,
+}
+
+/// UNIX seconds now.
+pub fn unix_now() -> u64 {
+    to_unix(SystemTime::now())
+}
+
+fn to_unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A monotonic instant as UNIX seconds.
+pub fn instant_to_unix(t: Instant) -> u64 {
+    let now = Instant::now();
+    let sys = if t <= now {
+        SystemTime::now() - (now - t)
+    } else {
+        SystemTime::now() + (t - now)
+    };
+    to_unix(sys)
+}
+
+impl Track {
+    /// Notes what changed since the last look; returns the new state's name if it changed.
+    pub fn observe(&mut self, fsm: &Fsm) -> Option<&'static str> {
+        let now = unix_now();
+        let inst = fsm.state.instance();
+        let flags = inst.map_or((false, false, false), |i| (i.loyal, i.ready, i.accepting));
+        if flags.0 && !self.loyal {
+            self.last_loyal = now;
+        }
+        if flags.1 && !self.ready {
+            self.last_ready = now;
+        }
+        if flags.2 && !self.accepting {
+            self.last_accepting = now;
+        }
+        (self.loyal, self.ready, self.accepting) = flags;
+        let name = fsm.state.name();
+        if name != self.state {
+            self.state = name;
+            self.state_since = now;
+            return Some(name);
+        }
+        None
+    }
+
+    pub fn spawned(&mut self) {
+        let now = unix_now();
+        if self.first_run == 0 {
+            self.first_run = now;
+        }
+        self.last_run = now;
+    }
+
+    /// The process ended; `requested`: the emperor had asked it to stop.
+    pub fn exited(&mut self, exit: &std::io::Result<Exit>, requested: bool) {
+        let mut v = serde_json::Map::new();
+        match exit {
+            Ok(Exit::Code(c)) => {
+                v.insert("code".into(), json!(c));
+            }
+            Ok(Exit::Signal(s)) => {
+                v.insert("signal".into(), json!(s.as_str()));
+            }
+            Err(_) => {}
+        }
+        let reason = match exit {
+            _ if requested => "stopped",
+            Ok(Exit::Code(0)) => "exited",
+            Ok(_) => "crashed",
+            Err(_) => "unknown",
+        };
+        v.insert("reason".into(), json!(reason));
+        self.last_exit = Some(Value::Object(v));
+    }
+
+    pub fn spawn_failed(&mut self, why: &str) {
+        self.last_exit = Some(json!({ "reason": format!("cannot start: {why}") }));
+    }
+}
+
+/// Asks every actor for its snapshot; those that do not answer by the deadline get `Err(name)`.
+pub async fn collect(actors: Vec<(String, mpsc::UnboundedSender<Command>)>) -> Vec<Result<VassalStats, String>> {
+    let deadline = tokio::time::Instant::now() + SNAPSHOT_TIMEOUT;
+    let pending: Vec<_> = actors
+        .into_iter()
+        .map(|(name, tx)| {
+            let (stx, srx) = oneshot::channel();
+            let _ = tx.send(Command::Snapshot(stx));
+            (name, srx)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(pending.len());
+    for (name, rx) in pending {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(s)) => out.push(Ok(s)),
+            // An actor that just ended drops the sender: it is gone, not stuck.
+            Ok(Err(_)) => {}
+            Err(_) => out.push(Err(name)),
+        }
+    }
+    out.sort_by(|a, b| id_of(a).cmp(id_of(b)));
+    out
+}
+
+fn id_of(r: &Result<VassalStats, String>) -> &str {
+    match r {
+        Ok(s) => &s.id,
+        Err(n) => n,
+    }
+}
+
+/// The whole document.
+pub fn document(vassals_dir: &std::path::Path, vassals: &[Result<VassalStats, String>]) -> Value {
+    let tables = conns::Tables::load().map_err(|e| warn!("stats: cannot read the kernel's socket tables: {e}"));
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    let dir = vassals_dir.to_string_lossy();
+    let mut list = Vec::new();
+    let mut blacklist = Vec::new();
+    for v in vassals {
+        let v = match v {
+            Ok(v) => v,
+            Err(name) => {
+                list.push(json!({ "id": name, "state": "unresponsive" }));
+                continue;
+            }
+        };
+        let sockets: Vec<Value> = v
+            .sockets
+            .iter()
+            .map(|s| {
+                let load = tables.as_ref().ok().map(|t| t.measure(&s.addr));
+                json!({
+                    "addr": s.addr.to_string(),
+                    "name": s.name,
+                    "queue": load.and_then(|l| l.queue),
+                    "connections": load.map(|l| l.connections),
+                })
+            })
+            .collect();
+        let t = &v.track;
+        let throttle = v
+            .throttle
+            .map(|(_, next)| json!({ "attempts": v.attempts, "next_start": next }));
+        if let Some((level, next)) = v.throttle {
+            blacklist.push(json!({
+                "id": v.id,
+                "throttle_level": level.as_millis() as u64,
+                "attempt": v.attempts,
+                "first_attempt": t.first_run,
+                "last_attempt": t.state_since,
+                "next_attempt": next,
+            }));
+        }
+        list.push(json!({
+            "id": v.id,
+            "pid": v.pid,
+            "born": t.first_run,
+            "last_mod": v.last_mod,
+            "last_heartbeat": v.last_heartbeat,
+            "loyal": u8::from(v.loyal),
+            "ready": u8::from(v.ready),
+            "accepting": u8::from(v.accepting),
+            "last_loyal": t.last_loyal,
+            "last_ready": t.last_ready,
+            "last_accepting": t.last_accepting,
+            "first_run": t.first_run,
+            "last_run": t.last_run,
+            "cursed": 0,
+            "zerg": 0,
+            "on_demand": v.on_demand,
+            "uid": uid,
+            "gid": gid,
+            "monitor": dir,
+            "respawns": v.respawns,
+            "state": v.state,
+            "state_since": t.state_since,
+            "kind": v.kind,
+            "container": v.container,
+            "sockets": sockets,
+            "restarts": v.respawns,
+            "last_exit": t.last_exit,
+            "throttle": throttle,
+            "error": v.error,
+        }));
+    }
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uid": uid,
+        "gid": gid,
+        "cwd": std::env::current_dir().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default(),
+        "emperor": [dir],
+        "emperor_tyrant": 0,
+        "throttle_level": 0,
+        "vassals": list,
+        "blacklist": blacklist,
+    })
+}
+
+/// The listening stats socket.
+pub enum Listener {
+    /// The path is unlinked on drop (an abstract socket has none).
+    Unix(tokio::net::UnixListener, Option<PathBuf>),
+    Tcp(tokio::net::TcpListener),
+}
+
+/// A connected client.
+pub type Conn = Box<dyn AsyncWrite + Unpin>;
+
+impl Listener {
+    /// `host:port` (contains `:`, as uWSGI decides) is TCP; `@name` an abstract unix socket; anything
+    /// else a unix path. A stale socket file at the path is replaced.
+    pub fn bind(addr: &str) -> Result<Listener, String> {
+        let err = |e: std::io::Error| format!("--emperor-stats {addr}: {e}");
+        if let Some(name) = addr.strip_prefix('@') {
+            use std::os::linux::net::SocketAddrExt;
+            let sa = std::os::unix::net::SocketAddr::from_abstract_name(name).map_err(err)?;
+            let l = std::os::unix::net::UnixListener::bind_addr(&sa).map_err(err)?;
+            l.set_nonblocking(true).map_err(err)?;
+            return Ok(Listener::Unix(
+                tokio::net::UnixListener::from_std(l).map_err(err)?,
+                None,
+            ));
+        }
+        if addr.contains(':') && !addr.contains('/') {
+            let sa: std::net::SocketAddr = addr
+                .parse()
+                .map_err(|_| format!("--emperor-stats {addr}: not a unix path or an IP:port"))?;
+            let l = std::net::TcpListener::bind(sa).map_err(err)?;
+            l.set_nonblocking(true).map_err(err)?;
+            return Ok(Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(err)?));
+        }
+        let path = std::path::absolute(addr).map_err(err)?;
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&path);
+        }
+        let l = tokio::net::UnixListener::bind(&path).map_err(err)?;
+        Ok(Listener::Unix(l, Some(path)))
+    }
+
+    pub async fn accept(&self) -> std::io::Result<Conn> {
+        Ok(match self {
+            Listener::Unix(l, _) => Box::new(l.accept().await?.0),
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Box::new(s)
+            }
+        })
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, Some(path)) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Writes the document to one client and closes the connection.
+pub async fn serve(mut conn: Conn, vassals_dir: PathBuf, actors: Vec<(String, mpsc::UnboundedSender<Command>)>) {
+    let snaps = collect(actors).await;
+    let doc = document(&vassals_dir, &snaps);
+    let mut text = match serde_json::to_vec_pretty(&doc) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!("stats: cannot render the document: {e}");
+            return;
+        }
+    };
+    text.push(b'\n');
+    let write = async {
+        conn.write_all(&text).await?;
+        conn.shutdown().await
+    };
+    if let Err(e) = tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    {
+        debug!("stats: client went away: {e}");
+    }
+}
+
+/// The `stats` fields of a vassal that live only in the state machine.
+pub fn throttle_of(fsm: &Fsm) -> Option<(Duration, u64)> {
+    match &fsm.state {
+        State::Throttled { until } => Some((fsm.throttle_delay(), instant_to_unix(*until))),
+        _ => None,
+    }
+}

@@ -1,0 +1,184 @@
+//! `emperor status`: reads the document a running emperor serves on `--emperor-stats` and prints a
+//! table (or, with `--json`, the document as received).
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cli::StatusArgs;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn main(args: StatusArgs) -> ExitCode {
+    let raw = match fetch(&args.stats) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "emperor status: cannot read the stats from {}: {e} (is the emperor running with --emperor-stats {}?)",
+                args.stats, args.stats
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let _ = out.write_all(&raw);
+        return ExitCode::SUCCESS;
+    }
+    let doc: Value = match serde_json::from_slice(&raw) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("emperor status: {} did not send valid JSON: {e}", args.stats);
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = out.write_all(table(&doc, crate::emperor::unix_now()).as_bytes());
+    ExitCode::SUCCESS
+}
+
+/// Connects (TCP if the address has a `:` and no `/`, as the server decides) and reads to EOF.
+fn fetch(addr: &str) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    if addr.contains(':') && !addr.contains('/') && !addr.starts_with('@') {
+        let sa: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a unix path or an IP:port"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&sa, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.read_to_end(&mut buf)?;
+    } else {
+        let mut s = match addr.strip_prefix('@') {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let sa = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                std::os::unix::net::UnixStream::connect_addr(&sa)?
+            }
+            None => std::os::unix::net::UnixStream::connect(addr)?,
+        };
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.read_to_end(&mut buf)?;
+    }
+    if buf.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "empty answer"));
+    }
+    Ok(buf)
+}
+
+/// The readable table: one row per vassal, then one line per throttled vassal.
+fn table(doc: &Value, now: u64) -> String {
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let mut rows = vec![
+        [
+            "VASSAL",
+            "KIND",
+            "STATE",
+            "SINCE",
+            "PID",
+            "RESTARTS",
+            "SOCKETS (connections)",
+            "NEXT START",
+        ]
+        .map(String::from),
+    ];
+    let empty = Vec::new();
+    let vassals = doc["vassals"].as_array().unwrap_or(&empty);
+    for v in vassals {
+        let pid = match v["pid"].as_i64() {
+            Some(p) if p > 0 => p.to_string(),
+            _ => "-".into(),
+        };
+        let sockets: Vec<String> = v["sockets"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(|so| {
+                let conns = so["connections"].as_u64().map_or("?".into(), |c| c.to_string());
+                match so["queue"].as_u64() {
+                    Some(q) if q > 0 => format!("{} ({conns}, {q} queued)", s(&so["addr"])),
+                    _ => format!("{} ({conns})", s(&so["addr"])),
+                }
+            })
+            .collect();
+        let next = match v["throttle"]["next_start"].as_u64() {
+            Some(t) => format!(
+                "in {}s (attempt {})",
+                t.saturating_sub(now),
+                v["throttle"]["attempts"].as_u64().unwrap_or(0)
+            ),
+            None => "-".into(),
+        };
+        let since = match v["state_since"].as_u64() {
+            Some(t) if t > 0 => ago(now.saturating_sub(t)),
+            _ => "-".into(),
+        };
+        rows.push([
+            s(&v["id"]),
+            s(&v["kind"]),
+            s(&v["state"]),
+            since,
+            pid,
+            s(&v["restarts"]),
+            if sockets.is_empty() {
+                "-".into()
+            } else {
+                sockets.join(", ")
+            },
+            next,
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    for v in vassals {
+        if let Some(e) = v["error"].as_str() {
+            out.push_str(&format!("{}: {}\n", s(&v["id"]), e.lines().next().unwrap_or("")));
+        }
+    }
+    out
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..7200 => format!("{}m", secs / 60),
+        7200..172_800 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_a_row_per_vassal() {
+        let doc = serde_json::json!({"vassals": [
+            {"id": "a.ini", "kind": "process", "state": "running", "state_since": 90, "pid": 42, "restarts": 1,
+             "sockets": [{"addr": "/run/a.sock", "name": null, "queue": null, "connections": 2}],
+             "throttle": null, "error": null},
+            {"id": "b \"x\".ini", "kind": "docker", "state": "throttled", "state_since": 99, "pid": -1, "restarts": 0,
+             "sockets": [], "throttle": {"attempts": 3, "next_start": 103}, "error": "bad key"},
+        ]});
+        let t = table(&doc, 100);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("VASSAL"));
+        assert!(lines[1].contains("a.ini") && lines[1].contains("/run/a.sock (2)") && lines[1].contains("10s"));
+        assert!(lines[2].contains("throttled") && lines[2].contains("in 3s (attempt 3)"));
+        assert_eq!(lines[3], "b \"x\".ini: bad key");
+    }
+}
