@@ -28,6 +28,14 @@ pub struct Cli {
 pub enum Role {
     /// Print the state of a running emperor's vassals, read from its --emperor-stats socket.
     Status(StatusArgs),
+    /// Restart a vassal now, bypassing its throttle (through the emperor's --emperor-control socket).
+    Restart(ControlArgs),
+    /// Stop a vassal and keep it stopped (sockets stay bound, clients queue) until `start` or its file changes.
+    Stop(ControlArgs),
+    /// Start a vassal stopped with `emperor stop`.
+    Start(ControlArgs),
+    /// Run a shell (or a command) inside a Docker vassal's container, with a tty when stdin is one.
+    Shell(ShellArgs),
     /// PID 1 inside a Docker vassal's container: receives the sockets over the proxy socket, then runs
     /// the vassal's command.
     #[command(hide = true)]
@@ -98,6 +106,34 @@ pub struct StatusArgs {
     /// Print the raw JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `emperor shell [--docker-daemon-socket PATH] <vassal> [command...]`.
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The Docker daemon's socket (default: `DOCKER_HOST`, else /var/run/docker.sock).
+    #[arg(long, value_name = "PATH")]
+    pub docker_daemon_socket: Option<PathBuf>,
+    /// The vassal: its file name (`app.ini`), or that name without `.ini`.
+    pub vassal: String,
+    /// The command and its arguments (default: /bin/sh).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// `emperor restart|stop|start <vassal> [--control PATH]`.
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// The vassal's file name (`app.ini`; `app` works too).
+    pub vassal: String,
+    /// The emperor's --emperor-control socket.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "EMPEROR_CONTROL",
+        default_value = "/run/emperor/control.sock"
+    )]
+    pub control: PathBuf,
 }
 
 /// `emperor shim [--] <command>...`; everything else comes from the container's environment.
@@ -197,6 +233,11 @@ pub struct EmperorArgs {
     #[arg(long, alias = "emperor-stats-server", value_name = "ADDR")]
     pub emperor_stats: Option<String>,
 
+    /// Serve `emperor restart|stop|start` on this unix socket (mode 0600; only root and the emperor's
+    /// own uid are served, checked with SO_PEERCRED). Off unless given.
+    #[arg(long, value_name = "PATH")]
+    pub emperor_control: Option<PathBuf>,
+
     /// Command run (split like a shell would, run without one) after the include file changed, e.g.
     /// "nginx -s reload". Its failure is logged, never fatal.
     #[arg(long, value_name = "COMMAND", requires = "nginx_map")]
@@ -239,6 +280,8 @@ pub struct EmperorOptions {
     pub nginx_reload: Option<Vec<String>>,
     /// `--emperor-stats`.
     pub stats: Option<String>,
+    /// `--emperor-control`.
+    pub control: Option<PathBuf>,
 }
 
 impl EmperorArgs {
@@ -275,6 +318,7 @@ impl EmperorArgs {
             nginx_map: self.nginx_map,
             nginx_reload,
             stats: self.emperor_stats,
+            control: self.emperor_control,
         })
     }
 }

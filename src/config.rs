@@ -152,6 +152,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "domain",
     "reload-overlap",
     "ready-delay",
+    "logto",
+    "log-maxsize",
 ];
 
 /// Keys that may be given more than once; each line adds one value, in order.
@@ -262,6 +264,13 @@ pub struct VassalConfig {
     /// `ready-delay = <seconds>` (default 1): a new instance that does not speak the uWSGI protocol
     /// counts as ready once it has been up this long; one that does is ready when it says so.
     pub ready_delay: Duration,
+    /// `logto = <file>` (uWSGI's name; relative to the vassals dir): the vassal's output lines go
+    /// there, appended and without the `[name]` prefix, instead of to the emperor's stdout.
+    pub logto: Option<PathBuf>,
+    /// `log-maxsize = <bytes>` (k/m/g suffixes, > 0; needs `logto`): before a line would take the
+    /// file past this size, it is renamed to `<file>.1` (replacing the previous one) and a new file
+    /// is started.
+    pub log_maxsize: Option<u64>,
 }
 
 /// What an idle vassal becomes (`idle-action`).
@@ -724,6 +733,8 @@ fn empty_config(name: &str, path: &Path, text: &str) -> VassalConfig {
         routes: Vec::new(),
         reload_overlap: true,
         ready_delay: Duration::from_secs(1),
+        logto: None,
+        log_maxsize: None,
     }
 }
 
@@ -775,6 +786,7 @@ fn build(
     // Each route with the entry it came from, for the checks that need every socket first.
     let mut route_entries: Vec<&RawEntry> = Vec::new();
     let mut idle_action_entry: Option<&RawEntry> = None;
+    let mut log_maxsize_entry: Option<&RawEntry> = None;
 
     for entry in &raw.entries {
         let key = entry.key.as_str();
@@ -878,6 +890,11 @@ fn build(
             "reload-overlap" => parse_bool(value).map(|b| config.reload_overlap = b),
             "ready-delay" => parse_seconds(value, "ready-delay").map(|t| config.ready_delay = t),
             "idle" => parse_seconds(value, "idle").map(|t| config.idle = Some(t)),
+            "logto" => parse_host_path(value, vassals_dir).map(|p| config.logto = Some(p)),
+            "log-maxsize" => parse_log_maxsize(value).map(|n| {
+                config.log_maxsize = Some(n);
+                log_maxsize_entry = Some(entry);
+            }),
             "idle-action" => parse_idle_action(value).map(|a| {
                 config.idle_action = a;
                 idle_action_entry = Some(entry);
@@ -928,6 +945,14 @@ fn build(
             "needs idle: the action is taken after \"idle = <seconds>\" without a connection",
         ));
     }
+    if let Some(entry) = log_maxsize_entry
+        && !first_seen.contains_key("logto")
+    {
+        problems.push(Problem::for_entry(
+            entry,
+            "needs logto: only a vassal's own log file is rotated (Docker's copy is bounded already)",
+        ));
+    }
     if !socket_invalid {
         check_route_targets(&config, &route_entries, problems);
     }
@@ -976,8 +1001,9 @@ fn suggest(key: &str) -> Option<&'static str> {
 /// adds a marker (for Docker vassals, whose container command depends on it); the marker's key
 /// `[uwsgi]` cannot be an `[emperor]` key, so it cannot collide with a real entry.
 /// Keys that change only what the emperor does around the vassal (when to start it, when it is idle,
-/// which hosts route to it), not the process or container itself: changing them must not restart it,
-/// so they are left out of [`VassalConfig::emperor_hash`]. Their new values apply at once.
+/// which hosts route to it, where its output goes), not the process or container itself: changing
+/// them must not restart it, so they are left out of [`VassalConfig::emperor_hash`]. Their new
+/// values apply at once.
 const EMPEROR_ONLY_KEYS: &[&str] = &[
     "on-demand",
     "idle",
@@ -986,6 +1012,8 @@ const EMPEROR_ONLY_KEYS: &[&str] = &[
     "domain",
     "reload-overlap",
     "ready-delay",
+    "logto",
+    "log-maxsize",
 ];
 
 fn emperor_hash(entries: &[RawEntry], uwsgi_section: bool) -> u64 {
@@ -1563,6 +1591,13 @@ fn parse_size(value: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("{value} is too large"))
 }
 
+fn parse_log_maxsize(value: &str) -> Result<u64, String> {
+    match parse_size(value)? {
+        0 => Err("must be more than 0 bytes".to_owned()),
+        n => Ok(n as u64),
+    }
+}
+
 fn parse_memory(value: &str) -> Result<i64, String> {
     let bytes = parse_size(value)?;
     if bytes < DOCKER_MIN_MEMORY {
@@ -2022,6 +2057,8 @@ mod tests {
                 "idle-action" => "pause",
                 "reload-overlap" => "false",
                 "ready-delay" => "0.5",
+                "logto" => "app.log",
+                "log-maxsize" => "1m",
                 other => panic!("add a value for {other}"),
             };
             // Other docker-* keys need a docker-image line first, idle-action needs idle.
@@ -2029,6 +2066,8 @@ mod tests {
                 ("docker-image = img\n", 3)
             } else if *key == "idle-action" {
                 ("idle = 1\n", 3)
+            } else if *key == "log-maxsize" {
+                ("logto = a.log\n", 3)
             } else {
                 ("", 2)
             };
@@ -3446,6 +3485,45 @@ chmod-socket = 666
     }
 
     #[test]
+    fn logto_and_log_maxsize() {
+        let c = ok("[emperor]\nexec = app\n");
+        assert_eq!((c.logto, c.log_maxsize), (None, None));
+        let c = ok("[emperor]\nlog-maxsize = 512k\nlogto = logs/app.log\n");
+        assert_eq!(c.logto, Some(PathBuf::from("/srv/vassals.d/logs/app.log")));
+        assert_eq!(c.log_maxsize, Some(512 * 1024));
+        let c = ok("[emperor]\nlogto = /var/log/app.log\nlog-maxsize = 100\n");
+        assert_eq!(c.logto, Some(PathBuf::from("/var/log/app.log")));
+        assert_eq!(c.log_maxsize, Some(100));
+        let c = ok(&with_image("logto = ./a.log\nlog-maxsize = 1G"));
+        assert_eq!(c.logto, Some(PathBuf::from("/srv/vassals.d/a.log")));
+        assert_eq!(c.log_maxsize, Some(1 << 30));
+    }
+
+    #[test]
+    fn logto_and_log_maxsize_invalid() {
+        let e = err("[emperor]\nlogto = a.log\nlog-maxsize = 0\n");
+        assert_eq!(
+            problems(&e),
+            vec![(Some(3), Some("log-maxsize"), "must be more than 0 bytes")]
+        );
+        let e = err("[emperor]\nlogto = a.log\nlog-maxsize = 10x\n");
+        assert_eq!(problems(&e).len(), 1);
+        assert!(problems(&e)[0].2.starts_with("\"10x\" is not a number of bytes"), "{e}");
+        let e = err("[emperor]\nexec = app\nlog-maxsize = 1m\n");
+        assert_eq!(
+            problems(&e),
+            vec![(
+                Some(3),
+                Some("log-maxsize"),
+                "needs logto: only a vassal's own log file is rotated (Docker's copy is bounded already)"
+            )]
+        );
+        let e = err("[emperor]\nlogto = a\u{1}b.log\n");
+        assert_eq!(problems(&e).len(), 1, "{e}");
+        assert_eq!(problems(&e)[0].1, Some("logto"));
+    }
+
+    #[test]
     fn routes_from_domains_and_domain() {
         let c = ok("[emperor]\n\
             socket = /run/a.sock\n\
@@ -3690,6 +3768,8 @@ chmod-socket = 666
             "on-demand = true\n",
             "idle = 5\n",
             "idle = 5\nidle-action = pause\n",
+            "logto = a.log\n",
+            "logto = /var/log/b.log\nlog-maxsize = 10m\n",
         ]
         .iter()
         .map(|extra| ok(&format!("{base}{extra}")).emperor_hash)

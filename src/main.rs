@@ -3,10 +3,12 @@
 mod bridge;
 mod cli;
 mod config;
+mod control;
 mod emperor;
 mod exit;
 mod protocol;
 mod proxy_socket;
+mod shell;
 mod shim;
 mod status;
 
@@ -25,6 +27,10 @@ fn main() -> ExitCode {
         .init();
     match cli.role {
         Some(cli::Role::Status(args)) => status::main(args),
+        Some(cli::Role::Restart(args)) => control::main("restart", args),
+        Some(cli::Role::Stop(args)) => control::main("stop", args),
+        Some(cli::Role::Start(args)) => control::main("start", args),
+        Some(cli::Role::Shell(args)) => shell::main(args),
         Some(cli::Role::Shim(args)) => shim::main(args),
         Some(cli::Role::Bridge(args)) => bridge::main(args),
         None => match cli.emperor.into_options() {

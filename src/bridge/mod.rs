@@ -104,6 +104,8 @@ struct Bridge {
     container: Option<String>,
     /// The proxy directory we created, removed on exit.
     proxy_dir: Option<PathBuf>,
+    /// A copy of the binary mounted as the shim when the original was replaced on disk.
+    shim_copy: Option<PathBuf>,
 }
 
 impl Bridge {
@@ -112,6 +114,7 @@ impl Bridge {
             args,
             container: None,
             proxy_dir: None,
+            shim_copy: None,
         }
     }
 
@@ -162,7 +165,14 @@ impl Bridge {
             }
         }
         if let Some(dir) = self.proxy_dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            // The instance directory too, once its last vassal is gone (remove_dir refuses a non-empty one).
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+        if let Some(copy) = self.shim_copy.take() {
+            let _ = std::fs::remove_file(copy);
         }
     }
 
@@ -256,6 +266,28 @@ impl Bridge {
                 format!("cannot find the emperor binary for the shim: {e}"),
             )
         })?;
+        // Replaced on disk since the emperor started (an upgrade in place): the file to bind-mount is
+        // gone, and runc cannot mount a /proc/<pid>/exe link, so mount a private copy of the binary
+        // this process still runs (removed with the container).
+        let shim_host = if shim_host.to_string_lossy().ends_with(" (deleted)") {
+            let copy = self
+                .args
+                .run_dir
+                .join(&self.args.instance)
+                .join(format!("{create_name}.shim"));
+            std::fs::copy("/proc/self/exe", &copy)
+                .and_then(|_| std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)))
+                .map_err(|e| {
+                    (
+                        exit::START_FAILED,
+                        format!("cannot copy the running binary for the shim: {e}"),
+                    )
+                })?;
+            self.shim_copy = Some(copy.clone());
+            copy
+        } else {
+            shim_host
+        };
         let socket_names: Vec<String> = std::env::var("LISTEN_FDNAMES")
             .unwrap_or_default()
             .split(':')

@@ -14,6 +14,7 @@
 //! | `Stopping`   | stop requested; `then` says what follows the exit (restart, wait, finish) |
 //! | `Throttled`  | died before it was loyal; restarts at `until` (an on-demand vassal then waits) |
 //! | `Paused`     | frozen while idle (`idle-action = pause`); a connection thaws it |
+//! | `Held`       | stopped by `emperor stop`: sockets bound (clients queue), nothing starts it, not even a connection, until `emperor start` or a file change |
 //! | `Invalid`    | the file has never been valid, or Docker rejected it; nothing runs until it changes |
 //! | `Done`       | final; the actor releases its sockets and ends |
 //!
@@ -50,6 +51,21 @@
 //! | Throttled                 | Timer, ClearThrottle, Reload   | Waiting                    | Spawn (on demand: wait) |
 //! | any with a process        | Remove, Shutdown               | Stopping{then: Finish}     | stop |
 //! | Waiting, Throttled, Invalid | Remove, Shutdown             | Done                       | Finish |
+//! | Starting, Running, Reloading | Hold (`emperor stop`)       | Stopping{then: Hold}       | stop (an overlap's old instance retires) |
+//! | Paused                    | Hold, Restart                  | as Running                 | Resume, then as Running |
+//! | Stopping{then: Restart, Wait} | Hold                       | Stopping{then: Hold}       | |
+//! | Waiting, Throttled, Invalid | Hold                         | Held                       | |
+//! | Stopping                  | Exited, then: Hold             | Held                       | |
+//! | Held                      | Release (`emperor start`), Start, Reload (file changed) | Waiting | Spawn (on demand: wait) |
+//! | Stopping{then: Hold}      | Release                        | Stopping{then: Restart}    | |
+//! | Held                      | Activated, Timer, ClearThrottle | Held                      | (a connection queues; nothing starts) |
+//! | Held                      | Remove, Shutdown               | Done                       | Finish |
+//! | Held, Waiting, Invalid, Throttled | Restart (`emperor restart`) | Waiting            | attempts = 0; Spawn now, also on demand |
+//! | Starting, Running, Reloading | Restart                     | as Reload{restart}         | attempts = 0 |
+//! | Stopping                  | Restart                        | Stopping{then: Restart}    | attempts = 0 |
+//!
+//! SIGHUP (the actor's `Command::Reload`) skips a held vassal: only `emperor start` or a change of its
+//! file releases it.
 //!
 //! "stop" means: byte 2 (graceful stop) to a vassal that speaks the uWSGI protocol, the vassal's
 //! stop signal to one that does not; `KillGroup` follows when `stop_timeout` runs out.
@@ -105,6 +121,8 @@ pub enum AfterStop {
     Wait,
     /// Release everything (file deleted, emperor shutting down).
     Finish,
+    /// Keep the sockets and start nothing until released (`emperor stop`).
+    Hold,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +144,8 @@ pub enum State {
     },
     /// Frozen while idle (`idle-action = pause`); thawed by the next connection.
     Paused(Instance),
+    /// Stopped by hand (`emperor stop`): sockets bound, nothing starts until released.
+    Held,
     Invalid {
         error: String,
     },
@@ -142,6 +162,7 @@ impl State {
             State::Stopping { .. } => "stopping",
             State::Throttled { .. } => "throttled",
             State::Paused(_) => "paused",
+            State::Held => "held",
             State::Invalid { .. } => "invalid",
             State::Done => "done",
         }
@@ -192,6 +213,12 @@ pub enum Event {
     Idle,
     /// The previous instance of an overlapping reload exited on its own.
     PreviousExited,
+    /// `emperor stop`: stop the vassal and keep it stopped.
+    Hold,
+    /// `emperor start`: release a held vassal.
+    Release,
+    /// `emperor restart`: a new process now, whatever the throttle says.
+    Restart,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,6 +437,74 @@ impl Fsm {
             }
             (_, Event::ClearThrottle) => self.attempts = 0,
 
+            // Manual control.
+            (State::Held, Event::Release | Event::Start | Event::Reload { .. }) => {
+                acts.push(Action::Log(log::Level::Info, "released".into()));
+                self.start_or_wait(&mut acts);
+            }
+            (State::Held, Event::Remove | Event::Shutdown) => {
+                self.state = State::Done;
+                acts.push(Action::Finish);
+            }
+            (State::Waiting | State::Throttled { .. } | State::Invalid { .. }, Event::Hold) => {
+                acts.push(Action::Log(
+                    log::Level::Info,
+                    "held: nothing starts until released".into(),
+                ));
+                self.state = State::Held;
+            }
+            (State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. }, Event::Hold) => {
+                acts.push(Action::Log(log::Level::Info, "stopping and holding".into()));
+                self.retire_previous(&mut acts);
+                self.stop(inst, AfterStop::Hold, now, &mut acts);
+            }
+            (
+                State::Stopping {
+                    inst,
+                    deadline,
+                    then: AfterStop::Restart | AfterStop::Wait,
+                },
+                Event::Hold,
+            ) => {
+                self.state = State::Stopping {
+                    inst,
+                    deadline,
+                    then: AfterStop::Hold,
+                };
+            }
+            (
+                State::Stopping {
+                    inst,
+                    deadline,
+                    then: AfterStop::Hold,
+                },
+                Event::Release,
+            ) => {
+                self.state = State::Stopping {
+                    inst,
+                    deadline,
+                    then: AfterStop::Restart,
+                };
+            }
+            (State::Held | State::Waiting | State::Throttled { .. } | State::Invalid { .. }, Event::Restart) => {
+                self.attempts = 0;
+                acts.push(Action::Log(log::Level::Info, "restart requested: starting now".into()));
+                self.spawn(&mut acts);
+            }
+            (st @ (State::Starting(_) | State::Running(_) | State::Reloading { .. }), Event::Restart) => {
+                self.attempts = 0;
+                self.state = st;
+                return self.on_event(Event::Reload { restart: true }, now);
+            }
+            (State::Stopping { inst, deadline, .. }, Event::Restart) => {
+                self.attempts = 0;
+                self.state = State::Stopping {
+                    inst,
+                    deadline,
+                    then: AfterStop::Restart,
+                };
+            }
+
             // Idle and paused.
             (State::Starting(inst) | State::Running(inst), Event::Idle) => {
                 if self.params.idle_pause {
@@ -431,7 +526,10 @@ impl Fsm {
                 inst.last_heartbeat = inst.last_heartbeat.map(|_| now);
                 self.state = State::Running(inst);
             }
-            (State::Paused(mut inst), ev @ (Event::Reload { .. } | Event::Remove | Event::Shutdown)) => {
+            (
+                State::Paused(mut inst),
+                ev @ (Event::Reload { .. } | Event::Remove | Event::Shutdown | Event::Hold | Event::Restart),
+            ) => {
                 acts.push(Action::Resume);
                 inst.last_heartbeat = inst.last_heartbeat.map(|_| now);
                 self.state = State::Running(inst);
@@ -531,7 +629,7 @@ impl Fsm {
                 State::Stopping {
                     inst,
                     deadline,
-                    then: AfterStop::Wait | AfterStop::Finish,
+                    then: AfterStop::Wait | AfterStop::Finish | AfterStop::Hold,
                 },
                 Event::Reload { .. } | Event::Start,
             ) => {
@@ -579,6 +677,7 @@ impl Fsm {
                 match then {
                     AfterStop::Restart => self.spawn(&mut acts),
                     AfterStop::Wait => self.state = State::Waiting,
+                    AfterStop::Hold => self.state = State::Held,
                     AfterStop::Finish => {
                         self.state = State::Done;
                         acts.push(Action::Finish);
@@ -921,5 +1020,129 @@ mod tests {
         f.on_event(Event::SpawnFailed, t0);
         assert_eq!(f.state, State::Throttled { until: t0 + secs(1) });
         assert_eq!(f.on_event(Event::Shutdown, t0), vec![Action::Finish]);
+    }
+
+    #[test]
+    fn hold_stops_keeps_stopped_and_release_starts() {
+        let (mut f, t0) = running(false);
+        let acts = f.on_event(Event::Hold, t0);
+        assert!(acts.contains(&Action::Signal(Signal::SIGTERM)), "{acts:?}");
+        assert!(!f.on_event(Event::Exited(Exit::Code(0)), t0).contains(&Action::Spawn));
+        assert_eq!(f.state, State::Held);
+        assert_eq!(f.deadline(), None);
+        // Nothing starts it: not a connection, a timer, a cleared throttle.
+        for ev in [Event::Activated, Event::Timer, Event::ClearThrottle, Event::Idle] {
+            assert!(!f.on_event(ev, t0).contains(&Action::Spawn));
+            assert_eq!(f.state, State::Held);
+        }
+        assert!(f.on_event(Event::Release, t0).contains(&Action::Spawn));
+        assert_eq!(f.state, State::Waiting);
+        // A file change releases it too.
+        f.on_event(Event::Spawned { pid: 43, speaks: false }, t0);
+        f.on_event(Event::Hold, t0);
+        f.on_event(Event::Exited(Exit::Code(0)), t0);
+        assert!(f.on_event(Event::Reload { restart: true }, t0).contains(&Action::Spawn));
+    }
+
+    #[test]
+    fn hold_without_a_process_and_while_stopping() {
+        let (mut f, t0) = running(false);
+        f.on_event(Event::Exited(Exit::Code(1)), t0);
+        assert_eq!(f.state.name(), "throttled");
+        assert_eq!(
+            f.on_event(Event::Hold, t0)
+                .iter()
+                .filter(|a| **a == Action::Spawn)
+                .count(),
+            0
+        );
+        assert_eq!(f.state.name(), "held");
+        assert_eq!(f.on_event(Event::Shutdown, t0), vec![Action::Finish]);
+
+        // Stop during a restart: held once it exits; start during the stop: restarted.
+        let (mut f, t0) = running(false);
+        f.on_event(Event::Reload { restart: true }, t0);
+        f.on_event(Event::Hold, t0);
+        assert!(matches!(
+            f.state,
+            State::Stopping {
+                then: AfterStop::Hold,
+                ..
+            }
+        ));
+        f.on_event(Event::Release, t0);
+        assert!(f.on_event(Event::Exited(Exit::Code(0)), t0).contains(&Action::Spawn));
+
+        // A paused vassal is thawed first.
+        let mut f = Fsm::new(Params {
+            idle_pause: true,
+            ..params()
+        });
+        f.on_event(Event::Start, t0);
+        f.on_event(Event::Spawned { pid: 9, speaks: true }, t0);
+        f.on_event(Event::Idle, t0);
+        let acts = f.on_event(Event::Hold, t0);
+        assert_eq!(acts[0], Action::Resume);
+        assert!(acts.contains(&Action::Send(EmperorMsg::GracefulStop)));
+    }
+
+    #[test]
+    fn held_on_demand_vassal_ignores_connections() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(Params {
+            on_demand: true,
+            ..params()
+        });
+        f.on_event(Event::Start, t0);
+        f.on_event(Event::Hold, t0);
+        assert_eq!(f.on_event(Event::Activated, t0), vec![]);
+        assert_eq!(f.state, State::Held);
+        // Released, it waits for a connection again.
+        assert_eq!(
+            f.on_event(Event::Release, t0)
+                .iter()
+                .filter(|a| **a == Action::Spawn)
+                .count(),
+            0
+        );
+        assert_eq!(f.state, State::Waiting);
+    }
+
+    #[test]
+    fn restart_bypasses_the_throttle_and_replaces_a_running_one() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(Params {
+            throttle: secs(60),
+            max_throttle: secs(600),
+            ..params()
+        });
+        f.on_event(Event::Start, t0);
+        f.on_event(Event::Spawned { pid: 1, speaks: false }, t0);
+        f.on_event(Event::Exited(Exit::Code(1)), t0);
+        f.attempts = 5;
+        assert!(f.on_event(Event::Restart, t0).contains(&Action::Spawn));
+        assert_eq!(f.attempts, 0);
+        f.on_event(Event::Spawned { pid: 2, speaks: false }, t0);
+        let acts = f.on_event(Event::Restart, t0);
+        assert!(acts.contains(&Action::Signal(Signal::SIGTERM)));
+        assert!(matches!(
+            f.state,
+            State::Stopping {
+                then: AfterStop::Restart,
+                ..
+            }
+        ));
+        assert!(f.on_event(Event::Exited(Exit::Code(0)), t0).contains(&Action::Spawn));
+        // Held, or waiting on demand: started now.
+        f.on_event(Event::Spawned { pid: 3, speaks: false }, t0);
+        f.on_event(Event::Hold, t0);
+        f.on_event(Event::Exited(Exit::Code(0)), t0);
+        assert!(f.on_event(Event::Restart, t0).contains(&Action::Spawn));
+        let mut f = Fsm::new(Params {
+            on_demand: true,
+            ..params()
+        });
+        f.on_event(Event::Start, t0);
+        assert!(f.on_event(Event::Restart, t0).contains(&Action::Spawn));
     }
 }

@@ -24,8 +24,11 @@
 //!   with a copy of every actor's sender, to a task that asks each actor for a snapshot (bounded by a
 //!   short deadline) and writes the document. Actors report each state change on one channel; the main
 //!   loop keeps the state names for the systemd `STATUS=` line (`notify.rs`), sent at most once a second.
+//! * **Manual control.** `--emperor-control` (`control.rs`) is served the same way: the main loop accepts,
+//!   a task checks the client (SO_PEERCRED), reads its one line and asks the named actor.
 
 mod conns;
+mod control;
 pub mod fsm;
 mod notify;
 mod output;
@@ -182,6 +185,14 @@ impl Emperor {
                 self.opts.nginx_reload.clone(),
             ));
         }
+        let control = match &self.opts.control {
+            Some(path) => {
+                let l = control::Listener::bind(path)?;
+                info!("control socket on {}", path.display());
+                Some(l)
+            }
+            None => None,
+        };
         let stats = match &self.opts.stats {
             Some(addr) => {
                 let l = stats::Listener::bind(addr)?;
@@ -239,6 +250,12 @@ impl Emperor {
                 _ = rescan.tick(), if !shutting_down => {
                     self.rescan();
                 }
+                conn = accept_control(control.as_ref()), if !shutting_down => match conn {
+                    Ok(conn) => {
+                        tokio::task::spawn_local(control::serve(conn, self.senders()));
+                    }
+                    Err(e) => warn!("control: cannot accept: {e}"),
+                },
                 conn = accept(stats.as_ref()), if !shutting_down => match conn {
                     Ok(conn) => {
                         tokio::task::spawn_local(stats::serve(conn, dir.clone(), self.senders()));
@@ -417,6 +434,14 @@ impl Emperor {
         );
         let _ = h.tx.send(cmd);
         self.vassals.insert(name, h);
+    }
+}
+
+/// The next control client; never, without a control socket.
+async fn accept_control(l: Option<&control::Listener>) -> std::io::Result<tokio::net::UnixStream> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -65,7 +65,7 @@ pub fn status_line<'a>(states: impl Iterator<Item = &'a str>) -> String {
     for s in states {
         n += 1;
         match s {
-            "waiting" => waiting += 1,
+            "waiting" | "held" => waiting += 1,
             "throttled" => throttled += 1,
             "invalid" => invalid += 1,
             "done" => n -= 1,

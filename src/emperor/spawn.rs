@@ -40,8 +40,10 @@ pub fn mark_inherited_fds_cloexec() {
 /// Everything needed to start one vassal process.
 #[derive(Debug)]
 pub struct SpawnRequest<'a> {
-    /// argv; `argv[0]` is looked up in `PATH` unless it contains a `/`.
+    /// argv; `argv[0]` is looked up in `PATH` unless it contains a `/`, or unless `program` is set.
     pub argv: &'a [String],
+    /// The program to execute instead of resolving `argv[0]` (a bridge is `/proc/self/exe`).
+    pub program: Option<&'a Path>,
     /// Extra environment on top of the emperor's (cleaned) environment, later entries win.
     pub env: Vec<(String, String)>,
     /// Working directory of the vassal.
@@ -125,7 +127,10 @@ pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Child> {
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| OsStr::new(v.as_str()));
     let inherited_path = std::env::var_os("PATH");
-    let program = resolve_program(&req.argv[0], req.cwd, vassal_path.or(inherited_path.as_deref()))?;
+    let program = match req.program {
+        Some(p) => p.to_path_buf(),
+        None => resolve_program(&req.argv[0], req.cwd, vassal_path.or(inherited_path.as_deref()))?,
+    };
     let program_c = cstring(program.as_os_str().as_bytes(), "program path")?;
     let argv_c: Vec<CString> = req
         .argv

@@ -48,6 +48,8 @@ pub enum Command {
     Status,
     /// The stats server wants the vassal's state.
     Snapshot(tokio::sync::oneshot::Sender<super::stats::VassalStats>),
+    /// `emperor restart|stop|start` from the control socket; answered with the reply line's text.
+    Control(super::control::Op, tokio::sync::oneshot::Sender<Result<String, String>>),
 }
 
 /// An actor's state changed (its name, see [`State::name`]); the main loop keeps counts for systemd.
@@ -71,6 +73,7 @@ pub fn start(
     let (tx, rx) = mpsc::unbounded_channel();
     let params = params_for(&opts, None);
     let actor = Actor {
+        log: output::Log::new(&name),
         name,
         opts,
         config: None,
@@ -159,6 +162,8 @@ struct Actor {
     track: Track,
     /// Where state changes are reported.
     reports: mpsc::UnboundedSender<StateReport>,
+    /// Where the output of every instance goes (stdout or `logto`).
+    log: output::Log,
 }
 
 /// When the vassal was last seen busy, and when to look again.
@@ -166,6 +171,9 @@ struct Actor {
 struct IdleCheck {
     last_busy: Instant,
     next: Instant,
+    /// The last look saw connections open (or the vassal was just started by one): when the next
+    /// look sees none, they closed in between, so the idle countdown starts then, never earlier.
+    was_open: bool,
 }
 
 /// What woke the actor.
@@ -301,6 +309,7 @@ impl Actor {
                 self.idle = Some(IdleCheck {
                     last_busy: now,
                     next: now + idle_step(idle),
+                    was_open: true,
                 });
                 self.arm_watch();
             }
@@ -341,7 +350,11 @@ impl Actor {
                 1
             }
         };
-        let last_busy = if open > 0 { now } else { check.last_busy };
+        let last_busy = if open > 0 || check.was_open {
+            now
+        } else {
+            check.last_busy
+        };
         if now.duration_since(last_busy) >= idle {
             debug!(
                 "[{}] idle for {:.1}s",
@@ -353,7 +366,11 @@ impl Actor {
             return vec![Event::Idle];
         }
         let next = (last_busy + idle).min(now + idle_step(Some(idle)));
-        self.idle = Some(IdleCheck { last_busy, next });
+        self.idle = Some(IdleCheck {
+            last_busy,
+            next,
+            was_open: open > 0,
+        });
         if self.watch.is_empty() {
             self.arm_watch();
         }
@@ -488,6 +505,7 @@ impl Actor {
                     }
                     info!("[{}] on demand: waiting for a connection", self.name);
                 }
+                self.log.configure(cfg.logto.as_deref(), cfg.log_maxsize);
                 self.config = Some(cfg);
                 if first {
                     vec![Event::Start]
@@ -512,6 +530,8 @@ impl Actor {
             }
             Command::Remove => vec![Event::Remove],
             Command::Shutdown => vec![Event::Shutdown],
+            // A held vassal stays stopped through SIGHUP; only `emperor start` or its file releases it.
+            Command::Reload if self.fsm.state == State::Held => vec![],
             Command::Reload => match &self.config {
                 Some(cfg) => vec![Event::Reload {
                     restart: !survives_in_place_reload(cfg),
@@ -527,6 +547,52 @@ impl Actor {
                 let _ = tx.send(self.snapshot());
                 vec![]
             }
+            Command::Control(op, tx) => {
+                let (reply, events) = self.control(op);
+                let _ = tx.send(reply);
+                events
+            }
+        }
+    }
+
+    /// `emperor restart|stop|start`: the reply, and the event that carries it out.
+    fn control(&mut self, op: super::control::Op) -> (Result<String, String>, Vec<Event>) {
+        use super::control::Op;
+        let name = &self.name;
+        let state = self.fsm.state.name();
+        match op {
+            _ if self.config.is_none() => (Err(format!("{name} has no valid config ({state})")), vec![]),
+            Op::Restart => {
+                info!("[{name}] restart requested on the control socket");
+                (Ok(format!("restarting {name}")), vec![Event::Restart])
+            }
+            Op::Stop if self.fsm.state == State::Held => (Ok(format!("{name} is already stopped")), vec![]),
+            Op::Stop => {
+                info!("[{name}] stop requested on the control socket");
+                (
+                    Ok(format!(
+                        "stopping {name}; it stays stopped until `emperor start` or its file changes"
+                    )),
+                    vec![Event::Hold],
+                )
+            }
+            Op::Start if self.fsm.state == State::Held => {
+                info!("[{name}] start requested on the control socket");
+                (Ok(format!("starting {name}")), vec![Event::Release])
+            }
+            Op::Start
+                if matches!(
+                    self.fsm.state,
+                    State::Stopping {
+                        then: super::fsm::AfterStop::Hold,
+                        ..
+                    }
+                ) =>
+            {
+                info!("[{name}] start requested on the control socket");
+                (Ok(format!("starting {name} once it has stopped")), vec![Event::Release])
+            }
+            Op::Start => (Ok(format!("{name} is not stopped ({state})")), vec![]),
         }
     }
 
@@ -761,6 +827,8 @@ impl Actor {
         let stderr = std::io::stderr();
         let req = SpawnRequest {
             argv: &argv,
+            // A bridge is this very binary, also after it was replaced on disk.
+            program: bridged.then_some(std::path::Path::new("/proc/self/exe")),
             env,
             cwd: &cwd,
             sockets: listen.iter().map(|s| s.fd()).zip(names(listen)).collect(),
@@ -772,7 +840,8 @@ impl Actor {
         };
         let child = spawn::spawn(req).map_err(|e| e.to_string())?;
         drop((out_w, theirs, config_theirs, lifeline_r));
-        tokio::task::spawn_local(output::forward(self.name.clone(), out_rx));
+        self.log.reopen();
+        tokio::task::spawn_local(output::forward(self.log.clone(), out_rx));
         let pid = child.pid().as_raw();
         if bridged {
             info!(
@@ -797,8 +866,9 @@ impl Actor {
     }
 
     fn bridge_argv(&self, cfg: &VassalConfig) -> Vec<String> {
-        let exe =
-            std::env::current_exe().map_or_else(|_| "/proc/self/exe".into(), |p| p.to_string_lossy().into_owned());
+        // argv[0] is what `ps` shows; the program itself is /proc/self/exe (see `spawn`), which still
+        // works after the binary was replaced on disk (an upgrade in place, a rebuild).
+        let exe = std::env::current_exe().map_or_else(|_| "emperor".into(), |p| p.to_string_lossy().into_owned());
         let mut argv = vec![
             exe,
             "bridge".into(),

@@ -1,11 +1,14 @@
 //! Test modules; they live in a subdirectory so Cargo does not build each one as its own test crate.
 
 mod config_errors;
+mod control;
 mod docker;
 mod lifecycle;
+mod logs;
 mod nginx;
 mod on_demand;
 mod routes;
+mod shell;
 mod shim;
 mod signals;
 mod sockets;
