@@ -26,6 +26,26 @@ def build():
     subprocess.run(cmd, cwd=REPO, check=True)
 
 
+def add_run_args(p, docker=False):
+    """The options every benchmark shares: extra emperor arguments, skipping the build, keeping the temp dir."""
+    p.add_argument("--emperor-arg", action="append", default=[], help="extra emperor argument (repeatable)")
+    built = "the binaries and images already built" if docker else "the binaries already built"
+    p.add_argument("--no-build", action="store_true", help=f"use {built}")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir(s) (logs, records)")
+
+
+def write_app_vassals(run, count):
+    """`count` idle test-app vassals v0000.ini... in the run's vassals dir, each with one unix socket."""
+    for i in range(count):
+        name = f"v{i:04d}"
+        with open(os.path.join(run.vassals, f"{name}.ini"), "w") as f:
+            f.write(
+                "[emperor]\n"
+                f"socket = {name}.sock\n"
+                f"exec = {quote(TESTAPP, '--record', run.record, '--name', name)}\n"
+            )
+
+
 def stop_on_sigterm():
     """Makes SIGTERM behave like Ctrl-C, so that the `finally` clean-ups run."""
 

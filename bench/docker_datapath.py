@@ -148,9 +148,7 @@ def main():
     p.add_argument("--seconds", type=float, default=5, help="wrk duration per measurement (default 5)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     p.add_argument("--modes", default="keepalive,close", help="app modes: keepalive, close (default both)")
-    p.add_argument("--emperor-arg", action="append", default=[], help="extra emperor argument (repeatable)")
-    p.add_argument("--no-build", action="store_true", help="use the binaries and images already built")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    common.add_run_args(p, docker=True)
     args = p.parse_args()
     common.stop_on_sigterm()
     if shutil.which("wrk") is None:

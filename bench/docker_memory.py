@@ -154,9 +154,7 @@ def main():
     p.add_argument("--seconds", type=float, default=60, help="idle sampling window (default 60)")
     p.add_argument("--settle", type=float, default=12, help="seconds between all answering and the window (default 12)")
     p.add_argument("--timeout", type=float, default=300, help="seconds allowed for all vassals to answer (default 300)")
-    p.add_argument("--emperor-arg", action="append", default=[], help="extra emperor argument (repeatable)")
-    p.add_argument("--no-build", action="store_true", help="use the binaries and images already built")
-    p.add_argument("--keep", action="store_true", help="keep the temp dirs (logs)")
+    common.add_run_args(p, docker=True)
     args = p.parse_args()
     common.stop_on_sigterm()
     if not args.no_build:

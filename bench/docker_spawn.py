@@ -217,9 +217,7 @@ def main():
     p.add_argument("--no-bare-burst", action="store_true", help="skip the bare_docker bursts")
     p.add_argument("--no-like-bridge", action="store_true", help="skip the bare --like-bridge variant")
     p.add_argument("--timeout", type=float, default=180, help="seconds allowed per spawn or burst (default 180)")
-    p.add_argument("--emperor-arg", action="append", default=[], help="extra emperor argument (repeatable)")
-    p.add_argument("--no-build", action="store_true", help="use the binaries and images already built")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    common.add_run_args(p, docker=True)
     args = p.parse_args()
     common.stop_on_sigterm()
     if not args.no_build:

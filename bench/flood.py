@@ -36,7 +36,7 @@ def main():
     p.add_argument("--seconds", type=float, default=60, help="length of the flood window (default 60)")
     p.add_argument("--no-newlines", action="store_true", help="flood zero bytes without a newline")
     p.add_argument("--logto", action="store_true", help="lines to a logto file (log-maxsize = 10m)")
-    p.add_argument("--no-build", action="store_true", help="use the binaries already in target/release")
+    p.add_argument("--no-build", action="store_true", help="use the binaries already built")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = p.parse_args()
     common.stop_on_sigterm()

@@ -64,23 +64,14 @@ def main():
     # The emperor's one-off loyalty timers fire --emperor-loyalty-time (10 s) after each start: not idle.
     p.add_argument("--settle", type=float, default=12, help="seconds to wait after the last start (default 12)")
     p.add_argument("--start-timeout", type=float, default=120, help="seconds allowed for all vassals to start")
-    p.add_argument("--emperor-arg", action="append", default=[], help="extra emperor argument (repeatable)")
-    p.add_argument("--no-build", action="store_true", help="use the binaries already in target/release")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, records)")
+    common.add_run_args(p)
     args = p.parse_args()
     common.stop_on_sigterm()
     if not args.no_build:
         common.build()
 
     with common.Run("idle", keep=args.keep) as run:
-        for i in range(args.vassals):
-            name = f"v{i:04d}"
-            with open(os.path.join(run.vassals, f"{name}.ini"), "w") as f:
-                f.write(
-                    "[emperor]\n"
-                    f"socket = {name}.sock\n"
-                    f"exec = {common.quote(common.TESTAPP, '--record', run.record, '--name', name)}\n"
-                )
+        common.write_app_vassals(run, args.vassals)
         t0 = time.time_ns()
         proc = run.start(
             [common.EMPEROR, "--reload-mercy", "5", *args.emperor_arg, run.vassals],

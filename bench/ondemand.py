@@ -517,9 +517,7 @@ def main():
     p.add_argument("--wrk-cap", type=int, default=180, help="wrk's -d during the swaps, an upper bound (default 180)")
     p.add_argument("--idle-cycles", type=int, default=10, help="idle-detection cycles per idle value (default 10)")
     p.add_argument("--idles", default="2,5", help="idle values measured concurrently (default 2,5)")
-    p.add_argument("--emperor-arg", action="append", default=[], help="extra emperor argument (repeatable)")
-    p.add_argument("--no-build", action="store_true", help="use the binaries and images already built")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    common.add_run_args(p, docker=True)
     args = p.parse_args()
     common.stop_on_sigterm()
     phases = [x for x in args.phases.split(",") if x]

@@ -115,9 +115,7 @@ def main():
     p.add_argument("--pause", type=float, default=0.1, help="seconds between a reaction and the next touch")
     p.add_argument("--timeout", type=float, default=10, help="seconds to wait for each reaction")
     p.add_argument("--uwsgi-touches", type=int, default=10, help="touches for the uWSGI run; 0 skips it")
-    p.add_argument("--emperor-arg", action="append", default=[], help="extra emperor argument (repeatable)")
-    p.add_argument("--no-build", action="store_true", help="use the binaries already in target/release")
-    p.add_argument("--keep", action="store_true", help="keep the temp dirs (logs, records)")
+    common.add_run_args(p)
     args = p.parse_args()
     common.stop_on_sigterm()
     if not args.no_build:

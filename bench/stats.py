@@ -37,22 +37,13 @@ def main():
     p.add_argument("--vassals", type=int, default=200)
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--start-timeout", type=float, default=120)
-    p.add_argument("--emperor-arg", action="append", default=[])
-    p.add_argument("--no-build", action="store_true")
-    p.add_argument("--keep", action="store_true")
+    common.add_run_args(p)
     args = p.parse_args()
     common.stop_on_sigterm()
     if not args.no_build:
         common.build()
     with common.Run("stats", keep=args.keep) as run:
-        for i in range(args.vassals):
-            name = f"v{i:04d}"
-            with open(os.path.join(run.vassals, f"{name}.ini"), "w") as f:
-                f.write(
-                    "[emperor]\n"
-                    f"socket = {name}.sock\n"
-                    f"exec = {common.quote(common.TESTAPP, '--record', run.record, '--name', name)}\n"
-                )
+        common.write_app_vassals(run, args.vassals)
         stats = os.path.join(run.dir, "stats.sock")
         run.start(
             [common.EMPEROR, "--reload-mercy", "5", "--emperor-stats", stats, *args.emperor_arg, run.vassals],
