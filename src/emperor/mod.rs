@@ -27,6 +27,7 @@
 //! * **Manual control.** `--emperor-control` (`control.rs`) is served the same way: the main loop accepts,
 //!   a task checks the client (SO_PEERCRED), reads its one line and asks the named actor.
 
+mod arrivals;
 mod conns;
 mod control;
 pub mod fsm;
@@ -81,6 +82,10 @@ pub fn run(mut opts: EmperorOptions) -> ExitCode {
             Err(e) => return fatal(&format!("--nginx-map {}: {e}", path.display())),
         }
     }
+    // Before the runtime starts any thread, so that every thread inherits the mask.
+    if let Err(e) = arrivals::block_signals() {
+        return fatal(&format!("cannot block the arrival signals: {e}"));
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fatal(&format!("cannot start the runtime: {e}")),
@@ -128,6 +133,8 @@ struct Emperor {
     states: BTreeMap<String, &'static str>,
     /// `NOTIFY_SOCKET`, when run by systemd.
     notify: Option<std::rc::Rc<notify::Notifier>>,
+    /// The reader of arrival signals, for idle detection; `None` if it could not start.
+    arrivals: Option<arrivals::Arrivals>,
 }
 
 impl Emperor {
@@ -144,6 +151,7 @@ impl Emperor {
             reports: mpsc::unbounded_channel(),
             states: BTreeMap::new(),
             notify: notify::Notifier::from_env().map(std::rc::Rc::new),
+            arrivals: None,
         }
     }
 
@@ -200,6 +208,13 @@ impl Emperor {
                 Some(l)
             }
             None => None,
+        };
+        self.arrivals = match arrivals::Arrivals::start() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                warn!("cannot read arrival signals ({e}): idle detection may miss short connections");
+                None
+            }
         };
         self.rescan();
         info!("watching {} ({} vassals)", dir.display(), self.vassals.len());
@@ -431,6 +446,7 @@ impl Emperor {
             self.opts.clone(),
             &mut self.actors,
             self.reports.0.clone(),
+            self.arrivals.clone(),
         );
         let _ = h.tx.send(cmd);
         self.vassals.insert(name, h);

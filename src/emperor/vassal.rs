@@ -18,6 +18,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::arrivals::{self, Arrivals};
 use super::conns;
 use super::fsm::{Action, Event, Fsm, Params, State};
 use super::output;
@@ -69,6 +70,7 @@ pub fn start(
     opts: Arc<EmperorOptions>,
     set: &mut JoinSet<String>,
     reports: mpsc::UnboundedSender<StateReport>,
+    arrivals: Option<Arrivals>,
 ) -> VassalHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let params = params_for(&opts, None);
@@ -81,6 +83,8 @@ pub fn start(
         sockets: Vec::new(),
         proc: None,
         watch: Vec::new(),
+        arrivals,
+        arrival: None,
         idle: None,
         freezer: None,
         previous: None,
@@ -148,6 +152,11 @@ struct Actor {
     /// a connection is waiting: to start an on-demand vassal, to thaw a paused one, or to see
     /// activity between idle checks.
     watch: Vec<AsyncFd<OwnedFd>>,
+    /// The emperor's reader of arrival signals (`arrivals.rs`); `None` if it could not start.
+    arrivals: Option<Arrivals>,
+    /// Arrival signals of a running vassal's listeners, between two idle checks: unlike `watch`,
+    /// they also report connections the app accepted before the emperor looked.
+    arrival: Option<arrivals::Watch>,
     /// Idle detection of a running vassal with `idle` set.
     idle: Option<IdleCheck>,
     /// The last pause/resume still in flight, so the next one runs after it.
@@ -212,6 +221,7 @@ impl Actor {
                     bytes = read_control(control) => Wake::Control(bytes),
                     _ = sleep_until(deadline), if deadline.is_some() => Wake::Timer,
                     _ = any_readable(&self.watch) => Wake::Readable,
+                    _ = arrived(self.arrival.as_ref()) => Wake::Readable,
                     _ = sleep_until(idle_at), if idle_at.is_some() => Wake::IdleCheck,
                 }
             };
@@ -258,10 +268,14 @@ impl Actor {
                 Wake::Timer => vec![Event::Timer],
                 Wake::Readable => {
                     self.watch.clear();
+                    self.arrival = None;
                     match (&self.fsm.state, &mut self.idle) {
                         (State::Waiting | State::Paused(_), _) => vec![Event::Activated],
                         (_, Some(idle)) => {
+                            // Unwatched until the next look, which counts it busy up to then: more
+                            // connections may come and go meanwhile.
                             idle.last_busy = Instant::now();
+                            idle.was_open = true;
                             vec![]
                         }
                         _ => vec![],
@@ -311,10 +325,11 @@ impl Actor {
                     next: now + idle_step(idle),
                     was_open: true,
                 });
-                self.arm_watch();
+                self.arm_idle_watch();
             }
         } else {
             self.idle = None;
+            self.arrival = None;
         }
         if activation {
             if self.watch.is_empty() {
@@ -323,6 +338,24 @@ impl Actor {
         } else if !checking {
             self.watch.clear();
         }
+    }
+
+    /// Watches a running vassal's sockets for the next connection: by arrival signals where they
+    /// work, else by readiness (which misses connections the app accepts before the emperor looks).
+    fn arm_idle_watch(&mut self) {
+        self.watch.clear();
+        self.arrival = None;
+        if let Some(arrivals) = &self.arrivals {
+            let fds: Vec<_> = self.sockets.iter().map(|s| s.fd()).collect();
+            match arrivals.watch(&fds) {
+                Ok(w) => {
+                    self.arrival = Some(w);
+                    return;
+                }
+                Err(e) => debug!("[{}] no arrival signals ({e}): watching readiness", self.name),
+            }
+        }
+        self.arm_watch();
     }
 
     fn arm_watch(&mut self) {
@@ -363,6 +396,7 @@ impl Actor {
             );
             self.idle = None;
             self.watch.clear();
+            self.arrival = None;
             return vec![Event::Idle];
         }
         let next = (last_busy + idle).min(now + idle_step(Some(idle)));
@@ -371,8 +405,9 @@ impl Actor {
             next,
             was_open: open > 0,
         });
-        if self.watch.is_empty() {
-            self.arm_watch();
+        let armed = self.arrival.as_ref().is_some_and(|w| w.still_armed()) || !self.watch.is_empty();
+        if !armed {
+            self.arm_idle_watch();
         }
         vec![]
     }
@@ -938,6 +973,13 @@ impl Actor {
             match sockets::bind(spec, opts) {
                 Ok(s) => {
                     debug!("[{}] bound {}", self.name, spec.addr);
+                    // Before any app has the socket: see arrivals.rs for why only now.
+                    if cfg.idle.is_some()
+                        && self.arrivals.is_some()
+                        && let Err(e) = arrivals::prepare(s.fd())
+                    {
+                        warn!("[{}] {}: cannot turn on arrival signals: {e}", self.name, spec.addr);
+                    }
                     self.sockets.push(s);
                 }
                 Err(e) => {
@@ -1035,6 +1077,14 @@ async fn read_control(control: Option<&mut UnixStream>) -> Vec<u8> {
 /// How often an idle check looks again while the vassal is busy: a quarter of `idle`, 0.25–5 s.
 fn idle_step(idle: Option<Duration>) -> Duration {
     (idle.unwrap_or(Duration::from_secs(20)) / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
+}
+
+/// Completes when a watched listener reports an arrival; never, without a watch.
+async fn arrived(watch: Option<&arrivals::Watch>) {
+    match watch {
+        Some(w) => w.arrived().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Completes when a connection waits on any watched socket; never, without one.

@@ -79,6 +79,38 @@ fn an_open_connection_keeps_an_idle_vassal_alive() {
     );
 }
 
+/// nginx talks to an upstream with one short connection per request: the app, already blocked in
+/// `accept`, takes each at once, so neither counting open connections nor the listener's readiness
+/// sees them. They must keep the vassal alive all the same.
+#[test]
+fn short_connections_accepted_at_once_keep_an_idle_vassal_alive() {
+    let mut h = Harness::new("od_short");
+    h.write_vassal(
+        "short.ini",
+        &h.app_ini("short", "").replace("[emperor]\n", "[emperor]\nidle = 2\n"),
+    );
+    h.start(&[]);
+    let pid = h.wait_starts("short", 1, LONG)[0].pid();
+    let sock = h.sock("short.sock");
+    let _ = h.wait_http_unix(&sock, LONG);
+    // Three times `idle`, one short request every 300 ms.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let r = http_get_unix(&sock, Duration::from_secs(5));
+        h.check(
+            r.as_ref().is_ok_and(|r| r.contains("hello from short")),
+            format!("a request to the busy vassal: {r:?}"),
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    h.check(
+        alive(pid),
+        "a vassal serving a request every 300 ms is not idle (idle = 2)",
+    );
+    h.check(h.starts("short").len() == 1, "it was never stopped meanwhile");
+    h.wait_dead(pid, LONG, "the vassal, idle once the requests stopped");
+}
+
 #[test]
 fn a_failing_on_demand_vassal_closes_its_queued_clients_and_deleting_it_unlinks_the_socket() {
     let mut h = Harness::new("od_fail");
