@@ -7,13 +7,14 @@ unix connection and the vassal can go idle between requests). Every vassal runs 
 none) in its default mode (one connection at a time, closed after each answer). Phases (`--phases`, default all),
 each with its own vassal file, written when the phase starts and deleted when it ends:
 
-cold    on-demand = true, idle = 1: `--cycles` (30) times: wait until the container is gone (idle-stopped and removed)
-        and the bridge has exited, then one GET through nginx (the first answer's latency, the client's clock), then
-        `--warm` (10) GETs while it runs (warm latency). The container is NOT pre-created: the emperor creates it on
-        the first connection. The daemon log splits each cold start (connection waiting -> bridge spawned -> Docker
-        connect -> image inspect + stale check -> create + attach -> start -> hand-over + first answer); the
-        create + attach share is what pre-creating would save, checked against `--bare-runs` (5) bare_docker runs
-        (bollard alone: create_ms). Goal: p50 <= 300 ms.
+cold    on-demand = true, idle = 1, two vassals side by side, alternating cycle by cycle: the default (the container
+        is created ahead of time while the vassal waits) and `docker-precreate = false` (created on the first
+        connection). `--cycles` (30) times each: wait until the bridge has exited and the container is gone (or only
+        the fresh pre-created one waits), then one GET through nginx (the first answer's latency, the client's clock),
+        then `--warm` (10) GETs while it runs (warm latency). The daemon log splits each cold start (connection
+        waiting -> bridge spawned -> Docker connect -> image inspect + stale check -> create (unless pre-created) +
+        attach -> start -> hand-over + first answer); `--bare-runs` (5) bare_docker runs give bollard's own create
+        and start times. Goal: p50 <= 300 ms.
 pause   idle = 1, idle-action = pause: `--pause-cycles` (30) times: wait until docker inspect says .State.Paused,
         then one GET through nginx, then `--warm` GETs. Goal: p50 <= 30 ms.
 reload  two vassals, reload-overlap = true (default) and false, one after the other: each gets a 5 s wrk baseline
@@ -180,38 +181,55 @@ class Bench:
         return parse_log(self.run.log_path, t_wall)
 
     # --- cold ---
-    def cold(self, port):
-        ini, name = self.path("cold")
-        sock = self.sock("cold")
-        dc.drop(ini, vassal_text(sock, "cold", extra="on-demand = true\nidle = 1\n"))
-        common.wait_for(lambda: os.path.exists(sock), 30, "the cold vassal's socket")
-        firsts, warms, phases, fails, closes = [], [], [], 0, []
-        print(f"cold: {self.args.cycles} cycles (idle = 1, container not pre-created)", flush=True)
+    def wait_cold(self, name, precreated, timeout=60):
+        """Until no bridge runs and the vassal's container is gone (or, pre-created, only a fresh one waits)."""
+        def ready():
+            if self.run.check_alive() or self.bridges():
+                return False
+            cs = self.containers_of(name)
+            if precreated:
+                return len(cs) == 1 and cs[0].get("State") == "created"
+            return not cs
+        common.wait_for(ready, timeout, f"{name} to wait for a connection", interval=0.02)
+
+    def cold(self, ports):
+        variants = []
+        for short, precreated in (("cold", True), ("lazy", False)):
+            ini, name = self.path(short)
+            sock = self.sock(short)
+            extra = "on-demand = true\nidle = 1\n" + ("" if precreated else "docker-precreate = false\n")
+            dc.drop(ini, vassal_text(sock, short, extra=extra))
+            common.wait_for(lambda: os.path.exists(sock), 30, f"the {short} vassal's socket")
+            variants.append(dict(short=short, ini=ini, name=name, port=ports[short], precreated=precreated,
+                                 firsts=[], warms=[], phases=[], fails=0, closes=[]))
+        print(f"cold: {self.args.cycles} cycles of each variant, alternating (idle = 1; pre-created and "
+              "docker-precreate = false)", flush=True)
         for i in range(self.args.cycles):
-            self.run.check_alive()
-            self.wait_stopped(name)
-            time.sleep(0.2)  # the emperor re-arms its watch once the bridge is reaped
-            if self.containers_of(name):
-                raise RuntimeError("a container exists before the cold request: pre-created?")
-            t_wall = time.time()
-            ok, dt = get_nginx(port)
-            if not ok:
-                fails += 1
-            firsts.append(dt * 1000)
-            for _ in range(self.args.warm):
-                ok, dtw = get_nginx(port)
+            for v in (variants if i % 2 == 0 else variants[::-1]):
+                self.run.check_alive()
+                self.wait_cold(v["name"], v["precreated"])
+                time.sleep(0.2)  # the emperor re-arms its watch once the bridge is reaped
+                t_wall = time.time()
+                ok, dt = get_nginx(v["port"])
                 if not ok:
-                    fails += 1
-                warms.append(dtw * 1000)
-            t_close = time.time()
-            phases.append(self.cold_phases(name, t_wall, t_wall + dt))
-            closes.append((t_close, t_close - t_wall))
-            print(f"  cycle {i + 1}/{self.args.cycles}: first {dt * 1000:.0f} ms, warm median "
-                  f"{statistics.median(warms[-self.args.warm:]):.1f} ms" if self.args.warm else "", flush=True)
-        self.remove_vassal(ini, name)
-        lines = self.lines_since(closes[0][0] - 1) if closes else []
+                    v["fails"] += 1
+                v["firsts"].append(dt * 1000)
+                for _ in range(self.args.warm):
+                    ok, dtw = get_nginx(v["port"])
+                    if not ok:
+                        v["fails"] += 1
+                    v["warms"].append(dtw * 1000)
+                t_close = time.time()
+                v["phases"].append(self.cold_phases(v["name"], t_wall, t_wall + dt))
+                v["closes"].append((t_close, t_close - t_wall))
+                print(f"  cycle {i + 1}/{self.args.cycles} {v['short']}: first {dt * 1000:.0f} ms", flush=True)
+        for v in variants:
+            self.remove_vassal(v["ini"], v["name"])
+        v = variants[0]
+        name = v["name"]
+        lines = self.lines_since(v["closes"][0][0] - 1) if v["closes"] else []
         idle1 = []
-        for t_close, since_start in closes:
+        for t_close, since_start in v["closes"]:
             def after(pat, t_close=t_close):
                 return next((t - t_close for t, s in lines if t >= t_close - 0.0005 and pat(s)), None)
             idle1.append(dict(decide=after(lambda s: f"[{name}] idle: stopping" in s),
@@ -226,7 +244,7 @@ class Bench:
                 if r.returncode != 0:
                     raise RuntimeError(f"bare_docker failed: {r.stderr.strip()}")
                 bare.append({k: float(v) for k, v in (kv.split("=") for kv in r.stdout.split()[1:])})
-        self.results["cold"] = dict(firsts=firsts, warms=warms, phases=phases, fails=fails, bare=bare, idle1=idle1)
+        self.results["cold"] = dict(variants=variants, bare=bare, idle1=idle1)
 
     def cold_phases(self, name, t_req, t_ans):
         lines = self.lines_since(t_req)
@@ -240,12 +258,13 @@ class Bench:
         wake = first(lambda s: f"[{name}] a connection is waiting: starting" in s)
         spawned = first(lambda s: f"[{name}] spawned bridge" in s, wake or 0)
         version = first(lambda s: s.endswith("/version"), spawned or 0)
-        create = first(lambda s: "/containers/create?" in s, spawned or 0)
+        # Pre-created: no create request; the step before start ends at the attach request.
+        create = first(lambda s: "/containers/create?" in s or "/attach?" in s, spawned or 0)
         start = first(lambda s: s.endswith("/start"), create or 0)
         started = first(lambda s: f"[{name}] bridge: container" in s and "started" in s, spawned or 0)
         marks = [("connect -> emperor notices", t_req, wake), ("fork/exec bridge", wake, spawned),
                  ("bridge init + Docker connect", spawned, version), ("version + inspect + stale check", version, create),
-                 ("create + attach", create, start), ("start_container + inspect", start, started),
+                 ("create (unless pre-created) + attach", create, start), ("start_container + inspect", start, started),
                  ("hand-over + app + answer via nginx", started, t_ans)]
         return {k: (b - a) * 1000 for k, a, b in marks if a is not None and b is not None}
 
@@ -437,23 +456,25 @@ class Bench:
 def summary(args, res):
     print()
     print("=" * 100)
-    if "cold" in res:
+    if "cold" in res and res["cold"].get("variants"):
         c = res["cold"]
-        print("COLD START through nginx to a stopped on-demand Docker vassal (idle = 1; container NOT pre-created:")
-        print("the emperor creates and starts it on the first connection), first answer (ms, client clock):")
-        print(f"  first answer (cold)   {fmt_ms(c['firsts'])}   goal p50 <= 300 ms")
-        print(f"  warm (while running)  {fmt_ms(c['warms'])}")
-        print(f"  failed requests: {c['fails']}")
-        if c["phases"]:
-            print("  cold path phases, medians from the daemon's debug log (ms timestamps, +-1 ms each):")
-            for k in c["phases"][0]:
-                vals = [p[k] for p in c["phases"] if k in p]
-                print(f"    {k:<38} {statistics.median(vals):7.1f}  [{min(vals):.0f}-{max(vals):.0f}]")
-            ca = [p["create + attach"] for p in c["phases"] if "create + attach" in p]
-            if ca:
-                share = statistics.median(ca) / pct(c["firsts"], 50) * 100
-                print(f"  pre-creating would save about the create + attach step: {statistics.median(ca):.0f} ms of "
-                      f"the {pct(c['firsts'], 50):.0f} ms p50 ({share:.0f} %)")
+        print("COLD START through nginx to a stopped on-demand Docker vassal (idle = 1), first answer (ms, client clock),")
+        print("the two variants alternating cycle by cycle:")
+        firsts = {}
+        for v in c["variants"]:
+            label = "pre-created (default)" if v["precreated"] else "docker-precreate = false"
+            firsts[v["precreated"]] = v["firsts"]
+            print(f"  {label}:")
+            print(f"    first answer (cold)   {fmt_ms(v['firsts'])}   goal p50 <= 300 ms")
+            print(f"    warm (while running)  {fmt_ms(v['warms'])}")
+            print(f"    failed requests: {v['fails']}")
+            if v["phases"]:
+                print("    cold path phases, medians from the daemon's debug log (ms timestamps, +-1 ms each):")
+                for k in v["phases"][0]:
+                    vals = [p[k] for p in v["phases"] if k in p]
+                    print(f"      {k:<38} {statistics.median(vals):7.1f}  [{min(vals):.0f}-{max(vals):.0f}]")
+        if firsts.get(True) and firsts.get(False):
+            print(f"  ratio of p50s, pre-created / not: {pct(firsts[True], 50) / pct(firsts[False], 50):.3f}")
         if c["bare"]:
             print(f"  bare_docker (bollard alone), {len(c['bare'])} runs, medians: create {statistics.median(b['create_ms'] for b in c['bare']):.1f} ms, "
                   f"start {statistics.median(b['start_ms'] for b in c['bare']):.1f} ms, "
@@ -547,7 +568,7 @@ def run_all(args, phases, results):
     nginx = None
     with dc.DockerRun("ondemand", keep=args.keep) as run:
         try:
-            ports = {s: docker_datapath.free_port() for s in ("cold", "pause", "ovl", "seq")}
+            ports = {s: docker_datapath.free_port() for s in ("cold", "lazy", "pause", "ovl", "seq")}
             nginx = Nginx(os.path.join(run.dir, "nginx"),
                           [(port, os.path.join(run.vassals, f"{s}.sock")) for s, port in ports.items()])
             for port in ports.values():
@@ -566,7 +587,7 @@ def run_all(args, phases, results):
             b = Bench(args, run, proc)
             b.results = results  # shared with main(), which prints what was measured even after an error
             if "cold" in phases:
-                b.cold(ports["cold"])
+                b.cold(ports)
             if "pause" in phases:
                 b.pause(ports["pause"])
             if "reload" in phases:

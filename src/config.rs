@@ -146,6 +146,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "docker-dns",
     "docker-shim",
     "on-demand",
+    "docker-precreate",
     "idle",
     "idle-action",
     "domains",
@@ -247,6 +248,10 @@ pub struct VassalConfig {
     /// `on-demand = true|false|1|0|yes|no` (any case; default false): bind the sockets at once,
     /// start the vassal on the first connection.
     pub on_demand: bool,
+    /// `docker-precreate = true|false|...` (default true): while an on-demand Docker vassal waits, its
+    /// container is created ahead of time, so a connection waits for `docker start` only
+    /// (`emperor/prepare.rs`).
+    pub precreate: bool,
     /// `idle = <seconds>` (integer or decimal, > 0): the vassal is idle when no connection has been
     /// open on any of its sockets for that long.
     pub idle: Option<Duration>,
@@ -728,6 +733,7 @@ fn empty_config(name: &str, path: &Path, text: &str) -> VassalConfig {
         docker: None,
         uwsgi_section: false,
         on_demand: false,
+        precreate: true,
         idle: None,
         idle_action: IdleAction::Stop,
         routes: Vec::new(),
@@ -887,6 +893,7 @@ fn build(
                 .map_err(|_| format!("\"{value}\" is not an ip address")),
             "docker-shim" => parse_bool(value).map(|b| docker.shim = b),
             "on-demand" => parse_bool(value).map(|b| config.on_demand = b),
+            "docker-precreate" => parse_bool(value).map(|b| config.precreate = b),
             "reload-overlap" => parse_bool(value).map(|b| config.reload_overlap = b),
             "ready-delay" => parse_seconds(value, "ready-delay").map(|t| config.ready_delay = t),
             "idle" => parse_seconds(value, "idle").map(|t| config.idle = Some(t)),
@@ -1006,6 +1013,7 @@ fn suggest(key: &str) -> Option<&'static str> {
 /// values apply at once.
 const EMPEROR_ONLY_KEYS: &[&str] = &[
     "on-demand",
+    "docker-precreate",
     "idle",
     "idle-action",
     "domains",
@@ -2056,6 +2064,7 @@ mod tests {
                 "idle" => "30",
                 "idle-action" => "pause",
                 "reload-overlap" => "false",
+                "docker-precreate" => "no",
                 "ready-delay" => "0.5",
                 "logto" => "app.log",
                 "log-maxsize" => "1m",
@@ -2972,6 +2981,7 @@ mod tests {
             "docker-cidfile = /c",
             "docker-dns = 1.1.1.1",
             "docker-shim = false",
+            "docker-precreate = false",
             "docker-memory = bad",
         ];
         let text = format!("[emperor]\nchdir = /srv\n{}\n", keys.join("\n"));

@@ -6,9 +6,12 @@
 //! uwsgi-docker would have sent, without a daemon.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, HostConfigLogConfig,
+    ImageInspect, Mount, MountType, PortBinding,
+};
 
 use crate::config::{DockerConfig, VassalConfig};
 use crate::shim;
@@ -24,6 +27,125 @@ pub const PROXY_NAME: &str = "vassal.sock";
 pub const LABEL_VASSAL: &str = "emperor.vassal";
 pub const LABEL_INSTANCE: &str = "emperor.instance";
 pub const LABEL_CONFIG_HASH: &str = "emperor.config-hash";
+/// The [`fingerprint`] of the container's whole definition: a container created ahead of time for an
+/// on-demand vassal is started only if it is exactly the one the bridge would create now.
+pub const LABEL_FINGERPRINT: &str = "emperor.fingerprint";
+
+/// The image's own command (Entrypoint + Cmd), run when the vassal sets no `exec`.
+pub fn image_command(image: &ImageInspect) -> Vec<String> {
+    image
+        .config
+        .as_ref()
+        .map(|c| {
+            c.entrypoint
+                .iter()
+                .flatten()
+                .chain(c.cmd.iter().flatten())
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Where the proxy socket lives, on the host and inside the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyPaths {
+    pub host_sock: PathBuf,
+    pub host_dir: PathBuf,
+    pub container_sock: String,
+    /// The directory is the emperor's own (not `docker-proxy`): it is created, opened up and removed.
+    pub private: bool,
+}
+
+/// The proxy socket of a container created as `create_name`: `docker-proxy`'s paths, or a private
+/// directory `<run_dir>/<instance>/<create_name>/` mounted at [`PROXY_DIR`].
+pub fn proxy_paths(d: &DockerConfig, run_dir: &Path, instance: &str, create_name: &str) -> ProxyPaths {
+    let (host_sock, container_sock, private) = match &d.proxy {
+        Some(p) => (p.host.clone(), p.container.clone(), false),
+        None => (
+            run_dir.join(instance).join(create_name).join(PROXY_NAME),
+            format!("{PROXY_DIR}/{PROXY_NAME}"),
+            true,
+        ),
+    };
+    let host_dir = host_sock
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    ProxyPaths {
+        host_sock,
+        host_dir,
+        container_sock,
+        private,
+    }
+}
+
+/// A digest of everything the container is created from: the create body (as JSON with sorted object
+/// keys, since labels and port maps are hash maps) and the image id the tag points to now, so a
+/// rebuilt image under the same tag does not match. 64-bit FNV-1a, hex.
+pub fn fingerprint(body: &ContainerCreateBody, image_id: &str) -> String {
+    fn canonical(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<_> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for k in keys {
+                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                    out.push(':');
+                    canonical(&m[k], out);
+                    out.push(',');
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(a) => {
+                out.push('[');
+                for x in a {
+                    canonical(x, out);
+                    out.push(',');
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut text = String::new();
+    if let Ok(v) = serde_json::to_value(body) {
+        canonical(&v, &mut text);
+    }
+    text.push_str(image_id);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Labels the body with its own fingerprint (computed without that label).
+pub fn seal(body: &mut ContainerCreateBody, image_id: &str) -> String {
+    let fp = fingerprint(body, image_id);
+    body.labels
+        .get_or_insert_with(HashMap::new)
+        .insert(LABEL_FINGERPRINT.into(), fp.clone());
+    fp
+}
+
+/// Whether an existing container may be started as the one this bridge would create: an emperor's
+/// container for this vassal and instance, never started, with the same fingerprint.
+pub fn reusable(c: &ContainerInspectResponse, vassal: &str, instance: &str, fp: &str) -> bool {
+    let labels = c.config.as_ref().and_then(|c| c.labels.as_ref());
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    let created = c
+        .state
+        .as_ref()
+        .and_then(|s| s.status)
+        .is_some_and(|s| s == ContainerStateStatusEnum::CREATED);
+    created
+        && label(LABEL_VASSAL) == Some(vassal)
+        && label(LABEL_INSTANCE) == Some(instance)
+        && label(LABEL_FINGERPRINT) == Some(fp)
+}
 
 /// Force-removes a container with its anonymous volumes. Already gone (404) or already being removed
 /// (409) count as done.
@@ -279,6 +401,101 @@ mod tests {
         );
         let mounts = b.host_config.unwrap().mounts.unwrap();
         assert!(mounts.iter().all(|m| m.target.as_deref() != Some(SHIM_PATH)));
+    }
+
+    #[test]
+    fn the_fingerprint_is_stable_and_sees_every_change() {
+        let c = cfg("[emperor]\ndocker-image = img\nsocket = /run/a.sock\ndocker-env = A=1\ndocker-env = B=2\n");
+        let (shim, dir) = (PathBuf::from("/e"), PathBuf::from("/d"));
+        let labels = [("x".to_string(), "1".to_string()), ("y".to_string(), "2".to_string())];
+        let body = || container_body(&c, c.docker.as_ref().unwrap(), &ctx(&shim, &dir, &labels));
+        // Labels are a HashMap: its order differs between maps, the fingerprint must not.
+        let fp = fingerprint(&body(), "sha256:1");
+        for _ in 0..20 {
+            assert_eq!(fingerprint(&body(), "sha256:1"), fp);
+        }
+        assert_ne!(
+            fingerprint(&body(), "sha256:2"),
+            fp,
+            "a rebuilt image under the same tag"
+        );
+        let mut other = body();
+        other.env.as_mut().unwrap().push("C=3".into());
+        assert_ne!(fingerprint(&other, "sha256:1"), fp);
+        let mut sealed = body();
+        assert_eq!(
+            seal(&mut sealed, "sha256:1"),
+            fp,
+            "sealing labels the body with its fingerprint"
+        );
+        assert_eq!(sealed.labels.unwrap()[LABEL_FINGERPRINT], fp);
+    }
+
+    #[test]
+    fn only_an_unstarted_container_of_the_same_vassal_and_fingerprint_is_reused() {
+        use bollard::models::{ContainerConfig, ContainerState};
+        let make = |status, vassal: &str, fp: &str| ContainerInspectResponse {
+            state: Some(ContainerState {
+                status: Some(status),
+                ..Default::default()
+            }),
+            config: Some(ContainerConfig {
+                labels: Some(HashMap::from([
+                    (LABEL_VASSAL.to_string(), vassal.to_string()),
+                    (LABEL_INSTANCE.to_string(), "i".to_string()),
+                    (LABEL_FINGERPRINT.to_string(), fp.to_string()),
+                ])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(reusable(
+            &make(ContainerStateStatusEnum::CREATED, "a.ini", "f"),
+            "a.ini",
+            "i",
+            "f"
+        ));
+        assert!(!reusable(
+            &make(ContainerStateStatusEnum::EXITED, "a.ini", "f"),
+            "a.ini",
+            "i",
+            "f"
+        ));
+        assert!(!reusable(
+            &make(ContainerStateStatusEnum::RUNNING, "a.ini", "f"),
+            "a.ini",
+            "i",
+            "f"
+        ));
+        assert!(!reusable(
+            &make(ContainerStateStatusEnum::CREATED, "b.ini", "f"),
+            "a.ini",
+            "i",
+            "f"
+        ));
+        assert!(!reusable(
+            &make(ContainerStateStatusEnum::CREATED, "a.ini", "g"),
+            "a.ini",
+            "i",
+            "f"
+        ));
+        assert!(!reusable(
+            &make(ContainerStateStatusEnum::CREATED, "a.ini", "f"),
+            "a.ini",
+            "j",
+            "f"
+        ));
+        assert!(!reusable(&ContainerInspectResponse::default(), "a.ini", "i", "f"));
+    }
+
+    #[test]
+    fn proxy_paths_are_private_unless_docker_proxy() {
+        let c = cfg("[emperor]\ndocker-image = img\n");
+        let p = proxy_paths(c.docker.as_ref().unwrap(), Path::new("/run/e"), "abc", "app.ini");
+        assert_eq!(p.host_sock, PathBuf::from("/run/e/abc/app.ini/vassal.sock"));
+        assert_eq!(p.host_dir, PathBuf::from("/run/e/abc/app.ini"));
+        assert_eq!(p.container_sock, "/.emperor/proxy/vassal.sock");
+        assert!(p.private);
     }
 
     #[test]

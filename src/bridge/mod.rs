@@ -27,7 +27,7 @@ pub mod docker;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -199,66 +199,17 @@ impl Bridge {
             ),
             _ => docker_fail("inspect image", &e),
         })?;
-        let image_command: Vec<String> = image
-            .config
-            .map(|c| {
-                c.entrypoint
-                    .unwrap_or_default()
-                    .into_iter()
-                    .chain(c.cmd.unwrap_or_default())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let image_command = docker::image_command(&image);
+        let image_id = image.id.clone().unwrap_or_default();
 
         // The name this container is created under: the vassal's, or a temporary one beside the old
-        // container of an overlapping reload. Only a bridge that starts alone removes the vassal's
-        // stale containers (all of this emperor's, whatever their name); in an overlap the others are
-        // the instances still serving.
+        // container of an overlapping reload.
         let create_name = if self.args.overlap {
             format!("{}.next-{}", d.container_name, std::process::id())
         } else {
-            self.remove_stale(docker, &d.container_name).await?;
-            self.remove_stale_labelled(docker, &cfg.name).await?;
             d.container_name.clone()
         };
-
-        // The proxy socket, in a directory of its own.
-        let (host_sock, container_sock) = match &d.proxy {
-            Some(p) => (p.host.clone(), p.container.clone()),
-            None => {
-                let dir = self.args.run_dir.join(&self.args.instance).join(&create_name);
-                (
-                    dir.join(docker::PROXY_NAME),
-                    format!("{}/{}", docker::PROXY_DIR, docker::PROXY_NAME),
-                )
-            }
-        };
-        let host_dir = host_sock
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("/"));
-        std::fs::create_dir_all(&host_dir).map_err(|e| {
-            (
-                exit::START_FAILED,
-                format!("cannot create the proxy directory {}: {e}", host_dir.display()),
-            )
-        })?;
-        if d.proxy.is_none() {
-            self.proxy_dir = Some(host_dir.clone());
-        }
-        let _ = std::fs::remove_file(&host_sock);
-        let listener = UnixListener::bind(&host_sock).map_err(|e| {
-            (
-                exit::START_FAILED,
-                format!("cannot bind the proxy socket {}: {e}", host_sock.display()),
-            )
-        })?;
-        // Any container user must be able to connect; the peer is verified before anything is sent. A
-        // `docker-proxy` directory is the user's: its mode is left alone.
-        if d.proxy.is_none() {
-            let _ = std::fs::set_permissions(&host_dir, std::fs::Permissions::from_mode(0o755));
-        }
-        let _ = std::fs::set_permissions(&host_sock, std::fs::Permissions::from_mode(0o666));
+        let proxy = docker::proxy_paths(&d, &self.args.run_dir, &self.args.instance, &create_name);
 
         let shim_host = std::env::current_exe().map_err(|e| {
             (
@@ -298,8 +249,8 @@ impl Bridge {
             instance: &self.args.instance,
             extra_labels: &self.args.labels,
             shim_host: &shim_host,
-            proxy_host_dir: &host_dir,
-            proxy_container_path: &container_sock,
+            proxy_host_dir: &proxy.host_dir,
+            proxy_container_path: &proxy.container_sock,
             image_command,
             wrapper: &self.args.wrapper,
             socket_names,
@@ -311,7 +262,51 @@ impl Bridge {
                 format!("image {:?} has no Entrypoint or Cmd; set exec", d.image),
             ));
         }
-        let body = docker::container_body(&cfg, &d, &ctx);
+        let mut body = docker::container_body(&cfg, &d, &ctx);
+        let fingerprint = docker::seal(&mut body, &image_id);
+
+        // Only a bridge that starts alone removes the vassal's stale containers (all of this emperor's,
+        // whatever their name); in an overlap the others are the instances still serving. A container
+        // the emperor created ahead of time for an on-demand vassal is kept and started if it is
+        // exactly this one.
+        let ready_made = if self.args.overlap {
+            None
+        } else {
+            let found = self
+                .ready_made(docker, &d.container_name, &cfg.name, &fingerprint)
+                .await;
+            if found.is_none() {
+                self.remove_stale(docker, &d.container_name).await?;
+            }
+            self.remove_stale_labelled(docker, &cfg.name, found.as_deref()).await?;
+            found
+        };
+
+        // The proxy socket, in a directory of its own.
+        let (host_sock, host_dir) = (proxy.host_sock.clone(), proxy.host_dir.clone());
+        std::fs::create_dir_all(&host_dir).map_err(|e| {
+            (
+                exit::START_FAILED,
+                format!("cannot create the proxy directory {}: {e}", host_dir.display()),
+            )
+        })?;
+        if proxy.private {
+            self.proxy_dir = Some(host_dir.clone());
+        }
+        let _ = std::fs::remove_file(&host_sock);
+        let listener = UnixListener::bind(&host_sock).map_err(|e| {
+            (
+                exit::START_FAILED,
+                format!("cannot bind the proxy socket {}: {e}", host_sock.display()),
+            )
+        })?;
+        // Any container user must be able to connect; the peer is verified before anything is sent. A
+        // `docker-proxy` directory is the user's: its mode is left alone.
+        if proxy.private {
+            let _ = std::fs::set_permissions(&host_dir, std::fs::Permissions::from_mode(0o755));
+        }
+        let _ = std::fs::set_permissions(&host_sock, std::fs::Permissions::from_mode(0o666));
+
         if self.args.docker_debug {
             info!("[{name}] bridge: create {create_name} with {body:?}");
         }
@@ -319,13 +314,34 @@ impl Bridge {
             name: Some(create_name.clone()),
             ..Default::default()
         };
-        let created = docker.create_container(Some(opts), body).await.map_err(|e| {
-            (
-                exit::START_FAILED,
-                format!("cannot create container {}: {}", d.container_name, message(&e)),
-            )
-        })?;
-        let id = created.id;
+        let id = match ready_made {
+            Some(id) => {
+                debug!(
+                    "[{name}] bridge: starting container {}, created ahead of time",
+                    short(&id)
+                );
+                id
+            }
+            None => match docker.create_container(Some(opts), body).await {
+                Ok(created) => created.id,
+                // The emperor's creation ahead of time finished just after we looked: use it if it fits.
+                Err(e) if status(&e) == Some(409) && !self.args.overlap => self
+                    .ready_made(docker, &d.container_name, &cfg.name, &fingerprint)
+                    .await
+                    .ok_or_else(|| {
+                        (
+                            exit::START_FAILED,
+                            format!("cannot create container {}: {}", d.container_name, message(&e)),
+                        )
+                    })?,
+                Err(e) => {
+                    return Err((
+                        exit::START_FAILED,
+                        format!("cannot create container {}: {}", d.container_name, message(&e)),
+                    ));
+                }
+            },
+        };
         self.container = Some(id.clone());
         if let Some(cid) = &d.cidfile
             && let Err(e) = std::fs::write(cid, format!("{id}\n"))
@@ -465,7 +481,7 @@ impl Bridge {
 
     /// Removes every container of this emperor for this vassal (left by a bridge that could not clean
     /// up, e.g. one killed during an overlapping reload).
-    async fn remove_stale_labelled(&self, docker: &Docker, vassal: &str) -> Result<(), Fail> {
+    async fn remove_stale_labelled(&self, docker: &Docker, vassal: &str, keep: Option<&str>) -> Result<(), Fail> {
         use bollard::query_parameters::ListContainersOptions;
         let filters = HashMap::from([(
             "label".to_string(),
@@ -485,12 +501,35 @@ impl Bridge {
             .map_err(|e| docker_fail("list stale containers", &e))?;
         for c in found {
             let Some(id) = c.id else { continue };
+            if keep == Some(id.as_str()) {
+                continue;
+            }
             info!("[{}] bridge: removing stale container {}", self.args.name, short(&id));
             docker::remove(docker, &id)
                 .await
                 .map_err(|e| docker_fail("remove a stale container", &e))?;
         }
         Ok(())
+    }
+
+    /// The id of a container the emperor created ahead of time (on-demand vassals) under the vassal's
+    /// name, if it is exactly the one this bridge would create and was never started.
+    async fn ready_made(
+        &self,
+        docker: &Docker,
+        container_name: &str,
+        vassal: &str,
+        fingerprint: &str,
+    ) -> Option<String> {
+        let c = docker
+            .inspect_container(container_name, None::<InspectContainerOptions>)
+            .await
+            .ok()?;
+        if docker::reusable(&c, vassal, &self.args.instance, fingerprint) {
+            c.id
+        } else {
+            None
+        }
     }
 
     /// Removes a container left with the vassal's name by an earlier emperor; refuses a foreign one.

@@ -33,6 +33,7 @@ mod control;
 pub mod fsm;
 mod notify;
 mod output;
+mod prepare;
 mod reap;
 mod routes;
 mod scan;

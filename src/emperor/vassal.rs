@@ -22,6 +22,7 @@ use super::arrivals::{self, Arrivals};
 use super::conns;
 use super::fsm::{Action, Event, Fsm, Params, State};
 use super::output;
+use super::prepare;
 use super::sockets::{self, BoundSocket, SocketOptions};
 use super::spawn::{self, Child, Exit, SpawnRequest};
 use super::stats::{self, Track, VassalStats};
@@ -85,6 +86,10 @@ pub fn start(
         watch: Vec::new(),
         arrivals,
         arrival: None,
+        prepare: None,
+        prepared: None,
+        prepare_tried: false,
+        activation_pending: false,
         idle: None,
         freezer: None,
         previous: None,
@@ -157,6 +162,14 @@ struct Actor {
     /// Arrival signals of a running vassal's listeners, between two idle checks: unlike `watch`,
     /// they also report connections the app accepted before the emperor looked.
     arrival: Option<arrivals::Watch>,
+    /// Creating an on-demand Docker vassal's container ahead of time (`prepare.rs`).
+    prepare: Option<tokio::task::JoinHandle<Result<Option<String>, String>>>,
+    /// The container created ahead of time and not yet handed to a bridge.
+    prepared: Option<String>,
+    /// A creation ran since the vassal entered `waiting` (it is not retried before the next time).
+    prepare_tried: bool,
+    /// A connection arrived while the container was being created: start once it is.
+    activation_pending: bool,
     /// Idle detection of a running vassal with `idle` set.
     idle: Option<IdleCheck>,
     /// The last pause/resume still in flight, so the next one runs after it.
@@ -199,6 +212,8 @@ enum Wake {
     PreviousExited,
     /// A retired process has exited (true: it was a bridge).
     Retired(bool),
+    /// The creation of a container ahead of time has finished.
+    Prepared(Result<Option<String>, String>),
 }
 
 impl Actor {
@@ -222,6 +237,7 @@ impl Actor {
                     _ = sleep_until(deadline), if deadline.is_some() => Wake::Timer,
                     _ = any_readable(&self.watch) => Wake::Readable,
                     _ = arrived(self.arrival.as_ref()) => Wake::Readable,
+                    res = join_prepare(&mut self.prepare) => Wake::Prepared(res),
                     _ = sleep_until(idle_at), if idle_at.is_some() => Wake::IdleCheck,
                 }
             };
@@ -270,6 +286,10 @@ impl Actor {
                     self.watch.clear();
                     self.arrival = None;
                     match (&self.fsm.state, &mut self.idle) {
+                        (State::Waiting, _) if self.prepare.is_some() => {
+                            self.activation_pending = true;
+                            vec![]
+                        }
                         (State::Waiting | State::Paused(_), _) => vec![Event::Activated],
                         (_, Some(idle)) => {
                             // Unwatched until the next look, which counts it busy up to then: more
@@ -282,6 +302,22 @@ impl Actor {
                     }
                 }
                 Wake::IdleCheck => self.idle_check(),
+                Wake::Prepared(res) => {
+                    self.prepare = None;
+                    match res {
+                        Ok(Some(id)) => {
+                            debug!("[{}] container {} created ahead of time", self.name, short_id(&id));
+                            self.prepared = Some(id);
+                        }
+                        Ok(None) => {}
+                        Err(e) => debug!("[{}] cannot create the container ahead of time: {e}", self.name),
+                    }
+                    if std::mem::take(&mut self.activation_pending) && self.fsm.state == State::Waiting {
+                        vec![Event::Activated]
+                    } else {
+                        vec![]
+                    }
+                }
                 Wake::PreviousExited => {
                     warn!("[{}] the old instance exited during the reload", self.name);
                     self.previous = None;
@@ -299,7 +335,16 @@ impl Actor {
                 self.feed(ev);
             }
             self.sync_watch();
+            self.sync_prepare();
             self.observe();
+        }
+        if let Some(task) = self.prepare.take()
+            && let Ok(Ok(Some(id))) = task.await
+        {
+            self.prepared = Some(id);
+        }
+        if let Some(id) = self.prepared.take() {
+            self.discard(id);
         }
         for task in self.retiring.drain(..) {
             let _ = task.await;
@@ -331,13 +376,59 @@ impl Actor {
             self.idle = None;
             self.arrival = None;
         }
-        if activation {
+        if activation && !self.activation_pending {
             if self.watch.is_empty() {
                 self.arm_watch();
             }
         } else if !checking {
             self.watch.clear();
         }
+    }
+
+    /// Creates an on-demand Docker vassal's container ahead of time once it waits (`prepare.rs`).
+    fn sync_prepare(&mut self) {
+        let cfg = match &self.config {
+            Some(c) if c.precreate && c.on_demand && c.docker.is_some() && self.fsm.state == State::Waiting => {
+                c.clone()
+            }
+            _ => {
+                self.prepare_tried = false;
+                return;
+            }
+        };
+        if self.prepare.is_some() || self.prepared.is_some() || self.prepare_tried {
+            return;
+        }
+        self.prepare_tried = true;
+        let names = self.socket_names();
+        let opts = self.opts.clone();
+        self.prepare = Some(tokio::task::spawn_local(async move {
+            // A busy daemon must not hold back a connection waiting for this shortcut for long.
+            tokio::time::timeout(prepare::TIMEOUT, prepare::prepare(&opts, &cfg, names))
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()))
+        }));
+    }
+
+    /// Removes a container created ahead of time that no bridge will start, in the background.
+    fn discard(&mut self, id: String) {
+        let socket = self.opts.docker_daemon_socket.clone();
+        let name = self.name.clone();
+        self.retiring.push(tokio::task::spawn_local(async move {
+            match prepare::discard(socket.as_deref(), &id).await {
+                Ok(()) => debug!("[{name}] removed container {}, created ahead of time", short_id(&id)),
+                Err(e) => warn!("[{name}] cannot remove container {}: {e}", short_id(&id)),
+            }
+        }));
+    }
+
+    /// The names the vassal's sockets get in `LISTEN_FDNAMES`, in fd order.
+    fn socket_names(&self) -> Vec<String> {
+        let default_name = fd_name(&self.name);
+        self.sockets
+            .iter()
+            .map(|s| s.spec.name.clone().unwrap_or_else(|| default_name.clone()))
+            .collect()
     }
 
     /// Watches a running vassal's sockets for the next connection: by arrival signals where they
@@ -541,6 +632,11 @@ impl Actor {
                     info!("[{}] on demand: waiting for a connection", self.name);
                 }
                 self.log.configure(cfg.logto.as_deref(), cfg.log_maxsize);
+                // Made for the old file: the next creation (or the bridge) replaces it, or nothing will.
+                if let Some(id) = self.prepared.take() {
+                    self.discard(id);
+                }
+                self.prepare_tried = false;
                 self.config = Some(cfg);
                 if first {
                     vec![Event::Start]
@@ -799,6 +895,8 @@ impl Actor {
         };
 
         let bridged = cfg.docker.is_some();
+        // The bridge starts the container created ahead of time, or replaces it.
+        self.prepared = None;
         let speaks;
         let argv;
         let mut env = Vec::new();
@@ -1079,6 +1177,20 @@ fn idle_step(idle: Option<Duration>) -> Duration {
     (idle.unwrap_or(Duration::from_secs(20)) / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
 }
 
+/// The outcome of the running creation ahead of time; never, without one.
+async fn join_prepare(
+    task: &mut Option<tokio::task::JoinHandle<Result<Option<String>, String>>>,
+) -> Result<Option<String>, String> {
+    match task {
+        Some(t) => t.await.unwrap_or_else(|e| Err(e.to_string())),
+        None => std::future::pending().await,
+    }
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 /// Completes when a watched listener reports an arrival; never, without a watch.
 async fn arrived(watch: Option<&arrivals::Watch>) {
     match watch {
@@ -1097,11 +1209,7 @@ async fn any_readable(watch: &[AsyncFd<OwnedFd>]) {
 }
 
 async fn docker_freeze(socket: Option<&std::path::Path>, container: &str, pause: bool) -> Result<(), String> {
-    let docker = match socket {
-        Some(s) => bollard::Docker::connect_with_unix(&s.to_string_lossy(), 30, bollard::API_DEFAULT_VERSION),
-        None => bollard::Docker::connect_with_local_defaults(),
-    }
-    .map_err(|e| e.to_string())?;
+    let docker = prepare::client(socket)?;
     let r = if pause {
         docker.pause_container(container).await
     } else {

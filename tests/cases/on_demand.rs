@@ -186,10 +186,14 @@ fn on_demand_docker_vassal_starts_one_container_for_20_connections_and_pauses_wh
     let args = sweep.emperor_args();
     h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     h.wait_vlog(&file, "waiting for a connection", LONG);
-    h.check(
-        sweep.containers().is_empty(),
-        "no container before the first connection",
+    // Created ahead of time, not started: the first connection waits for `docker start` only.
+    h.wait_for(
+        || inspect(&file, "{{.State.Status}}").is_some_and(|s| s.trim() == "created"),
+        LONG,
+        "the container to be created ahead of time",
     );
+    let precreated = inspect(&file, "{{.Id}}").unwrap_or_default();
+    h.check(h.starts(&name).is_empty(), "nothing runs before the first connection");
     let clients: Vec<_> = (0..20)
         .map(|_| {
             let s = sock.clone();
@@ -207,6 +211,10 @@ fn on_demand_docker_vassal_starts_one_container_for_20_connections_and_pauses_wh
         h.starts(&name).len() == 1,
         format!("exactly one container start: {:?}", h.starts(&name)),
     );
+    h.check(
+        inspect(&file, "{{.Id}}").unwrap_or_default() == precreated,
+        "the container created ahead of time is the one that runs",
+    );
     h.wait_for(
         || inspect(&file, "{{.State.Paused}}").is_some_and(|s| s.trim() == "true"),
         LONG,
@@ -218,4 +226,65 @@ fn on_demand_docker_vassal_starts_one_container_for_20_connections_and_pauses_wh
         format!("the paused container answers once thawed: {r:?}"),
     );
     h.check(h.starts(&name).len() == 1, "thawed, not restarted");
+}
+
+/// An idle stop leaves a fresh container created ahead of time for the next connection; deleting the
+/// file removes it, and `docker-precreate = false` creates nothing before a connection.
+#[test]
+fn containers_created_ahead_of_time_are_renewed_after_an_idle_stop_and_removed_with_the_file() {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("od_precreate");
+    let socks = h.sock("");
+    let vassal = move |name: &str, extra: &str| {
+        format!(
+            "[emperor]\ndocker-image = emperor-test/testapp\ndocker-network-mode = none\nsocket = {}\n\
+             exec = /testapp --name {name}\non-demand = true\nidle = 1\n{extra}",
+            socks.join(format!("{name}.sock")).display()
+        )
+    };
+    let (pre, lazy) = (unique_name("pre"), unique_name("lazy"));
+    let (pre_file, lazy_file) = (format!("{pre}.ini"), format!("{lazy}.ini"));
+    h.write_vassal(&pre_file, &vassal(&pre, ""));
+    h.write_vassal(&lazy_file, &vassal(&lazy, "docker-precreate = false\n"));
+    let args = sweep.emperor_args();
+    h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let created = || inspect(&pre_file, "{{.State.Status}} {{.Id}}").filter(|s| s.starts_with("created "));
+    h.wait_for(
+        || created().is_some(),
+        LONG,
+        "the container to be created ahead of time",
+    );
+    let first = created().unwrap_or_default();
+
+    let r = h.wait_http_unix(h.sock(&format!("{pre}.sock")), LONG);
+    h.check(r.contains(&format!("hello from {pre}")), format!("served: {r:?}"));
+    h.wait_vlog(&pre_file, "idle: stopping", LONG);
+    h.wait_for(
+        || created().is_some_and(|c| c != first),
+        LONG,
+        "a new container created ahead of time after the idle stop",
+    );
+
+    h.check(
+        !crate::util::docker::container_exists(&lazy_file),
+        "docker-precreate = false: no container before a connection",
+    );
+    let r = h.wait_http_unix(h.sock(&format!("{lazy}.sock")), LONG);
+    h.check(r.contains(&format!("hello from {lazy}")), format!("served: {r:?}"));
+
+    h.remove_vassal(&pre_file);
+    h.check(
+        crate::util::docker::wait_no_container(&pre_file, LONG),
+        "deleting the file removes the container created ahead of time",
+    );
+
+    // A SIGTERM of the emperor leaves no container behind, created ahead of time or not.
+    h.write_vassal(&pre_file, &vassal(&pre, ""));
+    h.wait_for(|| created().is_some(), LONG, "a container created ahead of time again");
+    h.signal(libc::SIGTERM);
+    h.wait_exit(LONG);
+    h.check(
+        sweep.containers().is_empty(),
+        format!("no container left after SIGTERM: {:?}", sweep.containers()),
+    );
 }

@@ -1,0 +1,137 @@
+//! Creating an on-demand Docker vassal's container ahead of time, while it waits for its first
+//! connection, so that the connection waits for `docker start` only.
+//!
+//! A cold start is dominated by `docker start` (runc: namespaces, mounts, cgroup, exec), which nothing
+//! outside Docker can shorten; what the emperor can take off the client's wait is everything before it:
+//! the image inspect, the stale-container checks and above all `docker create` (the container's
+//! writable layer), together a few tens of milliseconds. So when an on-demand vassal enters `waiting`,
+//! its actor runs [`prepare`] in the background: it builds exactly the create body the bridge would
+//! build (the same pure functions in `bridge/docker.rs`), labels it with its fingerprint and creates
+//! the container under the vassal's name without starting it. The bridge, spawned on the first
+//! connection, starts that container as it is if its fingerprint still matches (a rebuilt image, an
+//! edited file or a new emperor binary all change it) and replaces it otherwise. A connection that
+//! arrives while the container is being created waits for the creation to finish, so two creations
+//! never race for the name.
+//!
+//! The emperor talks to Docker itself here, as it does for pause/resume, rather than through a bridge:
+//! no process, no fds to hand over, and a failure (missing image, daemon down) is only a missed
+//! shortcut; the bridge reports it properly when the vassal really starts. A container created ahead
+//! of time and never started is removed when the vassal goes away or the emperor stops ([`discard`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bollard::Docker;
+use bollard::models::ContainerStateStatusEnum;
+use bollard::query_parameters::{CreateContainerOptions, InspectContainerOptions};
+
+use crate::bridge::docker;
+use crate::cli::EmperorOptions;
+use crate::config::VassalConfig;
+
+/// How long a creation ahead of time may take before a connection waiting for it starts the vassal
+/// without it (the bridge then creates the container itself, or takes this one if it appeared).
+pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A client for the configured daemon (`--docker-daemon-socket`, else `DOCKER_HOST` or the default).
+pub fn client(socket: Option<&Path>) -> Result<Docker, String> {
+    match socket {
+        Some(s) => Docker::connect_with_unix(&s.to_string_lossy(), 30, bollard::API_DEFAULT_VERSION),
+        None => Docker::connect_with_local_defaults(),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Creates the vassal's container without starting it, unless an identical one already waits.
+/// Returns its id, or `None` when there is nothing to gain (a foreign or running container holds the
+/// name, or the emperor binary was replaced on disk and the bridge must mount a copy of it).
+pub async fn prepare(
+    opts: &EmperorOptions,
+    cfg: &VassalConfig,
+    socket_names: Vec<String>,
+) -> Result<Option<String>, String> {
+    let Some(d) = &cfg.docker else {
+        return Ok(None);
+    };
+    let shim_host = std::env::current_exe().map_err(|e| e.to_string())?;
+    if shim_host.to_string_lossy().ends_with(" (deleted)") {
+        return Ok(None);
+    }
+    let docker = client(opts.docker_daemon_socket.as_deref())?
+        .negotiate_version()
+        .await
+        .map_err(|e| format!("Docker: {e}"))?;
+    let image = docker
+        .inspect_image(&d.image)
+        .await
+        .map_err(|e| format!("image {:?}: {e}", d.image))?;
+    let proxy = docker::proxy_paths(d, &opts.run_dir, &opts.instance, &d.container_name);
+    let wrapper = opts.wrapper.to_string_lossy();
+    let ctx = docker::Context {
+        instance: &opts.instance,
+        extra_labels: &opts.docker_labels,
+        shim_host: &shim_host,
+        proxy_host_dir: &proxy.host_dir,
+        proxy_container_path: &proxy.container_sock,
+        image_command: docker::image_command(&image),
+        wrapper: &wrapper,
+        socket_names,
+        has_config: docker::is_uwsgi(cfg),
+    };
+    if docker::payload(cfg, &ctx).is_empty() {
+        return Ok(None);
+    }
+    let mut body = docker::container_body(cfg, d, &ctx);
+    let fingerprint = docker::seal(&mut body, image.id.as_deref().unwrap_or_default());
+
+    match docker
+        .inspect_container(&d.container_name, None::<InspectContainerOptions>)
+        .await
+    {
+        Ok(c) if docker::reusable(&c, &cfg.name, &opts.instance, &fingerprint) => return Ok(c.id),
+        Ok(c) => {
+            // Only an unstarted leftover of this vassal is ours to replace here; anything else is for
+            // the bridge to sort out (and report) when the vassal really starts.
+            let labels: HashMap<String, String> = c.config.and_then(|c| c.labels).unwrap_or_default();
+            let ours = labels.get(docker::LABEL_VASSAL) == Some(&cfg.name)
+                && labels.get(docker::LABEL_INSTANCE) == Some(&opts.instance);
+            let created = c.state.and_then(|s| s.status) == Some(ContainerStateStatusEnum::CREATED);
+            match c.id {
+                Some(id) if ours && created => docker::remove(&docker, &id).await.map_err(|e| e.to_string())?,
+                _ => return Ok(None),
+            }
+        }
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    // A bind mount's source must exist at create time.
+    if proxy.private {
+        std::fs::create_dir_all(&proxy.host_dir).map_err(|e| format!("{}: {e}", proxy.host_dir.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&proxy.host_dir, std::fs::Permissions::from_mode(0o755));
+    }
+    let create = CreateContainerOptions {
+        name: Some(d.container_name.clone()),
+        ..Default::default()
+    };
+    match docker.create_container(Some(create), body).await {
+        Ok(r) => Ok(Some(r.id)),
+        // Someone else took the name meanwhile; the bridge will deal with it.
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Removes a container created ahead of time, if it was never started.
+pub async fn discard(socket: Option<&Path>, id: &str) -> Result<(), String> {
+    let docker = client(socket)?;
+    let c = match docker.inspect_container(id, None::<InspectContainerOptions>).await {
+        Ok(c) => c,
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if c.state.and_then(|s| s.status) != Some(ContainerStateStatusEnum::CREATED) {
+        return Ok(());
+    }
+    docker::remove(&docker, id).await.map_err(|e| e.to_string())
+}
