@@ -69,10 +69,15 @@ impl Info {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = path.with_extension("json.tmp");
+        let tmp = temp_path(path);
         std::fs::write(&tmp, self.to_json())?;
         std::fs::rename(&tmp, path)
     }
+}
+
+/// Where [`Info::write`] writes before it renames (left behind only if that write failed).
+pub fn temp_path(path: &Path) -> PathBuf {
+    path.with_extension("json.tmp")
 }
 
 /// UNIX milliseconds now.

@@ -173,6 +173,7 @@ impl Bridge {
             }
         }
         let _ = std::fs::remove_file(&self.info_path);
+        let _ = std::fs::remove_file(info::temp_path(&self.info_path));
         if let Some(dir) = self.proxy_dir.take() {
             let _ = std::fs::remove_dir_all(&dir);
         }
