@@ -22,6 +22,7 @@
 //! - `--speak`: talk the uWSGI emperor protocol on `UWSGI_EMPEROR_FD`: write byte 1 (ready) then 5 (accepting) at
 //!   start, 17 (loyal) after the first served request. Reading byte 0 or 2 exits 0; byte 1 records a `reload` line
 //!   and keeps running; EOF exits 1.
+//! - `--speak-delay <ms>`: with `--speak`, wait that long before byte 1 and again before byte 5 (a slow start).
 //! - `--heartbeat <s>`: write byte 26 every `s` seconds (first one right away) on `UWSGI_EMPEROR_FD`.
 //! - `--heartbeat-once`: write byte 26 once at start, then never again.
 //! - `--spawn-child`: fork a grandchild (same process group) that closes its inherited fds and sleeps forever;
@@ -61,6 +62,7 @@ struct Opts {
     crash: bool,
     ignore_term: bool,
     speak: bool,
+    speak_delay: u64,
     heartbeat: Option<u64>,
     heartbeat_once: bool,
     spawn_child: bool,
@@ -84,6 +86,7 @@ fn parse_args() -> Opts {
         crash: false,
         ignore_term: false,
         speak: false,
+        speak_delay: 0,
         heartbeat: None,
         heartbeat_once: false,
         spawn_child: false,
@@ -113,6 +116,11 @@ fn parse_args() -> Opts {
             "--crash" => o.crash = true,
             "--ignore-term" => o.ignore_term = true,
             "--speak" => o.speak = true,
+            "--speak-delay" => {
+                o.speak_delay = val("--speak-delay")
+                    .parse()
+                    .unwrap_or_else(|_| usage("bad --speak-delay"))
+            }
             "--heartbeat-once" => o.heartbeat_once = true,
             "--spawn-child" => o.spawn_child = true,
             "--bind-unix" => o.bind_unix.push(val("--bind-unix")),
@@ -300,7 +308,9 @@ fn main() {
             eprintln!("testapp: --speak without UWSGI_EMPEROR_FD");
             exit(2);
         };
+        thread::sleep(Duration::from_millis(o.speak_delay));
         send_byte(1);
+        thread::sleep(Duration::from_millis(o.speak_delay));
         send_byte(5);
         thread::spawn(move || {
             loop {

@@ -81,6 +81,8 @@ fn table(doc: &Value, now: u64) -> String {
             "SINCE",
             "PID",
             "RESTARTS",
+            "MEM",
+            "CPU",
             "SOCKETS (connections)",
             "NEXT START",
         ]
@@ -124,6 +126,8 @@ fn table(doc: &Value, now: u64) -> String {
             since,
             pid,
             s(&v["restarts"]),
+            v["memory"]["bytes"].as_u64().map_or("-".into(), bytes),
+            v["cpu_usec"].as_u64().map_or("-".into(), cpu),
             if sockets.is_empty() {
                 "-".into()
             } else {
@@ -132,7 +136,7 @@ fn table(doc: &Value, now: u64) -> String {
             next,
         ]);
     }
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 10];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
@@ -152,6 +156,33 @@ fn table(doc: &Value, now: u64) -> String {
     out
 }
 
+/// Bytes in binary units, as `ps` and `top` show memory: `812K`, `23M`, `1.2G`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["K", "M", "G", "T"];
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    match v {
+        _ if n < 1024 => format!("{n}B"),
+        v if v < 10.0 => format!("{v:.1}{}", UNITS[unit]),
+        v => format!("{v:.0}{}", UNITS[unit]),
+    }
+}
+
+/// CPU time: `0.35s`, `12.4s`, `7m12s`, `3h05m`.
+fn cpu(usec: u64) -> String {
+    let secs = usec / 1_000_000;
+    match secs {
+        0..10 => format!("{:.2}s", usec as f64 / 1e6),
+        10..60 => format!("{:.1}s", usec as f64 / 1e6),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
 fn ago(secs: u64) -> String {
     match secs {
         0..120 => format!("{secs}s"),
@@ -169,7 +200,8 @@ mod tests {
     fn table_has_a_row_per_vassal() {
         let doc = serde_json::json!({"vassals": [
             {"id": "a.ini", "kind": "process", "state": "running", "state_since": 90, "pid": 42, "restarts": 1,
-             "sockets": [{"addr": "/run/a.sock", "name": null, "queue": null, "connections": 2}],
+             "sockets": [{"addr": "/run/a.sock", "name": null, "queue": 3, "backlog": 1024, "connections": 5}],
+             "memory": {"bytes": 24_543_232, "source": "proc"}, "cpu_usec": 1_250_000,
              "throttle": null, "error": null},
             {"id": "b \"x\".ini", "kind": "docker", "state": "throttled", "state_since": 99, "pid": -1, "restarts": 0,
              "sockets": [], "throttle": {"attempts": 3, "next_start": 103}, "error": "bad key"},
@@ -177,8 +209,28 @@ mod tests {
         let t = table(&doc, 100);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("VASSAL"));
-        assert!(lines[1].contains("a.ini") && lines[1].contains("/run/a.sock (2)") && lines[1].contains("10s"));
+        assert!(lines[0].contains("MEM") && lines[0].contains("CPU"));
+        assert!(
+            lines[1].contains("a.ini") && lines[1].contains("/run/a.sock (5, 3 queued)") && lines[1].contains("10s")
+        );
+        assert!(
+            lines[1].contains(" 23M ") && lines[1].contains(" 1.25s "),
+            "{}",
+            lines[1]
+        );
         assert!(lines[2].contains("throttled") && lines[2].contains("in 3s (attempt 3)"));
         assert_eq!(lines[3], "b \"x\".ini: bad key");
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(bytes(900), "900B");
+        assert_eq!(bytes(812 * 1024), "812K");
+        assert_eq!(bytes(5 * 1024 * 1024 + 300 * 1024), "5.3M");
+        assert_eq!(bytes(3 << 30), "3.0G");
+        assert_eq!(cpu(350_000), "0.35s");
+        assert_eq!(cpu(12_400_000), "12.4s");
+        assert_eq!(cpu(432_000_000), "7m12s");
+        assert_eq!(cpu(11_100_000_000), "3h05m");
     }
 }

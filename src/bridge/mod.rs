@@ -14,6 +14,7 @@
 //! 5. accept exactly one connection on the proxy socket, check that the peer is a process of that
 //!    container (its pid namespace is the container's), send the fds (`proxy_socket.rs`), close our
 //!    copies and unlink the socket — from then on the emperor talks to the vassal directly;
+//!    It records the container's id, init pid and hand-over time for the emperor's stats ([`info`]);
 //! 6. forward the container's output to stdout (the emperor prefixes each line with the vassal name);
 //! 7. on the container's exit, remove it and exit with its code ([`crate::exit`]). SIGTERM (the
 //!    emperor stopping the vassal, or `PR_SET_PDEATHSIG` when the emperor dies) and EOF on the
@@ -23,6 +24,7 @@
 //! bridge hanging forever as uwsgi-docker's did.
 
 pub mod docker;
+pub mod info;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
@@ -106,15 +108,19 @@ struct Bridge {
     proxy_dir: Option<PathBuf>,
     /// A copy of the binary mounted as the shim when the original was replaced on disk.
     shim_copy: Option<PathBuf>,
+    /// Where the container's id, init pid and hand-over time are written for the stats ([`info`]).
+    info_path: PathBuf,
 }
 
 impl Bridge {
     fn new(args: BridgeArgs) -> Self {
+        let info_path = info::path(&args.run_dir, &args.instance, std::process::id() as i32);
         Bridge {
             args,
             container: None,
             proxy_dir: None,
             shim_copy: None,
+            info_path,
         }
     }
 
@@ -135,6 +141,8 @@ impl Bridge {
                 return exit::START_FAILED;
             }
         };
+        // Left by an earlier bridge that had this pid and was killed: it is not about our container.
+        let _ = std::fs::remove_file(&self.info_path);
         let docker = match connect().await {
             Ok(d) => d,
             Err(f) => {
@@ -164,12 +172,14 @@ impl Bridge {
                 ),
             }
         }
+        let _ = std::fs::remove_file(&self.info_path);
+        let _ = std::fs::remove_file(info::temp_path(&self.info_path));
         if let Some(dir) = self.proxy_dir.take() {
             let _ = std::fs::remove_dir_all(&dir);
-            // The instance directory too, once its last vassal is gone (remove_dir refuses a non-empty one).
-            if let Some(parent) = dir.parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
+        }
+        // The instance directory too, once its last vassal is gone (remove_dir refuses a non-empty one).
+        if let Some(parent) = self.info_path.parent() {
+            let _ = std::fs::remove_dir(parent);
         }
         if let Some(copy) = self.shim_copy.take() {
             let _ = std::fs::remove_file(copy);
@@ -377,6 +387,18 @@ impl Bridge {
             .map_err(|e| docker_fail("inspect the container", &e))?;
         let init_pid = inspect.state.and_then(|s| s.pid).unwrap_or(0);
         info!("[{name}] bridge: container {} started (pid {init_pid})", short(&id));
+        let mut record = info::Info {
+            id: id.clone(),
+            init_pid,
+            started_ms: info::unix_ms(),
+            handover_ms: None,
+        };
+        if let Err(e) = record.write(&self.info_path) {
+            warn!(
+                "[{name}] bridge: cannot write {} (the stats will lack its memory and CPU): {e}",
+                self.info_path.display()
+            );
+        }
 
         let mut wait = Box::pin(docker.wait_container(&id, None::<WaitContainerOptions>));
         let lifeline = fds
@@ -418,6 +440,8 @@ impl Bridge {
                     proxy_socket::send_fds(&stream, &borrowed)
                         .map_err(|e| (exit::START_FAILED, format!("cannot send the sockets over the proxy socket: {e}")))?;
                     debug!("[{name}] bridge: handed {} fds to the container", to_send.len());
+                    record.handover_ms = Some(info::unix_ms());
+                    let _ = record.write(&self.info_path);
                     break;
                 }
                 res = wait.next() => {

@@ -5,10 +5,16 @@
 //! address at connect time, so even connections still waiting in the backlog are listed), and an
 //! accepted TCP socket carries the listener's local port. Both are in the emperor's network namespace
 //! even when the app runs in a container with network `none`, because the listener was created there.
-//! `/proc/net/{unix,tcp,tcp6}` is read rather than sock_diag netlink: one read per check, no extra
-//! crate, and a check only happens for vassals with `idle` set, at most a few times per idle period.
+//! `/proc/net/{unix,tcp,tcp6}` is read for counting: one read per check, and a check only happens for
+//! vassals with `idle` set, at most a few times per idle period.
+//!
+//! The stats document also wants each listener's accept queue and backlog, which `/proc/net/unix`
+//! cannot give (a queued connection and an accepted one look alike there); those come from sock_diag
+//! netlink ([`diag`]), one dump per document, matched to the emperor's listeners by socket inode.
 
-use std::collections::HashSet;
+mod diag;
+
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use crate::config::SocketAddrSpec;
@@ -47,11 +53,15 @@ pub fn open_connections(sockets: &[&SocketAddrSpec]) -> std::io::Result<usize> {
 }
 
 /// One read of the kernel's socket tables, for the stats document: many sockets are measured from it
-/// without reading `/proc/net/*` once per socket.
+/// without reading `/proc/net/*` or asking sock_diag once per socket.
 pub struct Tables {
     /// Non-listener rows of /proc/net/unix per path, counted in one pass.
-    unix: std::collections::HashMap<String, usize>,
+    unix: HashMap<String, usize>,
     tcp: Vec<String>,
+    /// Queue and backlog of every listening unix socket, by inode; `None` if sock_diag failed.
+    unix_listen: Option<HashMap<u64, diag::Listen>>,
+    /// The same for TCP listeners.
+    tcp_listen: Option<HashMap<u64, diag::Listen>>,
 }
 
 /// What the kernel says about one listening socket.
@@ -59,45 +69,79 @@ pub struct Tables {
 pub struct SocketLoad {
     /// Connections open on it: accepted by the app, or still waiting to be.
     pub connections: usize,
-    /// Connections waiting to be accepted; `None` for unix sockets (see [`Tables::measure`]).
+    /// Connections waiting to be accepted; `None` when the kernel could not be asked.
     pub queue: Option<usize>,
+    /// How many may wait (`listen`'s backlog as the kernel applied it); `None` when not known.
+    pub backlog: Option<usize>,
 }
 
 impl Tables {
+    /// Reads /proc/net/{unix,tcp,tcp6} and makes the sock_diag dumps. A failed dump is logged and
+    /// leaves only the queue and backlog unknown.
     pub fn load() -> std::io::Result<Tables> {
+        let known = |what: &str, r: Result<HashMap<u64, diag::Listen>, String>| {
+            r.map_err(|e| {
+                // Once: a kernel without sock_diag would say the same for every document.
+                static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    log::warn!("stats: no {what} accept queues or backlogs: {e}");
+                }
+            })
+            .ok()
+        };
         Ok(Tables {
             unix: unix_counts(&std::fs::read_to_string("/proc/net/unix")?),
             tcp: ["/proc/net/tcp", "/proc/net/tcp6"]
                 .iter()
                 .filter_map(|f| std::fs::read_to_string(f).ok())
                 .collect(),
+            unix_listen: known("unix", diag::unix_listeners()),
+            tcp_listen: known("TCP", diag::tcp_listeners()),
         })
     }
 
-    /// Measures one listening socket. The accept queue of a TCP listener is its row's `rx_queue`
-    /// (the kernel prints `sk_ack_backlog` there for a listener). /proc/net/unix cannot tell a
-    /// queued unix connection from an accepted one, so a unix socket's `queue` is not measured.
-    pub fn measure(&self, addr: &SocketAddrSpec) -> SocketLoad {
-        match addr {
-            SocketAddrSpec::Tcp(a) => SocketLoad {
-                connections: self.tcp.iter().map(|t| count_tcp(t, &[*a])).sum(),
-                queue: Some(self.tcp.iter().map(|t| tcp_accept_queue(t, a)).sum()),
-            },
-            SocketAddrSpec::Unix(p) => SocketLoad {
-                connections: self.unix.get(p.to_string_lossy().as_ref()).copied().unwrap_or(0),
-                queue: None,
-            },
-            SocketAddrSpec::Abstract(name) => SocketLoad {
-                connections: self.unix.get(&format!("@{name}")).copied().unwrap_or(0),
-                queue: None,
-            },
+    /// Measures one listening socket; `inode` is the listener's (`st_ino` of its fd), by which
+    /// sock_diag knows it. A TCP listener whose inode is unknown falls back to its row's `rx_queue`
+    /// in /proc/net/tcp (the kernel prints `sk_ack_backlog` there for a listener).
+    pub fn measure(&self, addr: &SocketAddrSpec, inode: Option<u64>) -> SocketLoad {
+        let listen =
+            |m: &Option<HashMap<u64, diag::Listen>>| m.as_ref().zip(inode).and_then(|(m, i)| m.get(&i)).copied();
+        let (connections, listen) = match addr {
+            SocketAddrSpec::Tcp(a) => {
+                let connections = self.tcp.iter().map(|t| count_tcp(t, &[*a])).sum();
+                return match listen(&self.tcp_listen) {
+                    Some(l) => SocketLoad {
+                        connections,
+                        queue: Some(l.queued as usize),
+                        backlog: Some(l.backlog as usize),
+                    },
+                    None => SocketLoad {
+                        connections,
+                        queue: Some(self.tcp.iter().map(|t| tcp_accept_queue(t, a)).sum()),
+                        backlog: None,
+                    },
+                };
+            }
+            SocketAddrSpec::Unix(p) => (
+                self.unix.get(p.to_string_lossy().as_ref()).copied().unwrap_or(0),
+                listen(&self.unix_listen),
+            ),
+            SocketAddrSpec::Abstract(name) => (
+                self.unix.get(&format!("@{name}")).copied().unwrap_or(0),
+                listen(&self.unix_listen),
+            ),
+        };
+        SocketLoad {
+            connections,
+            queue: listen.map(|l| l.queued as usize),
+            backlog: listen.map(|l| l.backlog as usize),
         }
     }
 }
 
 /// [`count_unix`] for every path at once.
-fn unix_counts(text: &str) -> std::collections::HashMap<String, usize> {
-    let mut m = std::collections::HashMap::new();
+fn unix_counts(text: &str) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
     for line in text.lines().skip(1) {
         let mut cols = line.split_whitespace();
         let (Some(flags), Some(path)) = (cols.nth(3), cols.nth(3)) else {

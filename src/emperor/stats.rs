@@ -8,7 +8,14 @@
 //! (`conns.rs`). The document is built with `serde_json` (already compiled in as bollard's dependency),
 //! so every string is escaped and the output is valid JSON whatever a vassal is called; uWSGI 2.1's
 //! `attrs` list of `key: value` pairs is exactly the kind of invalid output this avoids.
+//!
+//! Memory and CPU time are read once per document too (`usage.rs`): one pass over /proc for the
+//! process vassals, a few cgroup files per Docker vassal.
 
+mod usage;
+
+use std::collections::HashSet;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,12 +51,31 @@ pub struct VassalStats {
     pub state: &'static str,
     pub kind: &'static str,
     pub container: Option<String>,
-    pub sockets: Vec<SocketSpec>,
+    pub sockets: Vec<SocketStat>,
+    /// Where the current bridge writes its container's id, init pid and hand-over time (Docker).
+    pub bridge_info: Option<PathBuf>,
     pub attempts: u32,
     /// The throttle delay of the current attempt and when it ends.
     pub throttle: Option<(Duration, u64)>,
     pub error: Option<String>,
     pub track: Track,
+}
+
+/// One of the vassal's listening sockets.
+#[derive(Debug, Clone)]
+pub struct SocketStat {
+    pub spec: SocketSpec,
+    /// The socket's inode (`st_ino` of its fd), by which sock_diag reports its accept queue.
+    pub inode: Option<u64>,
+}
+
+impl SocketStat {
+    pub fn of(spec: &SocketSpec, fd: BorrowedFd<'_>) -> SocketStat {
+        SocketStat {
+            spec: spec.clone(),
+            inode: nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino),
+        }
+    }
 }
 
 /// Times and outcomes the state machine does not keep, recorded by the actor as they happen.
@@ -69,6 +95,19 @@ pub struct Track {
     loyal: bool,
     ready: bool,
     accepting: bool,
+    /// The last spawn, to time its start.
+    spawn: Option<Spawn>,
+    /// Milliseconds from the last spawn until the process said `ready` or `accepting`, and which.
+    start: Option<(u64, &'static str)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Spawn {
+    pid: i32,
+    at: Instant,
+    unix_ms: u64,
+    /// It said `accepting`: nothing later moves the figure.
+    settled: bool,
 }
 
 /// UNIX seconds now.
@@ -107,6 +146,7 @@ impl Track {
             self.last_accepting = now;
         }
         (self.loyal, self.ready, self.accepting) = flags;
+        self.time_start(inst);
         let name = fsm.state.name();
         if name != self.state {
             self.state = name;
@@ -116,12 +156,59 @@ impl Track {
         None
     }
 
-    pub fn spawned(&mut self) {
+    /// A process was spawned (for an on-demand vassal, on the connection that activated it).
+    pub fn spawned(&mut self, pid: i32) {
         let now = unix_now();
         if self.first_run == 0 {
             self.first_run = now;
         }
         self.last_run = now;
+        self.spawn = Some(Spawn {
+            pid,
+            at: Instant::now(),
+            unix_ms: crate::bridge::info::unix_ms(),
+            settled: false,
+        });
+        self.start = None;
+    }
+
+    /// Times the last spawn until its process first says `ready`, then until it says `accepting`
+    /// (uWSGI sends both; `accepting` means a worker takes connections, so it wins). Only the process
+    /// that was spawned counts: after a failed overlapping reload the old one is current again, and
+    /// its flags are not this start's.
+    fn time_start(&mut self, inst: Option<&super::fsm::Instance>) {
+        let (Some(sp), Some(i)) = (self.spawn.as_mut(), inst) else {
+            return;
+        };
+        if sp.settled || i.pid != sp.pid {
+            return;
+        }
+        let until = if i.accepting {
+            "accepting"
+        } else if i.ready {
+            "ready"
+        } else {
+            return;
+        };
+        if self.start.is_none_or(|(_, u)| u != until) {
+            self.start = Some((sp.at.elapsed().as_millis() as u64, until));
+            sp.settled = until == "accepting";
+        }
+    }
+
+    /// When the last process was spawned (UNIX milliseconds).
+    pub fn spawned_ms(&self) -> Option<u64> {
+        self.spawn.map(|s| s.unix_ms)
+    }
+
+    /// How long the last start took, and until what: `accepting` or `ready` when the process said
+    /// so, else `handover` when a bridge handed the container its sockets at `handover_ms`.
+    pub fn last_start(&self, handover_ms: Option<u64>) -> Option<(u64, &'static str)> {
+        self.start.or_else(|| {
+            let sp = self.spawn?;
+            let h = handover_ms.filter(|h| *h >= sp.unix_ms)?;
+            Some((h - sp.unix_ms, "handover"))
+        })
     }
 
     /// The process ended; `requested`: the emperor had asked it to stop.
@@ -188,6 +275,14 @@ pub fn document(vassals_dir: &std::path::Path, vassals: &[Result<VassalStats, St
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
     let dir = vassals_dir.to_string_lossy();
+    let leaders: HashSet<i32> = vassals
+        .iter()
+        .filter_map(|v| v.as_ref().ok())
+        .filter(|v| v.kind == "process" && v.pid > 0)
+        .map(|v| v.pid)
+        .collect();
+    let groups = usage::Groups::load(&leaders);
+    let mut cgroups = None;
     let mut list = Vec::new();
     let mut blacklist = Vec::new();
     for v in vassals {
@@ -202,16 +297,29 @@ pub fn document(vassals_dir: &std::path::Path, vassals: &[Result<VassalStats, St
             .sockets
             .iter()
             .map(|s| {
-                let load = tables.as_ref().ok().map(|t| t.measure(&s.addr));
+                let load = tables.as_ref().ok().map(|t| t.measure(&s.spec.addr, s.inode));
                 json!({
-                    "addr": s.addr.to_string(),
-                    "name": s.name,
+                    "addr": s.spec.addr.to_string(),
+                    "name": s.spec.name,
                     "queue": load.and_then(|l| l.queue),
+                    "backlog": load.and_then(|l| l.backlog),
                     "connections": load.map(|l| l.connections),
                 })
             })
             .collect();
         let t = &v.track;
+        // A bridge's record from before the last spawn belongs to an earlier bridge with the same pid.
+        let bridge = v
+            .bridge_info
+            .as_deref()
+            .and_then(crate::bridge::info::Info::read)
+            .filter(|i| t.spawned_ms().is_some_and(|s| i.started_ms >= s));
+        let usage = match &bridge {
+            Some(b) => cgroups.get_or_insert_with(usage::Cgroups::load).usage_of(b.init_pid),
+            None if v.kind == "process" && v.pid > 0 => groups.usage_of(v.pid),
+            None => None,
+        };
+        let last_start = t.last_start(bridge.as_ref().and_then(|b| b.handover_ms));
         let throttle = v
             .throttle
             .map(|(_, next)| json!({ "attempts": v.attempts, "next_start": next }));
@@ -255,6 +363,10 @@ pub fn document(vassals_dir: &std::path::Path, vassals: &[Result<VassalStats, St
             "last_exit": t.last_exit,
             "throttle": throttle,
             "error": v.error,
+            "memory": usage.and_then(|u| u.memory.map(|m| json!({ "bytes": m, "source": u.source }))),
+            "cpu_usec": usage.and_then(|u| u.cpu_usec),
+            "last_start_ms": last_start.map(|(ms, _)| ms),
+            "last_start_until": last_start.map(|(_, until)| until),
         }));
     }
     json!({

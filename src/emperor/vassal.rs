@@ -763,7 +763,14 @@ impl Actor {
                 "process"
             },
             container: cfg.and_then(|c| c.docker.as_ref()).map(|d| d.container_name.clone()),
-            sockets: self.sockets.iter().map(|s| s.spec.clone()).collect(),
+            sockets: self
+                .sockets
+                .iter()
+                .map(|s| stats::SocketStat::of(&s.spec, s.fd()))
+                .collect(),
+            bridge_info: inst
+                .filter(|_| cfg.is_some_and(|c| c.docker.is_some()))
+                .map(|i| crate::bridge::info::path(&self.opts.run_dir, &self.opts.instance, i.pid)),
             attempts: self.fsm.attempts,
             throttle: stats::throttle_of(&self.fsm),
             error: match &self.fsm.state {
@@ -994,7 +1001,7 @@ impl Actor {
             speaks,
         });
         self.push_config();
-        self.track.spawned();
+        self.track.spawned(pid);
         Ok(Event::Spawned { pid, speaks })
     }
 

@@ -296,3 +296,249 @@ fn systemd_notify() {
     let st = child.wait().unwrap();
     assert!(st.success(), "emperor exit: {st:?}\n{}", logged());
 }
+
+fn ctl(h: &Harness, control: &std::path::Path, args: &[&str]) {
+    let out = Command::new(EMPEROR)
+        .args(args)
+        .arg("--control")
+        .arg(control)
+        .env_remove("EMPEROR_CONTROL")
+        .output()
+        .unwrap();
+    h.check(out.status.success(), format!("emperor {args:?}: {out:?}"));
+}
+
+fn socket_of<'a>(v: &'a Value, addr: &str) -> &'a Value {
+    v["sockets"]
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["addr"] == addr))
+        .unwrap_or_else(|| panic!("no socket {addr} in {v:#}"))
+}
+
+/// Clients wait on a held vassal's unix and TCP sockets: the kernel's accept queue counts them (sock_diag),
+/// the backlog is the vassal's `listen`, and the queues empty once the vassal runs and serves them.
+#[test]
+fn accept_queues_of_a_held_vassal() {
+    let mut h = Harness::new("stats_queue");
+    let port = free_port();
+    let unix = h.sock("q.sock");
+    let tcp = format!("127.0.0.1:{port}");
+    h.write_vassal(
+        "q.ini",
+        &format!(
+            "[emperor]\nsocket = {}\nsocket = {tcp}\nlisten = 64\n{}",
+            unix.display(),
+            h.exec_line("q", "")
+        ),
+    );
+    let stats = h.root.join("stats.sock");
+    let control = h.root.join("control.sock");
+    h.start(&[
+        "--emperor-stats",
+        stats.to_str().unwrap(),
+        "--emperor-control",
+        control.to_str().unwrap(),
+    ]);
+    h.wait_starts("q", 1, LONG);
+    h.wait_for(|| stats.exists(), LONG, "stats socket");
+    ctl(&h, &control, &["stop", "q.ini"]);
+    wait_doc(
+        &h,
+        || fetch_unix(&stats),
+        |d| vassal(d, "q.ini")["state"] == "held",
+        "q.ini held",
+    );
+
+    // Nothing accepts while it is held: every client waits in the backlog, each with its request sent.
+    let request = b"GET / HTTP/1.0\r\n\r\n";
+    let mut clients: Vec<Box<dyn std::io::Read>> = Vec::new();
+    for _ in 0..3 {
+        let mut c = UnixStream::connect(&unix).unwrap();
+        std::io::Write::write_all(&mut c, request).unwrap();
+        c.set_read_timeout(Some(LONG)).unwrap();
+        clients.push(Box::new(c));
+    }
+    for _ in 0..2 {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(&mut c, request).unwrap();
+        c.set_read_timeout(Some(LONG)).unwrap();
+        clients.push(Box::new(c));
+    }
+    let doc = wait_doc(
+        &h,
+        || fetch_unix(&stats),
+        |d| {
+            let q = vassal(d, "q.ini");
+            socket_of(q, unix.to_str().unwrap())["queue"] == 3 && socket_of(q, &tcp)["queue"] == 2
+        },
+        "3 queued on the unix socket and 2 on the TCP socket",
+    );
+    let q = vassal(&doc, "q.ini");
+    let (u, t) = (socket_of(q, unix.to_str().unwrap()), socket_of(q, &tcp));
+    h.check(
+        u["backlog"] == 64 && t["backlog"] == 64,
+        format!("backlog = listen: {u} {t}"),
+    );
+    h.check(
+        u["connections"] == 3,
+        format!("queued connections are open ones too: {u}"),
+    );
+
+    // Released, the app serves them all: the queues empty and every client gets its answer.
+    ctl(&h, &control, &["start", "q.ini"]);
+    for c in &mut clients {
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        h.check(answer.contains("hello from q"), format!("answer: {answer:?}"));
+    }
+    wait_doc(
+        &h,
+        || fetch_unix(&stats),
+        |d| {
+            let q = vassal(d, "q.ini");
+            socket_of(q, unix.to_str().unwrap())["queue"] == 0 && socket_of(q, &tcp)["queue"] == 0
+        },
+        "empty queues once the vassal served its clients",
+    );
+}
+
+/// Sum of the resident memory of a process group's live members, as the test reads it.
+fn group_rss(pgid: i32) -> u64 {
+    let page = 4096; // x86_64
+    group_members(pgid)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/statm")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>()
+        * page
+}
+
+/// Process vassals: memory and CPU of the process group from /proc; the start time of one that speaks the
+/// uWSGI protocol runs until it says `accepting`, and a silent one has none.
+#[test]
+fn process_vassal_memory_cpu_and_start_time() {
+    let mut h = Harness::new("stats_usage");
+    // Ready after 200 ms and accepting after 400 ms; a child in its process group.
+    h.write_vassal("p.ini", &h.app_ini("p", "--speak --speak-delay 200 --spawn-child"));
+    h.write_vassal("s.ini", &h.app_ini("s", ""));
+    let stats = h.root.join("stats.sock");
+    h.start(&["--emperor-stats", stats.to_str().unwrap()]);
+    let p = h.wait_starts("p", 1, LONG)[0].pid();
+    h.wait_for(|| h.records("p").iter().any(|r| r.kind == "child"), LONG, "p's child");
+    h.wait_for(|| stats.exists(), LONG, "stats socket");
+    let doc = wait_doc(
+        &h,
+        || fetch_unix(&stats),
+        |d| vassal(d, "p.ini")["last_start_until"] == "accepting" && !vassal(d, "s.ini")["memory"].is_null(),
+        "p.ini accepting and s.ini measured",
+    );
+    let v = vassal(&doc, "p.ini");
+    let ms = v["last_start_ms"].as_u64();
+    h.check(
+        ms.is_some_and(|ms| (400..60_000).contains(&ms)),
+        format!("p.ini took 400 ms and more to accept: {v:#}"),
+    );
+    h.check(v["memory"]["source"] == "proc", format!("memory: {}", v["memory"]));
+    let mem = v["memory"]["bytes"].as_u64().unwrap_or(0);
+    let seen = group_rss(p);
+    h.check(
+        mem > 0 && mem >= seen / 2 && mem <= seen * 2,
+        format!("p.ini memory {mem} vs the group's resident memory {seen}"),
+    );
+    h.check(v["cpu_usec"].is_u64(), format!("cpu_usec: {v:#}"));
+
+    let s = vassal(&doc, "s.ini");
+    h.check(
+        s["last_start_ms"].is_null() && s["last_start_until"].is_null(),
+        format!("a silent process vassal has no start time: {s:#}"),
+    );
+    h.check(
+        s["memory"]["bytes"].as_u64().is_some_and(|m| m > 0),
+        format!("s.ini memory: {s:#}"),
+    );
+
+    let out = status(&["--stats", stats.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // VASSAL KIND STATE SINCE PID RESTARTS MEM CPU ...: one word each up to the sockets.
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("p.ini"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    h.check(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.contains(" MEM ") && l.contains(" CPU "))
+            && row.get(6).is_some_and(|m| m.ends_with(['K', 'M', 'G']))
+            && row.get(7).is_some_and(|c| c.ends_with('s')),
+        format!("status shows memory and CPU:\n{text}"),
+    );
+}
+
+/// A Docker vassal: memory and CPU from its container's cgroup (CPU grows as it serves), and its start time
+/// runs until the container received its sockets. The bridge's record for the stats goes with it.
+#[test]
+fn docker_vassal_memory_cpu_and_start_time() {
+    use crate::util::docker::{DockerSweep, unique_name, wait_no_container};
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("stats_docker");
+    let name = unique_name("stats");
+    let file = format!("{name}.ini");
+    let sock = h.sock(&format!("{name}.sock"));
+    h.write_vassal(
+        &file,
+        &format!(
+            "[emperor]\ndocker-image = emperor-test/testapp\ndocker-network-mode = none\nsocket = {}\n\
+             docker-mount = {rec}:/rec\nexec = /testapp --name {name} --record /rec/{name}.rec\n",
+            sock.display(),
+            rec = h.root.join("rec").display(),
+        ),
+    );
+    let stats = h.root.join("stats.sock");
+    let mut args = sweep.emperor_args();
+    args.extend(["--emperor-stats".to_string(), stats.to_str().unwrap().to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    h.start(&refs);
+    h.wait_starts(&name, 1, LONG);
+    h.wait_for(|| stats.exists(), LONG, "stats socket");
+    let measured = |d: &Value| {
+        let v = vassal(d, &file);
+        v["memory"]["source"] == "cgroup" && v["cpu_usec"].as_u64().is_some_and(|c| c > 0)
+    };
+    let doc = wait_doc(&h, || fetch_unix(&stats), measured, "the container's cgroup figures");
+    let v = vassal(&doc, &file);
+    let mem = v["memory"]["bytes"].as_u64().unwrap_or(0);
+    h.check(mem > 0 && mem < 1 << 30, format!("container memory {mem}: {v:#}"));
+    h.check(
+        v["last_start_until"] == "handover" && v["last_start_ms"].as_u64().is_some_and(|ms| ms > 0 && ms < 60_000),
+        format!("start time until the hand-over: {v:#}"),
+    );
+    let cpu0 = v["cpu_usec"].as_u64().unwrap();
+    for _ in 0..30 {
+        let r = http_get_unix(&sock, LONG).unwrap();
+        h.check(r.contains("hello from"), format!("answer: {r:?}"));
+    }
+    wait_doc(
+        &h,
+        || fetch_unix(&stats),
+        |d| vassal(d, &file)["cpu_usec"].as_u64().is_some_and(|c| c > cpu0),
+        "the container's CPU time growing while it serves",
+    );
+
+    let bridge = v["pid"].as_i64().unwrap();
+    let records = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir("/run/emperor")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|d| d.path().join(format!("bridge-{bridge}.json")))
+            .filter(|p| p.exists())
+            .collect()
+    };
+    h.check(records().len() == 1, format!("the bridge's record: {:?}", records()));
+    h.remove_vassal(&file);
+    h.check(wait_no_container(&file, LONG), "container removed");
+    h.wait_dead(bridge as i32, LONG, "the bridge");
+    h.check(records().is_empty(), format!("records left behind: {:?}", records()));
+}
