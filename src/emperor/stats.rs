@@ -358,6 +358,7 @@ pub fn document(vassals_dir: &std::path::Path, vassals: &[Result<VassalStats, St
             "state_since": t.state_since,
             "kind": v.kind,
             "container": v.container,
+            "container_id": bridge.as_ref().map(|b| b.id.clone()),
             "sockets": sockets,
             "restarts": v.respawns,
             "last_exit": t.last_exit,

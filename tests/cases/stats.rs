@@ -514,6 +514,11 @@ fn docker_vassal_memory_cpu_and_start_time() {
         v["last_start_until"] == "handover" && v["last_start_ms"].as_u64().is_some_and(|ms| ms > 0 && ms < 60_000),
         format!("start time until the hand-over: {v:#}"),
     );
+    let id = crate::util::docker::inspect(&file, "{{.Id}}").unwrap_or_default();
+    h.check(
+        v["container_id"].as_str() == Some(id.trim()),
+        format!("container_id is the running container's ({id}): {v:#}"),
+    );
     let cpu0 = v["cpu_usec"].as_u64().unwrap();
     for _ in 0..30 {
         let r = http_get_unix(&sock, LONG).unwrap();
