@@ -22,8 +22,8 @@ reload  two vassals, reload-overlap = true (default) and false, one after the ot
         swaps docker-image between emperor-test/testapp and emperor-test/testapp:v2 `--swaps` (10) times, waiting
         after each until exactly one container is left and it runs the new image. Failures = non-2xx + socket errors
         (wrk's Lua summary), plus nginx's error.log lines. Goal: 0 failed (both).
-idle    on-demand = true, idle = each of `--idles` (2,5), concurrently: `--idle-cycles` (10) times: one GET straight
-        to the unix socket (no nginx), then the time from the client's close until (a) the emperor logs "idle:
+idle    on-demand = true, docker-precreate = false, idle = each of `--idles` (2,5), concurrently: `--idle-cycles`
+        (10) times: one GET straight to the unix socket (no nginx), then the time from the client's close until (a) the emperor logs "idle:
         stopping", (b) the bridge logs "container .. exited", (c) the container is gone from Docker; minus idle.
 
     python3 bench/ondemand.py [--phases cold,pause,reload,idle] [--cycles 30] [--pause-cycles 30] [--swaps 10]
@@ -376,7 +376,9 @@ class Bench:
             ini, name = self.path(short)
             sock = self.sock(short)
             try:
-                dc.drop(ini, vassal_text(sock, short, extra=f"on-demand = true\nidle = {idle:g}\n"))
+                # Not pre-created: "container gone" then marks the idle stop (a pre-created one would reappear).
+                dc.drop(ini, vassal_text(sock, short,
+                                         extra=f"on-demand = true\nidle = {idle:g}\ndocker-precreate = false\n"))
                 common.wait_for(lambda: os.path.exists(sock), 30, f"{name}'s socket")
                 rows = []
                 for i in range(3 * self.args.idle_cycles):
