@@ -156,8 +156,10 @@ impl Track {
         None
     }
 
-    /// A process was spawned (for an on-demand vassal, on the connection that activated it).
-    pub fn spawned(&mut self, pid: i32) {
+    /// A process was spawned (for an on-demand vassal, on the connection that activated it); `at`
+    /// is taken before the fork, so that the start time never misses what the child did before the
+    /// emperor got back to recording it.
+    pub fn spawned(&mut self, pid: i32, at: Instant) {
         let now = unix_now();
         if self.first_run == 0 {
             self.first_run = now;
@@ -165,8 +167,8 @@ impl Track {
         self.last_run = now;
         self.spawn = Some(Spawn {
             pid,
-            at: Instant::now(),
-            unix_ms: crate::bridge::info::unix_ms(),
+            at,
+            unix_ms: crate::bridge::info::unix_ms().saturating_sub(at.elapsed().as_millis() as u64),
             settled: false,
         });
         self.start = None;

@@ -887,6 +887,7 @@ impl Actor {
     /// Binds what is missing, releases what is no longer declared, then forks the vassal (or, for a
     /// Docker vassal, its bridge).
     fn spawn(&mut self) -> Result<Event, String> {
+        let forked_at = Instant::now();
         let cfg = self.config.clone().ok_or("no valid config")?;
         self.reconcile_sockets(&cfg)?;
 
@@ -1001,7 +1002,7 @@ impl Actor {
             speaks,
         });
         self.push_config();
-        self.track.spawned(pid);
+        self.track.spawned(pid, forked_at);
         Ok(Event::Spawned { pid, speaks })
     }
 
