@@ -204,7 +204,7 @@ impl Emperor {
         };
         let stats = match &self.opts.stats {
             Some(addr) => {
-                let l = stats::Listener::bind(addr)?;
+                let l = stats::Listener::bind(addr, self.opts.chmod_socket)?;
                 info!("stats server on {addr}");
                 Some(l)
             }

@@ -398,8 +398,9 @@ pub type Conn = Box<dyn AsyncWrite + Unpin>;
 
 impl Listener {
     /// `host:port` (contains `:`, as uWSGI decides) is TCP; `@name` an abstract unix socket; anything
-    /// else a unix path. A stale socket file at the path is replaced.
-    pub fn bind(addr: &str) -> Result<Listener, String> {
+    /// else a unix path. A stale socket file at the path is replaced; `mode` (`--chmod-socket`) is
+    /// applied to it, as uWSGI binds its stats socket with its `chmod-socket`.
+    pub fn bind(addr: &str, mode: Option<u32>) -> Result<Listener, String> {
         let err = |e: std::io::Error| format!("--emperor-stats {addr}: {e}");
         if let Some(name) = addr.strip_prefix('@') {
             use std::os::linux::net::SocketAddrExt;
@@ -424,6 +425,10 @@ impl Listener {
             let _ = std::fs::remove_file(&path);
         }
         let l = tokio::net::UnixListener::bind(&path).map_err(err)?;
+        if let Some(mode) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+        }
         Ok(Listener::Unix(l, Some(path)))
     }
 

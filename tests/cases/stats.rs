@@ -156,9 +156,25 @@ fn stats_over_a_unix_socket_and_emperor_status() {
     let stats = h.root.join("stats.sock");
     let stats_s = stats.to_str().unwrap().to_string();
     // A long throttle keeps c.ini throttled while the test looks.
-    h.start(&["--emperor-stats", &stats_s, "--emperor-throttle", "5000"]);
+    h.start(&[
+        "--emperor-stats",
+        &stats_s,
+        "--emperor-throttle",
+        "5000",
+        "--chmod-socket",
+        "660",
+    ]);
     let a = h.wait_starts("a.ini", 1, LONG)[0].pid();
     h.wait_for(|| stats.exists() && h.sock("a.ini.sock").exists(), LONG, "stats socket");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&stats).map(|m| m.permissions().mode() & 0o777);
+    h.check(
+        mode.as_ref().is_ok_and(|m| *m == 0o660),
+        format!(
+            "the stats socket gets --chmod-socket, as uWSGI's: {:?}",
+            mode.as_ref().map(|m| format!("{m:o}"))
+        ),
+    );
     let _held = UnixStream::connect(h.sock("a.ini.sock")).unwrap();
     let doc = wait_doc(
         &h,
