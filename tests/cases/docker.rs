@@ -10,17 +10,9 @@ use std::time::Duration;
 use crate::util::docker::{DockerSweep, container_exists, inspect, unique_name, wait_no_container};
 use crate::util::{Harness, LONG};
 
-const IMAGE: &str = "emperor-test/testapp";
+use crate::util::docker::testapp_vassal as vassal;
 
-/// A Docker vassal running the test app with network none, serving `sock` and recording to rec/.
-fn vassal(h: &Harness, name: &str, extra: &str) -> String {
-    format!(
-        "[emperor]\ndocker-image = {IMAGE}\ndocker-network-mode = none\nsocket = {sock}\n\
-         docker-mount = {rec}:/rec\nexec = /testapp --name {name} --record /rec/{name}.rec\n{extra}",
-        sock = h.sock(&format!("{name}.sock")).display(),
-        rec = h.root.join("rec").display(),
-    )
-}
+const IMAGE: &str = "emperor-test/testapp";
 
 fn start(h: &mut Harness, sweep: &DockerSweep, extra: &[&str]) {
     let mut args: Vec<String> = sweep.emperor_args();

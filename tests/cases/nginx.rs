@@ -103,15 +103,7 @@ fn nginx_to_a_docker_vassal_loses_no_request_across_a_restart_and_an_image_swap(
     let name = unique_name("web");
     let file = format!("{name}.ini");
     let sock = h.sock(&format!("{name}.sock"));
-    h.write_vassal(
-        &file,
-        &format!(
-            "[emperor]\ndocker-image = emperor-test/testapp\ndocker-network-mode = none\nsocket = {}\n\
-             docker-mount = {}:/rec\nexec = /testapp --name {name} --record /rec/{name}.rec\n",
-            sock.display(),
-            h.root.join("rec").display()
-        ),
-    );
+    h.write_vassal(&file, &crate::util::docker::testapp_vassal(&h, &name, ""));
     let mut args = sweep.emperor_args();
     args.extend(["--reload-mercy", "10"].map(String::from));
     h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::docker::{DockerSweep, inspect, unique_name};
+use crate::util::docker::{DockerSweep, inspect, testapp_vassal, unique_name};
 use crate::util::{Harness, LONG, alive, http_get_unix, proc_state};
 
 /// Proves a negative: nothing happened during `d` (a bounded wait, on purpose).
@@ -175,13 +175,7 @@ fn on_demand_docker_vassal_starts_one_container_for_20_connections_and_pauses_wh
     let sock = h.sock(&format!("{name}.sock"));
     h.write_vassal(
         &file,
-        &format!(
-            "[emperor]\ndocker-image = emperor-test/testapp\ndocker-network-mode = none\nsocket = {}\n\
-             docker-mount = {}:/rec\nexec = /testapp --name {name} --record /rec/{name}.rec\n\
-             on-demand = true\nidle = 1\nidle-action = pause\n",
-            sock.display(),
-            h.root.join("rec").display()
-        ),
+        &testapp_vassal(&h, &name, "on-demand = true\nidle = 1\nidle-action = pause\n"),
     );
     let args = sweep.emperor_args();
     h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -234,18 +228,12 @@ fn on_demand_docker_vassal_starts_one_container_for_20_connections_and_pauses_wh
 fn containers_created_ahead_of_time_are_renewed_after_an_idle_stop_and_removed_with_the_file() {
     let sweep = DockerSweep::new();
     let mut h = Harness::new("od_precreate");
-    let socks = h.sock("");
-    let vassal = move |name: &str, extra: &str| {
-        format!(
-            "[emperor]\ndocker-image = emperor-test/testapp\ndocker-network-mode = none\nsocket = {}\n\
-             exec = /testapp --name {name}\non-demand = true\nidle = 1\n{extra}",
-            socks.join(format!("{name}.sock")).display()
-        )
-    };
+    let vassal =
+        |h: &Harness, name: &str, extra: &str| testapp_vassal(h, name, &format!("on-demand = true\nidle = 1\n{extra}"));
     let (pre, lazy) = (unique_name("pre"), unique_name("lazy"));
     let (pre_file, lazy_file) = (format!("{pre}.ini"), format!("{lazy}.ini"));
-    h.write_vassal(&pre_file, &vassal(&pre, ""));
-    h.write_vassal(&lazy_file, &vassal(&lazy, "docker-precreate = false\n"));
+    h.write_vassal(&pre_file, &vassal(&h, &pre, ""));
+    h.write_vassal(&lazy_file, &vassal(&h, &lazy, "docker-precreate = false\n"));
     let args = sweep.emperor_args();
     h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let created = || inspect(&pre_file, "{{.State.Status}} {{.Id}}").filter(|s| s.starts_with("created "));
@@ -279,7 +267,7 @@ fn containers_created_ahead_of_time_are_renewed_after_an_idle_stop_and_removed_w
     );
 
     // A SIGTERM of the emperor leaves no container behind, created ahead of time or not.
-    h.write_vassal(&pre_file, &vassal(&pre, ""));
+    h.write_vassal(&pre_file, &vassal(&h, &pre, ""));
     h.wait_for(|| created().is_some(), LONG, "a container created ahead of time again");
     h.signal(libc::SIGTERM);
     h.wait_exit(LONG);

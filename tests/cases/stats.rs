@@ -502,15 +502,7 @@ fn docker_vassal_memory_cpu_and_start_time() {
     let name = unique_name("stats");
     let file = format!("{name}.ini");
     let sock = h.sock(&format!("{name}.sock"));
-    h.write_vassal(
-        &file,
-        &format!(
-            "[emperor]\ndocker-image = emperor-test/testapp\ndocker-network-mode = none\nsocket = {}\n\
-             docker-mount = {rec}:/rec\nexec = /testapp --name {name} --record /rec/{name}.rec\n",
-            sock.display(),
-            rec = h.root.join("rec").display(),
-        ),
-    );
+    h.write_vassal(&file, &crate::util::docker::testapp_vassal(&h, &name, ""));
     let stats = h.root.join("stats.sock");
     let mut args = sweep.emperor_args();
     args.extend(["--emperor-stats".to_string(), stats.to_str().unwrap().to_string()]);

@@ -486,3 +486,14 @@ fn docker_harness_smoke() {
     );
     assert!(!containers_with_label(run_label()).iter().any(|(i, _, _)| *i == id));
 }
+
+/// A Docker vassal file running the test app (`emperor-test/testapp`) with network none, serving
+/// `<name>.sock` in the harness's directory and recording to its `rec/`, plus `extra` lines.
+pub fn testapp_vassal(h: &super::Harness, name: &str, extra: &str) -> String {
+    format!(
+        "[emperor]\ndocker-image = emperor-test/testapp\ndocker-network-mode = none\nsocket = {sock}\n\
+         docker-mount = {rec}:/rec\nexec = /testapp --name {name} --record /rec/{name}.rec\n{extra}",
+        sock = h.sock(&format!("{name}.sock")).display(),
+        rec = h.root.join("rec").display(),
+    )
+}
