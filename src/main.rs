@@ -1,6 +1,7 @@
 //! `emperor`: one binary; this file only parses the command line and hands over to a role.
 
 mod bridge;
+mod child;
 mod cli;
 mod config;
 mod control;

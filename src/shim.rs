@@ -112,8 +112,7 @@ const PROXY_PATIENCE: Duration = Duration::from_secs(30);
 /// Pause between two connection attempts.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 
-/// Width of the `LISTEN_PID=` slot; pids fit in 10 digits.
-const PID_SLOT: usize = 10;
+use crate::child::PID_SLOT;
 
 /// Signals that stop the shim while it is still waiting for the proxy socket.
 const EARLY_STOP: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
@@ -452,50 +451,13 @@ unsafe fn child_exec(plan: ChildPlan) -> ! {
             }
         }
         if !plan.pid_slot.is_null() {
-            write_pid(plan.pid_slot, libc::getpid());
+            crate::child::write_pid(plan.pid_slot, libc::getpid());
         }
-        // Handlers reset on exec by themselves, ignored signals do not (Rust's runtime ignores
-        // SIGPIPE); then unblock everything, so the payload starts with a clean slate. A signal that
-        // arrived since the fork is delivered now, with its default action, as it would be after exec.
-        for sig in 1..libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        crate::child::reset_signals();
         libc::execvpe(plan.program, plan.argv, plan.envp);
         let errno = (*libc::__errno_location()).to_ne_bytes();
         libc::write(plan.err_w, errno.as_ptr().cast(), errno.len());
         libc::_exit(EXIT_NOT_FOUND.into())
-    }
-}
-
-/// Writes `pid` as left-aligned decimal digits into `slot`, NUL-terminating early when it is shorter
-/// than the slot (trailing blanks would trip strict parsers). No allocation: runs after fork.
-///
-/// # Safety
-/// `slot` has [`PID_SLOT`] writable bytes.
-unsafe fn write_pid(slot: *mut u8, pid: libc::pid_t) {
-    let mut pid = pid.unsigned_abs();
-    let mut digits = [0u8; PID_SLOT];
-    let mut n = 0;
-    loop {
-        digits[n] = b'0' + (pid % 10) as u8;
-        n += 1;
-        pid /= 10;
-        if pid == 0 || n == PID_SLOT {
-            break;
-        }
-    }
-    for (k, d) in digits[..n].iter().rev().enumerate() {
-        // SAFETY: k < n <= PID_SLOT, inside the slot by the contract.
-        unsafe { *slot.add(k) = *d };
-    }
-    if n < PID_SLOT {
-        // SAFETY: n < PID_SLOT, inside the slot.
-        unsafe { *slot.add(n) = 0 };
     }
 }
 
@@ -667,18 +629,6 @@ fn signal_name(sig: libc::c_int) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pid_digits_are_left_aligned_and_terminated() {
-        let mut slot = *b"          \0";
-        // SAFETY: the slot has PID_SLOT writable bytes (plus a NUL).
-        unsafe { write_pid(slot.as_mut_ptr(), 4321) };
-        assert_eq!(&slot[..5], b"4321\0");
-        let mut slot = *b"          \0";
-        // SAFETY: as above.
-        unsafe { write_pid(slot.as_mut_ptr(), 1) };
-        assert_eq!(&slot[..2], b"1\0");
-    }
 
     #[test]
     fn synchronous_signals_stay_unblocked() {

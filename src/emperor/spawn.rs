@@ -88,8 +88,7 @@ impl std::fmt::Display for Exit {
     }
 }
 
-/// Width of the `LISTEN_PID=` slot; pids fit in 10 digits (pid_max ≤ 2^22 on Linux).
-const PID_SLOT: usize = 10;
+use crate::child::PID_SLOT;
 
 fn cstring(bytes: &[u8], what: &str) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{what} contains a NUL byte")))
@@ -328,39 +327,12 @@ unsafe fn child_exec(plan: ChildPlan<'_>) -> ! {
                 fail(plan.err_w);
             }
         }
-        // Signal dispositions: handlers reset on exec by themselves, ignored signals do not (Rust ignores
-        // SIGPIPE), and the mask is inherited. Give the vassal a clean slate.
-        for sig in 1..libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        crate::child::reset_signals();
         if libc::chdir(plan.cwd) != 0 {
             fail(plan.err_w);
         }
         if !plan.pid_slot.is_null() {
-            // Right-aligned digits would leave leading spaces, which strtol skips but some parsers do
-            // not; write left-aligned digits and NUL-terminate early instead.
-            let mut pid = libc::getpid() as u32;
-            let mut digits = [0u8; PID_SLOT];
-            let mut n = 0;
-            loop {
-                digits[n] = b'0' + (pid % 10) as u8;
-                n += 1;
-                pid /= 10;
-                if pid == 0 || n == PID_SLOT {
-                    break;
-                }
-            }
-            for k in 0..n {
-                *plan.pid_slot.add(k) = digits[n - 1 - k];
-            }
-            if n < PID_SLOT {
-                *plan.pid_slot.add(n) = 0;
-            }
+            crate::child::write_pid(plan.pid_slot, libc::getpid());
         }
         libc::execve(plan.program, plan.argv, plan.envp);
         fail(plan.err_w)
