@@ -217,6 +217,7 @@ impl Emperor {
                 None
             }
         };
+        reap::run_dir_leftovers(&self.opts);
         self.rescan();
         info!("watching {} ({} vassals)", dir.display(), self.vassals.len());
         if let Some(n) = self.notify.clone() {

@@ -5,22 +5,57 @@
 //! vassal is not a current Docker vassal: its file was deleted while the emperor was down, or a
 //! crash left it behind. Containers of current vassals are left to their bridges, which replace them.
 //! Containers of other emperors (other directories) and foreign containers are never touched.
+//!
+//! The same goes for the instance's run directory (`<run-dir>/<instance>/`): bridges that were killed
+//! (SIGKILL, a crash) leave their empty proxy-socket directories and stats records behind, which
+//! [`run_dir_leftovers`] removes before any bridge of this run exists.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use bollard::Docker;
 use bollard::query_parameters::ListContainersOptions;
 use log::{info, warn};
 
 use crate::bridge::docker::{LABEL_INSTANCE, LABEL_VASSAL};
 use crate::cli::EmperorOptions;
 
+/// Removes empty directories and the records of bridges that no longer run from the instance's run
+/// directory. Must run before this emperor spawns its first bridge; a directory still in use by a
+/// bridge of an earlier run is not empty (its socket) and stays, and a container created ahead of
+/// time gets its directory back from its bridge before it starts.
+pub fn run_dir_leftovers(opts: &EmperorOptions) {
+    let dir = opts.run_dir.join(&opts.instance);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let dead_record = name
+            .strip_prefix("bridge-")
+            .and_then(|r| r.split('.').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !alive(pid));
+        if dead_record {
+            let _ = std::fs::remove_file(&path);
+        } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+            // remove_dir refuses a directory that is not empty.
+            let _ = std::fs::remove_dir(&path);
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
+}
+
+/// Whether the process runs (a zombie, killed and not yet reaped, does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        // `pid (comm) state ...`; comm may contain anything, so look after its last ')'.
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
 pub async fn orphans(opts: Arc<EmperorOptions>, current: HashSet<String>) {
-    let docker = match &opts.docker_daemon_socket {
-        Some(sock) => Docker::connect_with_unix(&sock.to_string_lossy(), 30, bollard::API_DEFAULT_VERSION),
-        None => Docker::connect_with_local_defaults(),
-    };
+    let docker = super::prepare::client(opts.docker_daemon_socket.as_deref());
     let docker = match docker {
         Ok(d) => match d.negotiate_version().await {
             Ok(d) => d,

@@ -262,7 +262,9 @@ fn a_restarted_emperor_reaps_the_container_of_a_vassal_deleted_while_it_was_down
     let name = unique_name("orphan");
     let file = format!("{name}.ini");
     h.write_vassal(&file, &vassal(&h, &name, ""));
-    start(&mut h, &sweep, &[]);
+    let run_dir = h.root.join("run");
+    let run_arg = run_dir.to_str().unwrap().to_string();
+    start(&mut h, &sweep, &["--emperor-run-dir", &run_arg]);
     h.wait_starts(&name, 1, LONG);
     // Kill the bridge first, then the emperor, so that nobody cleans up: the container stays behind.
     let bridge: i32 = h
@@ -281,11 +283,30 @@ fn a_restarted_emperor_reaps_the_container_of_a_vassal_deleted_while_it_was_down
     h.signal(libc::SIGKILL);
     h.wait_exit(LONG);
     h.check(container_exists(&file), "the container outlived its bridge and emperor");
+    // What the killed bridge left in the instance's run directory: its proxy directory and its record.
+    let leftovers = || -> Vec<String> {
+        fs::read_dir(&run_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|inst| fs::read_dir(inst.path()).into_iter().flatten().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let before = leftovers();
+    h.check(
+        before.contains(&file) && before.contains(&format!("bridge-{bridge}.json")),
+        format!("the killed bridge's leftovers: {before:?}"),
+    );
     h.remove_vassal(&file);
     h.clear_exited();
-    start(&mut h, &sweep, &["--emperor-docker"]);
+    start(&mut h, &sweep, &["--emperor-docker", "--emperor-run-dir", &run_arg]);
     h.check(
         wait_no_container(&file, LONG),
         "the restarted emperor removed the orphaned container",
+    );
+    h.check(
+        leftovers().is_empty(),
+        format!("the restarted emperor cleared the run directory: {:?}", leftovers()),
     );
 }
