@@ -1,5 +1,7 @@
-"""Shared helpers for the benchmarks: build, run an emperor in a temp dir, read records, clean up."""
+"""Shared helpers for the benchmarks: options, build, run an emperor in a temp dir, read records, /proc readings,
+clean up."""
 
+import argparse
 import math
 import os
 import resource
@@ -26,6 +28,11 @@ def build():
     subprocess.run(cmd, cwd=REPO, check=True)
 
 
+def arg_parser(doc):
+    """The argument parser of a bench script, its docstring as the help."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_run_args(p, docker=False):
     """The options every benchmark shares: extra emperor arguments, skipping the build, keeping the temp dir."""
     p.add_argument("--emperor-arg", action="append", default=[], help="extra emperor argument (repeatable)")
@@ -34,16 +41,42 @@ def add_run_args(p, docker=False):
     p.add_argument("--keep", action="store_true", help="keep the temp dir(s) (logs, records)")
 
 
+def parse_args(p, docker=False):
+    """Adds the shared options to `p`, parses the command line and makes SIGTERM behave like Ctrl-C."""
+    add_run_args(p, docker)
+    args = p.parse_args()
+    stop_on_sigterm()
+    return args
+
+
+def prepare(args):
+    """Builds the binaries unless --no-build."""
+    if not args.no_build:
+        build()
+
+
+def run_main(main):
+    """Runs a bench's main(): Ctrl-C (or SIGTERM) and the usual failures end it with a one-line message, after the
+    `finally` clean-ups ran."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
+    except (TimeoutError, RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        sys.exit(f"bench failed: {e}")
+
+
+def app_vassal(sock, *app_args):
+    """Text of a process vassal file: the host's testapp with `app_args`, one unix socket."""
+    return f"[emperor]\nsocket = {sock}\nexec = {quote(TESTAPP, *app_args)}\n"
+
+
 def write_app_vassals(run, count):
     """`count` idle test-app vassals v0000.ini... in the run's vassals dir, each with one unix socket."""
     for i in range(count):
         name = f"v{i:04d}"
         with open(os.path.join(run.vassals, f"{name}.ini"), "w") as f:
-            f.write(
-                "[emperor]\n"
-                f"socket = {name}.sock\n"
-                f"exec = {quote(TESTAPP, '--record', run.record, '--name', name)}\n"
-            )
+            f.write(app_vassal(f"{name}.sock", "--record", run.record, "--name", name))
 
 
 def stop_on_sigterm():
@@ -124,6 +157,78 @@ def cmdline(pid):
         return None
 
 
+# --- /proc ---------------------------------------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid, children=False):
+    """utime+stime of a process (all its threads), plus its waited-for children's with `children`, in seconds
+    (/proc/<pid>/stat, in ticks of 1/CLK_TCK s); None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # utime and stime are fields 14 and 15 of the whole line, 12 and 13 after "pid (comm)"; cutime, cstime follow.
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def ctx_switches(pid):
+    """Voluntary + involuntary context switches, summed over the process's threads (0 if it is gone)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+        except OSError:
+            pass  # the thread ended meanwhile
+    return total
+
+
+def nthreads(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
+def rollup_kib(pid):
+    """{'Rss': KiB, 'Pss': KiB, ...} from /proc/<pid>/smaps_rollup."""
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                out[key] = int(parts[0])
+    return out
+
+
+def rss_pss(pid):
+    """(RSS, PSS) in KiB from smaps_rollup."""
+    m = rollup_kib(pid)
+    return m["Rss"], m["Pss"]
+
+
+def countdown(run, deadline, step):
+    """Sleeps until `deadline` (time.monotonic()) in steps of at most `step` s, checking after each that the daemon
+    still runs; yields the seconds left after each step."""
+    while time.monotonic() < deadline:
+        time.sleep(min(step, max(0, deadline - time.monotonic())))
+        run.check_alive()
+        yield max(0, deadline - time.monotonic())
+
+
 def percentile(values, p):
     """Nearest-rank percentile (p in 0..100) of a non-empty list."""
     s = sorted(values)
@@ -160,8 +265,14 @@ class Run:
     def __enter__(self):
         return self
 
-    def start(self, argv, env=None):
-        """Starts the daemon (argv[0] = binary), output to daemon.log, in its own session."""
+    def emperor_argv(self, extra=()):
+        return [EMPEROR, "--reload-mercy", "5", *extra, self.vassals]
+
+    def start(self, argv, env=None, log=None):
+        """Starts the daemon (argv[0] = binary), output to daemon.log, in its own session; `log`: its EMPEROR_LOG
+        unless the environment sets one."""
+        if log is not None:
+            env = dict(env or {}, EMPEROR_LOG=os.environ.get("EMPEROR_LOG", log))
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             argv,
@@ -181,6 +292,30 @@ class Run:
 
     def records(self, kinds=("start",)):
         return read_records(self.record, kinds)
+
+    def wait_starts(self, count, timeout, progress=False):
+        """Until `count` different pids recorded a start; with `progress`, counts them on one line meanwhile."""
+
+        def all_started():
+            self.check_alive()
+            n = len({r["pid"] for r in self.records()})
+            if progress:
+                print(f"\r  {n}/{count} started", end="", flush=True)
+            return n >= count
+
+        wait_for(all_started, timeout, f"{count} start records", interval=0.2)
+        if progress:
+            print()
+
+    def wait_log(self, text, timeout, what):
+        """Until the daemon log contains `text`."""
+
+        def found():
+            self.check_alive()
+            with open(self.log_path, errors="replace") as f:
+                return text in f.read()
+
+        wait_for(found, timeout, what)
 
     def ours(self, pid):
         line = cmdline(pid)

@@ -20,107 +20,30 @@ Prints req/s per round and the docker/native ratio (median of the per-round rati
     python3 bench/docker_datapath.py [--rounds 5] [--seconds 5] [--connections 16] [--modes keepalive,close]
 """
 
-import argparse
 import os
 import re
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
 
 import common
 import docker_common as dc
 
-NGINX = "/usr/sbin/nginx"
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Nginx:
-    """A private nginx under `d`: one worker, one server per (port, upstream socket or None for `return 200`)."""
-
-    def __init__(self, d, servers):
-        os.makedirs(os.path.join(d, "logs"), exist_ok=True)
-        blocks = []
-        for i, (port, sock) in enumerate(servers):
-            if sock is None:
-                blocks.append(f"  server {{ listen 127.0.0.1:{port}; location / {{ return 200 'nginx\\n'; }} }}\n")
-            else:
-                blocks.append(
-                    f"  upstream app{i} {{ server unix:{sock}; keepalive 32; }}\n"
-                    f"  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app{i}; "
-                    'proxy_http_version 1.1; proxy_set_header Connection ""; } }\n'
-                )
-        conf = (
-            f"daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\npid {d}/nginx.pid;\n"
-            f"error_log {d}/logs/error.log warn;\nevents {{ worker_connections 1024; }}\n"
-            f"http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n"
-            f"  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n"
-            + "".join(blocks)
-            + "}\n"
-        )
-        self.conf = os.path.join(d, "nginx.conf")
-        with open(self.conf, "w") as f:
-            f.write(conf)
-        self.proc = subprocess.Popen(
-            [NGINX, "-p", d, "-c", self.conf],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(os.path.join(d, "logs", "stderr.log"), "wb"),
-            start_new_session=True,
-        )
-
-    def stop(self):
-        """SIGTERM the master (it stops its workers); SIGKILL master and workers if that takes over 5 s."""
-        if self.proc is None:
-            return
-        workers = common.children_of(self.proc.pid)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for w in workers:
-            try:
-                os.kill(w, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc = None
-
-
-def wait_port(port, timeout=10):
-    def up():
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    common.wait_for(up, timeout, f"nginx on 127.0.0.1:{port}", interval=0.02)
-
-
-def http_ok(port):
-    try:
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-        buf = b""
-        while chunk := s.recv(4096):
-            buf += chunk
-        s.close()
-        return buf.split(b"\r\n", 1)[0].endswith(b"200 OK") and (b"hello from" in buf or b"nginx" in buf)
-    except OSError:
-        return False
+def nginx_blocks(servers):
+    """nginx's http-level blocks: a server per (port, upstream unix socket, or None for `return 200`), the upstreams
+    with `keepalive 32` and HTTP/1.1."""
+    blocks = []
+    for i, (port, sock) in enumerate(servers):
+        if sock is None:
+            blocks.append(f"  server {{ listen 127.0.0.1:{port}; location / {{ return 200 'nginx\\n'; }} }}\n")
+        else:
+            blocks.append(
+                f"  upstream app{i} {{ server unix:{sock}; keepalive 32; }}\n"
+                f"  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app{i}; "
+                'proxy_http_version 1.1; proxy_set_header Connection ""; } }\n'
+            )
+    return "".join(blocks)
 
 
 def wrk(port, seconds, connections):
@@ -143,26 +66,18 @@ def wrk(port, seconds, connections):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.arg_parser(__doc__)
     p.add_argument("--rounds", type=int, default=5, help="rounds; each loads every target once (default 5)")
     p.add_argument("--seconds", type=float, default=5, help="wrk duration per measurement (default 5)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     p.add_argument("--modes", default="keepalive,close", help="app modes: keepalive, close (default both)")
-    common.add_run_args(p, docker=True)
-    args = p.parse_args()
-    common.stop_on_sigterm()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is missing: apt-get install -y wrk (Debian's package)")
-    if not os.path.exists(NGINX):
-        sys.exit(f"{NGINX} is missing: scripts/setup installs nginx-light")
-    if not args.no_build:
-        dc.build()
-    if not dc.image_present():
-        sys.exit(f"image {dc.IMAGE} is missing: run scripts/build-images")
+    args = common.parse_args(p, docker=True)
     modes = [m for m in args.modes.split(",") if m]
     for m in modes:
         if m not in ("keepalive", "close"):
             sys.exit(f"unknown mode {m!r}")
+    dc.require_wrk_nginx()
+    dc.prepare(args)
     seconds = max(1, int(round(args.seconds)))
 
     results = {}  # (mode, target) -> [req/s per round]
@@ -183,26 +98,22 @@ def main():
                     if target == "docker":
                         text = dc.docker_vassal(sock, ["--name", short, *flags])
                     else:
-                        text = (
-                            "[emperor]\n"
-                            f"socket = {sock}\n"
-                            f"exec = {common.quote(common.TESTAPP, '--name', short, *flags)}\n"
-                        )
+                        text = common.app_vassal(sock, "--name", short, *flags)
                     with open(os.path.join(run.vassals, name), "w") as f:
                         f.write(text)
-                    ports[(mode, target)] = free_port()
+                    ports[(mode, target)] = dc.free_port()
                     servers.append((ports[(mode, target)], sock))
-            alone_port = free_port()
+            alone_port = dc.free_port()
             servers.append((alone_port, None))
-            proc = run.start(run.emperor_argv(args.emperor_arg), env={"EMPEROR_LOG": os.environ.get("EMPEROR_LOG", "info")})
+            proc = run.start(run.emperor_argv(args.emperor_arg), log="info")
             print(f"emperor pid {proc.pid}: {len(ports)} vassals ({', '.join(f'{m}/{t}' for m, t in ports)})", flush=True)
             for (mode, target), port in ports.items():
                 sock = dict(servers)[port]
                 dc.wait_answer(sock, 120, interval=0.01)
-            nginx = Nginx(os.path.join(run.dir, "nginx"), servers)
+            nginx = dc.Nginx(os.path.join(run.dir, "nginx"), nginx_blocks(servers))
             for port in [*ports.values(), alone_port]:
-                wait_port(port)
-                if not http_ok(port):
+                dc.wait_port(port)
+                if not dc.get_port(port, 10, bodies=(b"hello from", b"nginx"))[0]:
                     raise RuntimeError(f"no 200 through nginx on port {port}")
             print(f"nginx pid {nginx.proc.pid}; wrk -t1 -c{args.connections} -d{seconds}s, {args.rounds} rounds", flush=True)
             # Warm-up: one short load per target.
@@ -244,9 +155,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit("interrupted")
-    except (TimeoutError, RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        sys.exit(f"bench failed: {e}")
+    common.run_main(main)

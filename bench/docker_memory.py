@@ -16,40 +16,12 @@ every bridge over `--seconds` (default 60), as bench/idle.py does for process va
     python3 bench/docker_memory.py [--vassals 50] [--idle-vassals 200] [--seconds 60] [--no-build] [--keep]
 """
 
-import argparse
 import os
 import statistics
-import subprocess
-import sys
-import threading
 import time
 
 import common
 import docker_common as dc
-
-
-def ctx_switches(pid):
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
-def nthreads(pid):
-    try:
-        return len(os.listdir(f"/proc/{pid}/task"))
-    except OSError:
-        return 0
 
 
 def smaps_breakdown(pid):
@@ -99,37 +71,28 @@ def write_vassals(run, n, tag):
     return names, socks
 
 
-def wait_all_answer(run, socks, t0, timeout):
-    """Blocks until every socket answered; returns the answer times (s after t0, sorted)."""
-    answers = [None] * len(socks)
-    errors = []
-
-    def waiter(i):
-        try:
-            deadline = time.monotonic() + timeout
-            while not os.path.exists(socks[i]):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{socks[i]} never appeared")
-                time.sleep(0.05)
-            answers[i] = dc.wait_answer(socks[i], max(1, deadline - time.monotonic()), interval=0.05)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(str(e))
-
-    threads = [threading.Thread(target=waiter, args=(i,), daemon=True) for i in range(len(socks))]
-    for t in threads:
-        t.start()
+def start_all(run, args, n, tag, phase):
+    """Starts the emperor with `n` Docker vassals and blocks until every one answered; returns the emperor's Popen and
+    the answer times (s after the start, sorted)."""
+    _, socks = write_vassals(run, n, tag)
+    t0 = time.monotonic()
+    proc = run.start(run.emperor_argv(args.emperor_arg), log="warn")
+    print(f"{phase}: emperor pid {proc.pid} with {n} Docker vassals", flush=True)
     last = time.monotonic()
-    while any(t.is_alive() for t in threads):
+
+    def progress(done):
+        nonlocal last
         run.check_alive()
-        time.sleep(0.2)
         if time.monotonic() - last > 2:
-            done = sum(a is not None for a in answers)
-            print(f"\r  {done}/{len(socks)} answering", end="", flush=True)
+            print(f"\r  {done}/{n} answering", end="", flush=True)
             last = time.monotonic()
-    print(f"\r  {len(socks) - len(errors)}/{len(socks)} answering", flush=True)
-    if errors:
-        raise RuntimeError(f"{len(errors)} vassal(s) never answered, e.g. {errors[:3]}")
-    return sorted(a - t0 for a in answers)
+
+    answers, errors = dc.wait_answers(socks, args.timeout, interval=0.05, appear_interval=0.05, tick=progress)
+    missing = answers.count(None)
+    print(f"\r  {n - missing}/{n} answering", flush=True)
+    if missing:
+        raise RuntimeError(f"{missing} vassal(s) never answered, e.g. {errors[:3]}")
+    return proc, sorted(a - t0 for a in answers)
 
 
 def shim_pids(label):
@@ -141,53 +104,45 @@ def shim_pids(label):
     return out
 
 
-def timed_stop(run):
+def timed_stop(run, timeout):
+    """Stops the emperor; returns how long that took, then waits until its containers are gone."""
     t = time.monotonic()
     run.stop()
-    return time.monotonic() - t
+    took = time.monotonic() - t
+    dc.wait_containers_gone(run.label, timeout)
+    return took
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.arg_parser(__doc__)
     p.add_argument("--vassals", type=int, default=50, help="Docker vassals for the memory reading (default 50)")
     p.add_argument("--idle-vassals", type=int, default=200, help="Docker vassals for the idle phase (default 200; 0 skips)")
     p.add_argument("--seconds", type=float, default=60, help="idle sampling window (default 60)")
     p.add_argument("--settle", type=float, default=12, help="seconds between all answering and the window (default 12)")
     p.add_argument("--timeout", type=float, default=300, help="seconds allowed for all vassals to answer (default 300)")
-    common.add_run_args(p, docker=True)
-    args = p.parse_args()
-    common.stop_on_sigterm()
-    if not args.no_build:
-        dc.build()
-    if not dc.image_present():
-        sys.exit(f"image {dc.IMAGE} is missing: run scripts/build-images")
-    env = {"EMPEROR_LOG": os.environ.get("EMPEROR_LOG", "warn")}
+    args = common.parse_args(p, docker=True)
+    dc.prepare(args)
     out = []
 
     # --- phase 1: memory with --vassals ---
     with dc.DockerRun("docker_memory", keep=args.keep) as run:
-        _, socks = write_vassals(run, args.vassals, "a")
-        t0 = time.monotonic()
-        proc = run.start(run.emperor_argv(args.emperor_arg), env=env)
-        print(f"phase 1: emperor pid {proc.pid} with {args.vassals} Docker vassals", flush=True)
-        lat = wait_all_answer(run, socks, t0, args.timeout)
+        proc, lat = start_all(run, args, args.vassals, "a", "phase 1")
         time.sleep(2)
         bridges = dc.bridges_of(proc.pid)
         if len(bridges) != args.vassals:
             raise RuntimeError(f"expected {args.vassals} bridges, found {len(bridges)}")
-        mem = {pid: dc.rollup_kib(pid) for pid in bridges}
+        mem = {pid: common.rollup_kib(pid) for pid in bridges}
         pss = sorted(m["Pss"] for m in mem.values())
         rss = sorted(m["Rss"] for m in mem.values())
         priv = sorted(m.get("Private_Clean", 0) + m.get("Private_Dirty", 0) for m in mem.values())
-        thr = sorted(nthreads(p) for p in bridges)
+        thr = sorted(common.nthreads(p) for p in bridges)
         median_pid = sorted(bridges, key=lambda p: mem[p]["Pss"])[len(bridges) // 2]
         breakdown = smaps_breakdown(median_pid)
-        emp = dc.rollup_kib(proc.pid)
+        emp = common.rollup_kib(proc.pid)
         shims = shim_pids(run.label)
-        shim_pss = sorted(dc.rollup_kib(p)["Pss"] for p in shims if os.path.exists(f"/proc/{p}"))
+        shim_pss = sorted(common.rollup_kib(p)["Pss"] for p in shims if os.path.exists(f"/proc/{p}"))
         exe_size = os.path.getsize(common.EMPEROR)
-        stop1 = timed_stop(run)
-        dc.wait_containers_gone(run.label, args.timeout)
+        stop1 = timed_stop(run, args.timeout)
 
     out.append(f"phase 1: {args.vassals} Docker vassals, all answering {lat[-1]:.1f} s after the emperor started "
                f"(first {lat[0]:.2f} s, median {statistics.median(lat):.1f} s)")
@@ -215,30 +170,23 @@ def main():
     # --- phase 2: converge and idle CPU with --idle-vassals ---
     if args.idle_vassals > 0:
         with dc.DockerRun("docker_idle", keep=args.keep) as run:
-            _, socks = write_vassals(run, args.idle_vassals, "i")
-            t0 = time.monotonic()
-            proc = run.start(run.emperor_argv(args.emperor_arg), env=env)
-            print(f"phase 2: emperor pid {proc.pid} with {args.idle_vassals} Docker vassals", flush=True)
-            lat = wait_all_answer(run, socks, t0, args.timeout)
+            proc, lat = start_all(run, args, args.idle_vassals, "i", "phase 2")
             time.sleep(args.settle)
             run.check_alive()
             bridges = dc.bridges_of(proc.pid)
             parties = [proc.pid] + bridges
             daemons = dc.pids_named("dockerd") + dc.pids_named("containerd")
-            cpu0 = {p: dc.cpu_seconds(p) for p in daemons}
+            cpu0 = {p: common.cpu_seconds(p) for p in daemons}
             cpu0.update({p: dc.cpu_ns_threads(p) / 1e9 for p in parties})
-            ctx0 = {p: ctx_switches(p) for p in parties}
+            ctx0 = {p: common.ctx_switches(p) for p in parties}
             w0 = time.monotonic()
-            deadline = w0 + args.seconds
-            while time.monotonic() < deadline:
-                time.sleep(min(5, max(0, deadline - time.monotonic())))
-                run.check_alive()
-                print(f"\r  sampling: {max(0, deadline - time.monotonic()):4.0f} s left", end="", flush=True)
+            for left in common.countdown(run, w0 + args.seconds, 5):
+                print(f"\r  sampling: {left:4.0f} s left", end="", flush=True)
             print()
             window = time.monotonic() - w0
-            cpu1 = {p: dc.cpu_seconds(p) for p in daemons}
+            cpu1 = {p: common.cpu_seconds(p) for p in daemons}
             cpu1.update({p: (None if (ns := dc.cpu_ns_threads(p)) is None else ns / 1e9) for p in parties})
-            ctx1 = {p: ctx_switches(p) for p in parties}
+            ctx1 = {p: common.ctx_switches(p) for p in parties}
             gone = [p for p in bridges if cpu1[p] is None]
             still = set(dc.bridges_of(proc.pid))
             emp_cpu = cpu1[proc.pid] - cpu0[proc.pid]
@@ -246,10 +194,9 @@ def main():
             dm_cpu = sum(cpu1[p] - cpu0[p] for p in daemons if cpu1[p] is not None and cpu0[p] is not None)
             emp_ctx = ctx1[proc.pid] - ctx0[proc.pid]
             br_ctx = sum(ctx1[p] - ctx0[p] for p in bridges if cpu1[p] is not None)
-            pss2 = sorted(dc.rollup_kib(p)["Pss"] for p in still)
-            emp2 = dc.rollup_kib(proc.pid)
-            stop2 = timed_stop(run)
-            dc.wait_containers_gone(run.label, args.timeout)
+            pss2 = sorted(common.rollup_kib(p)["Pss"] for p in still)
+            emp2 = common.rollup_kib(proc.pid)
+            stop2 = timed_stop(run, args.timeout)
 
         out2 = [
             f"phase 2: {args.idle_vassals} Docker vassals: converged (all answering) {lat[-1]:.1f} s after the emperor "
@@ -270,9 +217,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit("interrupted")
-    except (TimeoutError, RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        sys.exit(f"bench failed: {e}")
+    common.run_main(main)

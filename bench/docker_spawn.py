@@ -18,76 +18,14 @@ start_container call (from the log), next to the same number of bare_docker proc
     python3 bench/docker_spawn.py [--runs 10] [--bursts 10,100] [--no-build] [--keep]
 """
 
-import argparse
-import datetime
 import os
 import re
 import statistics
 import subprocess
-import sys
-import threading
 import time
 
 import common
 import docker_common as dc
-
-TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z ")
-
-
-def parse_log(path, since_wall):
-    """[(wall time, text)] of the daemon log lines stamped at or after since_wall (ms resolution)."""
-    out = []
-    with open(path, errors="replace") as f:
-        for line in f:
-            m = TS.match(line)
-            if not m:
-                continue
-            t = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f")
-            t = t.replace(tzinfo=datetime.timezone.utc).timestamp()
-            if t >= since_wall - 0.001:
-                out.append((t, line[m.end():].rstrip("\n")))
-    return out
-
-
-def phases(lines, name, t_drop, t_answer):
-    """Splits one spawn into phases (ms) from the emperor's debug log."""
-
-    def first(pred, after=0.0):
-        for t, text in lines:
-            if t >= after - 0.0005 and pred(text):
-                return t
-        return None
-
-    bound = first(lambda s: f"[{name}] bound" in s)
-    spawned = first(lambda s: f"[{name}] spawned bridge" in s)
-    version = first(lambda s: s.endswith("/version"), spawned or 0)
-    create = first(lambda s: "/containers/create?" in s, spawned or 0)
-    start = first(lambda s: s.endswith("/start"), spawned or 0)
-    started = first(lambda s: f"[{name}] bridge: container" in s and "started" in s, spawned or 0)
-    marks = [("notice+bind", t_drop, bound), ("fork/exec bridge", bound, spawned),
-             ("bridge init+connect", spawned, version), ("version+inspect+stale check", version, create),
-             ("create+attach", create, start), ("start_container+inspect", start, started),
-             ("hand-over+app+answer", started, t_answer)]
-    out = {}
-    for label, a, b in marks:
-        if a is not None and b is not None:
-            out[label] = (b - a) * 1000
-    return out
-
-
-def run_bare(label, d, like_bridge, timeout, name):
-    argv = [dc.BARE, "--dir", d, "--label", label, "--name", name]
-    if like_bridge:
-        argv.append("--like-bridge")
-    t0 = time.monotonic()
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30)
-    wall = (time.monotonic() - t0) * 1000
-    if r.returncode != 0:
-        raise RuntimeError(f"bare_docker failed ({r.returncode}): {r.stderr.strip()}")
-    fields = dict(kv.split("=") for kv in r.stdout.split()[1:])
-    fields = {k: float(v) for k, v in fields.items()}
-    fields["process_ms"] = wall
-    return fields
 
 
 def med(values):
@@ -102,23 +40,23 @@ class CpuWatch:
 
     def start(self):
         self.names = {n: dc.pids_named(n) for n in ("dockerd", "containerd")}
-        self.c0 = {n: sum(dc.cpu_seconds(p) or 0 for p in pids) for n, pids in self.names.items()}
+        self.c0 = {n: sum(common.cpu_seconds(p) or 0 for p in pids) for n, pids in self.names.items()}
         self.e0 = dc.cpu_ns_threads(self.emperor)
-        self.shims0 = {p: dc.cpu_seconds(p, children=True) or 0 for p in dc.pids_named("containerd-shim")}
+        self.shims0 = {p: common.cpu_seconds(p, children=True) or 0 for p in dc.pids_named("containerd-shim")}
         self.s0 = dc.system_cpu()
         self.w0 = time.monotonic()
 
     def stop(self):
         """Bridges and shims are counted whole if they started in the window (alive at the end)."""
-        out = {n: sum(dc.cpu_seconds(p) or 0 for p in pids) - self.c0[n] for n, pids in self.names.items()}
+        out = {n: sum(common.cpu_seconds(p) or 0 for p in pids) - self.c0[n] for n, pids in self.names.items()}
         out["emperor"] = ((dc.cpu_ns_threads(self.emperor) or 0) - self.e0) / 1e9
         out["bridges"] = sum(dc.cpu_ns_threads(p) or 0 for p in dc.bridges_of(self.emperor)) / 1e9
         shims = dc.pids_named("containerd-shim")
         out["containerd-shims+runc"] = sum(
-            (dc.cpu_seconds(p, children=True) or 0) - self.shims0.get(p, 0) for p in shims
+            (common.cpu_seconds(p, children=True) or 0) - self.shims0.get(p, 0) for p in shims
         )
         s1 = dc.system_cpu()
-        out["machine (all CPUs)"] = (s1[0] - self.s0[0]) / dc.CLK_TCK
+        out["machine (all CPUs)"] = (s1[0] - self.s0[0]) / common.CLK_TCK
         out["rest (kernel work of the others, this bench)"] = out["machine (all CPUs)"] - sum(
             v for k, v in out.items() if not k.startswith("machine")
         )
@@ -132,37 +70,20 @@ def burst_emperor(run, proc, n, timeout, tag):
     for name, sock in zip(names, socks):
         with open(os.path.join(run.vassals, "." + name), "w") as f:
             f.write(dc.docker_vassal(sock, ["--name", name]))
-    answers = [None] * n
-    errors = []
-
-    def waiter(i):
-        try:
-            deadline = time.monotonic() + timeout
-            while not os.path.exists(socks[i]):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{socks[i]} never appeared")
-                time.sleep(0.005)
-            answers[i] = dc.wait_answer(socks[i], max(1, deadline - time.monotonic()), interval=0.01)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(f"{names[i]}: {e}")
-
     cpu = CpuWatch(proc.pid)
     cpu.start()
     t_wall = time.time()
     t0 = time.monotonic()
     for name in names:
         os.rename(os.path.join(run.vassals, "." + name), os.path.join(run.vassals, name))
-    threads = [threading.Thread(target=waiter, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout + 5)
+    answers, errors = dc.wait_answers(socks, timeout, interval=0.01, appear_interval=0.005,
+                                      tick=lambda _: run.check_alive())
     used = cpu.stop()
     if errors or any(a is None for a in answers):
         raise RuntimeError(f"burst of {n}: {len(errors)} failed, e.g. {errors[:3]}")
     lat = sorted((a - t0) * 1000 for a in answers)
     # start_container latency per container, from the log: "/containers/<id>/start" → "container <id12> started".
-    lines = parse_log(run.log_path, t_wall)
+    lines = dc.parse_log(run.log_path, t_wall)
     start_req = {}
     starts = []
     for t, text in lines:
@@ -187,8 +108,7 @@ def burst_bare(label, base, n, timeout, tag):
     t0 = time.monotonic()
     for i in range(n):
         d = os.path.join(base, f"bare-burst-{tag}{i:03d}")
-        argv = [dc.BARE, "--dir", d, "--label", label, "--name", f"bare{os.getpid()}-{tag}{i:03d}",
-                "--timeout", str(timeout)]
+        argv = dc.bare_argv(d, label, f"bare{os.getpid()}-{tag}{i:03d}", timeout=timeout)
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     totals, fails = [], []
     try:
@@ -197,8 +117,7 @@ def burst_bare(label, base, n, timeout, tag):
             if p.returncode != 0:
                 fails.append(err.strip())
                 continue
-            f = dict(kv.split("=") for kv in out.split()[1:])
-            totals.append(float(f["total_ms"]))
+            totals.append(dc.bare_fields(out)["total_ms"])
         wall = (time.monotonic() - t0) * 1000
     finally:
         for p in procs:  # only on an error or Ctrl-C: the run's label sweep removes their containers
@@ -211,27 +130,22 @@ def burst_bare(label, base, n, timeout, tag):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.arg_parser(__doc__)
     p.add_argument("--runs", type=int, default=10, help="runs of each variant (default 10)")
     p.add_argument("--bursts", default="10,100", help="vassals dropped at once, comma-separated ('' for none)")
     p.add_argument("--no-bare-burst", action="store_true", help="skip the bare_docker bursts")
     p.add_argument("--no-like-bridge", action="store_true", help="skip the bare --like-bridge variant")
     p.add_argument("--timeout", type=float, default=180, help="seconds allowed per spawn or burst (default 180)")
-    common.add_run_args(p, docker=True)
-    args = p.parse_args()
-    common.stop_on_sigterm()
-    if not args.no_build:
-        dc.build()
-    if not dc.image_present():
-        sys.exit(f"image {dc.IMAGE} is missing: run scripts/build-images")
+    args = common.parse_args(p, docker=True)
+    dc.prepare(args)
     bursts = [int(x) for x in args.bursts.split(",") if x.strip()]
 
     results = {"emperor": [], "bare": [], "bare-like-bridge": []}
     ph = []
     burst_results = []
     with dc.DockerRun("docker_spawn", keep=args.keep) as run:
-        proc = run.start(run.emperor_argv(args.emperor_arg), env={"EMPEROR_LOG": os.environ.get("EMPEROR_LOG", "debug")})
-        common.wait_for(lambda: run.check_alive() or "watching" in open(run.log_path).read(), 10, "the emperor")
+        proc = run.start(run.emperor_argv(args.emperor_arg), log="debug")
+        run.wait_log("watching", 10, "the emperor")
         name = f"sp{os.getpid()}.ini"
         ini = os.path.join(run.vassals, name)
         sock = os.path.join(run.vassals, "sp.sock")
@@ -252,9 +166,11 @@ def main():
                     dc.wait_containers_gone(run.label, args.timeout, [f"emperor.vassal={name}"])
                     common.wait_for(lambda: not dc.bridges_of(proc.pid) and not os.path.exists(sock),
                                     args.timeout, "the bridge to exit", interval=0.01)
-                    ph.append(phases(parse_log(run.log_path, t_wall), name, t_wall, t_ans_wall))
+                    ph.append(dc.bridge_phases(dc.parse_log(run.log_path, t_wall), name, t_wall, "bound", t_ans_wall,
+                                               "notice+bind", "hand-over+app+answer"))
                 else:
-                    r = run_bare(run.label, bare_dir, v == "bare-like-bridge", args.timeout, f"bare{os.getpid()}")
+                    r = dc.run_bare(bare_dir, run.label, f"bare{os.getpid()}", like_bridge=v == "bare-like-bridge",
+                                    timeout=args.timeout + 30)
                     results[v].append(r)
             e = results["emperor"][-1]
             b = results["bare"][-1]["total_ms"]
@@ -314,9 +230,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit("interrupted")
-    except (TimeoutError, RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        sys.exit(f"bench failed: {e}")
+    common.run_main(main)

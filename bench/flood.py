@@ -12,15 +12,12 @@ and PSS (/proc/<pid>/smaps_rollup) and CPU time; the throughput is what the vass
     python3 bench/flood.py [--seconds 60] [--no-newlines] [--logto] [--no-build]
 """
 
-import argparse
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import common
-from idle import CLK_TCK, cpu_seconds, memory_kib
 
 
 def wchar(pid):
@@ -32,16 +29,12 @@ def wchar(pid):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.arg_parser(__doc__)
     p.add_argument("--seconds", type=float, default=60, help="length of the flood window (default 60)")
     p.add_argument("--no-newlines", action="store_true", help="flood zero bytes without a newline")
     p.add_argument("--logto", action="store_true", help="lines to a logto file (log-maxsize = 10m)")
-    p.add_argument("--no-build", action="store_true", help="use the binaries already built")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
-    args = p.parse_args()
-    common.stop_on_sigterm()
-    if not args.no_build:
-        common.build()
+    args = common.parse_args(p)
+    common.prepare(args)
 
     with common.Run("flood", keep=args.keep) as run:
         # The vassal's command line names the temp dir: that is how Run recognises leftovers.
@@ -59,7 +52,7 @@ def main():
         # Not run.start: that keeps the daemon's stdout in a file, which the flood would fill.
         run.log = log = open(run.log_path, "ab")
         run.proc = proc = subprocess.Popen(
-            [common.EMPEROR, run.vassals],
+            [common.EMPEROR, *args.emperor_arg, run.vassals],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -77,22 +70,18 @@ def main():
         common.wait_for(lambda: vassal() is not None, 10, "the flooding vassal")
         vpid = vassal()
         time.sleep(1)
-        rss0, pss0 = memory_kib(pid)
-        cpu0, w0, b0 = cpu_seconds(pid), time.monotonic(), wchar(vpid)
+        rss0, pss0 = common.rss_pss(pid)
+        cpu0, w0, b0 = common.cpu_seconds(pid), time.monotonic(), wchar(vpid)
         rss_max, pss_max = rss0, pss0
-        deadline = w0 + args.seconds
-        while time.monotonic() < deadline:
-            time.sleep(min(0.5, max(0, deadline - time.monotonic())))
-            run.check_alive()
-            rss, pss = memory_kib(pid)
+        for left in common.countdown(run, w0 + args.seconds, 0.5):
+            rss, pss = common.rss_pss(pid)
             rss_max, pss_max = max(rss_max, rss), max(pss_max, pss)
-            left = deadline - time.monotonic()
-            print(f"\r  flooding: {max(0, left):4.0f} s left, RSS {rss / 1024:.1f} MiB", end="", flush=True)
-        cpu1, w1, b1 = cpu_seconds(pid), time.monotonic(), wchar(vpid)
-        rss1, pss1 = memory_kib(pid)
+            print(f"\r  flooding: {left:4.0f} s left, RSS {rss / 1024:.1f} MiB", end="", flush=True)
+        cpu1, w1, b1 = common.cpu_seconds(pid), time.monotonic(), wchar(vpid)
+        rss1, pss1 = common.rss_pss(pid)
         os.kill(vpid, signal.SIGKILL)
         time.sleep(1)
-        rss2, pss2 = memory_kib(pid)
+        rss2, pss2 = common.rss_pss(pid)
         print()
         window = w1 - w0
         files = sorted(f for f in os.listdir(run.vassals) if f.startswith("flood.log"))
@@ -105,7 +94,7 @@ def main():
     print(
         f"  window {window:.0f} s: {(b1 - b0) / window / 1e6:.0f} MB/s through the emperor "
         f"({(b1 - b0) / 1e9:.2f} GB), emperor CPU {100 * (cpu1 - cpu0) / window:.0f} % "
-        f"(/proc resolution {1000 / CLK_TCK:.0f} ms)"
+        f"(/proc resolution {1000 / common.CLK_TCK:.0f} ms)"
     )
     print(f"  memory before: RSS {rss0 / 1024:.1f} MiB, PSS {pss0 / 1024:.1f} MiB")
     print(f"  memory during: RSS max {rss_max / 1024:.1f} MiB, PSS max {pss_max / 1024:.1f} MiB")
@@ -116,9 +105,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit("interrupted")
-    except (TimeoutError, RuntimeError, subprocess.CalledProcessError) as e:
-        sys.exit(f"bench failed: {e}")
+    common.run_main(main)

@@ -33,12 +33,10 @@ Network rule: only unix sockets and 127.0.0.1; containers run with network none.
 unique --docker-label and is swept at the end, on an error and on Ctrl-C.
 """
 
-import argparse
 import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,8 +45,6 @@ import time
 
 import common
 import docker_common as dc
-import docker_datapath
-from docker_spawn import parse_log
 
 VARIANTS = ("wake", "short", "held")
 IMAGES = ("emperor-test/testapp", "emperor-test/testapp:v2")
@@ -64,70 +60,27 @@ end
 """
 
 
-class Nginx(docker_datapath.Nginx):
-    """A private nginx: one worker, one 127.0.0.1 port per unix upstream, no upstream keepalive."""
-
-    def __init__(self, d, servers):  # noqa: super().__init__ is replaced, not extended
-        os.makedirs(os.path.join(d, "logs"), exist_ok=True)
-        self.error_log = os.path.join(d, "logs", "error.log")
-        blocks = "".join(
-            f"  upstream app{i} {{ server unix:{sock}; }}\n"
-            f"  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app{i}; }} }}\n"
-            for i, (port, sock) in enumerate(servers)
-        )
-        conf = (
-            f"daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\npid {d}/nginx.pid;\n"
-            f"error_log {self.error_log} warn;\nevents {{ worker_connections 1024; }}\n"
-            f"http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n"
-            f"  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n"
-            + blocks
-            + "}\n"
-        )
-        self.conf = os.path.join(d, "nginx.conf")
-        with open(self.conf, "w") as f:
-            f.write(conf)
-        self.proc = subprocess.Popen(
-            [docker_datapath.NGINX, "-p", d, "-c", self.conf],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(os.path.join(d, "logs", "stderr.log"), "wb"),
-            start_new_session=True,
-        )
-
-    def error_lines(self):
-        try:
-            with open(self.error_log, errors="replace") as f:
-                return f.read().splitlines()
-        except OSError:
-            return []
-
-
-def get_nginx(port, timeout=60):
-    """One GET through nginx (new TCP connection, HTTP/1.0); (ok, seconds) on the client's clock."""
-    t0 = time.perf_counter()
-    try:
-        s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        try:
-            s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-            buf = b""
-            while chunk := s.recv(4096):
-                buf += chunk
-        finally:
-            s.close()
-        ok = buf.split(b"\r\n", 1)[0].endswith(b"200 OK") and b"hello from" in buf
-    except OSError:
-        ok = False
-    return ok, time.perf_counter() - t0
+def nginx_blocks(servers):
+    """nginx's http-level blocks: one 127.0.0.1 port per (port, unix upstream), no upstream keepalive."""
+    return "".join(
+        f"  upstream app{i} {{ server unix:{sock}; }}\n"
+        f"  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app{i}; }} }}\n"
+        for i, (port, sock) in enumerate(servers)
+    )
 
 
 def vassal_text(sock, name, image=IMAGES[0], extra=""):
-    return (
-        "[emperor]\n"
-        f"docker-image = {image}\n"
-        "docker-network-mode = none\n"
-        f"socket = {sock}\n"
-        f"exec = /testapp --name {name}\n" + extra
-    )
+    return dc.docker_vassal(sock, ["--name", name], image, extra)
+
+
+def idle_stop_line(name):
+    """Matches the emperor's log line for its decision to stop the idle vassal `name`."""
+    return lambda s: f"[{name}] idle: stopping" in s
+
+
+def exit_line(name):
+    """Matches the bridge's log line for the end of the vassal's container."""
+    return lambda s: f"[{name}] bridge: container" in s and "exited with code" in s
 
 
 def pct(values, p):
@@ -178,7 +131,7 @@ class Bench:
                         f"{name} to be removed", interval=0.05)
 
     def lines_since(self, t_wall):
-        return parse_log(self.run.log_path, t_wall)
+        return dc.parse_log(self.run.log_path, t_wall)
 
     # --- cold ---
     def wait_cold(self, name, precreated, timeout=60):
@@ -210,17 +163,19 @@ class Bench:
                 self.wait_cold(v["name"], v["precreated"])
                 time.sleep(0.2)  # the emperor re-arms its watch once the bridge is reaped
                 t_wall = time.time()
-                ok, dt = get_nginx(v["port"])
+                ok, dt = dc.get_port(v["port"])
                 if not ok:
                     v["fails"] += 1
                 v["firsts"].append(dt * 1000)
                 for _ in range(self.args.warm):
-                    ok, dtw = get_nginx(v["port"])
+                    ok, dtw = dc.get_port(v["port"])
                     if not ok:
                         v["fails"] += 1
                     v["warms"].append(dtw * 1000)
                 t_close = time.time()
-                v["phases"].append(self.cold_phases(v["name"], t_wall, t_wall + dt))
+                v["phases"].append(dc.bridge_phases(self.lines_since(t_wall), v["name"], t_wall,
+                                                    "a connection is waiting: starting", t_wall + dt,
+                                                    "connect -> emperor notices", "hand-over + app + answer via nginx"))
                 v["closes"].append((t_close, t_close - t_wall))
                 print(f"  cycle {i + 1}/{self.args.cycles} {v['short']}: first {dt * 1000:.0f} ms", flush=True)
         for v in variants:
@@ -230,43 +185,14 @@ class Bench:
         lines = self.lines_since(v["closes"][0][0] - 1) if v["closes"] else []
         idle1 = []
         for t_close, since_start in v["closes"]:
-            def after(pat, t_close=t_close):
-                return next((t - t_close for t, s in lines if t >= t_close - 0.0005 and pat(s)), None)
-            idle1.append(dict(decide=after(lambda s: f"[{name}] idle: stopping" in s),
-                              exited=after(lambda s: f"[{name}] bridge: container" in s and "exited with code" in s),
-                              since_start=since_start))
+            idle1.append(dict(decide=dc.delay(lines, idle_stop_line(name), t_close),
+                              exited=dc.delay(lines, exit_line(name), t_close), since_start=since_start))
         bare = []
         if self.args.bare_runs:
             print(f"cold: {self.args.bare_runs} bare_docker runs for create_ms", flush=True)
             for _ in range(self.args.bare_runs):
-                r = subprocess.run([dc.BARE, "--dir", os.path.join(self.run.dir, "bare"), "--label", self.run.label,
-                                    "--name", f"bare{self.tag}"], capture_output=True, text=True, timeout=120)
-                if r.returncode != 0:
-                    raise RuntimeError(f"bare_docker failed: {r.stderr.strip()}")
-                bare.append({k: float(v) for k, v in (kv.split("=") for kv in r.stdout.split()[1:])})
+                bare.append(dc.run_bare(os.path.join(self.run.dir, "bare"), self.run.label, f"bare{self.tag}"))
         self.results["cold"] = dict(variants=variants, bare=bare, idle1=idle1)
-
-    def cold_phases(self, name, t_req, t_ans):
-        lines = self.lines_since(t_req)
-
-        def first(pred, after=0.0):
-            for t, text in lines:
-                if t >= after - 0.0005 and pred(text):
-                    return t
-            return None
-
-        wake = first(lambda s: f"[{name}] a connection is waiting: starting" in s)
-        spawned = first(lambda s: f"[{name}] spawned bridge" in s, wake or 0)
-        version = first(lambda s: s.endswith("/version"), spawned or 0)
-        # Pre-created: no create request; the step before start ends at the attach request.
-        create = first(lambda s: "/containers/create?" in s or "/attach?" in s, spawned or 0)
-        start = first(lambda s: s.endswith("/start"), create or 0)
-        started = first(lambda s: f"[{name}] bridge: container" in s and "started" in s, spawned or 0)
-        marks = [("connect -> emperor notices", t_req, wake), ("fork/exec bridge", wake, spawned),
-                 ("bridge init + Docker connect", spawned, version), ("version + inspect + stale check", version, create),
-                 ("create (unless pre-created) + attach", create, start), ("start_container + inspect", start, started),
-                 ("hand-over + app + answer via nginx", started, t_ans)]
-        return {k: (b - a) * 1000 for k, a, b in marks if a is not None and b is not None}
 
     # --- pause ---
     def pause(self, port):
@@ -284,12 +210,12 @@ class Bench:
                             30, f"{name} to be paused", interval=0.02)
             pause_wait.append(time.monotonic() - t0)
             time.sleep(0.05)
-            ok, dt = get_nginx(port)
+            ok, dt = dc.get_port(port)
             if not ok:
                 fails += 1
             firsts.append(dt * 1000)
             for _ in range(self.args.warm):
-                ok, dtw = get_nginx(port)
+                ok, dtw = dc.get_port(port)
                 if not ok:
                     fails += 1
                 warms.append(dtw * 1000)
@@ -328,7 +254,7 @@ class Bench:
             dc.drop(ini, vassal_text(sock, short, IMAGES[0], extra))
             dc.wait_answer(sock, 60, interval=0.01)
             port = ports[short]
-            common.wait_for(lambda: get_nginx(port)[0], 30, "nginx to answer", interval=0.05)
+            common.wait_for(lambda: dc.get_port(port)[0], 30, "nginx to answer", interval=0.05)
             err0 = len(nginx.error_lines())
             print(f"reload (reload-overlap = {str(overlap).lower()}): 5 s baseline without swaps", flush=True)
             base = self.wrk_result(self.wrk(port, 5, lua), 5)
@@ -387,16 +313,7 @@ class Bench:
                     time.sleep(0.3)
                     if variant == "held":
                         # The waking connection itself stays open `idle` s before its request.
-                        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                        s.settimeout(60)
-                        s.connect(sock)
-                        time.sleep(idle)
-                        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                        buf = b""
-                        while chunk := s.recv(4096):
-                            buf += chunk
-                        s.close()
-                        ok = buf.startswith(b"HTTP/1.1 200")
+                        ok = dc.get_unix(sock, timeout=60, hold=idle)
                     else:
                         ok = dc.get_unix(sock, timeout=60)
                         if ok and variant == "short":
@@ -415,14 +332,8 @@ class Bench:
                 lines = self.lines_since(rows[0][0] - 1) if rows else []
                 res = []
                 for t_close_wall, gone, variant in rows:
-                    def after(pat):
-                        for t, s in lines:
-                            if t >= t_close_wall - 0.0005 and pat in s:
-                                return t - t_close_wall
-                        return None
-                    decide = after(f"[{name}] idle: stopping")
-                    exited = next((t - t_close_wall for t, s in lines if t >= t_close_wall - 0.0005
-                                   and f"[{name}] bridge: container" in s and "exited with code" in s), None)
+                    decide = dc.delay(lines, idle_stop_line(name), t_close_wall)
+                    exited = dc.delay(lines, exit_line(name), t_close_wall)
                     res.append(dict(decide=decide, exited=exited, gone=gone, variant=variant))
                 out[idle] = res
             except Exception as e:  # noqa: BLE001 - reported by the main thread
@@ -530,7 +441,7 @@ def summary(args, res):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.arg_parser(__doc__)
     p.add_argument("--phases", default="cold,pause,reload,idle", help="comma-separated subset (default all)")
     p.add_argument("--cycles", type=int, default=30, help="cold-start cycles (default 30)")
     p.add_argument("--pause-cycles", type=int, default=30, help="wake-from-pause cycles (default 30)")
@@ -540,24 +451,14 @@ def main():
     p.add_argument("--wrk-cap", type=int, default=180, help="wrk's -d during the swaps, an upper bound (default 180)")
     p.add_argument("--idle-cycles", type=int, default=10, help="idle-detection cycles per idle value (default 10)")
     p.add_argument("--idles", default="2,5", help="idle values measured concurrently (default 2,5)")
-    common.add_run_args(p, docker=True)
-    args = p.parse_args()
-    common.stop_on_sigterm()
+    args = common.parse_args(p, docker=True)
     phases = [x for x in args.phases.split(",") if x]
     for ph in phases:
         if ph not in ("cold", "pause", "reload", "idle"):
             sys.exit(f"unknown phase {ph!r}")
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is missing: apt-get install -y wrk")
-    if not os.path.exists(docker_datapath.NGINX):
-        sys.exit(f"{docker_datapath.NGINX} is missing: scripts/setup installs nginx-light")
-    if not args.no_build:
-        dc.build()
-    for image in IMAGES:
-        if dc.docker_api("GET", f"/images/{image}/json")[0] != 200:
-            sys.exit(f"image {image} is missing: run scripts/build-images")
+    dc.require_wrk_nginx()
+    dc.prepare(args, IMAGES)
 
-    nginx = None
     results = {}
     try:
         run_all(args, phases, results)
@@ -570,11 +471,11 @@ def run_all(args, phases, results):
     nginx = None
     with dc.DockerRun("ondemand", keep=args.keep) as run:
         try:
-            ports = {s: docker_datapath.free_port() for s in ("cold", "lazy", "pause", "ovl", "seq")}
-            nginx = Nginx(os.path.join(run.dir, "nginx"),
-                          [(port, os.path.join(run.vassals, f"{s}.sock")) for s, port in ports.items()])
+            ports = {s: dc.free_port() for s in ("cold", "lazy", "pause", "ovl", "seq")}
+            servers = [(port, os.path.join(run.vassals, f"{s}.sock")) for s, port in ports.items()]
+            nginx = dc.Nginx(os.path.join(run.dir, "nginx"), nginx_blocks(servers))
             for port in ports.values():
-                docker_datapath.wait_port(port)
+                dc.wait_port(port)
             # Private copies: a rebuild of target/ while the bench runs (cargo replaces the file) would leave the
             # emperor unable to re-execute itself for a bridge ("cannot execute .../emperor (deleted)").
             argv = run.emperor_argv(args.emperor_arg)
@@ -582,9 +483,8 @@ def run_all(args, phases, results):
             shutil.copy2(common.EMPEROR, argv[0])
             shutil.copy2(dc.BARE, os.path.join(run.dir, "bare_docker"))
             dc.BARE = os.path.join(run.dir, "bare_docker")
-            proc = run.start(argv,
-                             env={"EMPEROR_LOG": os.environ.get("EMPEROR_LOG", "debug")})
-            common.wait_for(lambda: run.check_alive() or "watching" in open(run.log_path).read(), 10, "the emperor")
+            proc = run.start(argv, log="debug")
+            run.wait_log("watching", 10, "the emperor")
             print(f"emperor pid {proc.pid}, nginx pid {nginx.proc.pid}, temp dir {run.dir}", flush=True)
             b = Bench(args, run, proc)
             b.results = results  # shared with main(), which prints what was measured even after an error
@@ -602,9 +502,4 @@ def run_all(args, phases, results):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit("interrupted")
-    except (TimeoutError, RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        sys.exit(f"bench failed: {e}")
+    common.run_main(main)

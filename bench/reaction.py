@@ -12,12 +12,10 @@ uWSGI emperor (its glob scanner looks every --emperor-freq = 3 s) with a uWSGI p
     python3 bench/reaction.py [--touches 50] [--uwsgi-touches 10] [--no-build]
 """
 
-import argparse
 import os
 import random
 import shutil
 import subprocess
-import sys
 import time
 
 import common
@@ -48,12 +46,8 @@ def bench_emperor(args):
     with common.Run("reaction", keep=args.keep) as run:
         ini = os.path.join(run.vassals, "app.ini")
         with open(ini, "w") as f:
-            f.write(
-                "[emperor]\n"
-                "socket = app.sock\n"
-                f"exec = {common.quote(common.TESTAPP, '--record', run.record, '--name', 'app')}\n"
-            )
-        run.start([common.EMPEROR, "--reload-mercy", "5", *args.emperor_arg, run.vassals])
+            f.write(common.app_vassal("app.sock", "--record", run.record, "--name", "app"))
+        run.start(run.emperor_argv(args.emperor_arg))
         common.wait_for(lambda: run.check_alive() or run.records(), 30, "the first start record")
         lat, kinds = measure(
             run, ini, args.touches, args.timeout, lambda: args.pause, ("start", "reload")
@@ -110,16 +104,13 @@ def show(label, s):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.arg_parser(__doc__)
     p.add_argument("--touches", type=int, default=50, help="touches of the emperor's vassal (default 50)")
     p.add_argument("--pause", type=float, default=0.1, help="seconds between a reaction and the next touch")
     p.add_argument("--timeout", type=float, default=10, help="seconds to wait for each reaction")
     p.add_argument("--uwsgi-touches", type=int, default=10, help="touches for the uWSGI run; 0 skips it")
-    common.add_run_args(p)
-    args = p.parse_args()
-    common.stop_on_sigterm()
-    if not args.no_build:
-        common.build()
+    args = common.parse_args(p)
+    common.prepare(args)
 
     print(f"emperor: {args.touches} touches")
     ours = common.summary_ms(bench_emperor(args))
@@ -146,9 +137,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit("interrupted")
-    except (TimeoutError, RuntimeError, subprocess.CalledProcessError) as e:
-        sys.exit(f"bench failed: {e}")
+    common.run_main(main)

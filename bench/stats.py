@@ -8,7 +8,6 @@ timing connect → last byte (EOF) of the JSON document, and checks each documen
     python3 bench/stats.py [--vassals 200] [--requests 200] [--no-build]
 """
 
-import argparse
 import json
 import os
 import socket
@@ -33,28 +32,17 @@ def fetch(path):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.arg_parser(__doc__)
     p.add_argument("--vassals", type=int, default=200)
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--start-timeout", type=float, default=120)
-    common.add_run_args(p)
-    args = p.parse_args()
-    common.stop_on_sigterm()
-    if not args.no_build:
-        common.build()
+    args = common.parse_args(p)
+    common.prepare(args)
     with common.Run("stats", keep=args.keep) as run:
         common.write_app_vassals(run, args.vassals)
         stats = os.path.join(run.dir, "stats.sock")
-        run.start(
-            [common.EMPEROR, "--reload-mercy", "5", "--emperor-stats", stats, *args.emperor_arg, run.vassals],
-            env={"EMPEROR_LOG": os.environ.get("EMPEROR_LOG", "warn")},
-        )
-
-        def all_started():
-            run.check_alive()
-            return len({r["pid"] for r in run.records()}) >= args.vassals
-
-        common.wait_for(all_started, args.start_timeout, f"{args.vassals} start records", interval=0.2)
+        run.start(run.emperor_argv(["--emperor-stats", stats, *args.emperor_arg]), log="warn")
+        run.wait_starts(args.vassals, args.start_timeout)
         common.wait_for(lambda: os.path.exists(stats), 10, "stats socket")
         times, size = [], 0
         for _ in range(args.requests):
@@ -68,4 +56,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)
