@@ -23,6 +23,7 @@
 //! A container that never connects times out with a message saying what to check, instead of the
 //! bridge hanging forever as uwsgi-docker's did.
 
+mod attach;
 pub mod docker;
 pub mod info;
 
@@ -359,21 +360,35 @@ impl Bridge {
             warn!("[{name}] bridge: cannot write docker-cidfile {}: {e}", cid.display());
         }
 
-        // Attach before start: with logs=true nothing the container prints is lost.
-        let attach = docker
-            .attach_container(
-                &id,
-                Some(AttachContainerOptions {
-                    stream: true,
-                    logs: true,
-                    stdout: true,
-                    stderr: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|e| docker_fail("attach to the container", &e))?;
-        tokio::spawn(forward_output(attach.output));
+        // Attach before start: with logs=true nothing the container prints is lost. Raw, over the
+        // daemon's unix socket (attach.rs says why); bollard's attach for a daemon over TCP.
+        match attach::daemon_socket() {
+            Some(sock) => {
+                let (stream, first) = attach::attach(&sock, &id).await.map_err(|e| {
+                    (
+                        exit::START_FAILED,
+                        format!("cannot attach to container {}: {e}", short(&id)),
+                    )
+                })?;
+                tokio::spawn(attach::forward(stream, first));
+            }
+            None => {
+                let attached = docker
+                    .attach_container(
+                        &id,
+                        Some(AttachContainerOptions {
+                            stream: true,
+                            logs: true,
+                            stdout: true,
+                            stderr: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+                    .map_err(|e| docker_fail("attach to the container", &e))?;
+                tokio::spawn(forward_output(attached.output));
+            }
+        }
 
         docker.start_container(&id, None).await.map_err(|e| {
             (
