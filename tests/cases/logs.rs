@@ -32,8 +32,13 @@ fn logto_receives_the_lines_instead_of_stdout() {
     );
     // The other vassals prove stdout is being forwarded: b has no logto, c's cannot be opened.
     h.wait_for(|| h.stdout().contains("[b.ini] line-b\n"), LONG, "b's line on stdout");
+    // In order, though another vassal's line may come between them.
     h.wait_for(
-        || h.stdout().contains("[c.ini] first-c\n[c.ini] second-c\n"),
+        || {
+            let out = h.stdout();
+            let (first, second) = (out.find("[c.ini] first-c\n"), out.find("[c.ini] second-c\n"));
+            first.zip(second).is_some_and(|(f, s)| f < s)
+        },
         LONG,
         "c's lines on stdout",
     );
