@@ -23,6 +23,8 @@
 //!   start, 17 (loyal) after the first served request. Reading byte 0 or 2 exits 0; byte 1 records a `reload` line
 //!   and keeps running; EOF exits 1.
 //! - `--speak-delay <ms>`: with `--speak`, wait that long before byte 1 and again before byte 5 (a slow start).
+//! - `--accept-delay <ms>`: wait that long before serving its sockets (a slow start of an app that does not speak the
+//!   protocol), then record `serving pid=<pid> t_ns=<ns>`.
 //! - `--heartbeat <s>`: write byte 26 every `s` seconds (first one right away) on `UWSGI_EMPEROR_FD`.
 //! - `--heartbeat-once`: write byte 26 once at start, then never again.
 //! - `--spawn-child`: fork a grandchild (same process group) that closes its inherited fds and sleeps forever;
@@ -63,6 +65,7 @@ struct Opts {
     ignore_term: bool,
     speak: bool,
     speak_delay: u64,
+    accept_delay: Option<u64>,
     heartbeat: Option<u64>,
     heartbeat_once: bool,
     spawn_child: bool,
@@ -87,6 +90,7 @@ fn parse_args() -> Opts {
         ignore_term: false,
         speak: false,
         speak_delay: 0,
+        accept_delay: None,
         heartbeat: None,
         heartbeat_once: false,
         spawn_child: false,
@@ -120,6 +124,13 @@ fn parse_args() -> Opts {
                 o.speak_delay = val("--speak-delay")
                     .parse()
                     .unwrap_or_else(|_| usage("bad --speak-delay"))
+            }
+            "--accept-delay" => {
+                o.accept_delay = Some(
+                    val("--accept-delay")
+                        .parse()
+                        .unwrap_or_else(|_| usage("bad --accept-delay")),
+                )
             }
             "--heartbeat-once" => o.heartbeat_once = true,
             "--spawn-child" => o.spawn_child = true,
@@ -371,6 +382,10 @@ fn main() {
         fds.push(bind_unix(path));
     }
     let keep_alive = o.keep_alive;
+    if let Some(ms) = o.accept_delay {
+        thread::sleep(Duration::from_millis(ms));
+        record(&format!("serving pid={me} t_ns={}", now_ns()));
+    }
     let mut workers = Vec::new();
     for fd in fds {
         let body: Arc<str> = Arc::from(body.as_str());

@@ -200,6 +200,10 @@ const SUGGESTION_THRESHOLD: f64 = 0.8;
 /// Longest DNS name (RFC 1035, without the trailing dot).
 const MAX_HOST_LEN: usize = 253;
 
+/// `ready-delay` when the file sets none: the latest a silent new instance counts as ready when it is
+/// not seen waiting for connections first.
+pub const DEFAULT_READY_DELAY: Duration = Duration::from_secs(10);
+
 /// One vassal, validated. Built only by [`parse`] / [`load`]; the emperor, bridges and actors see
 /// nothing of the INI layer.
 #[derive(Debug, Clone, PartialEq)]
@@ -266,8 +270,10 @@ pub struct VassalConfig {
     /// container, start it beside the old one on the same sockets and stop the old one only once the
     /// new one is ready. `false` stops the old one first (for apps that cannot run twice at once).
     pub reload_overlap: bool,
-    /// `ready-delay = <seconds>` (default 1): a new instance that does not speak the uWSGI protocol
-    /// counts as ready once it has been up this long; one that does is ready when it says so.
+    /// `ready-delay = <seconds>` (default 10): a new instance that does not speak the uWSGI protocol
+    /// counts as ready as soon as the kernel shows it waiting for connections on the vassal's sockets
+    /// (`emperor/listening.rs`), and at the latest once it has been up this long; one that speaks
+    /// the protocol is ready when it says so.
     pub ready_delay: Duration,
     /// `logto = <file>` (uWSGI's name; relative to the vassals dir): the vassal's output lines go
     /// there, appended and without the `[name]` prefix, instead of to the emperor's stdout.
@@ -738,7 +744,7 @@ fn empty_config(name: &str, path: &Path, text: &str) -> VassalConfig {
         idle_action: IdleAction::Stop,
         routes: Vec::new(),
         reload_overlap: true,
-        ready_delay: Duration::from_secs(1),
+        ready_delay: DEFAULT_READY_DELAY,
         logto: None,
         log_maxsize: None,
     }

@@ -38,7 +38,7 @@
 //! | Starting, Running, Reloading | Reload{in place}, speaks    | Reloading                  | Send(1) |
 //! | Starting, Running, Reloading | Reload{restart} or silent, overlap | Waiting, previous = old | Overlap (spawn beside) |
 //! | Starting, Running, Reloading | Reload{restart} or silent, no overlap | Stopping{then: Restart} | stop |
-//! | Starting, Running (new)   | ready (byte 1/5/17, or ready-delay) with a previous | (same)   | RetirePrevious |
+//! | Starting, Running (new)   | ready (byte 1/5/17, Listening, or ready-delay) with a previous | (same) | RetirePrevious |
 //! | Waiting, Starting, Running (new) | SpawnFailed / Exited with a previous | Running(previous) | RestorePrevious |
 //! | Reloading                 | Msg ready/accepting/loyal      | Running                    | |
 //! | Reloading                 | Timer                          | Running                    | (warn) |
@@ -219,6 +219,9 @@ pub enum Event {
     Release,
     /// `emperor restart`: a new process now, whatever the throttle says.
     Restart,
+    /// The kernel shows the current instance waiting for connections on the vassal's sockets
+    /// (`listening.rs`); looked for only while an overlapping reload waits for it.
+    Listening,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -506,6 +509,9 @@ impl Fsm {
             }
 
             // Idle and paused.
+            // The new instance of an overlapping reload waits for connections: it is ready, as if it
+            // had said so (an app that does not speak the protocol need not wait out ready-delay).
+            (State::Starting(_) | State::Running(_), Event::Listening) => self.retire_previous(&mut acts),
             (State::Starting(inst) | State::Running(inst), Event::Idle) => {
                 if self.params.idle_pause {
                     acts.push(Action::Log(log::Level::Info, "idle: pausing".into()));
@@ -978,6 +984,15 @@ mod tests {
         );
         assert_eq!(f.previous, None);
         assert_eq!(f.state.instance().unwrap().pid, 2);
+        // Seen waiting for connections before ready-delay: retired at once; nothing without an overlap.
+        f.on_event(Event::Reload { restart: true }, t0 + secs(30));
+        f.on_event(Event::Spawned { pid: 3, speaks: false }, t0 + secs(30));
+        assert!(
+            f.on_event(Event::Listening, t0 + secs(30))
+                .contains(&Action::RetirePrevious)
+        );
+        assert_eq!(f.state.instance().unwrap().pid, 3);
+        assert!(f.on_event(Event::Listening, t0 + secs(30)).is_empty());
     }
 
     #[test]

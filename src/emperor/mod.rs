@@ -31,6 +31,7 @@ mod arrivals;
 mod conns;
 mod control;
 pub mod fsm;
+mod listening;
 mod notify;
 mod output;
 mod prepare;

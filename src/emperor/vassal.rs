@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use super::arrivals::{self, Arrivals};
 use super::conns;
 use super::fsm::{Action, Event, Fsm, Params, State};
+use super::listening;
 use super::output;
 use super::prepare;
 use super::sockets::{self, BoundSocket, SocketOptions};
@@ -86,6 +87,7 @@ pub fn start(
         watch: Vec::new(),
         arrivals,
         arrival: None,
+        listen_check: None,
         prepare: None,
         prepared: None,
         prepare_tried: false,
@@ -123,7 +125,7 @@ fn params_for(opts: &EmperorOptions, cfg: Option<&VassalConfig>) -> Params {
         on_demand: cfg.is_some_and(|c| c.on_demand),
         idle_pause: cfg.is_some_and(|c| c.idle_action == crate::config::IdleAction::Pause),
         overlap: cfg.is_some_and(|c| c.reload_overlap),
-        ready_delay: cfg.map_or(Duration::from_secs(1), |c| c.ready_delay),
+        ready_delay: cfg.map_or(crate::config::DEFAULT_READY_DELAY, |c| c.ready_delay),
     }
 }
 
@@ -162,6 +164,9 @@ struct Actor {
     /// Arrival signals of a running vassal's listeners, between two idle checks: unlike `watch`,
     /// they also report connections the app accepted before the emperor looked.
     arrival: Option<arrivals::Watch>,
+    /// When to look next whether the new instance of an overlapping reload waits for connections
+    /// (`listening.rs`); only while one is pending and does not speak the protocol.
+    listen_check: Option<Instant>,
     /// Creating an on-demand Docker vassal's container ahead of time (`prepare.rs`).
     prepare: Option<tokio::task::JoinHandle<Result<Option<String>, String>>>,
     /// The container created ahead of time and not yet handed to a bridge.
@@ -214,6 +219,8 @@ enum Wake {
     Retired(bool),
     /// The creation of a container ahead of time has finished.
     Prepared(Result<Option<String>, String>),
+    /// Time to look whether the new instance waits for connections.
+    ListenCheck,
 }
 
 impl Actor {
@@ -227,6 +234,7 @@ impl Actor {
                     None => (None, None),
                 };
                 let idle_at = self.idle.map(|i| i.next);
+                let listen_at = self.listen_check;
                 let previous = self.previous.as_mut().map(|p| &mut p.child);
                 tokio::select! {
                     _ = wait_child(previous) => Wake::PreviousExited,
@@ -238,6 +246,7 @@ impl Actor {
                     _ = any_readable(&self.watch) => Wake::Readable,
                     _ = arrived(self.arrival.as_ref()) => Wake::Readable,
                     res = join_prepare(&mut self.prepare) => Wake::Prepared(res),
+                    _ = sleep_until(listen_at), if listen_at.is_some() => Wake::ListenCheck,
                     _ = sleep_until(idle_at), if idle_at.is_some() => Wake::IdleCheck,
                 }
             };
@@ -302,6 +311,7 @@ impl Actor {
                     }
                 }
                 Wake::IdleCheck => self.idle_check(),
+                Wake::ListenCheck => self.listen_check(),
                 Wake::Prepared(res) => {
                     self.prepare = None;
                     match res {
@@ -336,6 +346,7 @@ impl Actor {
             }
             self.sync_watch();
             self.sync_prepare();
+            self.sync_listen_check();
             self.observe();
         }
         if let Some(task) = self.prepare.take()
@@ -383,6 +394,41 @@ impl Actor {
         } else if !checking {
             self.watch.clear();
         }
+    }
+
+    /// Looks for the new instance of an overlapping reload waiting for connections while the old one
+    /// still serves, unless it speaks the protocol (then it says when it is ready).
+    fn sync_listen_check(&mut self) {
+        let pending =
+            self.fsm.previous.is_some() && self.proc.is_some() && self.fsm.state.instance().is_some_and(|i| !i.speaks);
+        if !pending {
+            self.listen_check = None;
+        } else if self.listen_check.is_none() {
+            self.listen_check = Some(Instant::now() + LISTEN_POLL);
+        }
+    }
+
+    fn listen_check(&mut self) -> Vec<Event> {
+        self.listen_check = None;
+        let Some(p) = &self.proc else { return vec![] };
+        // A container's processes: its init process (from the bridge's record) and its descendants.
+        let root = if p.bridged {
+            let record = crate::bridge::info::path(&self.opts.run_dir, &self.opts.instance, p.child.pid().as_raw());
+            crate::bridge::info::Info::read(&record).map_or(0, |i| i32::try_from(i.init_pid).unwrap_or(0))
+        } else {
+            p.child.pid().as_raw()
+        };
+        let inodes = self
+            .sockets
+            .iter()
+            .filter_map(|s| listening::socket_inode(s.fd()))
+            .collect();
+        if listening::waiting(root, &inodes) {
+            debug!("[{}] the new instance waits for connections", self.name);
+            return vec![Event::Listening];
+        }
+        self.listen_check = Some(Instant::now() + LISTEN_POLL);
+        vec![]
     }
 
     /// Creates an on-demand Docker vassal's container ahead of time once it waits (`prepare.rs`).
@@ -1179,6 +1225,9 @@ async fn read_control(control: Option<&mut UnixStream>) -> Vec<u8> {
         }
     }
 }
+
+/// How often a pending overlapping reload looks whether the new instance waits for connections.
+const LISTEN_POLL: Duration = Duration::from_millis(25);
 
 /// How often an idle check looks again while the vassal is busy: a quarter of `idle`, 0.25–5 s.
 fn idle_step(idle: Option<Duration>) -> Duration {

@@ -69,7 +69,9 @@ fn touch_replaces_the_container_and_the_socket_stays() {
     let mut h = Harness::new("docker_touch");
     let name = unique_name("touch");
     let file = format!("{name}.ini");
-    h.write_vassal(&file, &vassal(&h, &name, ""));
+    // ready-delay far beyond the waits below: the old container can only go this soon because the
+    // emperor sees the new one's app waiting for connections (through the container's process tree).
+    h.write_vassal(&file, &vassal(&h, &name, "ready-delay = 120\n"));
     start(&mut h, &sweep, &[]);
     h.wait_starts(&name, 1, LONG);
     let sock = h.sock(&format!("{name}.sock"));

@@ -5,6 +5,46 @@ use std::fs;
 use std::thread;
 use std::time::Duration;
 
+/// An overlapping reload of an app that does not speak the protocol: the old instance serves while the
+/// new one loads, and goes once the kernel shows the new one waiting for connections, long before
+/// `ready-delay`.
+#[test]
+fn overlap_retires_the_old_instance_once_the_new_one_waits_for_connections() {
+    let mut h = Harness::new("overlap_listening");
+    h.write_vassal(
+        "slow.ini",
+        &h.app_ini("slow", "--accept-delay 1500")
+            .replace("[emperor]\n", "[emperor]\nready-delay = 120\n"),
+    );
+    h.start(&[]);
+    let old = h.wait_starts("slow", 1, LONG)[0].pid();
+    let serving = |pid: i32| h.records("slow").iter().any(|r| r.kind == "serving" && r.pid() == pid);
+    h.wait_for(|| serving(old), LONG, "the first instance serving");
+    h.touch_vassal("slow.ini");
+    let new = h.wait_starts("slow", 2, LONG)[1].pid();
+    // Proves a negative for a bounded time: the new one is still loading, the old one must serve.
+    thread::sleep(Duration::from_millis(800));
+    h.check(
+        !serving(new) && alive(old),
+        "the old instance serves while the new one loads",
+    );
+    let r = h.wait_http_unix(h.sock("slow.sock"), LONG);
+    h.check(
+        r.contains(&format!("pid={old}")),
+        format!("answered by the old instance: {r:?}"),
+    );
+    h.wait_dead(old, LONG, "the old instance, once the new one waits for connections");
+    h.check(
+        serving(new),
+        "the old instance went only after the new one began serving",
+    );
+    let r = h.wait_http_unix(h.sock("slow.sock"), LONG);
+    h.check(
+        r.contains(&format!("pid={new}")),
+        format!("answered by the new instance: {r:?}"),
+    );
+}
+
 #[test]
 fn touch_restarts_silent_vassal() {
     let mut h = Harness::new("touch_restarts_silent_vassal");
