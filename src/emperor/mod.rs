@@ -99,6 +99,83 @@ pub fn run(mut opts: EmperorOptions) -> ExitCode {
     }
 }
 
+/// What the vassals directory's watch reports.
+const DIR_MASK: WatchMask = WatchMask::CREATE
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF)
+    .union(WatchMask::ONLYDIR);
+
+/// The inotify watch on the vassals directory, which follows the directory when it is deleted and
+/// created again or replaced by a rename (a deploy that swaps it): an inotify watch belongs to an
+/// inode, so a new directory under the same path needs a new watch. Its parent is watched for entries
+/// created or moved in under the directory's name; the periodic rescan checks the inode as a backstop.
+struct DirWatch {
+    watches: inotify::Watches,
+    dir: std::path::PathBuf,
+    /// (device, inode) of the directory the watch is on.
+    watched: Option<(u64, u64)>,
+    parent: Option<inotify::WatchDescriptor>,
+}
+
+impl DirWatch {
+    fn new(mut watches: inotify::Watches, dir: &std::path::Path) -> Result<DirWatch, String> {
+        watches
+            .add(dir, DIR_MASK)
+            .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        let parent = dir.parent().and_then(|p| {
+            watches
+                .add(p, WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ONLYDIR)
+                .ok()
+        });
+        Ok(DirWatch {
+            watched: dir_id(dir),
+            watches,
+            dir: dir.to_path_buf(),
+            parent,
+        })
+    }
+
+    fn is_parent(&self, wd: &inotify::WatchDescriptor) -> bool {
+        self.parent.as_ref() == Some(wd)
+    }
+
+    fn names_dir(&self, name: Option<&std::ffi::OsStr>) -> bool {
+        name.is_some() && name == self.dir.file_name()
+    }
+
+    /// Watches the directory again if the path now holds another one; true if it did.
+    fn rewatch(&mut self) -> bool {
+        let now = dir_id(&self.dir);
+        if now.is_none() || now == self.watched {
+            return false;
+        }
+        match self.watches.add(&self.dir, DIR_MASK) {
+            Ok(_) => {
+                info!("{} is a new directory; watching it", self.dir.display());
+                self.watched = now;
+                true
+            }
+            Err(e) => {
+                warn!("cannot watch {} again: {e}", self.dir.display());
+                false
+            }
+        }
+    }
+}
+
+fn dir_id(dir: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
+}
+
 /// FNV-1a of the canonical vassals directory, as 16 hex digits.
 fn instance_id(dir: &std::path::Path) -> String {
     use std::os::unix::ffi::OsStrExt;
@@ -169,24 +246,10 @@ impl Emperor {
 
         let dir = self.opts.vassals_dir.clone();
         let inotify = Inotify::init().map_err(|e| format!("cannot start inotify: {e}"))?;
-        inotify
-            .watches()
-            .add(
-                &dir,
-                WatchMask::CREATE
-                    | WatchMask::CLOSE_WRITE
-                    | WatchMask::ATTRIB
-                    | WatchMask::DELETE
-                    | WatchMask::MOVED_FROM
-                    | WatchMask::MOVED_TO
-                    | WatchMask::DELETE_SELF
-                    | WatchMask::MOVE_SELF
-                    | WatchMask::ONLYDIR,
-            )
-            .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
         let mut events = inotify
             .into_event_stream([0u8; 4096])
             .map_err(|e| format!("cannot read inotify events: {e}"))?;
+        let mut dir_watch = DirWatch::new(events.watches(), &dir)?;
 
         if let Some(path) = &self.opts.nginx_map {
             self.nginx_map = Some(routes::NginxMap::new(
@@ -249,6 +312,12 @@ impl Emperor {
         loop {
             tokio::select! {
                 ev = events.next(), if !shutting_down => match ev {
+                    Some(Ok(ev)) if dir_watch.is_parent(&ev.wd) => {
+                        // The vassals directory was created again (or renamed into place): watch the new one.
+                        if dir_watch.names_dir(ev.name.as_deref()) && dir_watch.rewatch() && scan_at.is_none() {
+                            scan_at = Some(Instant::now() + DEBOUNCE);
+                        }
+                    }
                     Some(Ok(ev)) => {
                         let relevant = ev.name.as_ref().is_none_or(|n| n.to_str().is_some_and(scan::is_vassal_name));
                         if relevant && scan_at.is_none() {
@@ -266,6 +335,8 @@ impl Emperor {
                     self.rescan();
                 }
                 _ = rescan.tick(), if !shutting_down => {
+                    // A directory replaced while no parent event told us is watched again here.
+                    dir_watch.rewatch();
                     self.rescan();
                 }
                 conn = accept_control(control.as_ref()), if !shutting_down => match conn {

@@ -159,6 +159,25 @@ fn ignored_file_names() {
     );
 }
 
+/// The vassals directory deleted and created again (or swapped in by a rename) is watched again at
+/// once: with an hourly rescan, only the watch on its parent can notice the new directory.
+#[test]
+fn a_recreated_vassals_directory_is_watched_again() {
+    let mut h = Harness::new("recreated_dir");
+    h.write_vassal("a.ini", &h.app_ini("a.ini", ""));
+    h.start(&["--emperor-freq", "3600"]);
+    let a = h.wait_starts("a.ini", 1, LONG)[0].pid();
+    fs::remove_dir_all(h.vassals()).unwrap();
+    h.wait_log("cannot scan", LONG);
+    h.check(alive(a), "vassals keep running while the directory is gone");
+    fs::create_dir(h.vassals()).unwrap();
+    h.write_vassal("b.ini", &h.app_ini("b.ini", ""));
+    h.wait_starts("b.ini", 1, LONG);
+    h.wait_dead(a, LONG, "a.ini, which the new directory does not hold");
+    h.write_vassal("c.ini", &h.app_ini("c.ini", ""));
+    h.wait_starts("c.ini", 1, LONG);
+}
+
 #[test]
 fn rename_in_and_out() {
     let mut h = Harness::new("rename_in_and_out");
