@@ -42,7 +42,7 @@ pub unsafe fn write_pid(slot: *mut u8, pid: libc::pid_t) {
 /// # Safety
 /// Only async-signal-safe calls (signal, sigemptyset, sigprocmask); call it in the child, after fork.
 pub unsafe fn reset_signals() {
-    for sig in 1..libc::SIGRTMAX() {
+    for sig in 1..=libc::SIGRTMAX() {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
             // SAFETY: signal(2) with SIG_DFL for a valid signal number is async-signal-safe.
             unsafe { libc::signal(sig, libc::SIG_DFL) };

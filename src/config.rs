@@ -200,8 +200,8 @@ const SUGGESTION_THRESHOLD: f64 = 0.8;
 /// Longest DNS name (RFC 1035, without the trailing dot).
 const MAX_HOST_LEN: usize = 253;
 
-/// `ready-delay` when the file sets none: the latest a silent new instance counts as ready when it is
-/// not seen waiting for connections first.
+/// The latest a silent new instance counts as ready when the file sets no `ready-delay` and it is not
+/// seen waiting for connections first.
 pub const DEFAULT_READY_DELAY: Duration = Duration::from_secs(10);
 
 /// One vassal, validated. Built only by [`parse`] / [`load`]; the emperor, bridges and actors see
@@ -270,11 +270,11 @@ pub struct VassalConfig {
     /// container, start it beside the old one on the same sockets and stop the old one only once the
     /// new one is ready. `false` stops the old one first (for apps that cannot run twice at once).
     pub reload_overlap: bool,
-    /// `ready-delay = <seconds>` (default 10): a new instance that does not speak the uWSGI protocol
-    /// counts as ready as soon as the kernel shows it waiting for connections on the vassal's sockets
-    /// (`emperor/listening.rs`), and at the latest once it has been up this long; one that speaks
-    /// the protocol is ready when it says so.
-    pub ready_delay: Duration,
+    /// `ready-delay = <seconds>`: a new instance that does not speak the uWSGI protocol counts as
+    /// ready once it has been up this long. Unset (`None`): as soon as the kernel shows it waiting for
+    /// connections on the vassal's sockets (`emperor/listening.rs`), at the latest after
+    /// [`DEFAULT_READY_DELAY`]. One that speaks the protocol is ready when it says so.
+    pub ready_delay: Option<Duration>,
     /// `logto = <file>` (uWSGI's name; relative to the vassals dir): the vassal's output lines go
     /// there, appended and without the `[name]` prefix, instead of to the emperor's stdout.
     pub logto: Option<PathBuf>,
@@ -744,7 +744,7 @@ fn empty_config(name: &str, path: &Path, text: &str) -> VassalConfig {
         idle_action: IdleAction::Stop,
         routes: Vec::new(),
         reload_overlap: true,
-        ready_delay: DEFAULT_READY_DELAY,
+        ready_delay: None,
         logto: None,
         log_maxsize: None,
     }
@@ -901,7 +901,7 @@ fn build(
             "on-demand" => parse_bool(value).map(|b| config.on_demand = b),
             "docker-precreate" => parse_bool(value).map(|b| config.precreate = b),
             "reload-overlap" => parse_bool(value).map(|b| config.reload_overlap = b),
-            "ready-delay" => parse_seconds(value, "ready-delay").map(|t| config.ready_delay = t),
+            "ready-delay" => parse_seconds(value, "ready-delay").map(|t| config.ready_delay = Some(t)),
             "idle" => parse_seconds(value, "idle").map(|t| config.idle = Some(t)),
             "logto" => parse_host_path(value, vassals_dir).map(|p| config.logto = Some(p)),
             "log-maxsize" => parse_log_maxsize(value).map(|n| {

@@ -26,9 +26,23 @@ pub fn daemon_socket() -> Option<PathBuf> {
     }
 }
 
+/// How long the daemon gets to answer the attach (bollard's own requests time out too).
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Attaches to the container's output (with what it printed before, `logs=1`) and returns the raw
 /// stream plus the bytes that came with the response head.
 pub async fn attach(socket: &std::path::Path, id: &str) -> io::Result<(UnixStream, Vec<u8>)> {
+    tokio::time::timeout(ANSWER_TIMEOUT, attach_now(socket, id))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the daemon did not answer the attach",
+            ))
+        })
+}
+
+async fn attach_now(socket: &std::path::Path, id: &str) -> io::Result<(UnixStream, Vec<u8>)> {
     let mut s = UnixStream::connect(socket).await?;
     let req = format!(
         "POST /containers/{id}/attach?stream=1&logs=1&stdout=1&stderr=1 HTTP/1.1\r\nHost: docker\r\n\

@@ -47,6 +47,15 @@ pub fn image_command(image: &ImageInspect) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Creates a proxy-socket directory and its parents. A bridge that exits removes the instance
+/// directory once it is empty, which can happen between the two mkdirs here: one retry covers that.
+pub fn make_proxy_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::create_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir),
+        other => other,
+    }
+}
+
 /// Where the proxy socket lives, on the host and inside the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyPaths {

@@ -111,6 +111,8 @@ struct Bridge {
     shim_copy: Option<PathBuf>,
     /// Where the container's id, init pid and hand-over time are written for the stats ([`info`]).
     info_path: PathBuf,
+    /// The task copying the container's output to stdout.
+    output: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Bridge {
@@ -122,6 +124,7 @@ impl Bridge {
             proxy_dir: None,
             shim_copy: None,
             info_path,
+            output: None,
         }
     }
 
@@ -152,7 +155,14 @@ impl Bridge {
             }
         };
         let code = match self.run_with(&docker, &mut sigs).await {
-            Ok(code) => code,
+            Ok(code) => {
+                // The last of the container's output may still be on its way once it exited (the
+                // daemon closes the stream right after): let it through.
+                if let Some(output) = self.output.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), output).await;
+                }
+                code
+            }
             Err(f) => {
                 self.log_fail(&f);
                 f.0
@@ -295,7 +305,7 @@ impl Bridge {
 
         // The proxy socket, in a directory of its own.
         let (host_sock, host_dir) = (proxy.host_sock.clone(), proxy.host_dir.clone());
-        std::fs::create_dir_all(&host_dir).map_err(|e| {
+        docker::make_proxy_dir(&host_dir).map_err(|e| {
             (
                 exit::START_FAILED,
                 format!("cannot create the proxy directory {}: {e}", host_dir.display()),
@@ -370,7 +380,7 @@ impl Bridge {
                         format!("cannot attach to container {}: {e}", short(&id)),
                     )
                 })?;
-                tokio::spawn(attach::forward(stream, first));
+                self.output = Some(tokio::spawn(attach::forward(stream, first)));
             }
             None => {
                 let attached = docker
@@ -386,7 +396,7 @@ impl Bridge {
                     )
                     .await
                     .map_err(|e| docker_fail("attach to the container", &e))?;
-                tokio::spawn(forward_output(attached.output));
+                self.output = Some(tokio::spawn(forward_output(attached.output)));
             }
         }
 

@@ -109,13 +109,16 @@ fn set_sig(fd: BorrowedFd<'_>) -> io::Result<()> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// Which actor waits for which listener.
-type Registry = RefCell<HashMap<RawFd, Rc<Notify>>>;
+/// Which actor waits for which listener: by the emperor's fd number (what the kernel reports), with
+/// the socket's inode to check that the number still means that socket (fds are reused).
+type Registry = RefCell<HashMap<RawFd, (Rc<Notify>, u64)>>;
 
 /// The emperor's one reader of arrival signals; cheap to clone, one per actor.
 #[derive(Clone, Debug)]
 pub struct Arrivals {
     watched: Rc<Registry>,
+    /// The reader task still runs; once it stopped, watches report nothing and say so.
+    alive: Rc<std::cell::Cell<bool>>,
 }
 
 impl Arrivals {
@@ -128,28 +131,34 @@ impl Arrivals {
         let sfd = unsafe { AsyncFd::register_with_interest(sfd, tokio::io::Interest::READABLE) }
             .map_err(|e| io::Error::other(e.to_string()))?;
         let watched: Rc<Registry> = Rc::default();
-        tokio::task::spawn_local(read_signals(sfd, watched.clone()));
-        Ok(Arrivals { watched })
+        let alive = Rc::new(std::cell::Cell::new(true));
+        tokio::task::spawn_local(read_signals(sfd, watched.clone(), alive.clone()));
+        Ok(Arrivals { watched, alive })
     }
 
     /// Starts reporting arrivals on these listeners, until the returned [`Watch`] is dropped. Fails
     /// if a listener lacks `O_ASYNC` (not prepared, or the app cleared it).
     pub fn watch(&self, fds: &[BorrowedFd<'_>]) -> io::Result<Watch> {
+        if !self.alive.get() {
+            return Err(io::Error::other("the arrival signals are no longer read"));
+        }
         let notify = Rc::new(Notify::new());
         let mut w = Watch {
             watched: self.watched.clone(),
             fds: Vec::with_capacity(fds.len()),
             notify: notify.clone(),
+            alive: self.alive.clone(),
         };
         let me = nix::unistd::gettid().as_raw();
         for fd in fds {
             if !has_async(*fd) {
                 return Err(io::Error::other("O_ASYNC is off on the listener"));
             }
-            set_owner(*fd, me)?;
-            // Dropping `w` disowns what was armed so far if a later one fails.
+            let ino = nix::sys::stat::fstat(*fd)?.st_ino;
+            // The duplicate first: once it is in `w`, dropping `w` disowns the socket again.
             w.fds.push((fd.as_raw_fd(), dup_for_disarm(*fd)?));
-            self.watched.borrow_mut().insert(fd.as_raw_fd(), notify.clone());
+            set_owner(*fd, me)?;
+            self.watched.borrow_mut().insert(fd.as_raw_fd(), (notify.clone(), ino));
         }
         Ok(w)
     }
@@ -167,6 +176,7 @@ pub struct Watch {
     watched: Rc<Registry>,
     fds: Vec<(RawFd, std::os::fd::OwnedFd)>,
     notify: Rc<Notify>,
+    alive: Rc<std::cell::Cell<bool>>,
 }
 
 impl Watch {
@@ -176,9 +186,9 @@ impl Watch {
         self.notify.notified().await;
     }
 
-    /// Whether every listener still has `O_ASYNC`.
+    /// Whether arrivals are still reported: the signals are read, and every listener still has `O_ASYNC`.
     pub fn still_armed(&self) -> bool {
-        self.fds.iter().all(|(_, fd)| has_async(fd.as_fd()))
+        self.alive.get() && self.fds.iter().all(|(_, fd)| has_async(fd.as_fd()))
     }
 }
 
@@ -189,7 +199,7 @@ impl Drop for Watch {
             if let Err(e) = set_owner(fd.as_fd(), 0) {
                 debug!("cannot disown listener {raw}: {e}");
             }
-            if map.get(raw).is_some_and(|n| Rc::ptr_eq(n, &self.notify)) {
+            if map.get(raw).is_some_and(|(n, _)| Rc::ptr_eq(n, &self.notify)) {
                 map.remove(raw);
             }
         }
@@ -197,13 +207,14 @@ impl Drop for Watch {
 }
 
 /// Reads queued arrival signals and wakes the actor that watches the signalled listener.
-async fn read_signals(sfd: AsyncFd<SignalFd>, watched: Rc<Registry>) {
+async fn read_signals(sfd: AsyncFd<SignalFd>, watched: Rc<Registry>, alive: Rc<std::cell::Cell<bool>>) {
     let overflow = libc::SIGIO as u32;
     loop {
         let mut guard = match sfd.readable().await {
             Ok(g) => g,
             Err(e) => {
-                warn!("arrival signals: {e}; idle detection falls back to counting connections");
+                warn!("arrival signals: {e}; idle detection falls back to watching readiness");
+                alive.set(false);
                 return;
             }
         };
@@ -211,12 +222,14 @@ async fn read_signals(sfd: AsyncFd<SignalFd>, watched: Rc<Registry>) {
             match sfd.get_ref().read_signal() {
                 Ok(Some(info)) if info.ssi_signo == overflow => {
                     debug!("arrival signal queue overflowed: every watched vassal counts as busy");
-                    for n in watched.borrow().values() {
+                    for (n, _) in watched.borrow().values() {
                         n.notify_one();
                     }
                 }
                 Ok(Some(info)) => {
-                    if let Some(n) = watched.borrow().get(&info.ssi_fd) {
+                    if let Some((n, ino)) = watched.borrow().get(&info.ssi_fd)
+                        && fd_inode(info.ssi_fd) == Some(*ino)
+                    {
                         n.notify_one();
                     }
                 }
@@ -232,6 +245,17 @@ async fn read_signals(sfd: AsyncFd<SignalFd>, watched: Rc<Registry>) {
             }
         }
     }
+}
+
+/// The inode of what the emperor's fd `fd` is now (`/proc/self/fd/<fd>` → `socket:[<inode>]`).
+fn fd_inode(fd: RawFd) -> Option<u64> {
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    target
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

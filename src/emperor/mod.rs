@@ -78,11 +78,23 @@ pub fn run(mut opts: EmperorOptions) -> ExitCode {
         }
     };
     opts.instance = instance_id(&opts.vassals_dir);
+    // Bridges run in the vassal's directory (or its chdir): every path they are given must be absolute,
+    // and so must the emperor's own, to mean the same files.
     if let Some(path) = &opts.nginx_map {
         match std::path::absolute(path) {
             Ok(p) => opts.nginx_map = Some(p),
             Err(e) => return fatal(&format!("--nginx-map {}: {e}", path.display())),
         }
+    }
+    if let Some(path) = &opts.docker_daemon_socket {
+        match std::path::absolute(path) {
+            Ok(p) => opts.docker_daemon_socket = Some(p),
+            Err(e) => return fatal(&format!("--docker-daemon-socket {}: {e}", path.display())),
+        }
+    }
+    match std::path::absolute(&opts.run_dir) {
+        Ok(p) => opts.run_dir = p,
+        Err(e) => return fatal(&format!("--emperor-run-dir {}: {e}", opts.run_dir.display())),
     }
     // Before the runtime starts any thread, so that every thread inherits the mask.
     if let Err(e) = arrivals::block_signals() {

@@ -106,7 +106,7 @@ pub async fn prepare(
     }
     // A bind mount's source must exist at create time.
     if proxy.private {
-        std::fs::create_dir_all(&proxy.host_dir).map_err(|e| format!("{}: {e}", proxy.host_dir.display()))?;
+        docker::make_proxy_dir(&proxy.host_dir).map_err(|e| format!("{}: {e}", proxy.host_dir.display()))?;
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&proxy.host_dir, std::fs::Permissions::from_mode(0o755));
     }
@@ -133,5 +133,15 @@ pub async fn discard(socket: Option<&Path>, id: &str) -> Result<(), String> {
     if c.state.and_then(|s| s.status) != Some(ContainerStateStatusEnum::CREATED) {
         return Ok(());
     }
-    docker::remove(&docker, id).await.map_err(|e| e.to_string())
+    docker::remove(&docker, id).await.map_err(|e| e.to_string())?;
+    // The private proxy-socket directory made for it (never started, so empty; remove_dir refuses
+    // anything else).
+    for m in c.mounts.into_iter().flatten() {
+        if m.destination.as_deref() == Some(docker::PROXY_DIR)
+            && let Some(dir) = m.source
+        {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    Ok(())
 }

@@ -29,16 +29,21 @@ pub fn run_dir_leftovers(opts: &EmperorOptions) {
     for e in entries.flatten() {
         let path = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            // A proxy-socket directory; remove_dir refuses one that is not empty.
+            let _ = std::fs::remove_dir(&path);
+            continue;
+        }
         let dead_record = name
             .strip_prefix("bridge-")
             .and_then(|r| r.split('.').next())
             .and_then(|pid| pid.parse::<u32>().ok())
             .is_some_and(|pid| !alive(pid));
-        if dead_record {
+        // A private copy of a replaced emperor binary that a killed bridge mounted as the shim; a
+        // container still running from it keeps its own reference to the file.
+        let shim_copy = name.ends_with(".shim");
+        if dead_record || shim_copy {
             let _ = std::fs::remove_file(&path);
-        } else if e.file_type().is_ok_and(|t| t.is_dir()) {
-            // remove_dir refuses a directory that is not empty.
-            let _ = std::fs::remove_dir(&path);
         }
     }
     let _ = std::fs::remove_dir(&dir);

@@ -88,6 +88,7 @@ pub fn start(
         arrivals,
         arrival: None,
         listen_check: None,
+        prepare_gen: 0,
         prepare: None,
         prepared: None,
         prepare_tried: false,
@@ -125,7 +126,9 @@ fn params_for(opts: &EmperorOptions, cfg: Option<&VassalConfig>) -> Params {
         on_demand: cfg.is_some_and(|c| c.on_demand),
         idle_pause: cfg.is_some_and(|c| c.idle_action == crate::config::IdleAction::Pause),
         overlap: cfg.is_some_and(|c| c.reload_overlap),
-        ready_delay: cfg.map_or(crate::config::DEFAULT_READY_DELAY, |c| c.ready_delay),
+        ready_delay: cfg
+            .and_then(|c| c.ready_delay)
+            .unwrap_or(crate::config::DEFAULT_READY_DELAY),
     }
 }
 
@@ -167,8 +170,11 @@ struct Actor {
     /// When to look next whether the new instance of an overlapping reload waits for connections
     /// (`listening.rs`); only while one is pending and does not speak the protocol.
     listen_check: Option<Instant>,
-    /// Creating an on-demand Docker vassal's container ahead of time (`prepare.rs`).
-    prepare: Option<tokio::task::JoinHandle<Result<Option<String>, String>>>,
+    /// Bumped when the file changes or a bridge starts: a creation ahead of time begun before is stale.
+    prepare_gen: u64,
+    /// Creating an on-demand Docker vassal's container ahead of time (`prepare.rs`), with the
+    /// generation it was started in.
+    prepare: Option<(u64, tokio::task::JoinHandle<Result<Option<String>, String>>)>,
     /// The container created ahead of time and not yet handed to a bridge.
     prepared: Option<String>,
     /// A creation ran since the vassal entered `waiting` (it is not retried before the next time).
@@ -217,8 +223,8 @@ enum Wake {
     PreviousExited,
     /// A retired process has exited (true: it was a bridge).
     Retired(bool),
-    /// The creation of a container ahead of time has finished.
-    Prepared(Result<Option<String>, String>),
+    /// The creation of a container ahead of time (started in that generation) has finished.
+    Prepared(u64, Result<Option<String>, String>),
     /// Time to look whether the new instance waits for connections.
     ListenCheck,
 }
@@ -245,7 +251,7 @@ impl Actor {
                     _ = sleep_until(deadline), if deadline.is_some() => Wake::Timer,
                     _ = any_readable(&self.watch) => Wake::Readable,
                     _ = arrived(self.arrival.as_ref()) => Wake::Readable,
-                    res = join_prepare(&mut self.prepare) => Wake::Prepared(res),
+                    (generation, res) = join_prepare(&mut self.prepare) => Wake::Prepared(generation, res),
                     _ = sleep_until(listen_at), if listen_at.is_some() => Wake::ListenCheck,
                     _ = sleep_until(idle_at), if idle_at.is_some() => Wake::IdleCheck,
                 }
@@ -312,9 +318,11 @@ impl Actor {
                 }
                 Wake::IdleCheck => self.idle_check(),
                 Wake::ListenCheck => self.listen_check(),
-                Wake::Prepared(res) => {
+                Wake::Prepared(generation, res) => {
                     self.prepare = None;
                     match res {
+                        // Begun for an older file, or a bridge has started since: not ours to keep.
+                        Ok(Some(_)) if generation != self.prepare_gen => self.prepare_tried = false,
                         Ok(Some(id)) => {
                             debug!("[{}] container {} created ahead of time", self.name, short_id(&id));
                             self.prepared = Some(id);
@@ -349,7 +357,8 @@ impl Actor {
             self.sync_listen_check();
             self.observe();
         }
-        if let Some(task) = self.prepare.take()
+        // Every process has ended: whatever a creation made (or found) is no bridge's any more.
+        if let Some((_, task)) = self.prepare.take()
             && let Ok(Ok(Some(id))) = task.await
         {
             self.prepared = Some(id);
@@ -399,8 +408,11 @@ impl Actor {
     /// Looks for the new instance of an overlapping reload waiting for connections while the old one
     /// still serves, unless it speaks the protocol (then it says when it is ready).
     fn sync_listen_check(&mut self) {
-        let pending =
-            self.fsm.previous.is_some() && self.proc.is_some() && self.fsm.state.instance().is_some_and(|i| !i.speaks);
+        // An explicit ready-delay is the user's word for when the app is ready: nothing is looked for.
+        let pending = self.fsm.previous.is_some()
+            && self.proc.is_some()
+            && self.config.as_ref().is_some_and(|c| c.ready_delay.is_none())
+            && self.fsm.state.instance().is_some_and(|i| !i.speaks);
         if !pending {
             self.listen_check = None;
         } else if self.listen_check.is_none() {
@@ -448,12 +460,16 @@ impl Actor {
         self.prepare_tried = true;
         let names = self.socket_names();
         let opts = self.opts.clone();
-        self.prepare = Some(tokio::task::spawn_local(async move {
-            // A busy daemon must not hold back a connection waiting for this shortcut for long.
-            tokio::time::timeout(prepare::TIMEOUT, prepare::prepare(&opts, &cfg, names))
-                .await
-                .unwrap_or_else(|_| Err("timed out".into()))
-        }));
+        let generation = self.prepare_gen;
+        self.prepare = Some((
+            generation,
+            tokio::task::spawn_local(async move {
+                // A busy daemon must not hold back a connection waiting for this shortcut for long.
+                tokio::time::timeout(prepare::TIMEOUT, prepare::prepare(&opts, &cfg, names))
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".into()))
+            }),
+        ));
     }
 
     /// Removes a container created ahead of time that no bridge will start, in the background.
@@ -678,10 +694,16 @@ impl Actor {
                     info!("[{}] on demand: waiting for a connection", self.name);
                 }
                 self.log.configure(cfg.logto.as_deref(), cfg.log_maxsize);
-                // Made for the old file: the next creation (or the bridge) replaces it, or nothing will.
-                if let Some(id) = self.prepared.take() {
+                // Made for the old file. A Docker vassal's next creation ahead of time, or its bridge, starts it
+                // if it still fits and replaces it otherwise (discarding it here could race a bridge spawned
+                // for this very change); nothing else will, so it goes if the vassal is no Docker one now.
+                if let Some(id) = self.prepared.take()
+                    && cfg.docker.is_none()
+                {
                     self.discard(id);
                 }
+                // A creation still running is for the old file: its result is dropped (`prepare_gen`).
+                self.prepare_gen += 1;
                 self.prepare_tried = false;
                 self.config = Some(cfg);
                 if first {
@@ -949,8 +971,14 @@ impl Actor {
         };
 
         let bridged = cfg.docker.is_some();
-        // The bridge starts the container created ahead of time, or replaces it.
+        // The bridge starts the container created ahead of time, or replaces it; a creation still
+        // running is stopped and its result dropped, so it cannot take the bridge's container for a
+        // stale one of its own.
         self.prepared = None;
+        self.prepare_gen += 1;
+        if let Some((_, task)) = self.prepare.take() {
+            task.abort();
+        }
         let speaks;
         let argv;
         let mut env = Vec::new();
@@ -1109,6 +1137,7 @@ impl Actor {
 
     fn reconcile_sockets(&mut self, cfg: &VassalConfig) -> Result<(), String> {
         let mut old = std::mem::take(&mut self.sockets);
+        let before = old.len();
         let mut result = Ok(());
         for spec in &cfg.sockets {
             if let Some(i) = old.iter().position(|s| s.spec.addr == spec.addr) {
@@ -1140,9 +1169,19 @@ impl Actor {
                 }
             }
         }
+        let changed = !old.is_empty() || self.sockets.len() != before;
         for s in old {
             debug!("[{}] releasing {}", self.name, s.spec.addr);
             s.release();
+        }
+        if changed {
+            // The watches hold duplicates of the old set (which would keep a released listener open
+            // and miss the new one's arrivals): start over on the current set.
+            self.watch.clear();
+            self.arrival = None;
+            if self.idle.is_some() {
+                self.arm_idle_watch();
+            }
         }
         result
     }
@@ -1236,10 +1275,10 @@ fn idle_step(idle: Option<Duration>) -> Duration {
 
 /// The outcome of the running creation ahead of time; never, without one.
 async fn join_prepare(
-    task: &mut Option<tokio::task::JoinHandle<Result<Option<String>, String>>>,
-) -> Result<Option<String>, String> {
+    task: &mut Option<(u64, tokio::task::JoinHandle<Result<Option<String>, String>>)>,
+) -> (u64, Result<Option<String>, String>) {
     match task {
-        Some(t) => t.await.unwrap_or_else(|e| Err(e.to_string())),
+        Some((generation, t)) => (*generation, t.await.unwrap_or_else(|e| Err(e.to_string()))),
         None => std::future::pending().await,
     }
 }

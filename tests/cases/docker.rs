@@ -69,9 +69,7 @@ fn touch_replaces_the_container_and_the_socket_stays() {
     let mut h = Harness::new("docker_touch");
     let name = unique_name("touch");
     let file = format!("{name}.ini");
-    // ready-delay far beyond the waits below: the old container can only go this soon because the
-    // emperor sees the new one's app waiting for connections (through the container's process tree).
-    h.write_vassal(&file, &vassal(&h, &name, "ready-delay = 120\n"));
+    h.write_vassal(&file, &vassal(&h, &name, ""));
     start(&mut h, &sweep, &[]);
     h.wait_starts(&name, 1, LONG);
     let sock = h.sock(&format!("{name}.sock"));
@@ -87,9 +85,11 @@ fn touch_replaces_the_container_and_the_socket_stays() {
     h.check(r.contains("hello from"), format!("answer after the reload: {r:?}"));
     // The new container starts beside the old one as `<name>.next` and takes the name once the old one
     // is gone (an overlapping reload).
+    // Sooner than the 10 s a silent instance waits at the latest: the emperor sees the new container's
+    // app waiting for connections (through the container's process tree) and retires the old one.
     h.wait_for(
         || inspect(&file, "{{.Id}}").is_some_and(|id| !id.trim().is_empty() && id != first_id),
-        LONG,
+        Duration::from_secs(7),
         "a new container under the vassal's name",
     );
     let ino2 = fs::metadata(&sock)

@@ -6,16 +6,12 @@ use std::thread;
 use std::time::Duration;
 
 /// An overlapping reload of an app that does not speak the protocol: the old instance serves while the
-/// new one loads, and goes once the kernel shows the new one waiting for connections, long before
-/// `ready-delay`.
+/// new one loads, and goes once the kernel shows the new one waiting for connections, well before the
+/// 10 s that are the latest a silent instance waits.
 #[test]
 fn overlap_retires_the_old_instance_once_the_new_one_waits_for_connections() {
     let mut h = Harness::new("overlap_listening");
-    h.write_vassal(
-        "slow.ini",
-        &h.app_ini("slow", "--accept-delay 1500")
-            .replace("[emperor]\n", "[emperor]\nready-delay = 120\n"),
-    );
+    h.write_vassal("slow.ini", &h.app_ini("slow", "--accept-delay 1500"));
     h.start(&[]);
     let old = h.wait_starts("slow", 1, LONG)[0].pid();
     let serving = |pid: i32| h.records("slow").iter().any(|r| r.kind == "serving" && r.pid() == pid);
@@ -33,7 +29,12 @@ fn overlap_retires_the_old_instance_once_the_new_one_waits_for_connections() {
         r.contains(&format!("pid={old}")),
         format!("answered by the old instance: {r:?}"),
     );
-    h.wait_dead(old, LONG, "the old instance, once the new one waits for connections");
+    // Seen waiting about 1.5 s after its start; the fallback would take 10 s.
+    h.wait_dead(
+        old,
+        Duration::from_secs(7),
+        "the old instance, once the new one waits for connections",
+    );
     h.check(
         serving(new),
         "the old instance went only after the new one began serving",
@@ -43,6 +44,21 @@ fn overlap_retires_the_old_instance_once_the_new_one_waits_for_connections() {
         r.contains(&format!("pid={new}")),
         format!("answered by the new instance: {r:?}"),
     );
+
+    // An explicit ready-delay is the user's word: nothing is looked for, the old instance stays for it.
+    h.write_vassal(
+        "slow.ini",
+        &h.app_ini("slow", "")
+            .replace("[emperor]\n", "[emperor]\nready-delay = 3\n"),
+    );
+    let newer = h.wait_starts("slow", 3, LONG)[2].pid();
+    let _ = h.wait_http_unix(h.sock("slow.sock"), LONG);
+    thread::sleep(Duration::from_millis(1500));
+    h.check(
+        alive(new),
+        format!("ready-delay = 3 keeps the old instance {new} beside {newer} for 3 s"),
+    );
+    h.wait_dead(new, LONG, "the old instance after ready-delay");
 }
 
 #[test]
