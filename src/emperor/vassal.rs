@@ -174,7 +174,7 @@ struct Actor {
     prepare_gen: u64,
     /// Creating an on-demand Docker vassal's container ahead of time (`prepare.rs`), with the
     /// generation it was started in.
-    prepare: Option<(u64, tokio::task::JoinHandle<Result<Option<String>, String>>)>,
+    prepare: Option<Creation>,
     /// The container created ahead of time and not yet handed to a bridge.
     prepared: Option<String>,
     /// A creation ran since the vassal entered `waiting` (it is not retried before the next time).
@@ -1273,10 +1273,11 @@ fn idle_step(idle: Option<Duration>) -> Duration {
     (idle.unwrap_or(Duration::from_secs(20)) / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
 }
 
+/// A creation ahead of time: the generation it began in, and its task (the container id, if any).
+type Creation = (u64, tokio::task::JoinHandle<Result<Option<String>, String>>);
+
 /// The outcome of the running creation ahead of time; never, without one.
-async fn join_prepare(
-    task: &mut Option<(u64, tokio::task::JoinHandle<Result<Option<String>, String>>)>,
-) -> (u64, Result<Option<String>, String>) {
+async fn join_prepare(task: &mut Option<Creation>) -> (u64, Result<Option<String>, String>) {
     match task {
         Some((generation, t)) => (*generation, t.await.unwrap_or_else(|e| Err(e.to_string()))),
         None => std::future::pending().await,
