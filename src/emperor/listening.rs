@@ -23,15 +23,44 @@ use std::collections::HashSet;
 use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 
-/// The inode that identifies a socket in /proc (`socket:[<inode>]`).
-pub fn socket_inode(fd: BorrowedFd<'_>) -> Option<u64> {
-    nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino)
+/// The vassal's listening sockets as /proc names them: their inodes (`socket:[<inode>]`), and the
+/// device of the socket filesystem, since an epoll set's `ino:` is only unique with its `sdev:`.
+#[derive(Debug, Clone, Default)]
+pub struct Listeners {
+    inodes: HashSet<u64>,
+    /// (major, minor) of sockfs.
+    dev: Option<(u64, u64)>,
+}
+
+impl Listeners {
+    pub fn of<'a>(fds: impl Iterator<Item = BorrowedFd<'a>>) -> Listeners {
+        let mut l = Listeners::default();
+        for st in fds.filter_map(|fd| nix::sys::stat::fstat(fd).ok()) {
+            l.inodes.insert(st.st_ino);
+            let dev = st.st_dev;
+            l.dev = Some((nix::sys::stat::major(dev), nix::sys::stat::minor(dev)));
+        }
+        l
+    }
+
+    fn contains(&self, ino: u64) -> bool {
+        self.inodes.contains(&ino)
+    }
+
+    /// An epoll set's entry: its inode, on a device given as the kernel prints it (`MAJOR << 20 | MINOR`).
+    fn watched(&self, ino: u64, sdev: Option<u64>) -> bool {
+        let same_dev = match (self.dev, sdev) {
+            (Some(d), Some(s)) => d == (s >> 20, s & 0xf_ffff),
+            _ => true,
+        };
+        same_dev && self.inodes.contains(&ino)
+    }
 }
 
 /// Whether any thread of `root` or its descendants is blocked waiting for a connection on one of
-/// `listeners` (socket inodes).
-pub fn waiting(root: i32, listeners: &HashSet<u64>) -> bool {
-    if listeners.is_empty() || root <= 0 {
+/// `listeners`.
+pub fn waiting(root: i32, listeners: &Listeners) -> bool {
+    if listeners.inodes.is_empty() || root <= 0 {
         return false;
     }
     tree(root)
@@ -96,19 +125,22 @@ mod nr {
 /// The most fds looked at in one poll array or select set.
 const MAX_FDS: u64 = 65_536;
 
-fn task_waits(pid: i32, tid: i32, listeners: &HashSet<u64>) -> bool {
+fn task_waits(pid: i32, tid: i32, listeners: &Listeners) -> bool {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) else {
         return false;
     };
     let Some((call, args)) = parse_syscall(&text) else {
         return false;
     };
-    let is_listener = |fd: u64| fd_inode(pid, fd).is_some_and(|ino| listeners.contains(&ino));
+    let is_listener = |fd: u64| fd_inode(pid, fd).is_some_and(|ino| listeners.contains(ino));
     match call {
         nr::ACCEPT | nr::ACCEPT4 => is_listener(args[0]),
         nr::EPOLL_WAIT | nr::EPOLL_PWAIT | nr::EPOLL_PWAIT2 => {
-            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", args[0]))
-                .is_ok_and(|info| epoll_inodes(&info).iter().any(|ino| listeners.contains(ino)))
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", args[0])).is_ok_and(|info| {
+                epoll_inodes(&info)
+                    .into_iter()
+                    .any(|(ino, sdev)| listeners.watched(ino, sdev))
+            })
         }
         nr::POLL | nr::PPOLL => read_mem(pid, args[0], args[1].min(MAX_FDS) * 8)
             .is_some_and(|bytes| polled_fds(&bytes).into_iter().any(is_listener)),
@@ -143,15 +175,18 @@ fn fd_inode(pid: i32, fd: u64) -> Option<u64> {
         .ok()
 }
 
-/// The inodes an epoll set watches, from its fdinfo: `tfd: <fd> events: <hex> data: <hex> pos:0 ino:<hex> sdev:<hex>`.
-fn epoll_inodes(fdinfo: &str) -> Vec<u64> {
+/// The files an epoll set watches, from its fdinfo: `tfd: <fd> events: <hex> data: <hex> pos:0
+/// ino:<hex> sdev:<hex>`, as (inode, device).
+fn epoll_inodes(fdinfo: &str) -> Vec<(u64, Option<u64>)> {
+    let hex = |l: &str, key: &str| {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+    };
     fdinfo
         .lines()
         .filter(|l| l.starts_with("tfd:"))
-        .filter_map(|l| {
-            let ino = l.split_whitespace().find_map(|w| w.strip_prefix("ino:"))?;
-            u64::from_str_radix(ino, 16).ok()
-        })
+        .filter_map(|l| Some((hex(l, "ino:")?, hex(l, "sdev:"))))
         .collect()
 }
 
@@ -200,7 +235,12 @@ mod tests {
         let info = "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\n\
                     tfd:        5 events:       19 data:                5  pos:0 ino:3e8 sdev:8\n\
                     tfd:        7 events:       19 data:                7  pos:0 ino:2a sdev:8\n";
-        assert_eq!(epoll_inodes(info), vec![0x3e8, 0x2a]);
+        assert_eq!(epoll_inodes(info), vec![(0x3e8, Some(8)), (0x2a, Some(8))]);
+        let l = Listeners {
+            inodes: HashSet::from([0x3e8]),
+            dev: Some((0, 8)),
+        };
+        assert!(l.watched(0x3e8, Some(8)) && !l.watched(0x3e8, Some(1 << 20 | 8)) && !l.watched(0x2a, Some(8)));
         let mut arr = Vec::new();
         for (fd, ev) in [(3i32, libc::POLLIN), (4, libc::POLLOUT), (-1, libc::POLLIN)] {
             arr.extend(fd.to_ne_bytes());
@@ -214,7 +254,7 @@ mod tests {
 
     /// Waits until a thread of this process is seen waiting on `l`.
     fn seen(l: &UnixListener) -> bool {
-        let ino = HashSet::from([socket_inode(l.as_fd()).unwrap()]);
+        let ino = Listeners::of(std::iter::once(l.as_fd()));
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if waiting(std::process::id() as i32, &ino) {
@@ -236,7 +276,7 @@ mod tests {
     #[test]
     fn sees_a_thread_waiting_in_accept_poll_or_epoll() {
         let (idle, idle_path) = listener("idle");
-        let ino = HashSet::from([socket_inode(idle.as_fd()).unwrap()]);
+        let ino = Listeners::of(std::iter::once(idle.as_fd()));
         assert!(!waiting(std::process::id() as i32, &ino), "nobody waits on this one");
 
         let (l, path) = listener("accept");

@@ -88,6 +88,8 @@ pub fn start(
         arrivals,
         arrival: None,
         listen_check: None,
+        listen_task: None,
+        listen_polls: 0,
         prepare_gen: 0,
         prepare: None,
         prepared: None,
@@ -170,6 +172,11 @@ struct Actor {
     /// When to look next whether the new instance of an overlapping reload waits for connections
     /// (`listening.rs`); only while one is pending and does not speak the protocol.
     listen_check: Option<Instant>,
+    /// A look in progress, on the blocking pool: reading another process's /proc can block (its
+    /// memory may be behind userfaultfd or FUSE), and this thread runs every vassal.
+    listen_task: Option<tokio::task::JoinHandle<bool>>,
+    /// Looks so far for the pending reload: every 25 ms for the first second, then every 100 ms.
+    listen_polls: u32,
     /// Bumped when the file changes or a bridge starts: a creation ahead of time begun before is stale.
     prepare_gen: u64,
     /// Creating an on-demand Docker vassal's container ahead of time (`prepare.rs`), with the
@@ -227,6 +234,8 @@ enum Wake {
     Prepared(u64, Result<Option<String>, String>),
     /// Time to look whether the new instance waits for connections.
     ListenCheck,
+    /// A look has finished: whether the new instance waits for connections.
+    Listened(bool),
 }
 
 impl Actor {
@@ -253,6 +262,7 @@ impl Actor {
                     _ = arrived(self.arrival.as_ref()) => Wake::Readable,
                     (generation, res) = join_prepare(&mut self.prepare) => Wake::Prepared(generation, res),
                     _ = sleep_until(listen_at), if listen_at.is_some() => Wake::ListenCheck,
+                    seen = join_listen(&mut self.listen_task) => Wake::Listened(seen),
                     _ = sleep_until(idle_at), if idle_at.is_some() => Wake::IdleCheck,
                 }
             };
@@ -318,6 +328,22 @@ impl Actor {
                 }
                 Wake::IdleCheck => self.idle_check(),
                 Wake::ListenCheck => self.listen_check(),
+                Wake::Listened(seen) => {
+                    self.listen_task = None;
+                    if seen {
+                        debug!("[{}] the new instance waits for connections", self.name);
+                        vec![Event::Listening]
+                    } else {
+                        self.listen_polls += 1;
+                        let pause = if self.listen_polls < 40 {
+                            LISTEN_POLL
+                        } else {
+                            LISTEN_POLL * 4
+                        };
+                        self.listen_check = Some(Instant::now() + pause);
+                        vec![]
+                    }
+                }
                 Wake::Prepared(generation, res) => {
                     self.prepare = None;
                     match res {
@@ -414,8 +440,11 @@ impl Actor {
             && self.config.as_ref().is_some_and(|c| c.ready_delay.is_none())
             && self.fsm.state.instance().is_some_and(|i| !i.speaks);
         if !pending {
+            // A look still running finishes on its own; its answer is dropped with the handle.
             self.listen_check = None;
-        } else if self.listen_check.is_none() {
+            self.listen_task = None;
+            self.listen_polls = 0;
+        } else if self.listen_check.is_none() && self.listen_task.is_none() {
             self.listen_check = Some(Instant::now() + LISTEN_POLL);
         }
     }
@@ -430,16 +459,10 @@ impl Actor {
         } else {
             p.child.pid().as_raw()
         };
-        let inodes = self
-            .sockets
-            .iter()
-            .filter_map(|s| listening::socket_inode(s.fd()))
-            .collect();
-        if listening::waiting(root, &inodes) {
-            debug!("[{}] the new instance waits for connections", self.name);
-            return vec![Event::Listening];
-        }
-        self.listen_check = Some(Instant::now() + LISTEN_POLL);
+        let listeners = listening::Listeners::of(self.sockets.iter().map(|s| s.fd()));
+        self.listen_task = Some(tokio::task::spawn_blocking(move || {
+            listening::waiting(root, &listeners)
+        }));
         vec![]
     }
 
@@ -1271,6 +1294,14 @@ const LISTEN_POLL: Duration = Duration::from_millis(25);
 /// How often an idle check looks again while the vassal is busy: a quarter of `idle`, 0.25–5 s.
 fn idle_step(idle: Option<Duration>) -> Duration {
     (idle.unwrap_or(Duration::from_secs(20)) / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
+}
+
+/// The answer of the look in progress; never, without one.
+async fn join_listen(task: &mut Option<tokio::task::JoinHandle<bool>>) -> bool {
+    match task {
+        Some(t) => t.await.unwrap_or(false),
+        None => std::future::pending().await,
+    }
 }
 
 /// A creation ahead of time: the generation it began in, and its task (the container id, if any).
