@@ -7,8 +7,8 @@
 //! Containers of other emperors (other directories) and foreign containers are never touched.
 //!
 //! The same goes for the instance's run directory (`<run-dir>/<instance>/`): bridges that were killed
-//! (SIGKILL, a crash) leave their empty proxy-socket directories and stats records behind, which
-//! [`run_dir_leftovers`] removes before any bridge of this run exists.
+//! (SIGKILL, a crash) leave their empty proxy-socket directories, stats records and shim copies
+//! behind, which [`run_dir_leftovers`] removes before any bridge of this run exists.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
