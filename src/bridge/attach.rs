@@ -44,9 +44,11 @@ pub async fn attach(socket: &std::path::Path, id: &str) -> io::Result<(UnixStrea
 
 async fn attach_now(socket: &std::path::Path, id: &str) -> io::Result<(UnixStream, Vec<u8>)> {
     let mut s = UnixStream::connect(socket).await?;
+    let target = format!("/containers/{id}/attach?stream=1&logs=1&stdout=1&stderr=1");
+    // Logged like bollard's own requests, so a debug log shows every step of a start (bench/ reads it).
+    log::debug!("raw attach: POST {target}");
     let req = format!(
-        "POST /containers/{id}/attach?stream=1&logs=1&stdout=1&stderr=1 HTTP/1.1\r\nHost: docker\r\n\
-         Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+        "POST {target} HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::with_capacity(1024);
