@@ -228,7 +228,10 @@ async fn read_signals(sfd: AsyncFd<SignalFd>, watched: Rc<Registry>, alive: Rc<s
                 }
                 Ok(Some(info)) => {
                     if let Some((n, ino)) = watched.borrow().get(&info.ssi_fd)
-                        && fd_inode(info.ssi_fd) == Some(*ino)
+                        && u64::try_from(info.ssi_fd)
+                            .ok()
+                            .and_then(|fd| super::listening::fd_inode("self", fd))
+                            == Some(*ino)
                     {
                         n.notify_one();
                     }
@@ -245,17 +248,6 @@ async fn read_signals(sfd: AsyncFd<SignalFd>, watched: Rc<Registry>, alive: Rc<s
             }
         }
     }
-}
-
-/// The inode of what the emperor's fd `fd` is now (`/proc/self/fd/<fd>` → `socket:[<inode>]`).
-fn fd_inode(fd: RawFd) -> Option<u64> {
-    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
-    target
-        .to_str()?
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]

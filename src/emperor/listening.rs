@@ -165,7 +165,9 @@ fn parse_syscall(text: &str) -> Option<(u64, [u64; 6])> {
     Some((call, args))
 }
 
-fn fd_inode(pid: i32, fd: u64) -> Option<u64> {
+/// The inode of the socket that `pid`'s fd `fd` is (`/proc/<pid>/fd/<fd>` → `socket:[<inode>]`);
+/// `pid` may be `"self"`.
+pub fn fd_inode(pid: impl std::fmt::Display, fd: u64) -> Option<u64> {
     let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
     target
         .to_str()?

@@ -269,18 +269,7 @@ fn a_restarted_emperor_reaps_the_container_of_a_vassal_deleted_while_it_was_down
     start(&mut h, &sweep, &["--emperor-run-dir", &run_arg]);
     h.wait_starts(&name, 1, LONG);
     // Kill the bridge first, then the emperor, so that nobody cleans up: the container stays behind.
-    let bridge: i32 = h
-        .stderr()
-        .lines()
-        .find_map(|l| {
-            l.split("spawned bridge pid ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .expect("the bridge's pid in the log");
+    let bridge = h.bridge_pid();
     crate::util::kill(bridge, libc::SIGKILL);
     h.signal(libc::SIGKILL);
     h.wait_exit(LONG);

@@ -125,14 +125,19 @@ fn changing_logto_applies_without_a_restart() {
     );
 }
 
-/// VmRSS of `pid` in KiB.
-fn rss_kib(pid: i32) -> u64 {
+/// A `Vm...` figure of `pid` from /proc/<pid>/status, in KiB (0 when unknown).
+fn status_kib(pid: i32, key: &str) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    status_kib(pid, "VmRSS")
 }
 
 /// The emperor with its stdout on /dev/null (the harness would keep every flooded byte in memory);
@@ -211,12 +216,7 @@ fn flooding_vassals_do_not_grow_the_emperors_memory() {
 
 /// VmHWM (peak resident memory) of `pid` in KiB.
 fn peak_kib(pid: i32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    status_kib(pid, "VmHWM")
 }
 
 /// A container's output is a raw tty stream (every container has a tty), whatever bytes it holds: binary
@@ -250,18 +250,7 @@ fn binary_container_output_is_forwarded_raw_and_does_not_grow_its_bridge() {
         Duration::from_secs(120),
         "the container's 20 MB",
     );
-    let bridge: i32 = h
-        .stderr()
-        .lines()
-        .find_map(|l| {
-            l.split("spawned bridge pid ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .expect("the bridge's pid in the log");
+    let bridge = h.bridge_pid();
     // What the container printed has gone through the bridge once the rotated log holds its tail.
     let len = |p: &std::path::Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     h.wait_for(

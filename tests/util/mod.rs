@@ -438,6 +438,21 @@ impl Harness {
         self.starts(name)
     }
 
+    /// The pid of the first bridge the emperor logged spawning.
+    pub fn bridge_pid(&self) -> i32 {
+        self.stderr()
+            .lines()
+            .find_map(|l| {
+                l.split("spawned bridge pid ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .expect("the bridge's pid in the log")
+    }
+
     pub fn wait_dead(&self, pid: i32, deadline: Duration, what: &str) {
         self.wait_for(|| !alive(pid), deadline, &format!("pid {pid} ({what}) to be gone"));
     }
