@@ -594,6 +594,23 @@ impl Drop for Harness {
             }
             kill(p, libc::SIGKILL);
         }
+        // What killed bridges left in the emperor's default run directory for this test's instance.
+        if let Some(dir) = instance_run_dir(&self.vassals()) {
+            let _ = fs::remove_dir_all(dir);
+        }
         let _ = fs::remove_dir_all(&self.root);
     }
+}
+
+/// `/run/emperor/<instance>`: the emperor's instance id is 64-bit FNV-1a of the canonical vassals
+/// directory, as 16 hex digits (src/emperor/mod.rs `instance_id`).
+fn instance_run_dir(vassals: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = fs::canonicalize(vassals).ok()?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.as_os_str().as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Some(PathBuf::from(format!("/run/emperor/{h:016x}")))
 }
