@@ -293,11 +293,13 @@ impl Bridge {
         let ready_made = if self.args.overlap {
             None
         } else {
-            let found = self
-                .ready_made(docker, &d.container_name, &cfg.name, &fingerprint)
-                .await;
-            if found.is_none() {
-                self.remove_stale(docker, &d.container_name).await?;
+            let existing = self.existing(docker, &d.container_name).await?;
+            let found = existing
+                .as_ref()
+                .filter(|c| docker::reusable(c, &cfg.name, &self.args.instance, &fingerprint))
+                .and_then(|c| c.id.clone());
+            if let Some(stale) = existing.filter(|_| found.is_none()) {
+                self.remove_stale(docker, &d.container_name, stale).await?;
             }
             self.remove_stale_labelled(docker, &cfg.name, found.as_deref()).await?;
             found
@@ -570,10 +572,7 @@ impl Bridge {
         vassal: &str,
         fingerprint: &str,
     ) -> Option<String> {
-        let c = docker
-            .inspect_container(container_name, None::<InspectContainerOptions>)
-            .await
-            .ok()?;
+        let c = self.existing(docker, container_name).await.ok()??;
         if docker::reusable(&c, vassal, &self.args.instance, fingerprint) {
             c.id
         } else {
@@ -581,16 +580,29 @@ impl Bridge {
         }
     }
 
-    /// Removes a container left with the vassal's name by an earlier emperor; refuses a foreign one.
-    async fn remove_stale(&self, docker: &Docker, container_name: &str) -> Result<(), Fail> {
-        let existing = match docker
+    /// The container that holds the vassal's name, if any.
+    async fn existing(
+        &self,
+        docker: &Docker,
+        container_name: &str,
+    ) -> Result<Option<bollard::models::ContainerInspectResponse>, Fail> {
+        match docker
             .inspect_container(container_name, None::<InspectContainerOptions>)
             .await
         {
-            Ok(c) => c,
-            Err(e) if status(&e) == Some(404) => return Ok(()),
-            Err(e) => return Err(docker_fail("look for a stale container", &e)),
-        };
+            Ok(c) => Ok(Some(c)),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(docker_fail("look for a stale container", &e)),
+        }
+    }
+
+    /// Removes a container left with the vassal's name by an earlier emperor; refuses a foreign one.
+    async fn remove_stale(
+        &self,
+        docker: &Docker,
+        container_name: &str,
+        existing: bollard::models::ContainerInspectResponse,
+    ) -> Result<(), Fail> {
         let labels: HashMap<String, String> = existing.config.and_then(|c| c.labels).unwrap_or_default();
         if !labels.contains_key(docker::LABEL_VASSAL) {
             return Err((

@@ -452,15 +452,18 @@ impl Actor {
     fn listen_check(&mut self) -> Vec<Event> {
         self.listen_check = None;
         let Some(p) = &self.proc else { return vec![] };
-        // A container's processes: its init process (from the bridge's record) and its descendants.
-        let root = if p.bridged {
-            let record = crate::bridge::info::path(&self.opts.run_dir, &self.opts.instance, p.child.pid().as_raw());
-            crate::bridge::info::Info::read(&record).map_or(0, |i| i32::try_from(i.init_pid).unwrap_or(0))
-        } else {
-            p.child.pid().as_raw()
-        };
+        // A container's processes: its init process (from the bridge's record, read with the rest
+        // off this thread) and its descendants.
+        let pid = p.child.pid().as_raw();
+        let record = p
+            .bridged
+            .then(|| crate::bridge::info::path(&self.opts.run_dir, &self.opts.instance, pid));
         let listeners = listening::Listeners::of(self.sockets.iter().map(|s| s.fd()));
         self.listen_task = Some(tokio::task::spawn_blocking(move || {
+            let root = match record {
+                Some(r) => crate::bridge::info::Info::read(&r).map_or(0, |i| i32::try_from(i.init_pid).unwrap_or(0)),
+                None => pid,
+            };
             listening::waiting(root, &listeners)
         }));
         vec![]
