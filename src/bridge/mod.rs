@@ -753,6 +753,7 @@ fn docker_fail(step: &str, e: &DockerError) -> Fail {
     }
 }
 
-fn short(id: &str) -> &str {
+/// A container id as `docker ps` shows it.
+pub fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }

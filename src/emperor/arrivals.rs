@@ -156,7 +156,7 @@ impl Arrivals {
             }
             let ino = nix::sys::stat::fstat(*fd)?.st_ino;
             // The duplicate first: once it is in `w`, dropping `w` disowns the socket again.
-            w.fds.push((fd.as_raw_fd(), dup_for_disarm(*fd)?));
+            w.fds.push((fd.as_raw_fd(), fd.try_clone_to_owned()?));
             set_owner(*fd, me)?;
             self.watched.borrow_mut().insert(fd.as_raw_fd(), (notify.clone(), ino));
         }
@@ -164,16 +164,12 @@ impl Arrivals {
     }
 }
 
-/// A duplicate of the listener, so that the watch can disown it even after the actor closed its own
-/// fd (the owner belongs to the open file, which the duplicate keeps reachable).
-fn dup_for_disarm(fd: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
-    fd.try_clone_to_owned()
-}
-
 /// Arrivals on one vassal's listeners.
 #[derive(Debug)]
 pub struct Watch {
     watched: Rc<Registry>,
+    /// Each listener's fd number and a duplicate, so that the watch can disown it even after the
+    /// actor closed its own fd (the owner belongs to the open file, which the duplicate keeps reachable).
     fds: Vec<(RawFd, std::os::fd::OwnedFd)>,
     notify: Rc<Notify>,
     alive: Rc<std::cell::Cell<bool>>,

@@ -90,7 +90,7 @@ pub async fn orphans(opts: Arc<EmperorOptions>, current: HashSet<String>) {
         }
         let Some(id) = c.id else { continue };
         match crate::bridge::docker::remove(&docker, &id).await {
-            Ok(()) => info!("[{vassal}] removed orphaned container {}", id.get(..12).unwrap_or(&id)),
+            Ok(()) => info!("[{vassal}] removed orphaned container {}", crate::bridge::short(&id)),
             Err(e) => warn!("[{vassal}] cannot remove orphaned container {id}: {e}"),
         }
     }

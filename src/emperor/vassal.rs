@@ -350,7 +350,11 @@ impl Actor {
                         // Begun for an older file, or a bridge has started since: not ours to keep.
                         Ok(Some(_)) if generation != self.prepare_gen => self.prepare_tried = false,
                         Ok(Some(id)) => {
-                            debug!("[{}] container {} created ahead of time", self.name, short_id(&id));
+                            debug!(
+                                "[{}] container {} created ahead of time",
+                                self.name,
+                                crate::bridge::short(&id)
+                            );
                             self.prepared = Some(id);
                         }
                         Ok(None) => {}
@@ -504,8 +508,11 @@ impl Actor {
         let name = self.name.clone();
         self.retiring.push(tokio::task::spawn_local(async move {
             match prepare::discard(socket.as_deref(), &id).await {
-                Ok(()) => debug!("[{name}] removed container {}, created ahead of time", short_id(&id)),
-                Err(e) => warn!("[{name}] cannot remove container {}: {e}", short_id(&id)),
+                Ok(()) => debug!(
+                    "[{name}] removed container {}, created ahead of time",
+                    crate::bridge::short(&id)
+                ),
+                Err(e) => warn!("[{name}] cannot remove container {}: {e}", crate::bridge::short(&id)),
             }
         }));
     }
@@ -1316,10 +1323,6 @@ async fn join_prepare(task: &mut Option<Creation>) -> (u64, Result<Option<String
         Some((generation, t)) => (*generation, t.await.unwrap_or_else(|e| Err(e.to_string()))),
         None => std::future::pending().await,
     }
-}
-
-fn short_id(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 /// Completes when a watched listener reports an arrival; never, without a watch.
