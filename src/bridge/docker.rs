@@ -32,7 +32,7 @@ pub const LABEL_CONFIG_HASH: &str = "emperor.config-hash";
 pub const LABEL_FINGERPRINT: &str = "emperor.fingerprint";
 
 /// The image's own command (Entrypoint + Cmd), run when the vassal sets no `exec`.
-pub fn image_command(image: &ImageInspect) -> Vec<String> {
+fn image_command(image: &ImageInspect) -> Vec<String> {
     image
         .config
         .as_ref()
@@ -68,7 +68,7 @@ pub struct ProxyPaths {
 
 /// The proxy socket of a container created as `create_name`: `docker-proxy`'s paths, or a private
 /// directory `<run_dir>/<instance>/<create_name>/` mounted at [`PROXY_DIR`].
-pub fn proxy_paths(d: &DockerConfig, run_dir: &Path, instance: &str, create_name: &str) -> ProxyPaths {
+fn proxy_paths(d: &DockerConfig, run_dir: &Path, instance: &str, create_name: &str) -> ProxyPaths {
     let (host_sock, container_sock, private) = match &d.proxy {
         Some(p) => (p.host.clone(), p.container.clone(), false),
         None => (
@@ -131,8 +131,63 @@ pub fn fingerprint(body: &ContainerCreateBody, image_id: &str) -> String {
     format!("{h:016x}")
 }
 
+/// What the container is created from besides the vassal file and the image.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    pub instance: &'a str,
+    pub extra_labels: &'a [(String, String)],
+    /// The emperor's binary on the host, bind-mounted read-only as the shim.
+    pub shim_host: &'a Path,
+    /// `--emperor-run-dir`, where private proxy-socket directories are made.
+    pub run_dir: &'a Path,
+    /// The name the container is created under.
+    pub create_name: &'a str,
+    pub wrapper: &'a str,
+    /// Names of the listening sockets, in fd order.
+    pub socket_names: Vec<String>,
+    /// Whether a config fd follows the control fd in the hand-over.
+    pub has_config: bool,
+}
+
+/// The container to create, sealed with its fingerprint, and where its proxy socket goes.
+#[derive(Debug)]
+pub struct Plan {
+    pub proxy: ProxyPaths,
+    pub body: ContainerCreateBody,
+    pub fingerprint: String,
+}
+
+/// The one way to turn a vassal into a container definition, used by the bridge and by the emperor's
+/// creation ahead of time alike, so that a container created ahead of time matches what the bridge
+/// would create exactly when nothing changed. `None` when there is nothing to run (no `exec`, and the
+/// image has no Entrypoint or Cmd).
+pub fn plan(cfg: &VassalConfig, d: &DockerConfig, image: &ImageInspect, inputs: Inputs<'_>) -> Option<Plan> {
+    let proxy = proxy_paths(d, inputs.run_dir, inputs.instance, inputs.create_name);
+    let ctx = Context {
+        instance: inputs.instance,
+        extra_labels: inputs.extra_labels,
+        shim_host: inputs.shim_host,
+        proxy_host_dir: &proxy.host_dir,
+        proxy_container_path: &proxy.container_sock,
+        image_command: image_command(image),
+        wrapper: inputs.wrapper,
+        socket_names: inputs.socket_names,
+        has_config: inputs.has_config,
+    };
+    if payload(cfg, &ctx).is_empty() {
+        return None;
+    }
+    let mut body = container_body(cfg, d, &ctx);
+    let fingerprint = seal(&mut body, image.id.as_deref().unwrap_or_default());
+    Some(Plan {
+        proxy,
+        body,
+        fingerprint,
+    })
+}
+
 /// Labels the body with its own fingerprint (computed without that label).
-pub fn seal(body: &mut ContainerCreateBody, image_id: &str) -> String {
+fn seal(body: &mut ContainerCreateBody, image_id: &str) -> String {
     let fp = fingerprint(body, image_id);
     body.labels
         .get_or_insert_with(HashMap::new)
@@ -174,7 +229,7 @@ pub async fn remove(docker: &bollard::Docker, id: &str) -> Result<(), bollard::e
 
 /// Everything about the container that does not come from the vassal file.
 #[derive(Debug)]
-pub struct Context<'a> {
+struct Context<'a> {
     pub instance: &'a str,
     pub extra_labels: &'a [(String, String)],
     /// The emperor's binary on the host, bind-mounted read-only as the shim.
@@ -193,7 +248,7 @@ pub struct Context<'a> {
 }
 
 /// The command the vassal runs inside its container, before the shim is put in front of it.
-pub fn payload(cfg: &VassalConfig, ctx: &Context<'_>) -> Vec<String> {
+fn payload(cfg: &VassalConfig, ctx: &Context<'_>) -> Vec<String> {
     match &cfg.exec {
         Some(argv) => argv.clone(),
         None if cfg.uwsgi_section => vec![
@@ -211,7 +266,7 @@ pub fn is_uwsgi(cfg: &VassalConfig) -> bool {
 }
 
 /// The create body for the vassal's container.
-pub fn container_body(cfg: &VassalConfig, d: &DockerConfig, ctx: &Context<'_>) -> ContainerCreateBody {
+fn container_body(cfg: &VassalConfig, d: &DockerConfig, ctx: &Context<'_>) -> ContainerCreateBody {
     let mut env: Vec<String> = cfg.env.iter().chain(&d.env).map(|(k, v)| format!("{k}={v}")).collect();
     let payload = payload(cfg, ctx);
     let (entrypoint, cmd) = if d.shim {

@@ -220,8 +220,6 @@ impl Bridge {
             ),
             _ => docker_fail("inspect image", &e),
         })?;
-        let image_command = docker::image_command(&image);
-        let image_id = image.id.clone().unwrap_or_default();
 
         // The name this container is created under: the vassal's, or a temporary one beside the old
         // container of an overlapping reload.
@@ -230,8 +228,6 @@ impl Bridge {
         } else {
             d.container_name.clone()
         };
-        let proxy = docker::proxy_paths(&d, &self.args.run_dir, &self.args.instance, &create_name);
-
         let shim_host = std::env::current_exe().map_err(|e| {
             (
                 exit::START_FAILED,
@@ -266,25 +262,26 @@ impl Bridge {
             .filter(|s| !s.is_empty())
             .map(String::from)
             .collect();
-        let ctx = docker::Context {
+        let inputs = docker::Inputs {
             instance: &self.args.instance,
             extra_labels: &self.args.labels,
             shim_host: &shim_host,
-            proxy_host_dir: &proxy.host_dir,
-            proxy_container_path: &proxy.container_sock,
-            image_command,
+            run_dir: &self.args.run_dir,
+            create_name: &create_name,
             wrapper: &self.args.wrapper,
             socket_names,
             has_config: fds.config.is_some(),
         };
-        if docker::payload(&cfg, &ctx).is_empty() {
-            return Err((
+        let docker::Plan {
+            proxy,
+            body,
+            fingerprint,
+        } = docker::plan(&cfg, &d, &image, inputs).ok_or_else(|| {
+            (
                 exit::BAD_CONFIG,
                 format!("image {:?} has no Entrypoint or Cmd; set exec", d.image),
-            ));
-        }
-        let mut body = docker::container_body(&cfg, &d, &ctx);
-        let fingerprint = docker::seal(&mut body, &image_id);
+            )
+        })?;
 
         // Only a bridge that starts alone removes the vassal's stale containers (all of this emperor's,
         // whatever their name); in an overlap the others are the instances still serving. A container

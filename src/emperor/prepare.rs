@@ -65,24 +65,25 @@ pub async fn prepare(
         .inspect_image(&d.image)
         .await
         .map_err(|e| format!("image {:?}: {e}", d.image))?;
-    let proxy = docker::proxy_paths(d, &opts.run_dir, &opts.instance, &d.container_name);
     let wrapper = opts.wrapper.to_string_lossy();
-    let ctx = docker::Context {
+    let inputs = docker::Inputs {
         instance: &opts.instance,
         extra_labels: &opts.docker_labels,
         shim_host: &shim_host,
-        proxy_host_dir: &proxy.host_dir,
-        proxy_container_path: &proxy.container_sock,
-        image_command: docker::image_command(&image),
+        run_dir: &opts.run_dir,
+        create_name: &d.container_name,
         wrapper: &wrapper,
         socket_names,
         has_config: docker::is_uwsgi(cfg),
     };
-    if docker::payload(cfg, &ctx).is_empty() {
+    let Some(docker::Plan {
+        proxy,
+        body,
+        fingerprint,
+    }) = docker::plan(cfg, d, &image, inputs)
+    else {
         return Ok(None);
-    }
-    let mut body = docker::container_body(cfg, d, &ctx);
-    let fingerprint = docker::seal(&mut body, image.id.as_deref().unwrap_or_default());
+    };
 
     match docker
         .inspect_container(&d.container_name, None::<InspectContainerOptions>)
