@@ -46,9 +46,9 @@
 
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixListener;
+use std::os::unix::thread::JoinHandleExt;
 use std::process::exit;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -182,6 +182,29 @@ extern "C" fn on_term(_: libc::c_int) {
     STOPPING.store(true, Ordering::SeqCst);
 }
 
+/// Does nothing: its only purpose is to make a worker's blocking `accept` return `EINTR` once the app is
+/// stopping (installed without `SA_RESTART`).
+extern "C" fn on_wake(_: libc::c_int) {}
+
+/// Signal the main thread sends to each worker while stopping. Two instances share the listening socket, so
+/// `poll` can say "acceptable" and the other instance takes the connection first: the worker then sits in a
+/// blocking `accept` (the socket must stay blocking: its file description is shared with the emperor) that a
+/// SIGTERM delivered to another thread would never interrupt.
+const WAKE_SIGNAL: libc::c_int = libc::SIGUSR2;
+
+/// Installs `handler` for `sig` without `SA_RESTART`, so a blocking call in the thread that receives it
+/// returns `EINTR` instead of being restarted (what `libc::signal` would do).
+fn install_handler(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) {
+    // SAFETY: a zeroed sigaction is a valid value (empty mask, no flags); the handler is async-signal-safe
+    // (an atomic store, or nothing); both pointers are valid for the call.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
 /// Waits until `fd` has a connection to accept, or the app is stopping (checked every 50 ms).
 /// Never sets O_NONBLOCK: the listening socket's file description is shared with the emperor.
 fn wait_acceptable(fd: i32) -> bool {
@@ -247,9 +270,9 @@ fn main() {
         // SAFETY: setting a signal disposition.
         unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
     } else {
-        // SAFETY: on_term only calls _exit, which is async-signal-safe.
-        unsafe { libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t) };
+        install_handler(libc::SIGTERM, on_term);
     }
+    install_handler(WAKE_SIGNAL, on_wake);
 
     let listen_fds: Option<i32> = std::env::var("LISTEN_FDS").ok().and_then(|v| v.parse().ok());
     let listen_pid_ok = std::env::var("LISTEN_PID").ok().and_then(|v| v.parse::<i32>().ok()) == Some(me);
@@ -395,26 +418,25 @@ fn main() {
                 send_byte(17);
             }
         });
-        match socket_family(fd) {
-            Some(libc::AF_UNIX) => {
-                // SAFETY: fd is a listening socket handed to us under the LISTEN_FDS convention.
-                let l = unsafe { UnixListener::from_raw_fd(fd) };
-                workers.push(thread::spawn(move || {
-                    while wait_acceptable(fd) {
-                        match l.accept() {
-                            Ok((s, _)) => handle(s, &body, &on_served, keep_alive),
-                            Err(e) => eprintln!("testapp: accept on fd {fd}: {e}"),
-                        }
-                    }
-                }));
+        let serve = move |conn: std::os::fd::OwnedFd, unix: bool| {
+            if unix {
+                handle(
+                    std::os::unix::net::UnixStream::from(conn),
+                    &body,
+                    &on_served,
+                    keep_alive,
+                )
+            } else {
+                handle(std::net::TcpStream::from(conn), &body, &on_served, keep_alive)
             }
-            Some(libc::AF_INET) | Some(libc::AF_INET6) => {
-                // SAFETY: as above.
-                let l = unsafe { TcpListener::from_raw_fd(fd) };
+        };
+        match socket_family(fd) {
+            Some(fam @ (libc::AF_UNIX | libc::AF_INET | libc::AF_INET6)) => {
                 workers.push(thread::spawn(move || {
                     while wait_acceptable(fd) {
-                        match l.accept() {
-                            Ok((s, _)) => handle(s, &body, &on_served, keep_alive),
+                        match accept_interruptible(fd) {
+                            Ok(conn) => serve(conn, fam == libc::AF_UNIX),
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                             Err(e) => eprintln!("testapp: accept on fd {fd}: {e}"),
                         }
                     }
@@ -427,10 +449,31 @@ fn main() {
     while !STOPPING.load(Ordering::SeqCst) {
         thread::sleep(Duration::from_millis(10));
     }
+    // Workers serving a connection finish it; a worker blocked in `accept` is woken (repeatedly, in case the
+    // signal lands just before it enters `accept`) and sees STOPPING.
+    while workers.iter().any(|w| !w.is_finished()) {
+        for w in workers.iter().filter(|w| !w.is_finished()) {
+            // SAFETY: the thread has not been joined, so its pthread_t is valid; WAKE_SIGNAL has a handler.
+            unsafe { libc::pthread_kill(w.as_pthread_t() as libc::pthread_t, WAKE_SIGNAL) };
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
     for w in workers {
         let _ = w.join();
     }
     std::process::exit(0);
+}
+
+/// `accept4` on a listening socket, returning `EINTR` to the caller: std's `accept` retries on it, which
+/// would leave a stopping worker blocked for good once the other instance took the connection it polled.
+fn accept_interruptible(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: fd is a listening socket we own for the life of the process; null address pointers are allowed.
+    let c = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    if c < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: accept4 returned a new fd that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(c) })
 }
 
 fn is_listening_socket(fd: i32) -> bool {
