@@ -9,9 +9,38 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Runs one app per `.ini` file found in a directory, as a plain process, binding each app's sockets itself.
+/// `-h`'s one line.
+const ABOUT: &str = "Runs one app per .ini file in a directory, as a host process or in a Docker container";
+
+/// The `--help` text's head. clap prints it as written (no `wrap_help`), so it is wrapped here.
+const LONG_ABOUT: &str = "\
+Runs one app (a vassal) per .ini file in a directory: as a process on the host, or in a Docker
+container when its file sets docker-image. The emperor binds each vassal's listening sockets itself
+and hands them over, so a socket stays put across crashes, reloads and image swaps. A vassal can
+start on its first connection (on-demand) and stop or pause when idle.
+
+Create, touch or delete a file to start, reload or stop its vassal. The commands below act on a
+running emperor (status: its --emperor-stats socket; restart, stop, start: its --emperor-control
+socket) or on a Docker vassal's container (shell).";
+
+/// The `--help` text's tail.
+const AFTER_HELP: &str = "\
+Signals: SIGTERM, SIGINT, SIGQUIT stop every vassal and exit; SIGHUP reloads every vassal.
+Vassal file keys, logs, stats and systemd: README.md (scripts/install puts it in
+<prefix>/share/doc/emperor/).";
+
+/// The usage line of `--help` and of every error message. clap's own would list only what the error
+/// is about (`emperor <VASSALS_DIR>` when the directory is missing) and not the subcommands' forms.
+const USAGE: &str = "\
+emperor [OPTIONS] <VASSALS_DIR>          (or --emperor <DIR>)
+       emperor status [--stats <ADDR>] [--json]
+       emperor restart|stop|start <VASSAL> [--control <PATH>]
+       emperor shell [--docker-daemon-socket <PATH>] <VASSAL> [COMMAND [ARG]...]";
+
+/// The command line: the emperor's options, or one of the other roles of the binary.
 #[derive(Debug, Parser)]
-#[command(name = "emperor", version, about, long_about = None)]
+#[command(name = "emperor", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(after_help = AFTER_HELP, override_usage = USAGE)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
     /// A role other than the emperor: `status` is for operators; the hidden ones only the emperor starts.

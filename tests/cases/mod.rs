@@ -3,6 +3,7 @@
 mod config_errors;
 mod control;
 mod docker;
+mod install;
 mod lifecycle;
 mod logs;
 mod nginx;
