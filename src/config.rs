@@ -518,36 +518,71 @@ impl Problem {
     }
 }
 
+impl ConfigError {
+    /// A problem with the file as a whole (it cannot be read, it is not a file), no line or key.
+    pub fn file(path: &Path, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: path.to_path_buf(),
+            problems: vec![Problem::file(message)],
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     /// One problem per line: `<path>:<line>: [emperor] <key> = "<value>": <message>`, leaving out
-    /// what is unknown (`<path>: cannot read: ...`, `<path>:3:7: syntax error: ...`).
+    /// what is unknown (`<path>: cannot read: ...`, `<path>:3:7: syntax error: ...`). Control characters
+    /// (a NUL, a newline inside a value, a terminal escape) are escaped: one problem is one printable line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write as _;
         if self.problems.is_empty() {
-            return write!(f, "{}: invalid vassal file", self.path.display());
+            return write!(
+                f,
+                "{}: invalid vassal file",
+                printable(&self.path.display().to_string())
+            );
         }
         for (i, p) in self.problems.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}", self.path.display())?;
-            if let Some(line) = p.line {
-                write!(f, ":{line}")?;
+            let mut line = self.path.display().to_string();
+            if let Some(n) = p.line {
+                let _ = write!(line, ":{n}");
                 if let Some(column) = p.column {
-                    write!(f, ":{column}")?;
+                    let _ = write!(line, ":{column}");
                 }
             }
-            write!(f, ": ")?;
+            line.push_str(": ");
             if let Some(key) = &p.key {
-                write!(f, "[{SECTION}] {key}")?;
+                let _ = write!(line, "[{SECTION}] {key}");
                 if let Some(value) = &p.value {
-                    write!(f, " = \"{value}\"")?;
+                    let _ = write!(line, " = \"{value}\"");
                 }
-                write!(f, ": ")?;
+                line.push_str(": ");
             }
-            write!(f, "{}", p.message)?;
+            line.push_str(&p.message);
+            f.write_str(&printable(&line))?;
         }
         Ok(())
     }
+}
+
+/// `s` with its control characters escaped as Rust writes them (`\0`, `\n`, `\u{1b}`), everything else
+/// as it is. Text that came from a vassal file or directory goes through this before it reaches a log line
+/// or a terminal, so a NUL byte shows instead of vanishing and an escape sequence cannot drive the terminal.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl std::error::Error for ConfigError {}
@@ -565,10 +600,15 @@ pub fn load(path: &Path, vassals_dir: &Path) -> Result<VassalConfig, ConfigError
     };
     let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {
-        fail(format!(
-            "not valid utf-8 (bad byte at offset {})",
-            e.utf8_error().valid_up_to()
-        ))
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        ConfigError {
+            path: path.to_path_buf(),
+            problems: vec![Problem::at_line(
+                line,
+                format!("not valid UTF-8 (bad byte at offset {at}); a vassal file is UTF-8 text"),
+            )],
+        }
     })?;
     parse(&name, path, &text, vassals_dir)
 }
@@ -576,6 +616,25 @@ pub fn load(path: &Path, vassals_dir: &Path) -> Result<VassalConfig, ConfigError
 /// Parses vassal file content. `name` is the vassal name (`app.ini`), `path` is used in errors,
 /// `vassals_dir` anchors relative paths.
 pub fn parse(name: &str, path: &Path, text: &str, vassals_dir: &Path) -> Result<VassalConfig, ConfigError> {
+    if let Some(at) = text.find('\0') {
+        let line = text[..at].matches('\n').count() + 1;
+        let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        let shown = text[start..end].trim_end_matches('\r');
+        return Err(ConfigError {
+            path: path.to_path_buf(),
+            problems: vec![Problem::at_line(
+                line,
+                format!("a NUL byte in \"{shown}\"; a vassal file is text (uWSGI would stop reading the line there)"),
+            )],
+        });
+    }
+    if is_blank(text) {
+        return Err(ConfigError::file(
+            path,
+            "empty file: nothing to run (give it an [emperor] section with exec or docker-image, or a [uwsgi] section)",
+        ));
+    }
     let raw = RawVassal::read(text);
     let mut problems = raw.problems.clone();
     let config = build(name, path, text, vassals_dir, &raw, &mut problems);
@@ -589,6 +648,15 @@ pub fn parse(name: &str, path: &Path, text: &str, vassals_dir: &Path) -> Result<
             problems,
         })
     }
+}
+
+/// Nothing but blank lines and comments: such a file is not a uWSGI vassal either (uWSGI would fail with
+/// `Can't find section "uwsgi"` and be restarted forever).
+fn is_blank(text: &str) -> bool {
+    text.strip_prefix('\u{feff}').unwrap_or(text).lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with(';') || l.starts_with('#')
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1867,7 +1935,7 @@ mod tests {
             (None, None, None, None)
         );
         assert_eq!(c.chown_socket, None);
-        assert_eq!(ok("").emperor_hash, c.emperor_hash);
+        assert_eq!(ok("[uwsgi]\n").emperor_hash, c.emperor_hash);
     }
 
     #[test]
@@ -2424,10 +2492,13 @@ mod tests {
         std::fs::write(&bad, b"[emperor]\nexec = \xff\n").unwrap_or_else(|e| panic!("{e}"));
         let e = load(&bad, &dir).err().unwrap_or_else(|| panic!("expected utf-8 error"));
         assert_eq!(e.problems.len(), 1);
-        assert_eq!(e.problems[0].line, None);
+        assert_eq!(e.problems[0].line, Some(2));
         assert_eq!(
             e.to_string(),
-            format!("{}: not valid utf-8 (bad byte at offset 17)", bad.display())
+            format!(
+                "{}:2: not valid UTF-8 (bad byte at offset 17); a vassal file is UTF-8 text",
+                bad.display()
+            )
         );
 
         let missing = dir.join("missing.ini");
@@ -2441,6 +2512,24 @@ mod tests {
             "{e}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn nul_bytes_and_empty_files_are_errors_and_messages_are_printable() {
+        let p = Path::new("/v/x.ini");
+        let e = parse("x.ini", p, "[emperor]\nexec = /bin/true\0 --evil\n", Path::new("/v")).unwrap_err();
+        assert_eq!(e.problems[0].line, Some(2));
+        assert!(e.to_string().starts_with("/v/x.ini:2: a NUL byte"), "{e}");
+        for empty in ["", "\n\n", "  ; a comment\n# another\n", "\u{feff}"] {
+            let e = parse("x.ini", p, empty, Path::new("/v")).unwrap_err();
+            assert!(e.to_string().contains("empty file: nothing to run"), "{empty:?}: {e}");
+        }
+        // A control character in a value is shown escaped, never raw.
+        let e = parse("x.ini", p, "[emperor]\nsockte = a\u{1b}[2Jb\n", Path::new("/v")).unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.contains("a\\u{1b}[2Jb") && !shown.contains('\u{1b}'), "{shown}");
+        assert_eq!(printable("tab\there"), "tab\\there");
+        assert_eq!(printable("caf\u{e9}"), "caf\u{e9}");
     }
 
     #[test]
@@ -2574,7 +2663,7 @@ mod tests {
         let c = ok("[emperor]\nenv = A=1\n");
         assert_eq!(c.docker, None);
         assert!(!c.has_uwsgi_section());
-        assert_eq!(ok("").docker, None);
+        assert_eq!(ok("[uwsgi]\n").docker, None);
     }
 
     impl DockerConfig {
@@ -3167,7 +3256,7 @@ mod tests {
             ("[emperor]\nlisten = 1\n", false),
             ("[uwsgi-extra]\nx = 1\n", false),
             ("[uwsgi] ; note\nx = 1\n", false),
-            ("; [uwsgi]\n", false),
+            ("; [uwsgi]\n[other]\n", false),
         ] {
             assert_eq!(ok(text).has_uwsgi_section(), expected, "{text:?}");
         }

@@ -68,8 +68,9 @@ fn fetch(addr: &str) -> std::io::Result<Vec<u8>> {
 
 /// The readable table: one row per vassal, then one line per throttled vassal.
 fn table(doc: &Value, now: u64) -> String {
+    // The document comes from a socket and its strings from vassal files: no raw control byte reaches the terminal.
     let s = |v: &Value| match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => crate::config::printable(s).into_owned(),
         Value::Null => "-".into(),
         other => other.to_string(),
     };
@@ -150,7 +151,8 @@ fn table(doc: &Value, now: u64) -> String {
     }
     for v in vassals {
         if let Some(e) = v["error"].as_str() {
-            out.push_str(&format!("{}: {}\n", s(&v["id"]), e.lines().next().unwrap_or("")));
+            let first = crate::config::printable(e.lines().next().unwrap_or(""));
+            out.push_str(&format!("{}: {first}\n", s(&v["id"])));
         }
     }
     out
@@ -220,6 +222,14 @@ mod tests {
         );
         assert!(lines[2].contains("throttled") && lines[2].contains("in 3s (attempt 3)"));
         assert_eq!(lines[3], "b \"x\".ini: bad key");
+
+        // Control characters from the socket never reach the terminal raw.
+        let doc = serde_json::json!({"vassals": [
+            {"id": "n.ini", "kind": "process", "state": "invalid\u{0}", "error": "x = \"a\u{0}b\u{1b}[2J\""},
+        ]});
+        let t = table(&doc, 100);
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert!(t.contains("invalid\\0") && t.contains("a\\0b\\u{1b}[2J"), "{t}");
     }
 
     #[test]

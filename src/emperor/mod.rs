@@ -331,7 +331,7 @@ impl Emperor {
                         }
                     }
                     Some(Ok(ev)) => {
-                        let relevant = ev.name.as_ref().is_none_or(|n| n.to_str().is_some_and(scan::is_vassal_name));
+                        let relevant = ev.name.as_deref().is_none_or(scan::is_vassal_name);
                         if relevant && scan_at.is_none() {
                             scan_at = Some(Instant::now() + DEBOUNCE);
                         }
@@ -472,7 +472,16 @@ impl Emperor {
         let mut updated = Vec::new();
         for change in scan::diff(&self.snapshot, &new) {
             match change {
-                Change::Added(name) | Change::Changed(name) => {
+                // Permissions or ownership only: a running vassal is left alone (uWSGI reloads on mtime), a file
+                // that could not be read is tried again.
+                Change::Changed { name, meta_only: true } if self.good.contains_key(&name) => {}
+                Change::Added(name) | Change::Changed { name, .. } => {
+                    let entry = &new[&name];
+                    if let Some(bad) = &entry.unusable {
+                        self.unusable(name.clone(), bad);
+                        updated.push(name);
+                        continue;
+                    }
                     let cfg = config::load(&dir.join(&name), &dir).and_then(|c| self.admit(c));
                     match &cfg {
                         Ok(c) if c.docker.is_some() => self.docker_vassals.insert(name.clone()),
@@ -485,13 +494,7 @@ impl Emperor {
                     self.send(name.clone(), Command::Update(cfg));
                     updated.push(name);
                 }
-                Change::Removed(name) => {
-                    self.docker_vassals.remove(&name);
-                    self.good.remove(&name);
-                    if let Some(h) = self.vassals.get(&name) {
-                        let _ = h.tx.send(Command::Remove);
-                    }
-                }
+                Change::Removed(name) => self.remove(&name),
             }
         }
         self.snapshot = new;
@@ -499,6 +502,34 @@ impl Emperor {
             map.sync(&self.good);
         }
         updated
+    }
+
+    /// The vassal's file is gone (deleted, moved out).
+    fn remove(&mut self, name: &str) {
+        self.docker_vassals.remove(name);
+        self.good.remove(name);
+        if let Some(h) = self.vassals.get(name) {
+            let _ = h.tx.send(Command::Remove);
+        }
+    }
+
+    /// An entry named like a vassal that cannot be one. A new one is shown as a vassal in error (one line in
+    /// the log, a row in `emperor status`); a running vassal whose path stopped leading to a file (now a dangling
+    /// symlink, a directory) is stopped as if the file were deleted, as uWSGI's emperor does when stat fails.
+    fn unusable(&mut self, name: String, bad: &scan::Unusable) {
+        if bad.gone && self.good.contains_key(&name) {
+            let path = self.opts.vassals_dir.join(&name);
+            warn!(
+                "[{name}] {}: {}; stopping the vassal as if its file were deleted",
+                config::printable(&path.display().to_string()),
+                bad.why
+            );
+            self.remove(&name);
+            return;
+        }
+        let e = config::ConfigError::file(&self.opts.vassals_dir.join(&name), bad.why.clone());
+        self.docker_vassals.remove(&name);
+        self.send(name, Command::Update(Err(Arc::new(e))));
     }
 
     /// Applies emperor-wide rules to a parsed vassal file.

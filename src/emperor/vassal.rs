@@ -79,6 +79,7 @@ pub fn start(
     let actor = Actor {
         log: output::Log::new(&name),
         name,
+        finish_reason: "removed",
         opts,
         config: None,
         fsm: Fsm::new(params),
@@ -153,6 +154,8 @@ struct Proc {
 #[derive(Debug)]
 struct Actor {
     name: String,
+    /// What the log says when the actor ends: its file went, or the emperor is stopping.
+    finish_reason: &'static str,
     opts: Arc<EmperorOptions>,
     /// The last config that parsed; a later broken edit does not replace it.
     config: Option<Arc<VassalConfig>>,
@@ -760,8 +763,14 @@ impl Actor {
                 }
                 vec![]
             }
-            Command::Remove => vec![Event::Remove],
-            Command::Shutdown => vec![Event::Shutdown],
+            Command::Remove => {
+                self.finish_reason = "removed (its file is gone)";
+                vec![Event::Remove]
+            }
+            Command::Shutdown => {
+                self.finish_reason = "done (the emperor is stopping)";
+                vec![Event::Shutdown]
+            }
             // A held vassal stays stopped through SIGHUP; only `emperor start` or its file releases it.
             Command::Reload if self.fsm.state == State::Held => vec![],
             Command::Reload => match &self.config {
@@ -966,7 +975,7 @@ impl Actor {
                 None
             }
             Action::Finish => {
-                info!("[{}] removed", self.name);
+                info!("[{}] {}", self.name, self.finish_reason);
                 None
             }
             Action::Log(level, msg) => {

@@ -122,3 +122,118 @@ fn bad_socket_value_names_line_and_key() {
     );
     h.check(h.starts("v.ini").is_empty(), "must not start");
 }
+
+/// Entries named like vassals that cannot be one: each gets one error line when it appears, a row in
+/// `emperor status`, and none of them starts or disturbs the good vassal. Control characters are shown escaped.
+#[test]
+fn odd_entries_are_reported_once_and_shown_by_status() {
+    use std::os::unix::fs::symlink;
+    let mut h = Harness::new("odd_entries");
+    h.write_vassal("good.ini", &h.app_ini("good.ini", ""));
+    h.write_vassal("empty.ini", "");
+    h.write_vassal("comments.ini", "; nothing but a comment\n\n");
+    std::fs::create_dir(h.vassal("dir.ini")).unwrap();
+    symlink("nowhere.conf", h.vassal("dangling.ini")).unwrap();
+    symlink("loop.ini", h.vassal("loop.ini")).unwrap();
+    nix::unistd::mkfifo(&h.vassal("fifo.ini"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::fs::write(h.vassal("nul.ini"), "[emperor]\nexec = /bin/true\0 --evil\n").unwrap();
+    std::fs::write(h.vassal("latin.ini"), b"[emperor]\nexec = caf\xe9\n").unwrap();
+    let stats = h.root.join("stats.sock");
+    h.start(&["--emperor-freq", "1", "--emperor-stats", stats.to_str().unwrap()]);
+    let good = h.wait_starts("good.ini", 1, LONG)[0].pid();
+
+    let expect = [
+        ("empty.ini", "empty file: nothing to run"),
+        ("comments.ini", "empty file: nothing to run"),
+        ("dir.ini", "a directory, not a vassal file"),
+        ("dangling.ini", "a dangling symlink (-> nowhere.conf)"),
+        ("loop.ini", "a symlink loop"),
+        ("fifo.ini", "a FIFO, not a vassal file"),
+        ("nul.ini", "nul.ini:2: a NUL byte"),
+        ("latin.ini", "latin.ini:2: not valid UTF-8"),
+    ];
+    let lines_of = |h: &Harness, file: &str, what: &str| -> Vec<String> {
+        error_lines(h, &format!("[{file}] "))
+            .into_iter()
+            .filter(|l| l.contains(what))
+            .collect()
+    };
+    for (file, what) in expect {
+        h.wait_for(
+            || !lines_of(&h, file, what).is_empty(),
+            LONG,
+            &format!("the error for {file}"),
+        );
+    }
+    // Proving a negative: 2.5 s (two rescans) later each is still reported once, and nothing started.
+    thread::sleep(Duration::from_millis(2500));
+    for (file, what) in expect {
+        let lines = lines_of(&h, file, what);
+        h.check(
+            lines.len() == 1 && lines[0].contains("ERROR"),
+            format!("{file}: one ERROR line with {what:?}: {lines:?}"),
+        );
+    }
+    let spawned: Vec<String> = h
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("spawned"))
+        .map(String::from)
+        .collect();
+    h.check(
+        spawned.len() == 1 && spawned[0].contains("[good.ini]"),
+        format!("only the good vassal was spawned: {spawned:?}"),
+    );
+    h.check(
+        alive(good) && h.starts("good.ini").len() == 1,
+        "the good vassal is untouched",
+    );
+    let err = h.stderr();
+    h.check(
+        !err.chars().any(|c| c.is_control() && c != '\n'),
+        "no raw control character in the log",
+    );
+    h.check(err.contains("/bin/true\\0 --evil"), "the NUL byte is shown escaped");
+
+    let out = std::process::Command::new(EMPEROR)
+        .args(["status", "--stats", stats.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    for (file, what) in expect {
+        h.check(
+            table
+                .lines()
+                .any(|l| l.starts_with(&format!("{file}: ")) && l.contains(what)),
+            format!("emperor status shows {file}'s error {what:?}:\n{table}"),
+        );
+    }
+    h.check(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "no raw control character in status",
+    );
+
+    // The symlink's target appears: the vassal starts.
+    std::fs::write(h.vassal("nowhere.conf"), h.app_ini("dangling.ini", "")).unwrap();
+    h.touch_vassal("dir.ini"); // any event; the periodic rescan would do too
+    h.wait_starts("dangling.ini", 1, LONG);
+
+    // A fix that changes only the ctime (same size, same mtime, same inode: what a chmod of an unreadable file
+    // looks like to a scan) is picked up, because the file was in error.
+    let fixed = h.app_ini("latin.ini", "");
+    std::fs::write(h.vassal("latin.ini"), fixed.replace("exec", "exxc")).unwrap();
+    h.wait_for(
+        || !lines_of(&h, "latin.ini", "exxc").is_empty(),
+        LONG,
+        "the misspelt key of latin.ini reported",
+    );
+    let mtime = std::fs::metadata(h.vassal("latin.ini")).unwrap().modified().unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(h.vassal("latin.ini"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, fixed.as_bytes()).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    h.wait_starts("latin.ini", 1, LONG);
+}
