@@ -25,6 +25,26 @@ pub fn path(run_dir: &Path, instance: &str, bridge_pid: i32) -> PathBuf {
     run_dir.join(instance).join(format!("bridge-{bridge_pid}.json"))
 }
 
+/// Where a bridge that gives up leaves its reason (`bridge-<pid>.verdict`), for the emperor to log: the emperor
+/// sees every retry's outcome and can say a repeated reason (a missing image, no default bridge) once instead of
+/// once per attempt, which a bridge, living for one attempt, cannot. Removed by the emperor once read; a stale
+/// one is swept at start-up with the records.
+pub fn verdict_path(run_dir: &Path, instance: &str, bridge_pid: i32) -> PathBuf {
+    run_dir.join(instance).join(format!("bridge-{bridge_pid}.verdict"))
+}
+
+/// Writes this bridge's verdict; false if it could not (then the bridge logs it itself).
+pub fn write_verdict(path: &Path, message: &str) -> bool {
+    path.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok()) && std::fs::write(path, message).is_ok()
+}
+
+/// Reads and removes a bridge's verdict, if it left one.
+pub fn take_verdict(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let _ = std::fs::remove_file(path);
+    Some(text.trim_end().to_owned()).filter(|t| !t.is_empty())
+}
+
 /// The contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Info {

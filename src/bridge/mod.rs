@@ -128,10 +128,14 @@ impl Bridge {
         }
     }
 
+    /// The emperor logs the reason (once, however often the same attempt fails); only if it cannot be handed
+    /// over does the bridge log it itself.
     fn log_fail(&self, (code, msg): &Fail) {
-        error!("[{}] bridge: {msg}", self.args.name);
-        if let Some(what) = exit::describe(i32::from(*code)) {
-            debug!("[{}] bridge: exit {code}: {what}", self.args.name);
+        let verdict = info::verdict_path(&self.args.run_dir, &self.args.instance, std::process::id() as i32);
+        if exit::describe(i32::from(*code)).is_some() && info::write_verdict(&verdict, msg) {
+            debug!("[{}] bridge: exit {code}: {msg}", self.args.name);
+        } else {
+            error!("[{}] bridge: {msg}", self.args.name);
         }
     }
 
@@ -211,13 +215,7 @@ impl Bridge {
         let fds = adopt_fds()?;
 
         let image = docker.inspect_image(&d.image).await.map_err(|e| match status(&e) {
-            Some(404) => (
-                exit::IMAGE_MISSING,
-                format!(
-                    "image {:?} not found; build it (no registry is consulted) and the emperor retries",
-                    d.image
-                ),
-            ),
+            Some(404) => (exit::IMAGE_MISSING, image_missing(&d.image)),
             _ => docker_fail("inspect image", &e),
         })?;
 
@@ -655,7 +653,7 @@ async fn connect() -> Result<Docker, Fail> {
             exit::DOCKER_UNAVAILABLE,
             format!(
                 "cannot reach the Docker daemon at {where_}: {e}; start dockerd (or point --docker-daemon-socket / \
-                 DOCKER_HOST at it); the emperor retries"
+                 DOCKER_HOST at it)"
             ),
         )
     };
@@ -740,8 +738,33 @@ fn message(e: &DockerError) -> String {
     }
 }
 
+/// What to do about a missing image. No registry is ever asked, so it must be built or loaded on this host; the
+/// images of the emperor's own examples and tests have a script of their own.
+fn image_missing(image: &str) -> String {
+    let repo = image.split(':').next().unwrap_or(image);
+    let how = match repo.strip_prefix("emperor-test/") {
+        Some(which) => format!("build it from the emperor's source tree with `scripts/build-images {which}`"),
+        None => format!("build it (`docker build -t {image} <dir>`) or load it (`docker load -i <file>`)"),
+    };
+    format!("image {image:?} not found and no registry is consulted: {how}")
+}
+
+/// A daemon without a default bridge (`dockerd --bridge=none`, as scripts/setup starts it) refuses every
+/// container that asks for the default network, which is what a vassal without `docker-network-mode` does.
+fn no_default_bridge(msg: &str) -> bool {
+    msg.contains("could not find bridge") || msg.contains("network bridge not found")
+}
+
 fn docker_fail(step: &str, e: &DockerError) -> Fail {
     match e {
+        DockerError::DockerResponseServerError { .. } if no_default_bridge(&message(e)) => (
+            exit::START_FAILED,
+            format!(
+                "cannot {step}: this Docker daemon has no default bridge network ({}); set `docker-network-mode = \
+                 none` in the vassal (the emperor hands its sockets in, so it needs no network) or `host`",
+                message(e)
+            ),
+        ),
         DockerError::DockerResponseServerError { .. } => (exit::START_FAILED, format!("cannot {step}: {}", message(e))),
         other => (
             exit::DOCKER_UNAVAILABLE,
@@ -753,4 +776,25 @@ fn docker_fail(step: &str, e: &DockerError) -> Fail {
 /// A container id as `docker ps` shows it.
 pub fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_failures_say_what_to_change() {
+        assert!(image_missing("emperor-test/testapp:v2").contains("`scripts/build-images testapp`"));
+        assert!(image_missing("shop:1").contains("`docker build -t shop:1 <dir>`"));
+        let e = DockerError::DockerResponseServerError {
+            status_code: 500,
+            message: "could not find bridge docker0: route ip+net: no such network interface".into(),
+        };
+        let (code, msg) = docker_fail("start container", &e);
+        assert_eq!(code, exit::START_FAILED);
+        assert!(
+            msg.contains("docker-network-mode = none") && msg.contains("docker0"),
+            "{msg}"
+        );
+    }
 }

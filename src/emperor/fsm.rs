@@ -90,6 +90,8 @@ pub struct Params {
     pub stop_signal: Signal,
     /// Start on the first connection instead of at once (`on-demand`).
     pub on_demand: bool,
+    /// A Docker vassal: its process is a bridge, whose own exit codes say why it gave up.
+    pub bridged: bool,
     /// On idle, freeze the vassal instead of stopping it (`idle-action = pause`).
     pub idle_pause: bool,
     /// Start the new instance beside the old one on a reload (`reload-overlap`).
@@ -359,11 +361,11 @@ impl Fsm {
         }
     }
 
-    fn throttle(&mut self, what: String, now: Instant, acts: &mut Vec<Action>) {
+    fn throttle(&mut self, what: String, level: log::Level, now: Instant, acts: &mut Vec<Action>) {
         self.attempts += 1;
         let delay = self.throttle_delay();
         acts.push(Action::Log(
-            log::Level::Warn,
+            level,
             format!(
                 "{what}throttled: next start in {:.1}s (attempt {})",
                 delay.as_secs_f64(),
@@ -383,7 +385,11 @@ impl Fsm {
             acts.push(Action::Log(log::Level::Warn, format!("exited {exit}; restarting")));
             self.start_or_wait(acts);
         } else {
-            self.throttle(format!("exited {exit} before it was loyal; "), now, acts);
+            // A bridge that gave up (a missing image, an unreachable daemon) has had its reason logged by the
+            // actor, once for a series of retries; a line per retry would bury it.
+            let gave_up = self.params.bridged && matches!(exit, Exit::Code(c) if crate::exit::describe(c).is_some());
+            let level = if gave_up { log::Level::Debug } else { log::Level::Warn };
+            self.throttle(format!("exited {exit} before it was loyal; "), level, now, acts);
         }
     }
 
@@ -427,7 +433,7 @@ impl Fsm {
                 };
             }
             (State::Waiting | State::Invalid { .. }, Event::SpawnFailed) => {
-                self.throttle(String::new(), now, &mut acts)
+                self.throttle(String::new(), log::Level::Warn, now, &mut acts)
             }
             (State::Throttled { .. }, Event::Timer) => self.start_or_wait(&mut acts),
             (State::Throttled { .. }, Event::ClearThrottle | Event::Reload { .. } | Event::Start) => {
@@ -752,6 +758,7 @@ mod tests {
             stop_timeout: Duration::from_secs(5),
             stop_signal: Signal::SIGTERM,
             on_demand: false,
+            bridged: false,
             idle_pause: false,
             overlap: false,
             ready_delay: Duration::from_secs(1),

@@ -33,6 +33,8 @@ use crate::protocol::{EmperorMsg, VassalMsg};
 
 /// Extra time a bridge gets to stop and remove its container before the emperor kills it.
 const BRIDGE_GRACE: Duration = Duration::from_secs(10);
+/// How long the same reason for a bridge giving up stays quiet after it was logged.
+const REPEAT_QUIET: Duration = Duration::from_secs(60);
 
 /// What the main loop tells an actor.
 #[derive(Debug)]
@@ -80,6 +82,7 @@ pub fn start(
         log: output::Log::new(&name),
         name,
         finish_reason: "removed",
+        last_verdict: None,
         opts,
         config: None,
         fsm: Fsm::new(params),
@@ -127,6 +130,7 @@ fn params_for(opts: &EmperorOptions, cfg: Option<&VassalConfig>) -> Params {
             _ => Signal::SIGTERM,
         },
         on_demand: cfg.is_some_and(|c| c.on_demand),
+        bridged: cfg.is_some_and(|c| c.docker.is_some()),
         idle_pause: cfg.is_some_and(|c| c.idle_action == crate::config::IdleAction::Pause),
         overlap: cfg.is_some_and(|c| c.reload_overlap),
         ready_delay: cfg
@@ -156,6 +160,8 @@ struct Actor {
     name: String,
     /// What the log says when the actor ends: its file went, or the emperor is stopping.
     finish_reason: &'static str,
+    /// The last reason a bridge gave up with, and when it was logged at error level.
+    last_verdict: Option<(String, Instant)>,
     opts: Arc<EmperorOptions>,
     /// The last config that parsed; a later broken edit does not replace it.
     config: Option<Arc<VassalConfig>>,
@@ -276,20 +282,17 @@ impl Actor {
                 Wake::Exited(res) => {
                     let requested = matches!(self.fsm.state, State::Stopping { .. });
                     self.track.exited(&res, requested);
-                    let bridged = self.proc.take().is_some_and(|p| p.bridged);
+                    let bridge = self.proc.take().filter(|p| p.bridged).map(|p| p.child.pid());
                     match res {
-                        Ok(Exit::Code(c)) if bridged && c == i32::from(crate::exit::BAD_CONFIG) => {
-                            vec![Event::Rejected]
-                        }
-                        Ok(exit) => {
-                            if bridged
-                                && let Exit::Code(c) = exit
-                                && let Some(what) = crate::exit::describe(c)
-                            {
-                                warn!("[{}] bridge: {what}", self.name);
+                        Ok(Exit::Code(c)) if bridge.is_some() && crate::exit::describe(c).is_some() => {
+                            self.bridge_gave_up(bridge.map_or(0, |p| p.as_raw()), c);
+                            if c == i32::from(crate::exit::BAD_CONFIG) {
+                                vec![Event::Rejected]
+                            } else {
+                                vec![Event::Exited(Exit::Code(c))]
                             }
-                            vec![Event::Exited(exit)]
                         }
+                        Ok(exit) => vec![Event::Exited(exit)],
                         Err(e) => {
                             error!("[{}] cannot wait for the vassal: {e}", self.name);
                             vec![Event::Exited(Exit::Code(-1))]
@@ -981,6 +984,31 @@ impl Actor {
             Action::Log(level, msg) => {
                 log!(level, "[{}] {msg}", self.name);
                 None
+            }
+        }
+    }
+
+    /// Logs why a bridge gave up (its verdict file, else what its exit code means). The same reason within
+    /// [`REPEAT_QUIET`] is logged at debug level only: a missing image or a daemon without a default bridge
+    /// fails every retry the same way, and one line saying what to change is what helps.
+    fn bridge_gave_up(&mut self, bridge_pid: i32, code: i32) {
+        let path = crate::bridge::info::verdict_path(&self.opts.run_dir, &self.opts.instance, bridge_pid);
+        let reason = crate::bridge::info::take_verdict(&path)
+            .or_else(|| crate::exit::describe(code).map(String::from))
+            .unwrap_or_default();
+        let now = Instant::now();
+        match &self.last_verdict {
+            Some((last, at)) if *last == reason && now.duration_since(*at) < REPEAT_QUIET => {
+                debug!("[{}] bridge: {reason} (again)", self.name);
+            }
+            _ => {
+                let retry = if code == i32::from(crate::exit::BAD_CONFIG) {
+                    "; not retried until the file changes"
+                } else {
+                    "; retrying (this line repeats at most once a minute)"
+                };
+                error!("[{}] bridge: {}{retry}", self.name, crate::config::printable(&reason));
+                self.last_verdict = Some((reason, now));
             }
         }
     }

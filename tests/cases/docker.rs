@@ -178,8 +178,33 @@ fn missing_image_and_bad_values_leave_the_others_running() {
     let first = h.wait_starts(&good, 1, LONG)[0].pid();
     h.wait_vlog(&format!("{missing}.ini"), "not found", LONG);
     h.wait_vlog(&format!("{bad}.ini"), "docker-memory", LONG);
-    // The missing image is retried (throttled), not given up.
-    h.wait_vlog(&format!("{missing}.ini"), "throttled", LONG);
+    // The missing image is retried (throttled), not given up; the reason, with the command that builds the
+    // image, is logged once however many retries fail the same way.
+    let tag = format!("[{missing}.ini] ");
+    let spawned = || {
+        h.stderr()
+            .lines()
+            .filter(|l| l.contains(&tag) && l.contains("spawned bridge"))
+            .count()
+    };
+    h.wait_for(
+        || spawned() >= 3,
+        LONG,
+        "three attempts of the vassal with the missing image",
+    );
+    let lines: Vec<String> = h
+        .stderr()
+        .lines()
+        .filter(|l| l.contains(&tag) && !l.contains("spawned bridge"))
+        .map(String::from)
+        .collect();
+    h.check(
+        lines.len() == 1
+            && lines[0].contains("ERROR")
+            && lines[0].contains("not found")
+            && lines[0].contains("`scripts/build-images does-not-exist`"),
+        format!("one line saying what to do for {} attempts: {lines:?}", spawned()),
+    );
     h.check(
         h.starts(&good).len() == 1 && h.starts(&good)[0].pid() == first,
         "the good vassal kept running",
