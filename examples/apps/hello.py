@@ -3,7 +3,8 @@
 
 It binds nothing itself: it serves on the listening sockets it inherits, systemd-style
 (fd 3, 4, ... with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES), unix or TCP alike, and
-answers every GET with "Hello from <socket name> (pid N)".
+answers every GET with "Hello from <socket name> (pid N, reloads R)": R counts the in-place
+reloads of this process, so a `touch` of its vassal file shows as R going up with the same pid.
 
 Under an emperor that sets UWSGI_EMPEROR_FD it also speaks the uWSGI emperor protocol,
 one byte at a time: it sends 1 (ready) and 5 (accepting) once it serves, 17 (loyal)
@@ -28,6 +29,7 @@ READY, ACCEPTING, LOYAL = 1, 5, 17  # vassal -> emperor
 STOP, RELOAD, GRACEFUL_STOP = 0, 1, 2  # emperor -> vassal
 
 stop = threading.Event()
+RELOADS = int(os.environ.get("HELLO_RELOADS", "0"))  # in-place reloads so far (kept across the re-exec)
 emperor_fd = int(os.environ["UWSGI_EMPEROR_FD"]) if "UWSGI_EMPEROR_FD" in os.environ else None
 first_request = threading.Lock()  # taken for good by the first request, which says "loyal"
 
@@ -56,6 +58,7 @@ def reload():
     """Reloads in place, as uWSGI does: exec ourselves again with the same pid, sockets and
     emperor fd (so LISTEN_PID stays right), then say "accepting" again, which ends the reload."""
     print("reloading", flush=True)
+    os.environ["HELLO_RELOADS"] = str(RELOADS + 1)
     for fd in [emperor_fd, *range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(os.environ["LISTEN_FDS"]))]:
         os.set_inheritable(fd, True)
     os.execv(sys.executable, [sys.executable, *sys.argv])
@@ -78,7 +81,7 @@ def inherited_sockets():
 
 class Hello(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = f"Hello from {self.server.name} (pid {os.getpid()})\n".encode()
+        body = f"Hello from {self.server.name} (pid {os.getpid()}, reloads {RELOADS})\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
