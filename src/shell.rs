@@ -3,17 +3,50 @@
 //!
 //! - The container is found by the vassal's name (`app.ini`; `app` is accepted too) and must carry the
 //!   label `emperor.vassal`, so a foreign container that happens to have the name is never entered.
-//! - When stdin is a terminal the exec gets a tty of the terminal's size (`ConsoleSize`, then a resize
-//!   once it runs and on every SIGWINCH), and the local terminal is put in raw mode while attached; the
-//!   [`RawMode`] guard restores it on every way out (also on SIGTERM/SIGHUP/SIGINT, which end the session).
+//! - When stdin is a terminal the exec gets a tty of the terminal's size from its first byte (see
+//!   [The tty's size](#the-ttys-size)), follows every SIGWINCH, and the local terminal is put in raw mode
+//!   while attached; the [`RawMode`] guard restores it on every way out (also on SIGTERM/SIGHUP/SIGINT,
+//!   which end the session).
 //! - Without a terminal the streams are copied as they are: stdout to stdout, stderr to stderr, and EOF
 //!   on stdin closes the command's stdin.
-//! - The exit status is the command's (`inspect_exec`'s `ExitCode`).
+//! - The exit status is the command's (`inspect_exec`'s `ExitCode`). A command the image does not have
+//!   (`/bin/sh` in a `FROM scratch` image) is reported in words with what to type instead, exit 127
+//!   (see [A command that cannot run](#a-command-that-cannot-run)).
 //!
 //! A process vassal has no container: there is nothing to enter, and the command says so (exit 2).
+//!
+//! # The tty's size
+//! A shell reads its tty's size when it starts (`stty size` as the command reads it at once), so the size
+//! must be there before the command runs. Docker lets a client give it at exec create (`ConsoleSize`)
+//! only from API 1.42 (Docker 23); before that the daemon ignores the field, starts the command on a
+//! 0x0 tty and applies the exec's resize only once the command has started, a race the command wins
+//! (measured on 20.10: `emperor shell app stty size` failed 10 times out of 10). So:
+//! - API >= 1.42: `ConsoleSize` at create;
+//! - older daemons, when the container has the emperor's binary (the shim's read-only mount at
+//!   [`SHIM_PATH`]): the exec runs `/.emperor/emperor shell <vassal> -- <cmd>` with [`ENV_TTY_SIZE`]
+//!   set; that mode ([`inside`]) sets the size on its own tty unless a resize got there first, writes
+//!   the [`READY`] marker and execs the command, which keeps the exec's pid, tty and exit status. The
+//!   client strips the marker and only then forwards stdin. An emperor binary in the container that
+//!   predates this mode (a container created before an upgrade) does not write the marker; the client
+//!   then drops that exec and runs the command directly;
+//! - otherwise (`docker-shim = false`, or the marker never came): the command runs directly and the
+//!   resize follows right after the start, a moment late.
+//!
+//! Every case also resizes right after the start, so a window changed meanwhile is followed.
+//!
+//! # A command that cannot run
+//! Docker reports an exec whose command is missing only on the attached stream (`OCI runtime exec
+//! failed: ... exec: "/bin/sh": stat /bin/sh: no such file or directory`), as exit code 126 or 127,
+//! and with the exec's pid left 0 (nothing ran); the in-container mode reports it with the [`FAILED`]
+//! marker. Output that begins like the report this exec can give is held back until the stream goes on
+//! (then it is the command's, and written out) or the exec ends; if it ended that way (exit code
+//! 126/127, and pid 0 for Docker's), the report is replaced by one line saying what to do: which image
+//! lacks which command, and how to pass one. Anything else is written out as it was.
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,19 +56,46 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::{ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::ExecConfig;
 use bollard::query_parameters::InspectContainerOptions;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use nix::sys::termios::{self, SetArg, Termios};
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::bridge::docker::SHIM_PATH;
 use crate::cli::ShellArgs;
 
 /// No such vassal, or one that has no container to enter.
 const NO_VASSAL: u8 = 2;
 /// The Docker daemon could not run the exec (as `docker exec`'s 125).
 const DOCKER_FAILED: u8 = 125;
+/// The command exists but cannot be run (shell convention).
+const CANNOT_RUN: u8 = 126;
+/// The command does not exist in the container (shell convention).
+const NOT_FOUND: u8 = 127;
+
+/// Set in the exec's environment (`<rows>x<cols>`) when the command runs through the container's copy
+/// of this binary; removed before the command runs.
+const ENV_TTY_SIZE: &str = "EMPEROR_SHELL_TTY_SIZE";
+/// Written by [`inside`] on the tty once the size is set, right before it execs the command: an APC
+/// string, which terminals ignore should one ever get through.
+const READY: &[u8] = b"\x1b_emperor-shell:ready\x1b\\";
+/// Written by [`inside`] when the exec of the command failed, followed by `notfound` or the errno and
+/// `ESC \`.
+const FAILED: &[u8] = b"\x1b_emperor-shell:failed:";
+/// How Docker's report of an exec it could not start begins (written on the attached stream).
+const DOCKER_EXEC_FAILED: &[u8] = b"OCI runtime exec failed";
+/// The longest output held back as a possible failure report before it is taken for the command's own.
+const HOLD_MAX: usize = 4096;
+/// How long the client waits for [`READY`]; it comes within milliseconds when it comes at all.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Output = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
+type Input = Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
 
 pub fn main(args: ShellArgs) -> ExitCode {
+    if let Some(size) = inside_request() {
+        return inside(&args, &size);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -46,6 +106,61 @@ pub fn main(args: ShellArgs) -> ExitCode {
     let code = rt.block_on(run(args));
     // The stdin reader thread may still be blocked in read(2); leaving main ends it.
     ExitCode::from(code)
+}
+
+/// The in-container mode's size, when this process is the container's emperor binary run by an
+/// `emperor shell` client (both: the variable alone never turns a host's `emperor shell` into a
+/// local command runner).
+fn inside_request() -> Option<String> {
+    let size = std::env::var(ENV_TTY_SIZE).ok()?;
+    let exe = std::env::current_exe().ok()?;
+    // A bind mount whose source was replaced on the host reads back as "<path> (deleted)".
+    (exe.to_string_lossy().trim_end_matches(" (deleted)") == SHIM_PATH).then_some(size)
+}
+
+/// Inside the container, on the exec's tty: sets the tty's size unless a resize got there first,
+/// says [`READY`], and execs the command (keeping this pid, so the exec's exit status is the command's).
+fn inside(args: &ShellArgs, size: &str) -> ExitCode {
+    let parsed = size
+        .split_once('x')
+        .and_then(|(r, c)| Some((r.parse::<u16>().ok()?, c.parse::<u16>().ok()?)));
+    if let Some((rows, cols)) = parsed
+        && tty_size(libc::STDIN_FILENO).is_some_and(|s| s == (0, 0))
+    {
+        set_tty_size(libc::STDIN_FILENO, rows, cols);
+    }
+    let mut out = std::io::stdout();
+    let _ = out.write_all(READY).and_then(|()| out.flush());
+    let Some((program, rest)) = args.command.split_first() else {
+        let _ = out.write_all(&[FAILED, b"notfound\x1b\\"].concat());
+        let _ = out.flush();
+        return ExitCode::from(NOT_FOUND);
+    };
+    let err = std::process::Command::new(program)
+        .args(rest)
+        .env_remove(ENV_TTY_SIZE)
+        .exec();
+    let (kind, code) = if missing_in_container(program) {
+        ("notfound".to_string(), NOT_FOUND)
+    } else {
+        (err.raw_os_error().unwrap_or(0).to_string(), CANNOT_RUN)
+    };
+    let _ = out.write_all(&[FAILED, kind.as_bytes(), b"\x1b\\"].concat());
+    let _ = out.flush();
+    ExitCode::from(code)
+}
+
+/// Is `program` missing (a path that does not exist, or a name in no `PATH` directory)? An exec that
+/// failed with ENOENT for a program that does exist lacks its ELF interpreter, which is another story.
+fn missing_in_container(program: &str) -> bool {
+    if program.contains('/') {
+        return std::fs::symlink_metadata(program).is_err();
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    !path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .any(|d| std::path::Path::new(d).join(program).exists())
 }
 
 /// The container names to try for `arg`: the vassal name itself, and `<arg>.ini` first when `.ini` is
@@ -80,14 +195,26 @@ async fn connect(args: &ShellArgs) -> Result<(Docker, String), String> {
     Ok((docker, where_))
 }
 
-/// Finds the vassal's container: Ok((name, running)), or Err((exit code, message)).
-async fn find_container(docker: &Docker, vassal: &str, where_: &str) -> Result<String, (u8, String)> {
+/// The vassal's running container and what the messages and the choice of exec need from it.
+struct Target {
+    name: String,
+    image: String,
+    /// The vassal's own command (the shim's entrypoint left out), for the no-such-command hint.
+    command: Vec<String>,
+    /// `PATH` in the container's environment.
+    path: Option<String>,
+    /// The emperor's binary is mounted at [`SHIM_PATH`].
+    shim: bool,
+}
+
+/// Finds the vassal's running container, or Err((exit code, message)).
+async fn find_container(docker: &Docker, vassal: &str, where_: &str) -> Result<Target, (u8, String)> {
     let names = candidates(vassal);
     for name in &names {
         match docker.inspect_container(name, None::<InspectContainerOptions>).await {
             Ok(c) => {
-                let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
-                if !labels.contains_key("emperor.vassal") {
+                let config = c.config.unwrap_or_default();
+                if !config.labels.as_ref().is_some_and(|l| l.contains_key("emperor.vassal")) {
                     return Err((
                         NO_VASSAL,
                         format!(
@@ -104,7 +231,27 @@ async fn find_container(docker: &Docker, vassal: &str, where_: &str) -> Result<S
                         ),
                     ));
                 }
-                return Ok(name.clone());
+                let mut command = config.entrypoint.unwrap_or_default();
+                if command.first().map(String::as_str) == Some(SHIM_PATH) {
+                    command.clear();
+                }
+                command.extend(config.cmd.unwrap_or_default());
+                let shim = c
+                    .mounts
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|m| m.destination.as_deref() == Some(SHIM_PATH));
+                return Ok(Target {
+                    name: name.clone(),
+                    image: config.image.unwrap_or_default(),
+                    command,
+                    path: config
+                        .env
+                        .unwrap_or_default()
+                        .iter()
+                        .find_map(|e| e.strip_prefix("PATH=").map(str::to_owned)),
+                    shim,
+                });
             }
             Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => continue,
             Err(e) => return Err((DOCKER_FAILED, format!("cannot inspect container {name:?}: {e}"))),
@@ -120,6 +267,84 @@ async fn find_container(docker: &Docker, vassal: &str, where_: &str) -> Result<S
     ))
 }
 
+/// Creates and starts an exec of `cmd` and attaches to it: (exec id, output, input).
+async fn start_exec(
+    docker: &Docker,
+    container: &str,
+    cmd: Vec<String>,
+    tty: bool,
+    size: Option<(u16, u16)>,
+    wrapped: bool,
+) -> Result<(String, Output, Input), String> {
+    let mut env = Vec::new();
+    if tty {
+        env.push(format!(
+            "TERM={}",
+            std::env::var("TERM").unwrap_or_else(|_| "xterm".into())
+        ));
+    }
+    let cmd = match size {
+        Some((rows, cols)) if wrapped => {
+            env.push(format!("{ENV_TTY_SIZE}={rows}x{cols}"));
+            let own = [SHIM_PATH, "shell", container, "--"].map(str::to_owned);
+            own.into_iter().chain(cmd).collect()
+        }
+        _ => cmd,
+    };
+    let config = ExecConfig {
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(tty),
+        console_size: size.map(|(rows, cols)| vec![usize::from(rows), usize::from(cols)]),
+        env: (!env.is_empty()).then_some(env),
+        cmd: Some(cmd),
+        ..Default::default()
+    };
+    let exec = docker
+        .create_exec(container, config)
+        .await
+        .map_err(|e| format!("cannot create the exec in {container:?}: {e}"))?
+        .id;
+    let start = StartExecOptions {
+        detach: false,
+        tty,
+        output_capacity: None,
+    };
+    match docker.start_exec(&exec, Some(start)).await {
+        Ok(StartExecResults::Attached { output, input }) => Ok((exec, output, input)),
+        Ok(StartExecResults::Detached) => Err(format!("the exec in {container:?} started detached")),
+        Err(e) => Err(format!("cannot start the exec in {container:?}: {e}")),
+    }
+}
+
+/// Reads the wrapped exec's output up to [`READY`]: Some(what followed it), or None when the output
+/// is something else (the container's binary predates the in-container mode), ends, or takes too long.
+async fn await_ready(output: &mut Output) -> Option<Vec<u8>> {
+    let mut seen = Vec::new();
+    let read = async {
+        while seen.len() < READY.len() {
+            match output.next().await {
+                Some(Ok(item)) => seen.extend_from_slice(&item.into_bytes()),
+                _ => return false,
+            }
+            let n = seen.len().min(READY.len());
+            if seen[..n] != READY[..n] {
+                return false;
+            }
+        }
+        true
+    };
+    match tokio::time::timeout(READY_TIMEOUT, read).await {
+        Ok(true) => Some(seen.split_off(READY.len())),
+        Ok(false) => {
+            log::debug!("no ready marker from {SHIM_PATH} in the container: {seen:?}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 async fn run(args: ShellArgs) -> u8 {
     let (docker, where_) = match connect(&args).await {
         Ok(d) => d,
@@ -128,13 +353,14 @@ async fn run(args: ShellArgs) -> u8 {
             return DOCKER_FAILED;
         }
     };
-    let container = match find_container(&docker, &args.vassal, &where_).await {
-        Ok(c) => c,
+    let target = match find_container(&docker, &args.vassal, &where_).await {
+        Ok(t) => t,
         Err((code, msg)) => {
             eprintln!("emperor shell: {msg}");
             return code;
         }
     };
+    let container = target.name.clone();
     let tty = std::io::stdin().is_terminal();
     let size = if tty { window_size() } else { None };
     let cmd = if args.command.is_empty() {
@@ -142,52 +368,21 @@ async fn run(args: ShellArgs) -> u8 {
     } else {
         args.command.clone()
     };
-    let config = ExecConfig {
-        attach_stdin: Some(true),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        tty: Some(tty),
-        console_size: size.map(|(rows, cols)| vec![usize::from(rows), usize::from(cols)]),
-        env: tty.then(|| {
-            vec![format!(
-                "TERM={}",
-                std::env::var("TERM").unwrap_or_else(|_| "xterm".into())
-            )]
-        }),
-        cmd: Some(cmd),
-        ..Default::default()
-    };
-    let exec = match docker.create_exec(&container, config).await {
-        Ok(e) => e.id,
+    // See the module doc, "The tty's size".
+    let v = docker.client_version();
+    let console_size = (v.major_version, v.minor_version) >= (1, 42);
+    let wrapped = size.is_some() && !console_size && target.shim;
+    let (mut exec, mut output, mut input) = match start_exec(&docker, &container, cmd.clone(), tty, size, wrapped).await
+    {
+        Ok(x) => x,
         Err(e) => {
-            eprintln!("emperor shell: cannot create the exec in {container:?}: {e}");
-            return DOCKER_FAILED;
-        }
-    };
-    let start = StartExecOptions {
-        detach: false,
-        tty,
-        output_capacity: None,
-    };
-    let (mut output, input) = match docker.start_exec(&exec, Some(start)).await {
-        Ok(StartExecResults::Attached { output, input }) => (output, input),
-        Ok(StartExecResults::Detached) => {
-            eprintln!("emperor shell: the exec in {container:?} started detached");
-            return DOCKER_FAILED;
-        }
-        Err(e) => {
-            eprintln!("emperor shell: cannot start the exec in {container:?}: {e}");
+            eprintln!("emperor shell: {e}");
             return DOCKER_FAILED;
         }
     };
 
     // From here until the guard drops the terminal is raw; every return below restores it.
     let raw = if tty { RawMode::enter() } else { None };
-    if let Some((rows, cols)) = size {
-        resize(&docker, &exec, rows, cols).await;
-    }
-    let stdin_task = tokio::spawn(copy_stdin(input));
-
     let (mut winch, mut term, mut hup, mut int) = match (
         signal(SignalKind::window_change()),
         signal(SignalKind::terminate()),
@@ -201,19 +396,45 @@ async fn run(args: ShellArgs) -> u8 {
             return DOCKER_FAILED;
         }
     };
-    let mut stdout = std::io::stdout();
-    let mut stderr = std::io::stderr();
+    // Installed before this resize, so a later change of the window is not missed.
+    if tty && let Some((rows, cols)) = window_size() {
+        resize(&docker, &exec, rows, cols).await;
+    }
+    let mut first = Vec::new();
+    // What a report of a command that could not run looks like on this exec's stream.
+    let mut report = DOCKER_EXEC_FAILED;
+    if wrapped {
+        match await_ready(&mut output).await {
+            Some(rest) => {
+                first = rest;
+                report = FAILED;
+            }
+            None => {
+                // Dropping the stream closes that exec's stdin; it ends on its own.
+                (exec, output, input) = match start_exec(&docker, &container, cmd.clone(), tty, size, false).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        drop(raw);
+                        eprintln!("emperor shell: {e}");
+                        return DOCKER_FAILED;
+                    }
+                };
+                if let Some((rows, cols)) = window_size() {
+                    resize(&docker, &exec, rows, cols).await;
+                }
+            }
+        }
+    }
+    let stdin_task = tokio::spawn(copy_stdin(input));
+
+    let mut held = Held::new(report);
+    if !first.is_empty() {
+        held.push(LogOutput::Console { message: first.into() });
+    }
     let interrupted = loop {
         tokio::select! {
             item = output.next() => match item {
-                Some(Ok(LogOutput::StdErr { message })) => {
-                    let _ = stderr.write_all(&message);
-                    let _ = stderr.flush();
-                }
-                Some(Ok(other)) => {
-                    let _ = stdout.write_all(&other.into_bytes());
-                    let _ = stdout.flush();
-                }
+                Some(Ok(item)) => held.push(item),
                 Some(Err(e)) => break Some(Err(e)),
                 None => break None,
             },
@@ -228,37 +449,199 @@ async fn run(args: ShellArgs) -> u8 {
         }
     };
     stdin_task.abort();
-    drop(raw);
-    match interrupted {
+    let (code, started) = match interrupted {
         None => exit_code(&docker, &exec).await,
         // The command keeps running in the container, as after `docker exec` is killed.
-        Some(Ok(sig)) => 128 + sig as u8,
+        Some(Ok(sig)) => (128 + sig as u8, true),
         Some(Err(e)) => {
+            held.flush();
+            drop(raw);
             eprintln!("emperor shell: the exec's stream broke: {e}");
-            DOCKER_FAILED
+            return DOCKER_FAILED;
+        }
+    };
+    // Docker's report counts only if no process ever ran (a command may print the same words); the
+    // marker comes from the container's emperor binary, which did run.
+    let reported = code == CANNOT_RUN || code == NOT_FOUND;
+    let failure = (reported && (report == FAILED || !started))
+        .then(|| held.failure())
+        .flatten();
+    if failure.is_none() {
+        held.flush();
+    }
+    drop(raw);
+    match failure {
+        Some(f) => {
+            let (code, msg) = f.explain(&target, &cmd, args.command.is_empty());
+            eprintln!("emperor shell: {msg}");
+            code
+        }
+        None => code,
+    }
+}
+
+/// Why the command did not run, as Docker or [`inside`] reported it.
+#[derive(Debug, PartialEq)]
+enum Failure {
+    NotFound,
+    Other(String),
+}
+
+impl Failure {
+    /// Parses a whole held-back report (see [`Held`]) of the kind `prefix` begins.
+    fn parse(prefix: &[u8], report: &[u8]) -> Option<Failure> {
+        if prefix == FAILED {
+            let rest = report.strip_prefix(FAILED)?;
+            let kind = rest.strip_suffix(b"\x1b\\")?;
+            return Some(match kind {
+                b"notfound" => Failure::NotFound,
+                errno => {
+                    let n = std::str::from_utf8(errno).ok()?.parse().ok()?;
+                    Failure::Other(std::io::Error::from_raw_os_error(n).to_string())
+                }
+            });
+        }
+        if !report.starts_with(DOCKER_EXEC_FAILED) {
+            return None;
+        }
+        let text = String::from_utf8_lossy(report).trim().to_owned();
+        // runc: `exec: "/bin/sh": stat /bin/sh: no such file or directory` for a path, `exec: "x":
+        // executable file not found in $PATH` for a name. A bare `no such file or directory` from
+        // execve itself means a missing ELF interpreter: the program is there.
+        let not_found = text.contains("executable file not found")
+            || (text.contains(": stat ") && text.contains("no such file or directory"));
+        Some(if not_found {
+            Failure::NotFound
+        } else {
+            Failure::Other(text)
+        })
+    }
+
+    /// The exit code and the line for the user.
+    fn explain(&self, t: &Target, cmd: &[String], default_shell: bool) -> (u8, String) {
+        let program = cmd.first().map_or("", String::as_str);
+        match self {
+            Failure::NotFound => {
+                let what = if program.contains('/') {
+                    program.to_owned()
+                } else {
+                    format!("{program:?} in its PATH ({})", t.path.as_deref().unwrap_or("not set"))
+                };
+                let no_shell = if default_shell {
+                    ", so there is no shell to run (a FROM scratch image?)"
+                } else {
+                    ""
+                };
+                let runs = if t.command.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (the vassal itself runs {})", t.command.join(" "))
+                };
+                (
+                    NOT_FOUND,
+                    format!(
+                        "the image of {} ({}) has no {what}{no_shell}; pass a command that exists in the image: \
+                         emperor shell {} -- COMMAND [ARG]...{runs}",
+                        t.name, t.image, t.name
+                    ),
+                )
+            }
+            Failure::Other(why) => (CANNOT_RUN, format!("cannot run {program} in {}: {why}", t.name)),
         }
     }
 }
 
-/// The command's exit code; the exec may still show as running for a moment after its stream ended.
-async fn exit_code(docker: &Docker, exec: &str) -> u8 {
+/// The exec's output, written out as it comes, except at its start: output that begins like a
+/// failure report (`prefix`: [`DOCKER_EXEC_FAILED`] on a direct exec; [`FAILED`] through [`inside`],
+/// where Docker's report cannot come from the command) is held back until it goes on past [`HOLD_MAX`]
+/// or past something that cannot be one (then it is written out), or the exec ends.
+struct Held {
+    prefix: &'static [u8],
+    /// Where output goes once it is known not to be a report.
+    write: fn(LogOutput),
+    items: Vec<LogOutput>,
+    bytes: Vec<u8>,
+    passing: bool,
+}
+
+impl Held {
+    fn new(prefix: &'static [u8]) -> Held {
+        Held {
+            prefix,
+            write: write_out,
+            items: Vec::new(),
+            bytes: Vec::new(),
+            passing: false,
+        }
+    }
+
+    fn push(&mut self, item: LogOutput) {
+        if self.passing {
+            (self.write)(item);
+            return;
+        }
+        self.bytes.extend_from_slice(item.as_ref());
+        self.items.push(item);
+        // Could the output so far be (the start of) a report? Only the exec's first output is looked at.
+        let n = self.bytes.len().min(self.prefix.len());
+        if self.bytes[..n] != self.prefix[..n] || self.bytes.len() > HOLD_MAX {
+            self.flush();
+        }
+    }
+
+    /// The report held back, if the output so far is one.
+    fn failure(&self) -> Option<Failure> {
+        if self.passing {
+            return None;
+        }
+        Failure::parse(self.prefix, &self.bytes)
+    }
+
+    fn flush(&mut self) {
+        self.passing = true;
+        self.bytes.clear();
+        for item in self.items.drain(..) {
+            (self.write)(item);
+        }
+    }
+}
+
+fn write_out(item: LogOutput) {
+    match item {
+        LogOutput::StdErr { message } => {
+            let mut stderr = std::io::stderr();
+            let _ = stderr.write_all(&message);
+            let _ = stderr.flush();
+        }
+        other => {
+            let mut stdout = std::io::stdout();
+            let _ = stdout.write_all(&other.into_bytes());
+            let _ = stdout.flush();
+        }
+    }
+}
+
+/// The command's exit code, and whether a process ever ran (Docker leaves the pid 0 when it could
+/// not start the command); the exec may still show as running for a moment after its stream ended.
+async fn exit_code(docker: &Docker, exec: &str) -> (u8, bool) {
     for _ in 0..100 {
         match docker.inspect_exec(exec).await {
             Ok(r) if r.running != Some(true) => {
+                let started = r.pid.is_some_and(|p| p > 0);
                 return match r.exit_code {
-                    Some(c) => u8::try_from(c.rem_euclid(256)).unwrap_or(DOCKER_FAILED),
-                    None => DOCKER_FAILED,
+                    Some(c) => (u8::try_from(c.rem_euclid(256)).unwrap_or(DOCKER_FAILED), started),
+                    None => (DOCKER_FAILED, started),
                 };
             }
             Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             Err(e) => {
                 eprintln!("emperor shell: cannot read the command's exit code: {e}");
-                return DOCKER_FAILED;
+                return (DOCKER_FAILED, true);
             }
         }
     }
     eprintln!("emperor shell: the exec's output ended but it still runs");
-    DOCKER_FAILED
+    (DOCKER_FAILED, true)
 }
 
 async fn resize(docker: &Docker, exec: &str, rows: u16, cols: u16) {
@@ -273,7 +656,7 @@ async fn resize(docker: &Docker, exec: &str, rows: u16, cols: u16) {
 
 /// Copies our stdin into the exec; EOF on stdin closes the exec's stdin (half-close). The reads are
 /// blocking, so they run on a plain thread that dies with the process.
-async fn copy_stdin(mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>) {
+async fn copy_stdin(mut input: Input) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
     let spawned = std::thread::Builder::new().name("stdin".into()).spawn(move || {
         let mut stdin = std::io::stdin();
@@ -303,23 +686,40 @@ async fn copy_stdin(mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Sen
     let _ = input.shutdown().await;
 }
 
-/// The terminal's size as (rows, columns), from stdout or else stdin.
+/// The terminal's size as (rows, columns), from stdout or else stdin; None when neither is a terminal
+/// or it reports no size.
 fn window_size() -> Option<(u16, u16)> {
-    for fd in [libc::STDOUT_FILENO, libc::STDIN_FILENO] {
-        let mut ws = libc::winsize {
-            ws_row: 0,
-            ws_col: 0,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCGWINSZ only writes a `struct winsize` through the pointer, which points to a live,
-        // properly aligned local of exactly that type; an fd that is not a terminal makes it fail with ENOTTY.
-        let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws as *mut libc::winsize) };
-        if r == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
-            return Some((ws.ws_row, ws.ws_col));
-        }
-    }
-    None
+    [libc::STDOUT_FILENO, libc::STDIN_FILENO]
+        .into_iter()
+        .filter_map(tty_size)
+        .find(|&(rows, cols)| rows > 0 && cols > 0)
+}
+
+/// The size of the terminal on `fd` as (rows, columns), 0x0 included.
+fn tty_size(fd: libc::c_int) -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ only writes a `struct winsize` through the pointer, which points to a live,
+    // properly aligned local of exactly that type; an fd that is not a terminal makes it fail with ENOTTY.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws as *mut libc::winsize) };
+    (r == 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Sets the size of the terminal on `fd` (the kernel sends SIGWINCH to its foreground group if it changed).
+fn set_tty_size(fd: libc::c_int, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ only reads a `struct winsize` through the pointer, which points to a live local of
+    // exactly that type; an fd that is not a terminal makes it fail with ENOTTY, which changes nothing.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws as *const libc::winsize) };
 }
 
 /// The local terminal in raw mode; dropping it restores the settings it found.
@@ -352,5 +752,99 @@ mod tests {
     fn names_tried() {
         assert_eq!(candidates("app.ini"), ["app.ini"]);
         assert_eq!(candidates("app"), ["app.ini", "app"]);
+    }
+
+    #[test]
+    fn reports_of_a_command_that_did_not_run() {
+        let docker = |s: &str| Failure::parse(DOCKER_EXEC_FAILED, s.as_bytes());
+        // Docker 20.10 (runc 1.1), then the older runc wording.
+        assert_eq!(
+            docker(
+                "OCI runtime exec failed: exec failed: unable to start container process: exec: \"/bin/sh\": \
+                 stat /bin/sh: no such file or directory: unknown\r\n"
+            ),
+            Some(Failure::NotFound)
+        );
+        assert_eq!(
+            docker(
+                "OCI runtime exec failed: exec failed: container_linux.go:380: starting container process caused: \
+                 exec: \"x\": executable file not found in $PATH: unknown\r\n"
+            ),
+            Some(Failure::NotFound)
+        );
+        let denied = "OCI runtime exec failed: exec failed: unable to start container process: exec: \"/etc\": \
+                      permission denied: unknown";
+        assert_eq!(docker(denied), Some(Failure::Other(denied.into())));
+        // A program that is there but whose ELF interpreter is not.
+        assert!(matches!(
+            docker("OCI runtime exec failed: exec failed: exec /app: no such file or directory: unknown"),
+            Some(Failure::Other(_))
+        ));
+        assert_eq!(docker("hello"), None);
+
+        let inside = |s: &[u8]| Failure::parse(FAILED, s);
+        assert_eq!(
+            inside(b"\x1b_emperor-shell:failed:notfound\x1b\\"),
+            Some(Failure::NotFound)
+        );
+        assert!(
+            matches!(inside(b"\x1b_emperor-shell:failed:13\x1b\\"), Some(Failure::Other(m)) if m.contains("ermission denied"))
+        );
+        assert_eq!(inside(b"\x1b_emperor-shell:failed:notfound\x1b\\more"), None);
+        // Docker's wording from a command run through the container's binary is the command's output.
+        assert_eq!(
+            inside(b"OCI runtime exec failed: exec failed: executable file not found"),
+            None
+        );
+    }
+
+    #[test]
+    fn output_is_held_only_while_it_may_be_a_report() {
+        let console = |s: &str| LogOutput::Console {
+            message: s.as_bytes().to_vec().into(),
+        };
+        let mut h = Held::new(FAILED);
+        h.write = |_| {};
+        h.push(console("\x1b_emperor-sh"));
+        assert!(!h.passing, "a prefix of the marker is held");
+        h.push(console("ell:failed:2\x1b\\"));
+        assert_eq!(
+            h.failure(),
+            Some(Failure::Other(std::io::Error::from_raw_os_error(2).to_string()))
+        );
+
+        let mut h = Held::new(DOCKER_EXEC_FAILED);
+        h.write = |_| {};
+        h.push(console(""));
+        assert!(!h.passing);
+        h.push(console("\x1b_emperor-shell:failed:notfound\x1b\\"));
+        assert!(h.passing, "the other kind of report is output");
+        assert_eq!(h.failure(), None);
+    }
+
+    #[test]
+    fn the_message_says_what_to_type() {
+        let t = Target {
+            name: "docker-hello.ini".into(),
+            image: "emperor-test/testapp".into(),
+            command: vec!["/testapp".into(), "--name".into(), "docker".into()],
+            path: Some("/usr/bin:/bin".into()),
+            shim: true,
+        };
+        let (code, msg) = Failure::NotFound.explain(&t, &["/bin/sh".into()], true);
+        assert_eq!(code, NOT_FOUND);
+        assert_eq!(
+            msg,
+            "the image of docker-hello.ini (emperor-test/testapp) has no /bin/sh, so there is no shell to run \
+             (a FROM scratch image?); pass a command that exists in the image: emperor shell docker-hello.ini \
+             -- COMMAND [ARG]... (the vassal itself runs /testapp --name docker)"
+        );
+        let (_, msg) = Failure::NotFound.explain(&t, &["ls".into(), "/".into()], false);
+        assert!(msg.contains("has no \"ls\" in its PATH (/usr/bin:/bin); pass"), "{msg}");
+        let (code, msg) = Failure::Other("Permission denied".into()).explain(&t, &["/etc".into()], false);
+        assert_eq!(
+            (code, msg.as_str()),
+            (CANNOT_RUN, "cannot run /etc in docker-hello.ini: Permission denied")
+        );
     }
 }
