@@ -432,15 +432,22 @@ fn main() {
         };
         match socket_family(fd) {
             Some(fam @ (libc::AF_UNIX | libc::AF_INET | libc::AF_INET6)) => {
-                workers.push(thread::spawn(move || {
+                let busy = Arc::new(AtomicBool::new(false));
+                let serving = Arc::clone(&busy);
+                let thread = thread::spawn(move || {
                     while wait_acceptable(fd) {
                         match accept_interruptible(fd) {
-                            Ok(conn) => serve(conn, fam == libc::AF_UNIX),
+                            Ok(conn) => {
+                                serving.store(true, Ordering::SeqCst);
+                                serve(conn, fam == libc::AF_UNIX);
+                                serving.store(false, Ordering::SeqCst);
+                            }
                             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                             Err(e) => eprintln!("testapp: accept on fd {fd}: {e}"),
                         }
                     }
-                }));
+                });
+                workers.push((thread, busy));
             }
             other => eprintln!("testapp: fd {fd} is not a unix/inet socket (family {other:?}), not serving it"),
         }
@@ -449,16 +456,20 @@ fn main() {
     while !STOPPING.load(Ordering::SeqCst) {
         thread::sleep(Duration::from_millis(10));
     }
-    // Workers serving a connection finish it; a worker blocked in `accept` is woken (repeatedly, in case the
-    // signal lands just before it enters `accept`) and sees STOPPING.
-    while workers.iter().any(|w| !w.is_finished()) {
-        for w in workers.iter().filter(|w| !w.is_finished()) {
+    // Workers serving a connection finish it (left alone: a signal would restart their read timeout); one
+    // blocked in `accept` is woken (repeatedly, in case the signal lands just before it enters `accept`) and
+    // sees STOPPING.
+    while workers.iter().any(|(w, _)| !w.is_finished()) {
+        for (w, _) in workers
+            .iter()
+            .filter(|(w, busy)| !w.is_finished() && !busy.load(Ordering::SeqCst))
+        {
             // SAFETY: the thread has not been joined, so its pthread_t is valid; WAKE_SIGNAL has a handler.
             unsafe { libc::pthread_kill(w.as_pthread_t() as libc::pthread_t, WAKE_SIGNAL) };
         }
         thread::sleep(Duration::from_millis(20));
     }
-    for w in workers {
+    for (w, _) in workers {
         let _ = w.join();
     }
     std::process::exit(0);

@@ -160,7 +160,7 @@ struct Actor {
     name: String,
     /// What the log says when the actor ends: its file went, or the emperor is stopping.
     finish_reason: &'static str,
-    /// The last reason a bridge gave up with, and when it was logged at error level.
+    /// The last reason a bridge gave up with (ids blanked), and when it was logged at error level.
     last_verdict: Option<(String, Instant)>,
     opts: Arc<EmperorOptions>,
     /// The last config that parsed; a later broken edit does not replace it.
@@ -997,8 +997,9 @@ impl Actor {
             .or_else(|| crate::exit::describe(code).map(String::from))
             .unwrap_or_default();
         let now = Instant::now();
+        let key = without_ids(&reason);
         match &self.last_verdict {
-            Some((last, at)) if *last == reason && now.duration_since(*at) < REPEAT_QUIET => {
+            Some((last, at)) if *last == key && now.duration_since(*at) < REPEAT_QUIET => {
                 debug!("[{}] bridge: {reason} (again)", self.name);
             }
             _ => {
@@ -1008,7 +1009,7 @@ impl Actor {
                     "; retrying (this line repeats at most once a minute)"
                 };
                 error!("[{}] bridge: {}{retry}", self.name, crate::config::printable(&reason));
-                self.last_verdict = Some((reason, now));
+                self.last_verdict = Some((key, now));
             }
         }
     }
@@ -1336,6 +1337,19 @@ async fn read_control(control: Option<&mut UnixStream>) -> Vec<u8> {
 }
 
 /// How often a pending overlapping reload looks whether the new instance waits for connections.
+/// `reason` with container ids (runs of 12 or more hex digits) blanked: each attempt has a new container, and the
+/// same reason with another id is still the same reason.
+fn without_ids(reason: &str) -> String {
+    reason
+        .split(' ')
+        .map(|w| {
+            let hex = w.chars().take_while(char::is_ascii_hexdigit).count();
+            if hex >= 12 { "<id>" } else { w }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 const LISTEN_POLL: Duration = Duration::from_millis(25);
 
 /// How often an idle check looks again while the vassal is busy: a quarter of `idle`, 0.25–5 s.

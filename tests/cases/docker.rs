@@ -181,14 +181,9 @@ fn missing_image_and_bad_values_leave_the_others_running() {
     // The missing image is retried (throttled), not given up; the reason, with the command that builds the
     // image, is logged once however many retries fail the same way.
     let tag = format!("[{missing}.ini] ");
-    let spawned = || {
-        h.stderr()
-            .lines()
-            .filter(|l| l.contains(&tag) && l.contains("spawned bridge"))
-            .count()
-    };
+    let file = format!("{missing}.ini");
     h.wait_for(
-        || spawned() >= 3,
+        || attempts(&h, &file) >= 3,
         LONG,
         "three attempts of the vassal with the missing image",
     );
@@ -203,7 +198,10 @@ fn missing_image_and_bad_values_leave_the_others_running() {
             && lines[0].contains("ERROR")
             && lines[0].contains("not found")
             && lines[0].contains("`scripts/build-images does-not-exist`"),
-        format!("one line saying what to do for {} attempts: {lines:?}", spawned()),
+        format!(
+            "one line saying what to do for {} attempts: {lines:?}",
+            attempts(&h, &file)
+        ),
     );
     h.check(
         h.starts(&good).len() == 1 && h.starts(&good)[0].pid() == first,
@@ -238,6 +236,20 @@ fn docker_required_refuses_process_vassals_and_a_non_root_user_is_served() {
     );
 }
 
+/// How many bridges the emperor spawned for the vassal `file`.
+fn attempts(h: &Harness, file: &str) -> usize {
+    lines_with(h, file, "spawned bridge")
+}
+
+/// How many of the emperor's log lines about the vassal `file` contain `needle`.
+fn lines_with(h: &Harness, file: &str, needle: &str) -> usize {
+    let tag = format!("[{file}] ");
+    h.stderr()
+        .lines()
+        .filter(|l| l.contains(&tag) && l.contains(needle))
+        .count()
+}
+
 #[test]
 fn unreachable_daemon_and_silent_container_are_retried_with_clear_messages() {
     let sweep = DockerSweep::new();
@@ -255,8 +267,18 @@ fn unreachable_daemon_and_silent_container_are_retried_with_clear_messages() {
         "did not connect to its proxy socket within 2 s",
         LONG,
     );
-    h.wait_vlog(&format!("{silent}.ini"), "throttled", LONG);
     let file = format!("{silent}.ini");
+    // Retried (throttled), and the reason, the same each time but for the container id, said once.
+    h.wait_for(
+        || attempts(&h, &file) >= 2,
+        LONG,
+        "a second attempt of the silent vassal",
+    );
+    let said = lines_with(&h, &file, "did not connect to its proxy socket");
+    h.check(
+        said == 1,
+        format!("the reason is logged once, not per attempt ({said} lines)"),
+    );
     h.check(
         wait_no_container(&file, LONG),
         "the container that never connected is removed",
@@ -277,7 +299,13 @@ fn unreachable_daemon_and_silent_container_are_retried_with_clear_messages() {
         ],
     );
     h2.wait_vlog(&format!("{name}.ini"), "cannot reach the Docker daemon", LONG);
-    h2.wait_vlog(&format!("{name}.ini"), "throttled", LONG);
+    let file = format!("{name}.ini");
+    h2.wait_for(|| attempts(&h2, &file) >= 3, LONG, "three attempts without a daemon");
+    let said = lines_with(&h2, &file, "cannot reach the Docker daemon");
+    h2.check(
+        said == 1,
+        format!("the reason is logged once, not per attempt ({said} lines)"),
+    );
     h2.wait_starts("plain", 1, LONG);
     h2.check(!h2.stderr().contains("panicked"), "no panic");
 }
