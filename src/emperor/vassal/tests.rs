@@ -1,0 +1,293 @@
+//! The actor driven through its seam: a fake launcher whose instances exit when the test says (or on
+//! SIGTERM, like a well-behaved app), on paused time, so throttling, idle stops and overlapping
+//! reloads are checked to the millisecond without processes or waiting.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use clap::Parser;
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+
+use super::launch::{Instance, Launch, Launcher, Proc};
+use super::*;
+
+/// One instance the fake launched.
+#[derive(Debug)]
+struct Launched {
+    at: Instant,
+    signals: Rc<RefCell<Vec<(Instant, Signal)>>>,
+    exit: mpsc::UnboundedSender<Exit>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Fake(Rc<RefCell<Vec<Launched>>>);
+
+#[derive(Debug)]
+struct FakeInstance {
+    pid: i32,
+    exit: mpsc::UnboundedSender<Exit>,
+    exited: mpsc::UnboundedReceiver<Exit>,
+    signals: Rc<RefCell<Vec<(Instant, Signal)>>>,
+}
+
+impl Launcher for Fake {
+    fn launch(&mut self, _: Launch<'_>) -> Result<Proc, String> {
+        let (exit, exited) = mpsc::unbounded_channel();
+        let signals = Rc::new(RefCell::new(Vec::new()));
+        let mut launched = self.0.borrow_mut();
+        // Far above any real pid: nothing here may ever signal a real process.
+        let pid = 4_000_000 + launched.len() as i32;
+        launched.push(Launched {
+            at: now(),
+            signals: signals.clone(),
+            exit: exit.clone(),
+        });
+        Ok(Proc {
+            child: Box::new(FakeInstance {
+                pid,
+                exit,
+                exited,
+                signals,
+            }),
+            control: None,
+            config: None,
+            _lifeline: None,
+            bridged: false,
+            speaks: false,
+        })
+    }
+}
+
+impl Instance for FakeInstance {
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.pid)
+    }
+    fn wait(&mut self) -> Pin<Box<dyn Future<Output = std::io::Result<Exit>> + '_>> {
+        Box::pin(async {
+            match self.exited.recv().await {
+                Some(e) => Ok(e),
+                None => std::future::pending().await,
+            }
+        })
+    }
+    fn signal(&self, sig: Signal) {
+        self.signals.borrow_mut().push((now(), sig));
+        if sig == Signal::SIGTERM {
+            let _ = self.exit.send(Exit::Code(0));
+        }
+    }
+    fn signal_group(&self, sig: Signal) {
+        self.signals.borrow_mut().push((now(), sig));
+    }
+    fn kill_group(&self) {
+        self.signal(Signal::SIGKILL);
+        let _ = self.exit.send(Exit::Signal(Signal::SIGKILL));
+    }
+}
+
+struct Setup {
+    dir: std::path::PathBuf,
+    opts: Arc<EmperorOptions>,
+}
+
+impl Setup {
+    fn new(args: &[&str]) -> Setup {
+        let dir = std::env::temp_dir().join(format!(
+            "emperor-actor-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut argv = vec!["emperor"];
+        argv.extend_from_slice(args);
+        let dir_s = dir.to_str().unwrap().to_owned();
+        argv.push(&dir_s);
+        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        let opts = Arc::new(cli.emperor.into_options().unwrap());
+        Setup { dir, opts }
+    }
+
+    fn config(&self, text: &str) -> Arc<VassalConfig> {
+        let path = self.dir.join("v.ini");
+        Arc::new(crate::config::parse("v.ini", &path, text, &self.dir).unwrap())
+    }
+
+    fn start(&self, fake: &Fake, set: &mut JoinSet<String>) -> VassalHandle {
+        let (reports, _) = mpsc::unbounded_channel();
+        start_with(
+            "v.ini".into(),
+            self.opts.clone(),
+            set,
+            reports,
+            None,
+            Box::new(fake.clone()),
+        )
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Runs `f` on a current-thread runtime with paused time, inside a LocalSet (actors are local tasks).
+fn paused(f: impl AsyncFnOnce()) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f());
+}
+
+/// Lets the actor run until nothing is left to do now (time does not move while others are ready).
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn a_crash_before_loyalty_is_throttled_then_restarted() {
+    paused(async || {
+        let s = Setup::new(&["--emperor-throttle", "1000"]);
+        let fake = Fake::default();
+        let mut set = JoinSet::new();
+        let h = s.start(&fake, &mut set);
+        h.tx.send(Command::Update(Ok(s.config("[emperor]\nexec = /app\n"))))
+            .unwrap();
+        settle().await;
+        assert_eq!(fake.0.borrow().len(), 1);
+        let t0 = fake.0.borrow()[0].at;
+        fake.0.borrow()[0].exit.send(Exit::Code(1)).unwrap();
+        tokio::time::sleep(ms(900)).await;
+        assert_eq!(fake.0.borrow().len(), 1, "still throttled 0.9 s later");
+        tokio::time::sleep(ms(200)).await;
+        settle().await;
+        let l = fake.0.borrow();
+        assert_eq!(l.len(), 2, "restarted once the throttle ran out");
+        assert_eq!(l[1].at - t0, ms(1000));
+        drop(l);
+        h.tx.send(Command::Shutdown).unwrap();
+        assert_eq!(set.join_next().await.unwrap().unwrap(), "v.ini");
+        assert_eq!(
+            fake.0.borrow()[1].signals.borrow().last().map(|s| s.1),
+            Some(Signal::SIGTERM)
+        );
+    });
+}
+
+#[test]
+fn an_idle_vassal_is_stopped_once_nothing_happened_for_idle() {
+    paused(async || {
+        let s = Setup::new(&[]);
+        let sock = s.dir.join("v.sock");
+        let fake = Fake::default();
+        let mut set = JoinSet::new();
+        let h = s.start(&fake, &mut set);
+        let text = format!("[emperor]\nexec = /app\nsocket = {}\nidle = 2\n", sock.display());
+        h.tx.send(Command::Update(Ok(s.config(&text)))).unwrap();
+        settle().await;
+        let t0 = fake.0.borrow()[0].at;
+        // Counted busy until the first look (a quarter of idle), idle 2 s after it: stopped at 2.5 s.
+        tokio::time::sleep(ms(2400)).await;
+        assert!(
+            fake.0.borrow()[0].signals.borrow().is_empty(),
+            "not stopped before idle"
+        );
+        tokio::time::sleep(ms(200)).await;
+        settle().await;
+        let signals = fake.0.borrow()[0].signals.borrow().clone();
+        assert_eq!(signals.len(), 1, "{signals:?}");
+        assert_eq!((signals[0].0 - t0, signals[0].1), (ms(2500), Signal::SIGTERM));
+        // Not on demand: it waits for its file (or SIGHUP) and is not started again by itself.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(fake.0.borrow().len(), 1);
+        h.tx.send(Command::Reload).unwrap();
+        settle().await;
+        assert_eq!(fake.0.borrow().len(), 2, "SIGHUP starts it again");
+        h.tx.send(Command::Shutdown).unwrap();
+        set.join_next().await.unwrap().unwrap();
+    });
+}
+
+#[test]
+fn an_on_demand_vassal_starts_on_the_first_connection() {
+    paused(async || {
+        let s = Setup::new(&[]);
+        let sock = s.dir.join("od.sock");
+        let fake = Fake::default();
+        let mut set = JoinSet::new();
+        let h = s.start(&fake, &mut set);
+        let text = format!(
+            "[emperor]\nexec = /app\nsocket = {}\non-demand = true\n",
+            sock.display()
+        );
+        h.tx.send(Command::Update(Ok(s.config(&text)))).unwrap();
+        settle().await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(fake.0.borrow().is_empty(), "nothing runs before a connection");
+        let _client = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        // Readiness comes through the reactor: give it real time to see the connection.
+        for _ in 0..200 {
+            if !fake.0.borrow().is_empty() {
+                break;
+            }
+            tokio::time::sleep(ms(5)).await;
+        }
+        assert_eq!(fake.0.borrow().len(), 1, "started by the connection");
+        h.tx.send(Command::Shutdown).unwrap();
+        set.join_next().await.unwrap().unwrap();
+    });
+}
+
+#[test]
+fn an_overlapping_reload_retires_the_old_instance_after_ready_delay() {
+    paused(async || {
+        let s = Setup::new(&[]);
+        let fake = Fake::default();
+        let mut set = JoinSet::new();
+        let h = s.start(&fake, &mut set);
+        h.tx.send(Command::Update(Ok(
+            s.config("[emperor]\nexec = /app\nready-delay = 1\n")
+        )))
+        .unwrap();
+        settle().await;
+        // A new [emperor] section: a new instance beside the old one.
+        h.tx.send(Command::Update(Ok(
+            s.config("[emperor]\nexec = /app --v2\nready-delay = 1\n")
+        )))
+        .unwrap();
+        settle().await;
+        let t1 = {
+            let l = fake.0.borrow();
+            assert_eq!(l.len(), 2, "the new instance runs beside the old one");
+            assert!(l[0].signals.borrow().is_empty(), "the old one still serves");
+            l[1].at
+        };
+        tokio::time::sleep(ms(1100)).await;
+        settle().await;
+        let l = fake.0.borrow();
+        let old = l[0].signals.borrow().clone();
+        assert_eq!(old.len(), 1, "{old:?}");
+        assert_eq!(
+            (old[0].0 - t1, old[0].1),
+            (ms(1000), Signal::SIGTERM),
+            "retired after ready-delay"
+        );
+        assert!(l[1].signals.borrow().is_empty(), "the new one is untouched");
+        drop(l);
+        h.tx.send(Command::Shutdown).unwrap();
+        set.join_next().await.unwrap().unwrap();
+    });
+}
