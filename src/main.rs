@@ -3,15 +3,13 @@
 mod bridge;
 mod child;
 mod cli;
+mod client;
 mod config;
-mod control;
 mod emperor;
 mod exit;
 mod protocol;
 mod proxy_socket;
-mod shell;
 mod shim;
-mod status;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -27,11 +25,11 @@ fn main() -> ExitCode {
         })
         .init();
     match cli.role {
-        Some(cli::Role::Status(args)) => status::main(args),
-        Some(cli::Role::Restart(args)) => control::main("restart", args),
-        Some(cli::Role::Stop(args)) => control::main("stop", args),
-        Some(cli::Role::Start(args)) => control::main("start", args),
-        Some(cli::Role::Shell(args)) => shell::main(args),
+        Some(cli::Role::Status(args)) => client::status::main(args),
+        Some(cli::Role::Restart(args)) => client::control::main("restart", args),
+        Some(cli::Role::Stop(args)) => client::control::main("stop", args),
+        Some(cli::Role::Start(args)) => client::control::main("start", args),
+        Some(cli::Role::Shell(args)) => client::shell::main(args),
         Some(cli::Role::Shim(args)) => shim::main(args),
         Some(cli::Role::Bridge(args)) => bridge::main(args),
         None => match cli.emperor.into_options() {
