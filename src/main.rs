@@ -5,6 +5,7 @@ mod child;
 mod cli;
 mod config;
 mod control;
+mod docker;
 mod emperor;
 mod exit;
 mod protocol;
