@@ -74,9 +74,15 @@ pub enum Role {
     Bridge(BridgeArgs),
 }
 
+/// Environment the emperor gives a bridge besides the systemd-style sockets: the vassal file's text as
+/// the emperor read it (the file may change on disk meanwhile)...
+pub const ENV_VASSAL_TEXT: &str = "EMPEROR_VASSAL_TEXT";
+/// ... and the fd of the lifeline pipe, whose EOF tells the bridge that the emperor is gone.
+pub const ENV_LIFELINE_FD: &str = "EMPEROR_LIFELINE_FD";
+
 /// What the emperor tells a bridge on its command line (the vassal file's text and the fds come
-/// through the environment, see `bridge/mod.rs`).
-#[derive(Debug, Args)]
+/// through the environment: [`ENV_VASSAL_TEXT`], [`ENV_LIFELINE_FD`], see `bridge/mod.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct BridgeArgs {
     /// The vassal's name (`app.ini`).
     #[arg(long)]
@@ -112,6 +118,53 @@ pub struct BridgeArgs {
     /// `<name>.next` and takes the name on SIGUSR1 (sent once the old one is gone).
     #[arg(long)]
     pub overlap: bool,
+}
+
+impl BridgeArgs {
+    /// The bridge's command line after the program name, starting with the `bridge` subcommand: what the
+    /// emperor runs (as `/proc/self/exe`, with its own path as `argv[0]`) to start a Docker vassal. A
+    /// flag that is off and a list that is empty are left out; paths are passed as text (lossily, as
+    /// every other path the emperor logs).
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "transitional: emperor/vassal.rs builds this by hand until the actor split"
+        )
+    )]
+    pub fn to_argv(&self) -> Vec<String> {
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let mut argv = vec![
+            "bridge".to_string(),
+            "--name".into(),
+            self.name.clone(),
+            "--file".into(),
+            path(&self.file),
+            "--vassals-dir".into(),
+            path(&self.vassals_dir),
+            "--instance".into(),
+            self.instance.clone(),
+            "--run-dir".into(),
+            path(&self.run_dir),
+            "--wrapper".into(),
+            self.wrapper.clone(),
+            "--stop-timeout".into(),
+            self.stop_timeout.to_string(),
+            "--handshake-timeout".into(),
+            self.handshake_timeout.to_string(),
+        ];
+        if self.overlap {
+            argv.push("--overlap".into());
+        }
+        if self.docker_debug {
+            argv.push("--docker-debug".into());
+        }
+        for (k, v) in &self.labels {
+            argv.push("--label".into());
+            argv.push(format!("{k}={v}"));
+        }
+        argv
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -406,6 +459,70 @@ mod tests {
         assert_eq!(e.as_deref(), Some("--nginx-reload \"''\": empty command"));
         // A reload command without a map makes no sense.
         assert!(options(&["--nginx-reload", "nginx -s reload", "d"]).is_err());
+    }
+
+    fn bridge_args(argv: Vec<String>) -> BridgeArgs {
+        match Cli::try_parse_from(std::iter::once("emperor".to_string()).chain(argv)) {
+            Ok(Cli {
+                role: Some(Role::Bridge(b)),
+                ..
+            }) => b,
+            other => panic!("not a bridge command line: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_bridge_command_line_round_trips() {
+        let full = BridgeArgs {
+            name: "app.ini".into(),
+            file: PathBuf::from("/srv/vassals/app.ini"),
+            vassals_dir: PathBuf::from("/srv/vassals"),
+            instance: "0123abcd".into(),
+            run_dir: PathBuf::from("/run/emperor"),
+            labels: vec![("team".into(), "web".into()), ("note".into(), "a=b c".into())],
+            docker_debug: true,
+            wrapper: "/usr/bin/uwsgi".into(),
+            handshake_timeout: 7,
+            stop_timeout: 31,
+            overlap: true,
+        };
+        assert_eq!(bridge_args(full.to_argv()), full);
+        let bare = BridgeArgs {
+            labels: Vec::new(),
+            docker_debug: false,
+            overlap: false,
+            ..full.clone()
+        };
+        assert_eq!(bridge_args(bare.to_argv()), bare);
+        // The exact order the emperor has always used (`emperor/vassal.rs`), flags and labels last.
+        assert_eq!(
+            full.to_argv(),
+            [
+                "bridge",
+                "--name",
+                "app.ini",
+                "--file",
+                "/srv/vassals/app.ini",
+                "--vassals-dir",
+                "/srv/vassals",
+                "--instance",
+                "0123abcd",
+                "--run-dir",
+                "/run/emperor",
+                "--wrapper",
+                "/usr/bin/uwsgi",
+                "--stop-timeout",
+                "31",
+                "--handshake-timeout",
+                "7",
+                "--overlap",
+                "--docker-debug",
+                "--label",
+                "team=web",
+                "--label",
+                "note=a=b c",
+            ]
+        );
     }
 
     #[test]

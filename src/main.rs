@@ -5,6 +5,7 @@ mod child;
 mod cli;
 mod client;
 mod config;
+mod docker;
 mod emperor;
 mod exit;
 mod protocol;

@@ -12,8 +12,16 @@
 use std::io;
 use std::path::PathBuf;
 
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::AttachContainerOptions;
+use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+
+/// The container's output as bollard decodes it (a daemon over TCP).
+pub type Output = std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
 
 /// The longest response head accepted before the raw stream.
 const MAX_HEAD: usize = 16 * 1024;
@@ -107,6 +115,30 @@ pub async fn forward(mut stream: impl AsyncRead + Unpin, first: Vec<u8>) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// bollard's attach, for a daemon reached over TCP.
+pub async fn attach_bollard(docker: &Docker, id: &str) -> Result<Output, DockerError> {
+    let opts = AttachContainerOptions {
+        stream: true,
+        logs: true,
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    };
+    Ok(docker.attach_container(id, Some(opts)).await?.output)
+}
+
+/// Copies bollard's decoded output to stdout.
+pub async fn forward_output(mut output: Output) {
+    use std::io::Write;
+    while let Some(Ok(chunk)) = output.next().await {
+        let bytes = chunk.into_bytes();
+        let mut out = std::io::stdout().lock();
+        if out.write_all(&bytes).and_then(|()| out.flush()).is_err() {
+            break;
         }
     }
 }

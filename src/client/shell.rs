@@ -61,8 +61,8 @@ use nix::sys::termios::{self, SetArg, Termios};
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::bridge::docker::SHIM_PATH;
 use crate::cli::ShellArgs;
+use crate::docker::{LABEL_VASSAL, SHIM_PATH, daemon};
 
 /// No such vassal, or one that has no container to enter.
 const NO_VASSAL: u8 = 2;
@@ -174,25 +174,11 @@ fn candidates(arg: &str) -> Vec<String> {
 }
 
 async fn connect(args: &ShellArgs) -> Result<(Docker, String), String> {
-    let (docker, where_) = match &args.docker_daemon_socket {
-        Some(p) => {
-            let path = p.to_string_lossy();
-            (
-                Docker::connect_with_unix(&path, 120, bollard::API_DEFAULT_VERSION),
-                format!("unix://{path}"),
-            )
-        }
-        None => (
-            Docker::connect_with_local_defaults(),
-            std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into()),
-        ),
-    };
-    let unreachable = |e: &dyn std::fmt::Display| {
-        format!("cannot reach the Docker daemon at {where_}: {e} (use --docker-daemon-socket or DOCKER_HOST)")
-    };
-    let docker = docker.map_err(|e| unreachable(&e))?;
-    let docker = docker.negotiate_version().await.map_err(|e| unreachable(&e))?;
-    Ok((docker, where_))
+    let socket = args.docker_daemon_socket.as_deref();
+    let docker = daemon::connect(socket, daemon::SHELL_TIMEOUT)
+        .await
+        .map_err(|e| format!("{e} (use --docker-daemon-socket or DOCKER_HOST)"))?;
+    Ok((docker, daemon::address(socket)))
 }
 
 /// The vassal's running container and what the messages and the choice of exec need from it.
@@ -214,7 +200,7 @@ async fn find_container(docker: &Docker, vassal: &str, where_: &str) -> Result<T
         match docker.inspect_container(name, None::<InspectContainerOptions>).await {
             Ok(c) => {
                 let config = c.config.unwrap_or_default();
-                if !config.labels.as_ref().is_some_and(|l| l.contains_key("emperor.vassal")) {
+                if !config.labels.as_ref().is_some_and(|l| l.contains_key(LABEL_VASSAL)) {
                     return Err((
                         NO_VASSAL,
                         format!(
@@ -253,7 +239,7 @@ async fn find_container(docker: &Docker, vassal: &str, where_: &str) -> Result<T
                     shim,
                 });
             }
-            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => continue,
+            Err(e) if daemon::is_not_found(&e) => continue,
             Err(e) => return Err((DOCKER_FAILED, format!("cannot inspect container {name:?}: {e}"))),
         }
     }

@@ -6,7 +6,7 @@
 //! the image inspect, the stale-container checks and above all `docker create` (the container's
 //! writable layer), together a few tens of milliseconds. So when an on-demand vassal enters `waiting`,
 //! its actor runs [`prepare`] in the background: it builds exactly the create body the bridge would
-//! build (the same pure functions in `bridge/docker.rs`), labels it with its fingerprint and creates
+//! build (the same pure function, `docker::plan`), labels it with its fingerprint and creates
 //! the container under the vassal's name without starting it. The bridge, spawned on the first
 //! connection, starts that container as it is if its fingerprint still matches (a rebuilt image, an
 //! edited file or a new emperor binary all change it) and replaces it otherwise. A connection that
@@ -25,21 +25,18 @@ use bollard::Docker;
 use bollard::models::ContainerStateStatusEnum;
 use bollard::query_parameters::{CreateContainerOptions, InspectContainerOptions};
 
-use crate::bridge::docker;
 use crate::cli::EmperorOptions;
 use crate::config::VassalConfig;
+use crate::docker::{self, daemon};
 
 /// How long a creation ahead of time may take before a connection waiting for it starts the vassal
 /// without it (the bridge then creates the container itself, or takes this one if it appeared).
 pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A client for the configured daemon (`--docker-daemon-socket`, else `DOCKER_HOST` or the default).
+// transitional: vassal.rs (pause, resume) moves to crate::docker::client during the actor split
 pub fn client(socket: Option<&Path>) -> Result<Docker, String> {
-    match socket {
-        Some(s) => Docker::connect_with_unix(&s.to_string_lossy(), 30, bollard::API_DEFAULT_VERSION),
-        None => Docker::connect_with_local_defaults(),
-    }
-    .map_err(|e| e.to_string())
+    daemon::client(socket, daemon::EMPEROR_TIMEOUT).map_err(|e| e.to_string())
 }
 
 /// Creates the vassal's container without starting it, unless an identical one already waits.
@@ -57,7 +54,8 @@ pub async fn prepare(
     if shim_host.to_string_lossy().ends_with(" (deleted)") {
         return Ok(None);
     }
-    let docker = client(opts.docker_daemon_socket.as_deref())?
+    let docker = daemon::client(opts.docker_daemon_socket.as_deref(), daemon::EMPEROR_TIMEOUT)
+        .map_err(|e| e.to_string())?
         .negotiate_version()
         .await
         .map_err(|e| format!("Docker: {e}"))?;
@@ -102,7 +100,7 @@ pub async fn prepare(
                 _ => return Ok(None),
             }
         }
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+        Err(e) if docker::is_not_found(&e) => {}
         Err(e) => return Err(e.to_string()),
     }
     // A bind mount's source must exist at create time.
@@ -118,17 +116,17 @@ pub async fn prepare(
     match docker.create_container(Some(create), body).await {
         Ok(r) => Ok(Some(r.id)),
         // Someone else took the name meanwhile; the bridge will deal with it.
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(None),
+        Err(e) if docker::is_conflict(&e) => Ok(None),
         Err(e) => Err(e.to_string()),
     }
 }
 
 /// Removes a container created ahead of time, if it was never started.
 pub async fn discard(socket: Option<&Path>, id: &str) -> Result<(), String> {
-    let docker = client(socket)?;
+    let docker = daemon::client(socket, daemon::EMPEROR_TIMEOUT).map_err(|e| e.to_string())?;
     let c = match docker.inspect_container(id, None::<InspectContainerOptions>).await {
         Ok(c) => c,
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(()),
+        Err(e) if docker::is_not_found(&e) => return Ok(()),
         Err(e) => return Err(e.to_string()),
     };
     if c.state.and_then(|s| s.status) != Some(ContainerStateStatusEnum::CREATED) {

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use bollard::query_parameters::ListContainersOptions;
 use log::{info, warn};
 
-use crate::bridge::docker::{LABEL_INSTANCE, LABEL_VASSAL};
 use crate::cli::EmperorOptions;
+use crate::docker::{self, LABEL_INSTANCE, LABEL_VASSAL, daemon};
 
 /// Removes empty directories and the records of bridges that no longer run from the instance's run
 /// directory. Must run before this emperor spawns its first bridge; a directory still in use by a
@@ -60,7 +60,7 @@ fn alive(pid: u32) -> bool {
 }
 
 pub async fn orphans(opts: Arc<EmperorOptions>, current: HashSet<String>) {
-    let docker = super::prepare::client(opts.docker_daemon_socket.as_deref());
+    let docker = daemon::client(opts.docker_daemon_socket.as_deref(), daemon::EMPEROR_TIMEOUT);
     let docker = match docker {
         Ok(d) => match d.negotiate_version().await {
             Ok(d) => d,
@@ -89,8 +89,8 @@ pub async fn orphans(opts: Arc<EmperorOptions>, current: HashSet<String>) {
             continue;
         }
         let Some(id) = c.id else { continue };
-        match crate::bridge::docker::remove(&docker, &id).await {
-            Ok(()) => info!("[{vassal}] removed orphaned container {}", crate::bridge::short(&id)),
+        match docker::remove(&docker, &id).await {
+            Ok(()) => info!("[{vassal}] removed orphaned container {}", docker::short(&id)),
             Err(e) => warn!("[{vassal}] cannot remove orphaned container {id}: {e}"),
         }
     }

@@ -168,7 +168,7 @@ impl Track {
         self.spawn = Some(Spawn {
             pid,
             at,
-            unix_ms: crate::bridge::info::unix_ms().saturating_sub(at.elapsed().as_millis() as u64),
+            unix_ms: crate::docker::record::unix_ms().saturating_sub(at.elapsed().as_millis() as u64),
             settled: false,
         });
         self.start = None;
@@ -314,7 +314,7 @@ pub fn document(vassals_dir: &std::path::Path, vassals: &[Result<VassalStats, St
         let bridge = v
             .bridge_info
             .as_deref()
-            .and_then(crate::bridge::info::Info::read)
+            .and_then(crate::docker::record::Info::read)
             .filter(|i| t.spawned_ms().is_some_and(|s| i.started_ms >= s));
         let usage = match &bridge {
             Some(b) => cgroups.get_or_insert_with(usage::Cgroups::load).usage_of(b.init_pid),

@@ -3,7 +3,7 @@
 //! **Docker vassals** are measured by their container's cgroup, the kernel's own account of
 //! everything the container runs, including page cache and processes that left the shim's process
 //! group. The container's cgroup is found from its init pid (which the bridge writes down, see
-//! [`crate::bridge::info`]) through `/proc/<pid>/cgroup`, rather than by building the path from the
+//! [`crate::docker::record`]) through `/proc/<pid>/cgroup`, rather than by building the path from the
 //! container id: that path depends on the daemon's cgroup driver (`/docker/<id>` with cgroupfs,
 //! `/system.slice/docker-<id>.scope` with systemd), on the cgroup version, and on where each hierarchy
 //! is mounted, while `/proc/<pid>/cgroup` plus the mount table (`/proc/self/mountinfo`, which also

@@ -1,9 +1,14 @@
-//! What the bridge asks of the Docker daemon, built as plain data.
+//! The container a vassal gets, built as plain data, and the fingerprint that seals it.
+//!
+//! Two roles create containers for a vassal: the bridge when the vassal starts, and the emperor ahead of
+//! time for an on-demand vassal (`emperor/prepare.rs`). A container created ahead of time is started only
+//! if it is exactly the one the bridge would create now, so both must build it with the same pure
+//! function ([`plan`]); the fingerprint label is how the bridge recognises it. A change to what the body
+//! or the fingerprint hold makes every pre-created container look stale once, so it is a contract.
 //!
 //! The container's whole definition is one [`ContainerCreateBody`], everything in `HostConfig` at
-//! create time (uwsgi-docker put the host config in `/start`, which Docker dropped in API 1.24). It is
-//! built by a pure function from the vassal's config so that it can be unit-tested against what
-//! uwsgi-docker would have sent, without a daemon.
+//! create time (uwsgi-docker put the host config in `/start`, which Docker dropped in API 1.24), so that
+//! it can be unit-tested against what uwsgi-docker would have sent, without a daemon.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +18,7 @@ use bollard::models::{
     ImageInspect, Mount, MountType, PortBinding,
 };
 
+use super::labels::{LABEL_CONFIG_HASH, LABEL_FINGERPRINT, LABEL_INSTANCE, LABEL_VASSAL};
 use crate::config::{DockerConfig, VassalConfig};
 use crate::shim;
 
@@ -22,14 +28,6 @@ pub const SHIM_PATH: &str = "/.emperor/emperor";
 pub const PROXY_DIR: &str = "/.emperor/proxy";
 /// The proxy socket's file name inside that directory.
 pub const PROXY_NAME: &str = "vassal.sock";
-
-/// Labels of every container (../shared/DESIGN.md "Containers").
-pub const LABEL_VASSAL: &str = "emperor.vassal";
-pub const LABEL_INSTANCE: &str = "emperor.instance";
-pub const LABEL_CONFIG_HASH: &str = "emperor.config-hash";
-/// The [`fingerprint`] of the container's whole definition: a container created ahead of time for an
-/// on-demand vassal is started only if it is exactly the one the bridge would create now.
-pub const LABEL_FINGERPRINT: &str = "emperor.fingerprint";
 
 /// The image's own command (Entrypoint + Cmd), run when the vassal sets no `exec`.
 fn image_command(image: &ImageInspect) -> Vec<String> {
@@ -209,22 +207,6 @@ pub fn reusable(c: &ContainerInspectResponse, vassal: &str, instance: &str, fp: 
         && label(LABEL_VASSAL) == Some(vassal)
         && label(LABEL_INSTANCE) == Some(instance)
         && label(LABEL_FINGERPRINT) == Some(fp)
-}
-
-/// Force-removes a container with its anonymous volumes. Already gone (404) or already being removed
-/// (409) count as done.
-pub async fn remove(docker: &bollard::Docker, id: &str) -> Result<(), bollard::errors::Error> {
-    let opts = bollard::query_parameters::RemoveContainerOptions {
-        force: true,
-        v: true,
-        ..Default::default()
-    };
-    match docker.remove_container(id, Some(opts)).await {
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404 | 409, ..
-        }) => Ok(()),
-        other => other,
-    }
 }
 
 /// Everything about the container that does not come from the vassal file.
@@ -493,6 +475,17 @@ mod tests {
             "sealing labels the body with its fingerprint"
         );
         assert_eq!(sealed.labels.unwrap()[LABEL_FINGERPRINT], fp);
+    }
+
+    #[test]
+    fn the_fingerprint_does_not_move() {
+        // Every container created ahead of time carries it: a different value for the same vassal (a new
+        // hash, another canonical form, a renamed label) makes every one of them look stale after an upgrade.
+        let c = cfg("[emperor]\ndocker-image = img\nsocket = name=web,/run/a.sock\ndocker-env = A=1\n");
+        let (shim, dir) = (PathBuf::from("/e"), PathBuf::from("/d"));
+        let labels = [("x".to_string(), "1".to_string())];
+        let body = container_body(&c, c.docker.as_ref().unwrap(), &ctx(&shim, &dir, &labels));
+        assert_eq!(fingerprint(&body, "sha256:1"), "64eb7eaf06c79a5f");
     }
 
     #[test]

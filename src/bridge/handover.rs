@@ -1,0 +1,203 @@
+//! The bridge's side of the hand-over and what follows: the fds the emperor placed, the one connection on
+//! the proxy socket that receives them, then waiting for the container's exit or the emperor's stop.
+
+use std::future::Future;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::ContainerWaitResponse;
+use bollard::query_parameters::WaitContainerOptions;
+use futures_util::{Stream, StreamExt};
+use log::{debug, info, warn};
+use tokio::net::UnixListener;
+
+use super::container::rename;
+use super::{Bridge, ENV_LIFELINE_FD, Fail, Signals, Target};
+use crate::docker::{record, short};
+use crate::{exit, proxy_socket};
+
+/// The fds the emperor placed for this bridge.
+pub(super) struct Fds {
+    sockets: Vec<OwnedFd>,
+    control: OwnedFd,
+    pub config: Option<OwnedFd>,
+    lifeline: Option<OwnedFd>,
+}
+
+impl Fds {
+    /// Takes ownership of the fds the emperor placed: sockets from fd 3 (`LISTEN_FDS`), then the control
+    /// and config channels and the lifeline, each named by its variable.
+    pub fn adopt() -> Result<Fds, Fail> {
+        let pid_ok = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+        let n: RawFd = match std::env::var("LISTEN_FDS") {
+            Ok(v) if pid_ok => v.parse().map_err(|_| Fail::Fds(format!("bad LISTEN_FDS {v:?}")))?,
+            _ => 0,
+        };
+        let sockets = (3..3 + n)
+            .map(proxy_socket::adopt_inherited)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Fail::Fds)?;
+        let fd_var = |var: &str| -> Result<Option<OwnedFd>, Fail> {
+            match std::env::var(var) {
+                Ok(v) => {
+                    let fd: RawFd = v.parse().map_err(|_| Fail::Fds(format!("bad {var} {v:?}")))?;
+                    proxy_socket::adopt_inherited(fd).map(Some).map_err(Fail::Fds)
+                }
+                Err(_) => Ok(None),
+            }
+        };
+        let control = fd_var("UWSGI_EMPEROR_FD")?.ok_or_else(|| Fail::Fds("UWSGI_EMPEROR_FD is not set".into()))?;
+        Ok(Fds {
+            sockets,
+            control,
+            config: fd_var("UWSGI_EMPEROR_FD_CONFIG")?,
+            lifeline: fd_var(ENV_LIFELINE_FD)?,
+        })
+    }
+
+    /// The fds to send, in the proxy socket's order (control, config, sockets), and the lifeline.
+    pub fn into_parts(self) -> (Vec<OwnedFd>, Option<OwnedFd>) {
+        let mut to_send = vec![self.control];
+        to_send.extend(self.config);
+        to_send.extend(self.sockets);
+        (to_send, self.lifeline)
+    }
+}
+
+/// What the bridge waits on once the container runs: the container's exit, and EOF on the lifeline
+/// (the emperor is gone).
+pub(super) struct Watch<'a> {
+    exit: Pin<Box<dyn Stream<Item = Result<ContainerWaitResponse, DockerError>> + 'a>>,
+    lifeline_eof: Pin<Box<dyn Future<Output = ()>>>,
+}
+
+impl<'a> Watch<'a> {
+    pub fn new(docker: &'a Docker, id: &'a str, lifeline: Option<OwnedFd>) -> Watch<'a> {
+        let lifeline = lifeline.and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
+        Watch {
+            exit: Box::pin(docker.wait_container(id, None::<WaitContainerOptions>)),
+            lifeline_eof: Box::pin(async move {
+                match lifeline {
+                    Some(rx) => {
+                        let _ = rx.readable().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }),
+        }
+    }
+}
+
+impl Bridge {
+    /// The hand-over, racing the container's early death and the emperor's stop. Returns whether the
+    /// container is to be stopped (the emperor asked, or is gone) rather than waited for.
+    ///
+    /// Our copies of the fds and the listener go when it returns: the vassal's control channel reports EOF
+    /// to the emperor only when the vassal closes it, and the proxy socket is single-use.
+    pub(super) async fn hand_over(
+        &self,
+        listener: UnixListener,
+        to_send: Vec<OwnedFd>,
+        record: &mut record::Info,
+        watch: &mut Watch<'_>,
+        sigs: &mut Signals,
+    ) -> Result<bool, Fail> {
+        let name = &self.args.name;
+        let id = record.id.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.args.handshake_timeout);
+        loop {
+            tokio::select! {
+                conn = listener.accept() => {
+                    let Ok((stream, _)) = conn else { continue };
+                    let stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => { warn!("[{name}] bridge: proxy connection: {e}"); continue; }
+                    };
+                    let _ = stream.set_nonblocking(false);
+                    match proxy_socket::peer_cred(&stream) {
+                        Ok((pid, _, _)) if same_pid_ns(pid, record.init_pid) => {}
+                        Ok((pid, _, _)) => {
+                            warn!("[{name}] bridge: refusing a proxy connection from pid {pid}, which is not in container {}", short(&id));
+                            continue;
+                        }
+                        Err(e) => { warn!("[{name}] bridge: proxy connection without credentials: {e}"); continue; }
+                    }
+                    let borrowed: Vec<_> = to_send.iter().map(|fd| fd.as_fd()).collect();
+                    proxy_socket::send_fds(&stream, &borrowed).map_err(Fail::Send)?;
+                    debug!("[{name}] bridge: handed {} fds to the container", to_send.len());
+                    record.handover_ms = Some(record::unix_ms());
+                    let _ = record.write(&self.info_path);
+                    break;
+                }
+                res = watch.exit.next() => {
+                    return Err(Fail::EarlyExit { id, code: wait_code(res) });
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(Fail::NoHandshake { id, secs: self.args.handshake_timeout });
+                }
+                _ = sigs.term.recv() => return Ok(true),
+                _ = sigs.int.recv() => return Ok(true),
+                _ = &mut watch.lifeline_eof => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Waits for the container's exit, stopping it when asked to (or when the emperor is gone), and gives
+    /// it the vassal's name once an overlapping reload's old container is gone (SIGUSR1). Returns the
+    /// bridge's exit code.
+    pub(super) async fn supervise(
+        &self,
+        docker: &Docker,
+        t: &Target,
+        id: &str,
+        mut watch: Watch<'_>,
+        sigs: &mut Signals,
+        mut stopping: bool,
+    ) -> u8 {
+        let name = &self.args.name;
+        let Signals { term, int, usr1 } = sigs;
+        let mut named = !self.args.overlap;
+        loop {
+            if stopping {
+                self.stop(docker, id, &t.cfg).await;
+            }
+            tokio::select! {
+                res = watch.exit.next() => {
+                    let code = wait_code(res);
+                    info!("[{name}] bridge: container {} exited with code {code}", short(id));
+                    return exit::from_app(code);
+                }
+                _ = term.recv(), if !stopping => stopping = true,
+                _ = int.recv(), if !stopping => stopping = true,
+                _ = usr1.recv(), if !named => {
+                    named = rename(docker, id, &t.d.container_name, name).await;
+                }
+                _ = &mut watch.lifeline_eof, if !stopping => {
+                    info!("[{name}] bridge: the emperor is gone; stopping the container");
+                    stopping = true;
+                }
+            }
+        }
+    }
+}
+
+/// Is `pid` in the pid namespace of the container whose init is `init_pid`?
+fn same_pid_ns(pid: i32, init_pid: i64) -> bool {
+    if pid <= 0 || init_pid <= 0 {
+        return false;
+    }
+    let ns = |p: i64| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    matches!((ns(i64::from(pid)), ns(init_pid)), (Some(a), Some(b)) if a == b)
+}
+
+fn wait_code(res: Option<Result<ContainerWaitResponse, DockerError>>) -> i64 {
+    match res {
+        Some(Ok(r)) => r.status_code,
+        Some(Err(DockerError::DockerContainerWaitError { code, .. })) => code,
+        Some(Err(_)) | None => i64::from(exit::START_FAILED),
+    }
+}

@@ -1,0 +1,15 @@
+//! The labels every container of an emperor carries (../shared/DESIGN.md "Containers").
+//!
+//! They are how an emperor recognises its own containers across its restarts (reaping orphans, replacing
+//! a stale container, refusing a foreign one) and how `emperor shell` tells a vassal's container from a
+//! stranger's: renaming one orphans every container already running.
+
+/// The vassal's name (`app.ini`); its presence marks a container as an emperor's.
+pub const LABEL_VASSAL: &str = "emperor.vassal";
+/// The emperor's instance id, derived from its vassals directory.
+pub const LABEL_INSTANCE: &str = "emperor.instance";
+/// A hash of the vassal file's `[emperor]` section.
+pub const LABEL_CONFIG_HASH: &str = "emperor.config-hash";
+/// The [`fingerprint`](super::fingerprint) of the container's whole definition: a container created ahead of
+/// time for an on-demand vassal is started only if it is exactly the one the bridge would create now.
+pub const LABEL_FINGERPRINT: &str = "emperor.fingerprint";
