@@ -1,7 +1,6 @@
 //! `emperor`: one binary; this file only parses the command line and hands over to a role.
 
 mod bridge;
-mod child;
 mod cli;
 mod config;
 mod control;
@@ -12,6 +11,7 @@ mod proxy_socket;
 mod shell;
 mod shim;
 mod status;
+mod sys;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -66,7 +66,7 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// Runs the emperor until it is told to stop. Returns the process exit code.
 pub fn run(mut opts: EmperorOptions) -> ExitCode {
-    spawn::mark_inherited_fds_cloexec();
+    crate::sys::fd::mark_inherited_fds_cloexec();
     opts.vassals_dir = match std::fs::canonicalize(&opts.vassals_dir) {
         Ok(d) if d.is_dir() => d,
         Ok(d) => return fatal(&format!("{} is not a directory", d.display())),
@@ -191,12 +191,7 @@ fn dir_id(dir: &std::path::Path) -> Option<(u64, u64)> {
 /// FNV-1a of the canonical vassals directory, as 16 hex digits.
 fn instance_id(dir: &std::path::Path) -> String {
     use std::os::unix::ffi::OsStrExt;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in dir.as_os_str().as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    crate::sys::hash::fnv1a_hex(dir.as_os_str().as_bytes())
 }
 
 fn fatal(msg: &str) -> ExitCode {
