@@ -240,3 +240,57 @@ unsafe fn child_exec(plan: ChildPlan<'_>) -> ! {
         fail(err_w)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::wait::{WaitStatus, waitpid};
+
+    fn run(program: &str, argv: &[&str], env: &[String], fds: &[RawFd]) -> Result<i32, Error> {
+        let program = CString::new(program).unwrap();
+        let argv: Vec<CString> = argv.iter().map(|a| CString::new(*a).unwrap()).collect();
+        let mut env: Vec<Vec<u8>> = env
+            .iter()
+            .map(|e| CString::new(e.as_str()).unwrap().into_bytes_with_nul())
+            .collect();
+        let pid = fork_exec(Exec {
+            program: &program,
+            search_path: false,
+            argv: &argv,
+            env: &mut env,
+            fds,
+            cwd: None,
+            pdeathsig: None,
+            foreground: false,
+        })?;
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => Ok(code),
+            other => panic!("unexpected wait status {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_child_fills_in_its_own_pid() {
+        let script = r#"test "$LISTEN_PID" = "$$" && test "$OTHER" = x"#;
+        let env = [format!("LISTEN_PID={}", blank_pid()), "OTHER=x".to_string()];
+        assert_eq!(run("/bin/sh", &["sh", "-c", script], &env, &[]).unwrap(), 0);
+    }
+
+    #[test]
+    fn exec_errors_come_back_with_their_errno() {
+        match run("/nonexistent/program", &["program"], &[], &[]) {
+            Err(Error::Exec(e)) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT)),
+            other => panic!("expected an exec error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fds_are_placed_in_order() {
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let fds = [devnull.as_raw_fd(), 1, 2, r.as_raw_fd()];
+        // fd 0 is /dev/null, fd 3 the pipe's read end (a fifo), which was CLOEXEC in the parent.
+        let script = "test -c /dev/fd/0 && test -p /dev/fd/3";
+        assert_eq!(run("/bin/sh", &["sh", "-c", script], &[], &fds).unwrap(), 0);
+    }
+}
