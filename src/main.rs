@@ -1,7 +1,6 @@
 //! `emperor`: one binary; this file only parses the command line and hands over to a role.
 
 mod bridge;
-mod child;
 mod cli;
 mod client;
 mod config;
@@ -11,6 +10,7 @@ mod exit;
 mod protocol;
 mod proxy_socket;
 mod shim;
+mod sys;
 
 use std::io::Write;
 use std::process::ExitCode;

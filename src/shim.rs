@@ -72,13 +72,13 @@
 //!
 //! # Fork discipline
 //! The shim is single-threaded (nothing in it starts a thread, and `main` builds no runtime for this
-//! role), so it may fork freely. All memory the child uses is prepared before the fork; the child only
-//! makes async-signal-safe calls, and reports a failed `exec` by writing its errno to a CLOEXEC pipe,
-//! from which the parent builds the message.
+//! role), so it may fork freely, and may let `execvpe` search `PATH` in the child. The fork itself is
+//! `crate::sys::fork`'s, shared with the emperor: all memory the child uses is prepared before the
+//! fork, and a failed `exec` comes back as its errno, from which the shim builds the message.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -88,6 +88,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::proxy_socket;
+use crate::sys::{fd, fork};
 
 /// Path of the proxy socket inside the container.
 pub const ENV_PROXY: &str = "EMPEROR_PROXY";
@@ -111,8 +112,6 @@ pub const EXIT_NOT_FOUND: u8 = 127;
 const PROXY_PATIENCE: Duration = Duration::from_secs(30);
 /// Pause between two connection attempts.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
-
-use crate::child::PID_SLOT;
 
 /// Signals that stop the shim while it is still waiting for the proxy socket.
 const EARLY_STOP: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
@@ -147,7 +146,7 @@ pub fn main(args: crate::cli::ShimArgs) -> ExitCode {
 }
 
 fn run(command: &[String]) -> Result<ExitCode, Failure> {
-    mark_inherited_fds_cloexec();
+    fd::mark_inherited_fds_cloexec();
     // Before anything else, so that no signal is lost (or, for PID 1, silently dropped) from here on.
     let signals = blocked_signals();
     signals
@@ -302,7 +301,7 @@ impl Plan {
         if n > 0 {
             set("LISTEN_FDS", n.to_string());
             set("LISTEN_FDNAMES", names.join(":"));
-            set("LISTEN_PID", " ".repeat(PID_SLOT));
+            set("LISTEN_PID", fork::blank_pid());
             set("NGINX", (3..3 + n).map(|fd| format!("{fd};")).collect());
         }
         set("UWSGI_EMPEROR_FD", control_at.to_string());
@@ -331,81 +330,37 @@ impl Plan {
     /// succeeded or failed.
     fn spawn(mut self) -> Result<Spawned, String> {
         let command = self.program.to_string_lossy().into_owned();
+        // Whatever sat at a target number is ours to close: the proxy connection is dropped, and what
+        // can remain below the targets is fd 0 (Docker's stdin, owned by no one here) or fds inherited
+        // from our parent, which nothing in the shim uses.
         let placed =
-            place_fds(std::mem::take(&mut self.placements)).map_err(|e| format!("cannot place the fds: {e}"))?;
-
-        let mut argv_p: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
-        argv_p.push(std::ptr::null());
-        let pid_entry = self.envp.iter().position(|e| e.starts_with(b"LISTEN_PID="));
-        // Pointers derived from `as_mut_ptr`, because the child writes the LISTEN_PID digits through one.
-        let mut envp_p: Vec<*const libc::c_char> = self
-            .envp
-            .iter_mut()
-            .map(|e| e.as_mut_ptr().cast_const().cast())
-            .collect();
-        let pid_slot: *mut u8 = match pid_entry {
-            // SAFETY: that entry is "LISTEN_PID=" + PID_SLOT spaces + NUL, so the offset stays inside it;
-            // `self.envp` is neither moved nor freed before the child execs (the parent keeps `self`
-            // alive until after the fork, and the child never returns).
-            Some(i) => unsafe { envp_p[i].cast_mut().cast::<u8>().add("LISTEN_PID=".len()) },
-            None => std::ptr::null_mut(),
-        };
-        envp_p.push(std::ptr::null());
-
-        // Carries a failed exec's errno to the parent. Created after the placement, so it cannot sit
-        // on a target number; CLOEXEC, so a successful exec closes it (EOF).
-        let (err_r, err_w) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
-
-        // SAFETY: the shim is single-threaded (see the module doc), so the child is a complete copy of
-        // this process with no lock held by a vanished thread. The child runs only `child_exec`, which
-        // makes async-signal-safe calls on memory prepared above and never returns.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(format!("cannot fork: {}", io::Error::last_os_error()));
-        }
-        if pid == 0 {
-            // SAFETY: we are the freshly forked child; every pointer points into buffers built above,
-            // NUL-terminated as execvpe wants, and `pid_slot` (if not null) has PID_SLOT writable bytes.
-            unsafe {
-                child_exec(ChildPlan {
-                    program: self.program.as_ptr(),
-                    argv: argv_p.as_ptr(),
-                    envp: envp_p.as_ptr(),
-                    pid_slot,
-                    err_w: err_w.as_raw_fd(),
-                })
-            }
-        }
+            fd::place(std::mem::take(&mut self.placements)).map_err(|e| format!("cannot place the fds: {e}"))?;
+        // The fork's exec-status pipe is created after the placement, so it cannot sit on a target.
+        let forked = fork::fork_exec(fork::Exec {
+            program: &self.program,
+            search_path: true,
+            argv: &self.argv,
+            env: &mut self.envp,
+            fds: &[],
+            cwd: None,
+            pdeathsig: None,
+            foreground: true,
+        });
         // Our copies of the payload's fds go: the payload alone holds them now.
         drop(placed);
-        drop(err_w);
-        let mut buf = [0u8; 4];
-        let mut got = 0;
-        while got < buf.len() {
-            match nix::unistd::read(&err_r, &mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(format!("reading the exec status: {e}")),
+        match forked {
+            Ok(pid) => Ok(Spawned::Running(pid.as_raw())),
+            Err(fork::Error::Parent(what, e)) => Err(format!("{what}: {e}")),
+            Err(fork::Error::Exec(err)) => {
+                eprintln!("shim: cannot execute {command}: {err}");
+                let code = if err.raw_os_error() == Some(libc::ENOENT) {
+                    EXIT_NOT_FOUND
+                } else {
+                    EXIT_CANNOT_EXECUTE
+                };
+                Ok(Spawned::ExecFailed(code))
             }
         }
-        if got < buf.len() {
-            return Ok(Spawned::Running(pid));
-        }
-        let errno = i32::from_ne_bytes(buf);
-        let mut status = 0;
-        // SAFETY: waitpid on our own child, which has exited or is about to (it _exits right after
-        // writing); `status` is a valid out-pointer.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        let err = io::Error::from_raw_os_error(errno);
-        eprintln!("shim: cannot execute {command}: {err}");
-        let code = if errno == libc::ENOENT {
-            EXIT_NOT_FOUND
-        } else {
-            EXIT_CANNOT_EXECUTE
-        };
-        Ok(Spawned::ExecFailed(code))
     }
 }
 
@@ -415,50 +370,6 @@ enum Spawned {
     Running(libc::pid_t),
     /// `exec` failed (the message is printed); exit with this code, as a shell would.
     ExecFailed(u8),
-}
-
-/// Raw pointers the child needs; all point into memory the parent built before forking.
-struct ChildPlan {
-    program: *const libc::c_char,
-    argv: *const *const libc::c_char,
-    envp: *const *const libc::c_char,
-    pid_slot: *mut u8,
-    err_w: RawFd,
-}
-
-/// The child's half of [`Plan::spawn`]: own process group and the terminal's foreground, the
-/// `LISTEN_PID` digits, default signal dispositions, an empty mask, then `execvpe`. Never returns.
-///
-/// # Safety
-/// Must run in a freshly forked child of the single-threaded shim. `program`, `argv` and `envp` are
-/// NUL-terminated strings and NULL-terminated arrays of them; `pid_slot` is null or has [`PID_SLOT`]
-/// writable bytes; `err_w` is an open fd.
-unsafe fn child_exec(plan: ChildPlan) -> ! {
-    // SAFETY: every call below is async-signal-safe (setpgid, getpgrp, tcsetpgrp, getpid, signal,
-    // sigemptyset, sigprocmask, execvpe, write, _exit) and takes plain integers or the pointers this
-    // function's contract describes. execvpe reads PATH with getenv and searches it without
-    // allocating (glibc builds each candidate path on the stack); getenv is not on the
-    // async-signal-safe list, but the process is a single-threaded copy, so no one holds the
-    // environment's lock.
-    unsafe {
-        // Own process group, made the terminal's foreground group if fd 0..2 is our controlling tty:
-        // a tty's ^C then reaches the payload. tcsetpgrp from a background group raises SIGTTOU unless
-        // it is blocked, and it still is (the mask is inherited from the shim), so this cannot stop us.
-        libc::setpgid(0, 0);
-        for fd in 0..3 {
-            if libc::tcsetpgrp(fd, libc::getpgrp()) == 0 {
-                break;
-            }
-        }
-        if !plan.pid_slot.is_null() {
-            crate::child::write_pid(plan.pid_slot, libc::getpid());
-        }
-        crate::child::reset_signals();
-        libc::execvpe(plan.program, plan.argv, plan.envp);
-        let errno = (*libc::__errno_location()).to_ne_bytes();
-        libc::write(plan.err_w, errno.as_ptr().cast(), errno.len());
-        libc::_exit(EXIT_NOT_FOUND.into())
-    }
 }
 
 /// Waits for signals as PID 1 until the payload exits: SIGCHLD reaps every child that has exited
@@ -563,49 +474,6 @@ fn reap_one() -> Option<(libc::pid_t, libc::c_int)> {
             continue;
         }
         return None; // 0: children left but none exited; -1 ECHILD: no child at all.
-    }
-}
-
-/// Moves each fd to its target number, without FD_CLOEXEC, so it crosses the exec. Returns the placed
-/// fds: the shim owns them until it has forked, then drops (closes) its copies.
-fn place_fds(plan: Vec<(OwnedFd, RawFd)>) -> io::Result<Vec<OwnedFd>> {
-    let floor = plan.iter().map(|(_, t)| *t).max().unwrap_or(2) + 1;
-    // Park every fd above all targets first, so that placing one never overwrites another that still
-    // waits for its turn. The originals close as they go; the parked copies are CLOEXEC.
-    let parked: Vec<(OwnedFd, RawFd)> = plan
-        .into_iter()
-        .map(|(fd, target)| {
-            let copy = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(floor))?;
-            // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; nothing else owns it.
-            Ok((unsafe { OwnedFd::from_raw_fd(copy) }, target))
-        })
-        .collect::<io::Result<_>>()?;
-    parked
-        .iter()
-        .map(|(fd, target)| {
-            // SAFETY: dup2 takes two integers. Whatever sat at `target` is closed by it; no Rust object
-            // of the shim owns such an fd: the originals were closed above, the proxy connection is
-            // dropped, and what can remain below `floor` is fd 0 (Docker's stdin, owned by no one here)
-            // or fds inherited from our parent, which nothing in the shim uses.
-            let fd = unsafe { libc::dup2(fd.as_raw_fd(), *target) };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `target` now refers to the duplicate we just made, and (see above) it has no
-            // other owner in this process.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        })
-        .collect()
-}
-
-/// Marks every fd above 2 this process inherited as close-on-exec, so nothing leaks to the payload but
-/// the layout we build.
-fn mark_inherited_fds_cloexec() {
-    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets a flag on fds of this single-threaded
-    // process and reads no memory. Kernels before 5.11 fail with ENOSYS, and then we go on: Docker
-    // gives PID 1 only fds 0 to 2 anyway.
-    unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
     }
 }
 

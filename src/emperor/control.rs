@@ -9,7 +9,7 @@
 //! sender reads the request and asks the named actor ([`Command::Control`]), which answers from its
 //! own state and feeds the matching event to its state machine.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -58,9 +58,7 @@ impl Listener {
     pub fn bind(path: &std::path::Path) -> Result<Listener, String> {
         let err = |e: std::io::Error| format!("--emperor-control {}: {e}", path.display());
         let path = std::path::absolute(path).map_err(err)?;
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
-            let _ = std::fs::remove_file(&path);
-        }
+        super::sockets::replace_socket_file(&path);
         // Created 0600 from the start (the emperor forks only on this thread, so the umask change is
         // seen by nothing else), and set again explicitly below.
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));

@@ -43,6 +43,7 @@ pub mod spawn;
 mod stats;
 pub use stats::unix_now;
 mod vassal;
+mod wait;
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
@@ -66,7 +67,7 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// Runs the emperor until it is told to stop. Returns the process exit code.
 pub fn run(mut opts: EmperorOptions) -> ExitCode {
-    spawn::mark_inherited_fds_cloexec();
+    crate::sys::fd::mark_inherited_fds_cloexec();
     opts.vassals_dir = match std::fs::canonicalize(&opts.vassals_dir) {
         Ok(d) if d.is_dir() => d,
         Ok(d) => return fatal(&format!("{} is not a directory", d.display())),
@@ -191,12 +192,7 @@ fn dir_id(dir: &std::path::Path) -> Option<(u64, u64)> {
 /// FNV-1a of the canonical vassals directory, as 16 hex digits.
 fn instance_id(dir: &std::path::Path) -> String {
     use std::os::unix::ffi::OsStrExt;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in dir.as_os_str().as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    crate::sys::hash::fnv1a_hex(dir.as_os_str().as_bytes())
 }
 
 fn fatal(msg: &str) -> ExitCode {
@@ -342,7 +338,7 @@ impl Emperor {
                     }
                     None => return Err("the inotify stream ended".into()),
                 },
-                _ = sleep_until(scan_at), if scan_at.is_some() && !shutting_down => {
+                _ = wait::sleep_until(scan_at), if scan_at.is_some() && !shutting_down => {
                     scan_at = None;
                     self.rescan();
                 }
@@ -351,13 +347,13 @@ impl Emperor {
                     dir_watch.rewatch();
                     self.rescan();
                 }
-                conn = accept_control(control.as_ref()), if !shutting_down => match conn {
+                conn = wait::or_never(control.as_ref().map(control::Listener::accept)), if !shutting_down => match conn {
                     Ok(conn) => {
                         tokio::task::spawn_local(control::serve(conn, self.senders()));
                     }
                     Err(e) => warn!("control: cannot accept: {e}"),
                 },
-                conn = accept(stats.as_ref()), if !shutting_down => match conn {
+                conn = wait::or_never(stats.as_ref().map(stats::Listener::accept)), if !shutting_down => match conn {
                     Ok(conn) => {
                         tokio::task::spawn_local(stats::serve(conn, dir.clone(), self.senders()));
                     }
@@ -369,7 +365,7 @@ impl Emperor {
                         status_at = Some(Instant::now().max(status_sent.1 + notify::STATUS_INTERVAL));
                     }
                 }
-                _ = sleep_until(status_at), if status_at.is_some() => {
+                _ = wait::sleep_until(status_at), if status_at.is_some() => {
                     status_at = None;
                     let line = notify::status_line(self.states.values().copied());
                     if let Some(n) = &self.notify && line != status_sent.0 {
@@ -567,28 +563,5 @@ impl Emperor {
         );
         let _ = h.tx.send(cmd);
         self.vassals.insert(name, h);
-    }
-}
-
-/// The next control client; never, without a control socket.
-async fn accept_control(l: Option<&control::Listener>) -> std::io::Result<tokio::net::UnixStream> {
-    match l {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next stats client; never, without a stats server.
-async fn accept(l: Option<&stats::Listener>) -> std::io::Result<stats::Conn> {
-    match l {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

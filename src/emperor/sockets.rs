@@ -101,6 +101,15 @@ fn finish(sock: BoundSocket, backlog: Backlog) -> io::Result<BoundSocket> {
     Ok(sock)
 }
 
+/// Removes the socket file at `path`, live or not, so that the emperor's own servers (control, stats)
+/// take their path over from a previous emperor. Anything that is not a socket stays, and binding then
+/// fails with a clear error.
+pub fn replace_socket_file(path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Removes a leftover socket file from a previous run, but never a live socket (someone accepts on
 /// it) and never a file that is not a socket.
 fn remove_stale(path: &Path) -> io::Result<()> {

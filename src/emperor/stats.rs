@@ -16,7 +16,6 @@ mod usage;
 
 use std::collections::HashSet;
 use std::os::fd::BorrowedFd;
-use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -421,9 +420,7 @@ impl Listener {
             return Ok(Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(err)?));
         }
         let path = std::path::absolute(addr).map_err(err)?;
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
-            let _ = std::fs::remove_file(&path);
-        }
+        super::sockets::replace_socket_file(&path);
         let l = tokio::net::UnixListener::bind(&path).map_err(err)?;
         if let Some(mode) = mode {
             use std::os::unix::fs::PermissionsExt;

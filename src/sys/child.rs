@@ -1,7 +1,7 @@
-//! What a freshly forked child does before `execve`, shared by the emperor's spawner
-//! (`emperor/spawn.rs`) and the shim (`shim.rs`). Both fork from a process that may have other
-//! threads, so between fork and exec only async-signal-safe calls are allowed: no allocation, no
-//! locks, no formatting. These helpers keep to that.
+//! The steps of a freshly forked child before `exec` that are not plain syscalls (`fork.rs` makes
+//! the rest). They have their own file because they must keep rules the compiler does not check: the
+//! child may be a copy of a process with other threads, so between fork and exec only
+//! async-signal-safe calls are allowed: no allocation, no locks, no formatting, no panics.
 
 /// Width of the `LISTEN_PID=` slot; pids fit in 10 digits (pid_max ≤ 2^22 on Linux).
 pub const PID_SLOT: usize = 10;
