@@ -174,10 +174,11 @@ fn a_crash_before_loyalty_is_throttled_then_restarted() {
         assert_eq!(fake.0.borrow().len(), 1, "still throttled 0.9 s later");
         tokio::time::sleep(ms(200)).await;
         settle().await;
-        let l = fake.0.borrow();
-        assert_eq!(l.len(), 2, "restarted once the throttle ran out");
-        assert_eq!(l[1].at - t0, ms(1000));
-        drop(l);
+        {
+            let l = fake.0.borrow();
+            assert_eq!(l.len(), 2, "restarted once the throttle ran out");
+            assert_eq!(l[1].at - t0, ms(1000));
+        }
         h.tx.send(Command::Shutdown).unwrap();
         assert_eq!(set.join_next().await.unwrap().unwrap(), "v.ini");
         assert_eq!(
@@ -277,16 +278,17 @@ fn an_overlapping_reload_retires_the_old_instance_after_ready_delay() {
         };
         tokio::time::sleep(ms(1100)).await;
         settle().await;
-        let l = fake.0.borrow();
-        let old = l[0].signals.borrow().clone();
-        assert_eq!(old.len(), 1, "{old:?}");
-        assert_eq!(
-            (old[0].0 - t1, old[0].1),
-            (ms(1000), Signal::SIGTERM),
-            "retired after ready-delay"
-        );
-        assert!(l[1].signals.borrow().is_empty(), "the new one is untouched");
-        drop(l);
+        {
+            let l = fake.0.borrow();
+            let old = l[0].signals.borrow().clone();
+            assert_eq!(old.len(), 1, "{old:?}");
+            assert_eq!(
+                (old[0].0 - t1, old[0].1),
+                (ms(1000), Signal::SIGTERM),
+                "retired after ready-delay"
+            );
+            assert!(l[1].signals.borrow().is_empty(), "the new one is untouched");
+        }
         h.tx.send(Command::Shutdown).unwrap();
         set.join_next().await.unwrap().unwrap();
     });
