@@ -125,13 +125,6 @@ impl BridgeArgs {
     /// emperor runs (as `/proc/self/exe`, with its own path as `argv[0]`) to start a Docker vassal. A
     /// flag that is off and a list that is empty are left out; paths are passed as text (lossily, as
     /// every other path the emperor logs).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "transitional: emperor/vassal.rs builds this by hand until the actor split"
-        )
-    )]
     pub fn to_argv(&self) -> Vec<String> {
         let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
         let mut argv = vec![

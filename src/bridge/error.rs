@@ -10,7 +10,7 @@ use bollard::errors::Error as DockerError;
 use crate::docker::{self, short};
 use crate::exit::{self, Verdict};
 
-use super::ENV_VASSAL_TEXT;
+use crate::cli::ENV_VASSAL_TEXT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Fail {

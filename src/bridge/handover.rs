@@ -15,7 +15,8 @@ use log::{debug, info, warn};
 use tokio::net::UnixListener;
 
 use super::container::rename;
-use super::{Bridge, ENV_LIFELINE_FD, Fail, Signals, Target};
+use super::{Bridge, Fail, Signals, Target};
+use crate::cli::ENV_LIFELINE_FD;
 use crate::docker::{record, short};
 use crate::{exit, proxy_socket};
 

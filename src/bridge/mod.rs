@@ -42,19 +42,13 @@ use log::{debug, error, info, warn};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cli::BridgeArgs;
+use crate::cli::{BridgeArgs, ENV_VASSAL_TEXT};
 use crate::config::{self, DockerConfig, VassalConfig};
-use crate::docker::{ProxyPaths, daemon, record};
+use crate::docker::{self, ProxyPaths, daemon, record, short};
 use crate::exit;
 
 use error::Fail;
 use handover::{Fds, Watch};
-
-// transitional: vassal.rs moves to crate::docker and crate::cli during the actor split (it names
-// `crate::bridge::{docker::is_uwsgi, info::*, short, ENV_VASSAL_TEXT, ENV_LIFELINE_FD}`).
-pub use crate::cli::{ENV_LIFELINE_FD, ENV_VASSAL_TEXT};
-pub use crate::docker::record as info;
-pub(crate) use crate::docker::{self, short};
 
 /// The bridge's entry point.
 pub fn main(args: BridgeArgs) -> ExitCode {

@@ -339,14 +339,10 @@ fn suggest(key: &str) -> Option<&'static str> {
 /// adds a marker (for Docker vassals, whose container command depends on it); the marker's key
 /// `[uwsgi]` cannot be an `[emperor]` key, so it cannot collide with a real entry.
 fn emperor_hash(entries: &[RawEntry], uwsgi_section: bool) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash = OFFSET;
+    let mut hash = crate::sys::hash::Fnv1a::new();
     let mut feed = |bytes: &[u8]| {
-        for b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
-            hash ^= u64::from(*b);
-            hash = hash.wrapping_mul(PRIME);
-        }
+        hash.write(&(bytes.len() as u64).to_le_bytes());
+        hash.write(bytes);
     };
     for entry in entries.iter().filter(|e| !EMPEROR_ONLY_KEYS.contains(&e.key.as_str())) {
         feed(entry.key.as_bytes());
@@ -356,7 +352,7 @@ fn emperor_hash(entries: &[RawEntry], uwsgi_section: bool) -> u64 {
         feed(b"[uwsgi]");
         feed(b"");
     }
-    hash
+    hash.finish()
 }
 
 #[cfg(test)]

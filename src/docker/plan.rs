@@ -121,12 +121,7 @@ pub fn fingerprint(body: &ContainerCreateBody, image_id: &str) -> String {
         canonical(&v, &mut text);
     }
     text.push_str(image_id);
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    crate::sys::hash::fnv1a_hex(text.as_bytes())
 }
 
 /// What the container is created from besides the vassal file and the image.

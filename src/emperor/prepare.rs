@@ -21,7 +21,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use bollard::Docker;
 use bollard::models::ContainerStateStatusEnum;
 use bollard::query_parameters::{CreateContainerOptions, InspectContainerOptions};
 
@@ -32,12 +31,6 @@ use crate::docker::{self, daemon};
 /// How long a creation ahead of time may take before a connection waiting for it starts the vassal
 /// without it (the bridge then creates the container itself, or takes this one if it appeared).
 pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A client for the configured daemon (`--docker-daemon-socket`, else `DOCKER_HOST` or the default).
-// transitional: vassal.rs (pause, resume) moves to crate::docker::client during the actor split
-pub fn client(socket: Option<&Path>) -> Result<Docker, String> {
-    daemon::client(socket, daemon::EMPEROR_TIMEOUT).map_err(|e| e.to_string())
-}
 
 /// Creates the vassal's container without starting it, unless an identical one already waits.
 /// Returns its id, or `None` when there is nothing to gain (a foreign or running container holds the

@@ -114,9 +114,9 @@ impl Launcher for System {
         let config_theirs;
         let (stdin, listen): (Option<_>, &[BoundSocket]) = if bridged {
             // The bridge gets every socket as LISTEN_FDS; the shim places them inside the container.
-            speaks = crate::bridge::docker::is_uwsgi(cfg);
+            speaks = crate::docker::is_uwsgi(cfg);
             argv = bridge_argv(cfg, l.opts, l.overlap);
-            env.push((crate::bridge::ENV_VASSAL_TEXT.to_string(), cfg.text.clone()));
+            env.push((crate::cli::ENV_VASSAL_TEXT.to_string(), cfg.text.clone()));
             if let Some(sock) = &l.opts.docker_daemon_socket {
                 env.push(("DOCKER_HOST".into(), format!("unix://{}", sock.display())));
             }
@@ -161,7 +161,7 @@ impl Launcher for System {
             extra_fds.push((fd.as_fd(), "UWSGI_EMPEROR_FD_CONFIG"));
         }
         if let Some(fd) = &lifeline_r {
-            extra_fds.push((fd.as_fd(), crate::bridge::ENV_LIFELINE_FD));
+            extra_fds.push((fd.as_fd(), crate::cli::ENV_LIFELINE_FD));
         }
         let cwd = cfg.chdir.clone().unwrap_or_else(|| l.opts.vassals_dir.clone());
         let stderr = std::io::stderr();
@@ -203,42 +203,24 @@ impl Launcher for System {
     }
 }
 
-/// The bridge's command line (`emperor bridge ...`, see `cli::BridgeArgs`).
+/// The bridge's command line: `argv[0]` is what `ps` shows; the program itself is /proc/self/exe (see
+/// `launch`), which still works after the binary was replaced on disk (an upgrade in place, a rebuild).
 fn bridge_argv(cfg: &VassalConfig, opts: &EmperorOptions, overlap: bool) -> Vec<String> {
-    // argv[0] is what `ps` shows; the program itself is /proc/self/exe (see `launch`), which still
-    // works after the binary was replaced on disk (an upgrade in place, a rebuild).
     let exe = std::env::current_exe().map_or_else(|_| "emperor".into(), |p| p.to_string_lossy().into_owned());
-    let mut argv = vec![
-        exe,
-        "bridge".into(),
-        "--name".into(),
-        cfg.name.clone(),
-        "--file".into(),
-        cfg.path.to_string_lossy().into_owned(),
-        "--vassals-dir".into(),
-        opts.vassals_dir.to_string_lossy().into_owned(),
-        "--instance".into(),
-        opts.instance.clone(),
-        "--run-dir".into(),
-        opts.run_dir.to_string_lossy().into_owned(),
-        "--wrapper".into(),
-        opts.wrapper.to_string_lossy().into_owned(),
-        "--stop-timeout".into(),
-        docker_stop_secs(cfg, opts).to_string(),
-        "--handshake-timeout".into(),
-        opts.docker_connect_timeout.to_string(),
-    ];
-    if overlap {
-        argv.push("--overlap".into());
-    }
-    if opts.docker_debug {
-        argv.push("--docker-debug".into());
-    }
-    for (k, v) in &opts.docker_labels {
-        argv.push("--label".into());
-        argv.push(format!("{k}={v}"));
-    }
-    argv
+    let args = crate::cli::BridgeArgs {
+        name: cfg.name.clone(),
+        file: cfg.path.clone(),
+        vassals_dir: opts.vassals_dir.clone(),
+        instance: opts.instance.clone(),
+        run_dir: opts.run_dir.clone(),
+        labels: opts.docker_labels.clone(),
+        docker_debug: opts.docker_debug,
+        wrapper: opts.wrapper.to_string_lossy().into_owned(),
+        handshake_timeout: opts.docker_connect_timeout,
+        stop_timeout: docker_stop_secs(cfg, opts),
+        overlap,
+    };
+    std::iter::once(exe).chain(args.to_argv()).collect()
 }
 
 /// Seconds `docker stop` gives a Docker vassal; the emperor itself waits 10 s longer for its bridge.
@@ -287,10 +269,7 @@ pub fn write_all_now(chan: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
 
 /// Waits for the instance to exit; never completes when there is none.
 pub async fn wait_child(child: Option<&mut Box<dyn Instance>>) -> std::io::Result<Exit> {
-    match child {
-        Some(c) => c.wait().await,
-        None => std::future::pending().await,
-    }
+    crate::emperor::wait::or_never(child.map(|c| c.wait())).await
 }
 
 /// Reads whatever bytes the vassal sent; empty means EOF; never completes without a channel.

@@ -46,6 +46,7 @@ use super::prepare;
 use super::sockets::{self, BoundSocket, SocketOptions};
 use super::spawn::Exit;
 use super::stats::{self, Track, VassalStats};
+use super::wait::sleep_until;
 use crate::cli::EmperorOptions;
 use crate::config::VassalConfig;
 use crate::protocol::{EmperorMsg, VassalMsg};
@@ -267,7 +268,7 @@ impl Actor {
                     Some(Ok(id)) => debug!(
                         "[{}] container {} created ahead of time",
                         self.name,
-                        crate::bridge::short(&id)
+                        crate::docker::short(&id)
                     ),
                     Some(Err(e)) => debug!("[{}] cannot create the container ahead of time: {e}", self.name),
                     None => {}
@@ -380,11 +381,11 @@ impl Actor {
         let pid = p.child.pid().as_raw();
         let record = p
             .bridged
-            .then(|| crate::bridge::info::path(&self.opts.run_dir, &self.opts.instance, pid));
+            .then(|| crate::docker::record::path(&self.opts.run_dir, &self.opts.instance, pid));
         let listeners = listening::Listeners::of(self.sockets.iter().map(|s| s.fd()));
         self.ready.started(tokio::task::spawn_blocking(move || {
             let root = match record {
-                Some(r) => crate::bridge::info::Info::read(&r).map_or(0, |i| i32::try_from(i.init_pid).unwrap_or(0)),
+                Some(r) => crate::docker::record::Info::read(&r).map_or(0, |i| i32::try_from(i.init_pid).unwrap_or(0)),
                 None => pid,
             };
             listening::waiting(root, &listeners)
@@ -421,9 +422,9 @@ impl Actor {
             match prepare::discard(socket.as_deref(), &id).await {
                 Ok(()) => debug!(
                     "[{name}] removed container {}, created ahead of time",
-                    crate::bridge::short(&id)
+                    crate::docker::short(&id)
                 ),
-                Err(e) => warn!("[{name}] cannot remove container {}: {e}", crate::bridge::short(&id)),
+                Err(e) => warn!("[{name}] cannot remove container {}: {e}", crate::docker::short(&id)),
             }
         }));
     }
@@ -677,7 +678,7 @@ impl Actor {
                 .collect(),
             bridge_info: inst
                 .filter(|_| cfg.is_some_and(|c| c.docker.is_some()))
-                .map(|i| crate::bridge::info::path(&self.opts.run_dir, &self.opts.instance, i.pid)),
+                .map(|i| crate::docker::record::path(&self.opts.run_dir, &self.opts.instance, i.pid)),
             attempts: self.fsm.attempts,
             throttle: stats::throttle_of(&self.fsm),
             error: match &self.fsm.state {
@@ -786,8 +787,8 @@ impl Actor {
     /// [`REPEAT_QUIET`] is logged at debug level only: a missing image or a daemon without a default bridge
     /// fails every retry the same way, and one line saying what to change is what helps.
     fn bridge_gave_up(&mut self, bridge_pid: i32, code: i32) {
-        let path = crate::bridge::info::verdict_path(&self.opts.run_dir, &self.opts.instance, bridge_pid);
-        let reason = crate::bridge::info::take_verdict(&path)
+        let path = crate::docker::record::verdict_path(&self.opts.run_dir, &self.opts.instance, bridge_pid);
+        let reason = crate::docker::record::take_verdict(&path)
             .or_else(|| crate::exit::describe(code).map(String::from))
             .unwrap_or_default();
         let now = now();
@@ -926,7 +927,8 @@ fn without_ids(reason: &str) -> String {
 }
 
 async fn docker_freeze(socket: Option<&std::path::Path>, container: &str, pause: bool) -> Result<(), String> {
-    let docker = prepare::client(socket)?;
+    let docker =
+        crate::docker::daemon::client(socket, crate::docker::daemon::EMPEROR_TIMEOUT).map_err(|e| e.to_string())?;
     let r = if pause {
         docker.pause_container(container).await
     } else {
@@ -938,14 +940,6 @@ async fn docker_freeze(socket: Option<&std::path::Path>, container: &str, pause:
 /// The actor's clock: tokio's, as a `std` instant for the FSM, so that tests can run the actor on paused time.
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
-}
-
-/// Sleeps until `deadline`; never, without one.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -214,10 +214,7 @@ impl Watch {
 
 /// Completes when a watched listener reports an arrival; never, without a watch.
 async fn arrived(watch: Option<&arrivals::Watch>) {
-    match watch {
-        Some(w) => w.arrived().await,
-        None => std::future::pending().await,
-    }
+    crate::emperor::wait::or_never(watch.map(|w| w.arrived())).await
 }
 
 /// Completes when a connection waits on any watched socket; never, without one.
