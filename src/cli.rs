@@ -487,7 +487,7 @@ mod tests {
             ..full.clone()
         };
         assert_eq!(bridge_args(bare.to_argv()), bare);
-        // The exact order the emperor has always used (`emperor/vassal.rs`), flags and labels last.
+        // The exact order the emperor has always used (`emperor/vassal/launch.rs`), flags and labels last.
         assert_eq!(
             full.to_argv(),
             [

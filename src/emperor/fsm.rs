@@ -1,7 +1,7 @@
 //! The per-vassal state machine, as a pure function: `(state, event, now) → (state, actions)`.
 //!
 //! It does no I/O and reads no clock, so every transition is unit-tested without processes; the actor
-//! in `vassal.rs` feeds it events and carries out the actions. The deadline the actor sleeps until is
+//! in `vassal/` feeds it events and carries out the actions. The deadline the actor sleeps until is
 //! derived from the state ([`Fsm::deadline`]), so an idle vassal costs no wake-ups at all.
 //!
 //! # States

@@ -2,7 +2,7 @@
 //!
 //! # Theory of operation
 //! * **One thread, many actors.** The emperor runs a current-thread tokio runtime. Each vassal is an
-//!   actor task (`vassal.rs`) that owns the vassal's sockets, process and control channel and drives a
+//!   actor task (`vassal/`) that owns the vassal's sockets, process and control channel and drives a
 //!   pure state machine (`fsm.rs`). Single-threaded on purpose: forking happens only on this thread,
 //!   which lives as long as the emperor, so `PR_SET_PDEATHSIG` means "the emperor died" (style guide
 //!   §2), and no per-vassal locking exists.

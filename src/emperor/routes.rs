@@ -26,7 +26,7 @@
 //!
 //! # Conflicts
 //!
-//! Each vassal's own hosts are checked in `config.rs` (no two overlap). Across vassals, the
+//! Each vassal's own hosts are checked in `config/routes.rs` (no two overlap). Across vassals, the
 //! vassal first in name order keeps a contested name and the other loses just that name: in nginx
 //! terms a host claims an exact name (`a.b`), the names below it (`*.a.b`), or both (`.a.b`), and
 //! only the contested claim is dropped (`.a.b` against another vassal's `a.b` becomes `*.a.b`).
@@ -35,7 +35,7 @@
 //! change, and noted as a comment in the file.
 //!
 //! nginx cannot connect to abstract unix sockets (1.22 takes `unix:@name` for a file name), so
-//! `config.rs` refuses routes to them; should one get here anyway it is left out with a comment.
+//! `config/routes.rs` refuses routes to them; should one get here anyway it is left out with a comment.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
