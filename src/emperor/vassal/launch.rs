@@ -16,6 +16,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::unistd::Pid;
 use tokio::net::UnixStream;
 
+use super::error::VassalError;
 use crate::cli::EmperorOptions;
 use crate::config::VassalConfig;
 use crate::emperor::output;
@@ -81,9 +82,9 @@ pub struct Launch<'a> {
     pub log: &'a output::Log,
 }
 
-/// Starts instances. `Err` is a reason for the log ("cannot execute ..."); the vassal is then throttled.
+/// Starts instances. `Err` is the reason for the log ("cannot execute ..."); the vassal is then throttled.
 pub trait Launcher: std::fmt::Debug {
-    fn launch(&mut self, l: Launch<'_>) -> Result<Proc, String>;
+    fn launch(&mut self, l: Launch<'_>) -> Result<Proc, VassalError>;
 }
 
 /// The real thing: fork+exec of the vassal's command, or of a bridge for a Docker vassal.
@@ -91,10 +92,10 @@ pub trait Launcher: std::fmt::Debug {
 pub struct System;
 
 impl Launcher for System {
-    fn launch(&mut self, l: Launch<'_>) -> Result<Proc, String> {
-        let (ours, theirs) = channel().map_err(|e| format!("cannot create the control channel: {e}"))?;
-        let control = control_stream(ours).map_err(|e| format!("cannot set up the control channel: {e}"))?;
-        let (out_rx, out_w) = output::pipe().map_err(|e| format!("cannot create the output pipe: {e}"))?;
+    fn launch(&mut self, l: Launch<'_>) -> Result<Proc, VassalError> {
+        let (ours, theirs) = channel().map_err(|e| VassalError::create("control channel")(e.into()))?;
+        let control = control_stream(ours).map_err(VassalError::set_up("control channel"))?;
+        let (out_rx, out_w) = output::pipe().map_err(VassalError::create("output pipe"))?;
         let default_name = fd_name(l.name);
         let names = |socks: &[BoundSocket]| -> Vec<String> {
             socks
@@ -121,14 +122,14 @@ impl Launcher for System {
                 env.push(("DOCKER_HOST".into(), format!("unix://{}", sock.display())));
             }
             if speaks {
-                let (ours, t) = channel().map_err(|e| format!("cannot create the config channel: {e}"))?;
-                config_chan = Some(control_stream(ours).map_err(|e| format!("cannot set up the config channel: {e}"))?);
+                let (ours, t) = channel().map_err(|e| VassalError::create("config channel")(e.into()))?;
+                config_chan = Some(control_stream(ours).map_err(VassalError::set_up("config channel"))?);
                 config_theirs = Some(t);
             } else {
                 config_theirs = None;
             }
             let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|e| format!("cannot create the bridge's lifeline: {e}"))?;
+                .map_err(|e| VassalError::create("bridge's lifeline")(e.into()))?;
             lifeline = Some(w);
             lifeline_r = Some(r);
             (None, l.sockets)
@@ -178,7 +179,7 @@ impl Launcher for System {
             stderr: bridged.then(|| stderr.as_fd()),
             pdeathsig: if bridged { Signal::SIGTERM } else { Signal::SIGKILL },
         };
-        let child = spawn::spawn(req).map_err(|e| e.to_string())?;
+        let child = spawn::spawn(req).map_err(VassalError::Spawn)?;
         drop((out_w, theirs, config_theirs, lifeline_r));
         l.log.reopen();
         tokio::task::spawn_local(output::forward(l.log.clone(), out_rx));

@@ -19,6 +19,7 @@
 //! How instances start is behind the [`launch::Launcher`] seam, so the actor's timing is tested with a
 //! fake launcher and paused time (tests below).
 
+mod error;
 mod launch;
 mod messages;
 mod precreate;
@@ -50,6 +51,7 @@ use super::wait::sleep_until;
 use crate::cli::EmperorOptions;
 use crate::config::VassalConfig;
 use crate::protocol::{EmperorMsg, VassalMsg};
+use error::VassalError;
 use launch::{Launcher, Proc, read_control, wait_child, write_all_now};
 
 /// Extra time a bridge gets to stop and remove its container before the emperor kills it.
@@ -718,7 +720,7 @@ impl Actor {
                 Ok(ev) => ev,
                 Err(e) => {
                     error!("[{}] cannot start: {e}", self.name);
-                    self.track.spawn_failed(&e);
+                    self.track.spawn_failed(&e.to_string());
                     Event::SpawnFailed
                 }
             }),
@@ -819,10 +821,10 @@ impl Actor {
     }
 
     /// Binds what is missing, releases what is no longer declared, then launches an instance.
-    fn spawn(&mut self) -> Result<Event, String> {
+    fn spawn(&mut self) -> Result<Event, VassalError> {
         // Taken before the fork: a child may speak before the emperor records the spawn.
         let forked_at = now();
-        let cfg = self.config.clone().ok_or("no valid config")?;
+        let cfg = self.config.clone().ok_or(VassalError::NoConfig)?;
         self.reconcile_sockets(&cfg)?;
         // A bridge starts or replaces the container created ahead of time; a creation still running must not
         // take the bridge's container for a stale one of its own.
@@ -860,7 +862,7 @@ impl Actor {
         }
     }
 
-    fn reconcile_sockets(&mut self, cfg: &VassalConfig) -> Result<(), String> {
+    fn reconcile_sockets(&mut self, cfg: &VassalConfig) -> Result<(), VassalError> {
         let mut old = std::mem::take(&mut self.sockets);
         let before = old.len();
         let mut result = Ok(());
@@ -889,7 +891,7 @@ impl Actor {
                     self.sockets.push(s);
                 }
                 Err(e) => {
-                    result = Err(e.to_string());
+                    result = Err(VassalError::Socket(e));
                     break;
                 }
             }
@@ -926,15 +928,15 @@ fn without_ids(reason: &str) -> String {
         .join(" ")
 }
 
-async fn docker_freeze(socket: Option<&std::path::Path>, container: &str, pause: bool) -> Result<(), String> {
-    let docker =
-        crate::docker::daemon::client(socket, crate::docker::daemon::EMPEROR_TIMEOUT).map_err(|e| e.to_string())?;
+async fn docker_freeze(socket: Option<&std::path::Path>, container: &str, pause: bool) -> Result<(), VassalError> {
+    let docker = crate::docker::daemon::client(socket, crate::docker::daemon::EMPEROR_TIMEOUT)
+        .map_err(|e| VassalError::Docker(e.to_string()))?;
     let r = if pause {
         docker.pause_container(container).await
     } else {
         docker.unpause_container(container).await
     };
-    r.map_err(|e| e.to_string())
+    r.map_err(|e| VassalError::Docker(e.to_string()))
 }
 
 /// The actor's clock: tokio's, as a `std` instant for the FSM, so that tests can run the actor on paused time.

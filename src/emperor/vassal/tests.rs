@@ -34,7 +34,7 @@ struct FakeInstance {
 }
 
 impl Launcher for Fake {
-    fn launch(&mut self, _: Launch<'_>) -> Result<Proc, String> {
+    fn launch(&mut self, _: Launch<'_>) -> Result<Proc, super::error::VassalError> {
         let (exit, exited) = mpsc::unbounded_channel();
         let signals = Rc::new(RefCell::new(Vec::new()));
         let mut launched = self.0.borrow_mut();
