@@ -1,6 +1,6 @@
 //! One actor per vassal: a tokio task that owns the vassal's sockets, instances and control channel.
 //!
-//! The actor is the thin, effectful driver around the pure state machine in `fsm.rs`: it turns the
+//! The actor is the thin, effectful driver around the pure state machine in `fsm/`: it turns the
 //! world (commands from the main loop, bytes on the control channel, an instance's exit, the state's
 //! deadline) into [`Event`]s and carries out the [`Action`]s that come back. A failure here (a socket
 //! that cannot be bound, a command that cannot be executed) is logged with the vassal's name and
