@@ -21,34 +21,42 @@
 //! # Transitions
 //! | from                      | event                          | to                         | actions |
 //! |---------------------------|--------------------------------|----------------------------|---------|
-//! | Waiting, Invalid          | Start, Reload                  | (same)                     | Spawn, or nothing if on demand |
+//! | Done                      | any                            | Done                       | |
+//! | Waiting, Invalid          | Start, Reload                  | Waiting                    | Spawn, or nothing if on demand |
 //! | Waiting                   | Activated (a connection waits) | (same)                     | Spawn |
 //! | Waiting, Invalid          | Spawned{speaks}                | Starting if speaks, else Running | |
-//! | Waiting, Invalid          | SpawnFailed                    | Throttled(attempt+1)       | DrainQueue if on demand |
+//! | Waiting, Invalid          | SpawnFailed                    | Throttled(attempt+1)       | DrainQueue if on demand; an overlap's old instance stays `previous`, retired once a later start is ready |
 //! | Starting, Running         | Idle                           | Stopping{then: Wait}, or Paused | stop, or Pause |
 //! | Paused                    | Activated                      | Running                    | Resume |
 //! | Paused                    | Reload, Remove, Shutdown       | as Running                 | Resume, then as Running |
+//! | Paused                    | Exited                         | as Running, without restoring a previous | |
+//! | Paused                    | Rejected                       | (same): ignored            | |
 //! | Starting                  | Msg ready/accepting/loyal      | Running                    | |
 //! | Starting, Running         | Msg loyal                      | Running{loyal}             | attempts = 0 |
+//! | any with a process        | Msg (any)                      | (same), it speaks from now on | |
 //! | any with a process        | Msg heartbeat                  | (same, heartbeat armed)    | |
 //! | any with a process        | Msg config request             | (same)                     | PushConfig |
 //! | Starting, Running         | Msg voluntary shutdown         | Stopping{then: Wait}       | stop |
-//! | Starting, Running         | Timer: heartbeat overdue       | (same)                     | KillGroup |
+//! | Starting, Running         | Timer: heartbeat overdue       | Running (any Timer ends Starting) | KillGroup |
 //! | Starting, Running         | Timer: loyalty time reached    | Running{loyal}             | attempts = 0 |
 //! | Starting, Running, Reloading | Reload{in place}, speaks    | Reloading                  | Send(1) |
 //! | Starting, Running, Reloading | Reload{restart} or silent, overlap | Waiting, previous = old | Overlap (spawn beside) |
 //! | Starting, Running, Reloading | Reload{restart} or silent, no overlap | Stopping{then: Restart} | stop |
 //! | Starting, Running (new)   | ready (byte 1/5/17, Listening, or ready-delay) with a previous | (same) | RetirePrevious |
-//! | Waiting, Starting, Running (new) | SpawnFailed / Exited with a previous | Running(previous) | RestorePrevious |
+//! | Starting, Running, Reloading (new) | Exited with a previous | Running(previous)        | RestorePrevious |
+//! | any                       | PreviousExited                 | (same): `previous` stays set | |
 //! | Reloading                 | Msg ready/accepting/loyal      | Running                    | |
 //! | Reloading                 | Timer                          | Running                    | (warn) |
 //! | Starting, Running, Reloading | Exited, loyal               | Waiting                    | Spawn (at once; on demand: wait) |
 //! | Starting, Running, Reloading | Exited, not loyal           | Throttled(attempt+1)       | DrainQueue if on demand |
 //! | Stopping                  | Exited                         | per `then`: Waiting+Spawn, Waiting, Done | |
+//! | Stopping                  | Rejected                       | as Exited                  | |
 //! | Starting, Running, Reloading | Rejected (bridge: bad config) | Invalid                  | |
 //! | Stopping                  | Timer (not yet killed)         | Stopping{killed}           | KillGroup |
-//! | Stopping                  | Reload                         | Stopping{then: Restart}    | |
-//! | Throttled                 | Timer, ClearThrottle, Reload   | Waiting                    | Spawn (on demand: wait) |
+//! | Stopping                  | Reload, Start                  | Stopping{then: Restart}    | |
+//! | Throttled                 | Timer                          | Waiting                    | Spawn (on demand: wait) |
+//! | Throttled                 | ClearThrottle, Reload, Start   | Waiting                    | attempts = 0; Spawn (on demand: wait) |
+//! | any other                 | ClearThrottle                  | (same)                     | attempts = 0 |
 //! | any with a process        | Remove, Shutdown               | Stopping{then: Finish}     | stop |
 //! | Waiting, Throttled, Invalid | Remove, Shutdown             | Done                       | Finish |
 //! | Starting, Running, Reloading | Hold (`emperor stop`)       | Stopping{then: Hold}       | stop (an overlap's old instance retires) |
@@ -313,8 +321,7 @@ impl Fsm {
     }
 
     /// The new instance failed before it was ready: the previous one stays.
-    fn restore_previous(&mut self, why: String, acts: &mut Vec<Action>) -> bool {
-        let Some(prev) = self.previous.take() else { return false };
+    fn restore_previous(&mut self, prev: Instance, why: String, acts: &mut Vec<Action>) {
         acts.push(Action::Log(
             log::Level::Error,
             format!(
@@ -323,7 +330,6 @@ impl Fsm {
         ));
         acts.push(Action::RestorePrevious);
         self.state = State::Running(prev);
-        true
     }
 
     /// The throttle delay for the current attempt count.
@@ -394,25 +400,111 @@ impl Fsm {
     }
 
     /// Feeds one event; returns what the actor must do, in order.
+    ///
+    /// Each family of events has its own method below, which matches on the state it is given. On entry
+    /// `self.state` still holds that state, so a method that leaves it alone leaves the state as it was;
+    /// anything no method matches (Start while running, a Timer without a deadline) changes nothing.
     pub fn on_event(&mut self, ev: Event, now: Instant) -> Vec<Action> {
         let mut acts = Vec::new();
-        let state = std::mem::replace(&mut self.state, State::Done);
-        self.state = state.clone();
-        match (state, ev) {
-            (State::Done, _) => {}
+        if self.state == State::Done {
+            return acts;
+        }
+        let st = self.state.clone();
+        let a = &mut acts;
+        match ev {
+            Event::Start | Event::Reload { .. } | Event::Release => self.on_start(st, ev, now, a),
+            Event::Spawned { .. } | Event::SpawnFailed => self.on_spawn(st, ev, now, a),
+            Event::Msg(msg) => self.on_msg(st, msg, now, a),
+            Event::Timer => self.on_timer(st, now, a),
+            Event::Exited(_) | Event::Rejected => self.on_exit(st, ev, now, a),
+            Event::Remove | Event::Shutdown | Event::Hold => self.on_stop_like(st, ev, now, a),
+            Event::Restart => self.on_restart(st, now, a),
+            Event::Activated | Event::Idle | Event::Listening => self.on_sockets(st, ev, now, a),
+            Event::ClearThrottle => {
+                self.attempts = 0;
+                if matches!(st, State::Throttled { .. }) {
+                    self.start_or_wait(a);
+                }
+            }
+            // The actor has dropped the old process; `previous` stays (see the transition table).
+            Event::PreviousExited => {}
+        }
+        acts
+    }
 
-            // No process.
-            (State::Waiting | State::Invalid { .. }, Event::Start | Event::Reload { .. }) => {
-                self.start_or_wait(&mut acts)
+    /// `Start` (a valid config is present), `Reload` (the file changed, or SIGHUP) and `Release`
+    /// (`emperor start`).
+    fn on_start(&mut self, st: State, ev: Event, now: Instant, acts: &mut Vec<Action>) {
+        match (st, ev) {
+            (State::Waiting | State::Invalid { .. }, Event::Start | Event::Reload { .. }) => self.start_or_wait(acts),
+            (State::Throttled { .. }, Event::Start | Event::Reload { .. }) => {
+                self.attempts = 0;
+                self.start_or_wait(acts);
             }
-            (State::Waiting, Event::Activated) => {
-                acts.push(Action::Log(
-                    log::Level::Info,
-                    "a connection is waiting: starting".into(),
-                ));
-                self.spawn(&mut acts);
+            (State::Held, Event::Release | Event::Start | Event::Reload { .. }) => {
+                acts.push(Action::Log(log::Level::Info, "released".into()));
+                self.start_or_wait(acts);
             }
-            (State::Waiting | State::Invalid { .. }, Event::Spawned { pid, speaks }) => {
+            (State::Paused(inst), ev @ Event::Reload { .. }) => self.resume_then(inst, ev, now, acts),
+            (
+                State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. },
+                Event::Reload { restart },
+            ) => self.reload(inst, restart, now, acts),
+            (
+                State::Stopping {
+                    then: AfterStop::Hold, ..
+                },
+                Event::Release,
+            ) => self.after_stop(AfterStop::Restart),
+            (
+                State::Stopping {
+                    then: AfterStop::Wait | AfterStop::Finish | AfterStop::Hold,
+                    ..
+                },
+                Event::Start | Event::Reload { .. },
+            ) => self.after_stop(AfterStop::Restart),
+            _ => {}
+        }
+    }
+
+    /// A reload of a live process: in place (byte 1) if it speaks and may, else a new process, beside the
+    /// old one (`reload-overlap`) or after it.
+    fn reload(&mut self, inst: Instance, restart: bool, now: Instant, acts: &mut Vec<Action>) {
+        if inst.speaks && !restart {
+            acts.push(Action::Log(log::Level::Info, "reloading (in place)".into()));
+            acts.push(Action::Send(EmperorMsg::Reload));
+            let inst = Instance {
+                ready: false,
+                accepting: false,
+                ..inst
+            };
+            self.state = State::Reloading {
+                inst,
+                deadline: now + self.params.stop_timeout,
+            };
+        } else if self.params.overlap {
+            // A reload during an overlap: the older one goes now, the current one is replaced.
+            self.retire_previous(acts);
+            acts.push(Action::Log(
+                log::Level::Info,
+                "reloading (new instance beside the old one)".into(),
+            ));
+            self.previous = Some(inst);
+            self.state = State::Waiting;
+            acts.push(Action::Overlap);
+        } else {
+            acts.push(Action::Log(log::Level::Info, "reloading (new process)".into()));
+            self.stop(inst, AfterStop::Restart, now, acts);
+        }
+    }
+
+    /// The outcome of [`Action::Spawn`].
+    fn on_spawn(&mut self, st: State, ev: Event, now: Instant, acts: &mut Vec<Action>) {
+        if !matches!(st, State::Waiting | State::Invalid { .. }) {
+            return;
+        }
+        match ev {
+            Event::Spawned { pid, speaks } => {
                 if self.started_once {
                     self.restarts += 1;
                 }
@@ -432,164 +524,28 @@ impl Fsm {
                     State::Running(inst)
                 };
             }
-            (State::Waiting | State::Invalid { .. }, Event::SpawnFailed) => {
-                self.throttle(String::new(), log::Level::Warn, now, &mut acts)
-            }
-            (State::Throttled { .. }, Event::Timer) => self.start_or_wait(&mut acts),
-            (State::Throttled { .. }, Event::ClearThrottle | Event::Reload { .. } | Event::Start) => {
-                self.attempts = 0;
-                self.start_or_wait(&mut acts);
-            }
-            (State::Waiting | State::Throttled { .. } | State::Invalid { .. }, Event::Remove | Event::Shutdown) => {
-                self.state = State::Done;
-                acts.push(Action::Finish);
-            }
-            (_, Event::ClearThrottle) => self.attempts = 0,
+            Event::SpawnFailed => self.throttle(String::new(), log::Level::Warn, now, acts),
+            _ => {}
+        }
+    }
 
-            // Manual control.
-            (State::Held, Event::Release | Event::Start | Event::Reload { .. }) => {
-                acts.push(Action::Log(log::Level::Info, "released".into()));
-                self.start_or_wait(&mut acts);
-            }
-            (State::Held, Event::Remove | Event::Shutdown) => {
-                self.state = State::Done;
-                acts.push(Action::Finish);
-            }
-            (State::Waiting | State::Throttled { .. } | State::Invalid { .. }, Event::Hold) => {
-                acts.push(Action::Log(
-                    log::Level::Info,
-                    "held: nothing starts until released".into(),
-                ));
-                self.state = State::Held;
-            }
-            (State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. }, Event::Hold) => {
-                acts.push(Action::Log(log::Level::Info, "stopping and holding".into()));
-                self.retire_previous(&mut acts);
-                self.stop(inst, AfterStop::Hold, now, &mut acts);
-            }
-            (
-                State::Stopping {
-                    inst,
-                    deadline,
-                    then: AfterStop::Restart | AfterStop::Wait,
-                },
-                Event::Hold,
-            ) => {
-                self.state = State::Stopping {
-                    inst,
-                    deadline,
-                    then: AfterStop::Hold,
-                };
-            }
-            (
-                State::Stopping {
-                    inst,
-                    deadline,
-                    then: AfterStop::Hold,
-                },
-                Event::Release,
-            ) => {
-                self.state = State::Stopping {
-                    inst,
-                    deadline,
-                    then: AfterStop::Restart,
-                };
-            }
-            (State::Held | State::Waiting | State::Throttled { .. } | State::Invalid { .. }, Event::Restart) => {
-                self.attempts = 0;
-                acts.push(Action::Log(log::Level::Info, "restart requested: starting now".into()));
-                self.spawn(&mut acts);
-            }
-            (st @ (State::Starting(_) | State::Running(_) | State::Reloading { .. }), Event::Restart) => {
-                self.attempts = 0;
-                self.state = st;
-                return self.on_event(Event::Reload { restart: true }, now);
-            }
-            (State::Stopping { inst, deadline, .. }, Event::Restart) => {
-                self.attempts = 0;
-                self.state = State::Stopping {
-                    inst,
-                    deadline,
-                    then: AfterStop::Restart,
-                };
-            }
-
-            // Idle and paused.
-            // The new instance of an overlapping reload waits for connections: it is ready, as if it
-            // had said so (an app that does not speak the protocol need not wait out ready-delay).
-            (State::Starting(_) | State::Running(_), Event::Listening) => self.retire_previous(&mut acts),
-            (State::Starting(inst) | State::Running(inst), Event::Idle) => {
-                if self.params.idle_pause {
-                    acts.push(Action::Log(log::Level::Info, "idle: pausing".into()));
-                    acts.push(Action::Pause);
-                    self.state = State::Paused(inst);
-                } else {
-                    acts.push(Action::Log(log::Level::Info, "idle: stopping".into()));
-                    self.stop(inst, AfterStop::Wait, now, &mut acts);
-                }
-            }
-            (State::Paused(mut inst), Event::Activated) => {
-                acts.push(Action::Log(
-                    log::Level::Info,
-                    "a connection is waiting: resuming".into(),
-                ));
-                acts.push(Action::Resume);
-                // Frozen processes send no heartbeats; the check starts over.
-                inst.last_heartbeat = inst.last_heartbeat.map(|_| now);
-                self.state = State::Running(inst);
-            }
-            (
-                State::Paused(mut inst),
-                ev @ (Event::Reload { .. } | Event::Remove | Event::Shutdown | Event::Hold | Event::Restart),
-            ) => {
-                acts.push(Action::Resume);
-                inst.last_heartbeat = inst.last_heartbeat.map(|_| now);
-                self.state = State::Running(inst);
-                acts.extend(self.on_event(ev, now));
-            }
-            (State::Paused(inst), Event::Exited(exit)) => self.died(inst, exit, now, &mut acts),
-
-            // Messages from a live process.
-            (st, Event::Msg(msg)) if st.instance().is_some() => self.on_msg(st, msg, now, &mut acts),
-
-            // Timers with a live process.
-            (State::Starting(mut inst) | State::Running(mut inst), Event::Timer) => {
-                if inst.last_heartbeat.is_some_and(|t| now >= t + self.params.heartbeat) {
-                    acts.push(Action::Log(
-                        log::Level::Warn,
-                        format!(
-                            "sent no heartbeat in the last {}s; killing it",
-                            self.params.heartbeat.as_secs()
-                        ),
-                    ));
-                    acts.push(Action::KillGroup);
-                    inst.last_heartbeat = None;
-                }
-                if self.previous.is_some() && now >= self.ready_at(&inst) {
-                    self.retire_previous(&mut acts);
-                }
-                if !inst.loyal && now >= inst.started + self.params.loyalty_time {
-                    inst.loyal = true;
-                    self.attempts = 0;
-                    acts.push(Action::Log(log::Level::Debug, "up long enough: loyal".into()));
-                }
-                self.state = State::Running(inst);
-            }
-            (State::Reloading { inst, .. }, Event::Timer) => {
+    /// The deadline from [`Fsm::deadline`] passed.
+    fn on_timer(&mut self, st: State, now: Instant, acts: &mut Vec<Action>) {
+        match st {
+            State::Throttled { .. } => self.start_or_wait(acts),
+            State::Starting(inst) | State::Running(inst) => self.on_timer_live(inst, now, acts),
+            State::Reloading { inst, .. } => {
                 acts.push(Action::Log(
                     log::Level::Warn,
                     "did not confirm its reload in time; treating it as running".into(),
                 ));
                 self.state = State::Running(inst);
             }
-            (
-                State::Stopping {
-                    inst,
-                    deadline: Some(_),
-                    then,
-                },
-                Event::Timer,
-            ) => {
+            State::Stopping {
+                inst,
+                deadline: Some(_),
+                then,
+            } => {
                 acts.push(Action::Log(
                     log::Level::Warn,
                     format!(
@@ -604,103 +560,191 @@ impl Fsm {
                     then,
                 };
             }
+            _ => {}
+        }
+    }
 
-            // Reloads.
-            (
-                State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. },
-                Event::Reload { restart },
-            ) => {
-                if inst.speaks && !restart {
-                    acts.push(Action::Log(log::Level::Info, "reloading (in place)".into()));
-                    acts.push(Action::Send(EmperorMsg::Reload));
-                    let inst = Instance {
-                        ready: false,
-                        accepting: false,
-                        ..inst
-                    };
-                    self.state = State::Reloading {
-                        inst,
-                        deadline: now + self.params.stop_timeout,
-                    };
-                } else if self.params.overlap {
-                    // A reload during an overlap: the older one goes now, the current one is replaced.
-                    self.retire_previous(&mut acts);
-                    acts.push(Action::Log(
-                        log::Level::Info,
-                        "reloading (new instance beside the old one)".into(),
-                    ));
-                    self.previous = Some(inst);
-                    self.state = State::Waiting;
-                    acts.push(Action::Overlap);
-                } else {
-                    acts.push(Action::Log(log::Level::Info, "reloading (new process)".into()));
-                    self.stop(inst, AfterStop::Restart, now, &mut acts);
+    /// A timer of a starting or running instance: heartbeat overdue, new instance of an overlap ready,
+    /// loyalty time reached. It is `Running` afterwards.
+    fn on_timer_live(&mut self, mut inst: Instance, now: Instant, acts: &mut Vec<Action>) {
+        if inst.last_heartbeat.is_some_and(|t| now >= t + self.params.heartbeat) {
+            acts.push(Action::Log(
+                log::Level::Warn,
+                format!(
+                    "sent no heartbeat in the last {}s; killing it",
+                    self.params.heartbeat.as_secs()
+                ),
+            ));
+            acts.push(Action::KillGroup);
+            inst.last_heartbeat = None;
+        }
+        if self.previous.is_some() && now >= self.ready_at(&inst) {
+            self.retire_previous(acts);
+        }
+        if !inst.loyal && now >= inst.started + self.params.loyalty_time {
+            inst.loyal = true;
+            self.attempts = 0;
+            acts.push(Action::Log(log::Level::Debug, "up long enough: loyal".into()));
+        }
+        self.state = State::Running(inst);
+    }
+
+    /// The process exited (`Exited`), or its bridge did, saying Docker rejected the file (`Rejected`).
+    fn on_exit(&mut self, st: State, ev: Event, now: Instant, acts: &mut Vec<Action>) {
+        match (st, ev) {
+            (State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. }, Event::Exited(exit)) => {
+                let why = format!("the new instance exited {exit} before it was ready");
+                match self.previous.take() {
+                    Some(prev) => self.restore_previous(prev, why, acts),
+                    None => self.died(inst, exit, now, acts),
                 }
             }
-            (
-                State::Stopping {
-                    inst,
-                    deadline,
-                    then: AfterStop::Wait | AfterStop::Finish | AfterStop::Hold,
-                },
-                Event::Reload { .. } | Event::Start,
-            ) => {
-                self.state = State::Stopping {
-                    inst,
-                    deadline,
-                    then: AfterStop::Restart,
-                };
-            }
-
-            // Stop requests.
-            (
-                State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. },
-                Event::Remove | Event::Shutdown,
-            ) => {
-                acts.push(Action::Log(log::Level::Info, "stopping".into()));
-                self.stop(inst, AfterStop::Finish, now, &mut acts);
-            }
-            (State::Stopping { inst, deadline, .. }, Event::Remove | Event::Shutdown) => {
-                self.state = State::Stopping {
-                    inst,
-                    deadline,
-                    then: AfterStop::Finish,
-                };
-            }
-
-            // Exits.
-            (State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. }, Event::Exited(exit))
-                if !self.restore_previous(format!("the new instance exited {exit} before it was ready"), &mut acts) =>
-            {
-                self.died(inst, exit, now, &mut acts)
-            }
-            (State::Starting(_) | State::Running(_) | State::Reloading { .. }, Event::Exited(_)) => {}
+            (State::Paused(inst), Event::Exited(exit)) => self.died(inst, exit, now, acts),
+            (State::Stopping { then, .. }, Event::Exited(exit)) => self.stopped(then, exit, acts),
             (State::Starting(_) | State::Running(_) | State::Reloading { .. }, Event::Rejected) => {
                 let error = "rejected by Docker; waiting for the file to change".to_string();
                 acts.push(Action::Log(log::Level::Error, error.clone()));
                 self.state = State::Invalid { error };
             }
-            (st @ State::Stopping { .. }, Event::Rejected) => {
-                self.state = st;
-                return self.on_event(Event::Exited(Exit::Code(i32::from(crate::exit::BAD_CONFIG))), now);
+            // Stopping anyway: the rejection is one more exit code.
+            (State::Stopping { then, .. }, Event::Rejected) => {
+                self.stopped(then, Exit::Code(i32::from(crate::exit::BAD_CONFIG)), acts)
             }
-            (State::Stopping { then, .. }, Event::Exited(exit)) => {
-                acts.push(Action::Log(log::Level::Info, format!("exited {exit}")));
-                match then {
-                    AfterStop::Restart => self.spawn(&mut acts),
-                    AfterStop::Wait => self.state = State::Waiting,
-                    AfterStop::Hold => self.state = State::Held,
-                    AfterStop::Finish => {
-                        self.state = State::Done;
-                        acts.push(Action::Finish);
-                    }
-                }
-            }
-
-            // Everything else changes nothing (e.g. Start while running, Timer without deadline).
             _ => {}
         }
-        acts
+    }
+
+    /// A requested stop is over: what follows it.
+    fn stopped(&mut self, then: AfterStop, exit: Exit, acts: &mut Vec<Action>) {
+        acts.push(Action::Log(log::Level::Info, format!("exited {exit}")));
+        match then {
+            AfterStop::Restart => self.spawn(acts),
+            AfterStop::Wait => self.state = State::Waiting,
+            AfterStop::Hold => self.state = State::Held,
+            AfterStop::Finish => self.finish(acts),
+        }
+    }
+
+    /// `Remove` (the file is gone), `Shutdown` (the emperor stops) and `Hold` (`emperor stop`): stop, then
+    /// finish or stay stopped.
+    fn on_stop_like(&mut self, st: State, ev: Event, now: Instant, acts: &mut Vec<Action>) {
+        match (st, ev) {
+            (State::Paused(inst), ev) => self.resume_then(inst, ev, now, acts),
+            (
+                State::Waiting | State::Throttled { .. } | State::Invalid { .. } | State::Held,
+                Event::Remove | Event::Shutdown,
+            ) => self.finish(acts),
+            (
+                State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. },
+                Event::Remove | Event::Shutdown,
+            ) => {
+                acts.push(Action::Log(log::Level::Info, "stopping".into()));
+                self.stop(inst, AfterStop::Finish, now, acts);
+            }
+            (State::Stopping { .. }, Event::Remove | Event::Shutdown) => self.after_stop(AfterStop::Finish),
+            (State::Waiting | State::Throttled { .. } | State::Invalid { .. }, Event::Hold) => {
+                acts.push(Action::Log(
+                    log::Level::Info,
+                    "held: nothing starts until released".into(),
+                ));
+                self.state = State::Held;
+            }
+            (State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. }, Event::Hold) => {
+                acts.push(Action::Log(log::Level::Info, "stopping and holding".into()));
+                self.retire_previous(acts);
+                self.stop(inst, AfterStop::Hold, now, acts);
+            }
+            (
+                State::Stopping {
+                    then: AfterStop::Restart | AfterStop::Wait,
+                    ..
+                },
+                Event::Hold,
+            ) => self.after_stop(AfterStop::Hold),
+            _ => {}
+        }
+    }
+
+    /// `emperor restart`: a new process now, whatever the throttle says.
+    fn on_restart(&mut self, st: State, now: Instant, acts: &mut Vec<Action>) {
+        match st {
+            State::Paused(inst) => self.resume_then(inst, Event::Restart, now, acts),
+            State::Held | State::Waiting | State::Throttled { .. } | State::Invalid { .. } => {
+                self.attempts = 0;
+                acts.push(Action::Log(log::Level::Info, "restart requested: starting now".into()));
+                self.spawn(acts);
+            }
+            State::Starting(inst) | State::Running(inst) | State::Reloading { inst, .. } => {
+                self.attempts = 0;
+                self.reload(inst, true, now, acts);
+            }
+            State::Stopping { .. } => {
+                self.attempts = 0;
+                self.after_stop(AfterStop::Restart);
+            }
+            State::Done => {}
+        }
+    }
+
+    /// What the actor sees on the vassal's sockets: a connection waits (`Activated`), none came for
+    /// `idle` seconds (`Idle`), the new instance of an overlap waits for connections (`Listening`).
+    fn on_sockets(&mut self, st: State, ev: Event, now: Instant, acts: &mut Vec<Action>) {
+        match (st, ev) {
+            (State::Waiting, Event::Activated) => {
+                acts.push(Action::Log(
+                    log::Level::Info,
+                    "a connection is waiting: starting".into(),
+                ));
+                self.spawn(acts);
+            }
+            (State::Paused(inst), Event::Activated) => {
+                acts.push(Action::Log(
+                    log::Level::Info,
+                    "a connection is waiting: resuming".into(),
+                ));
+                self.resume(inst, now, acts);
+            }
+            (State::Starting(inst) | State::Running(inst), Event::Idle) => {
+                if self.params.idle_pause {
+                    acts.push(Action::Log(log::Level::Info, "idle: pausing".into()));
+                    acts.push(Action::Pause);
+                    self.state = State::Paused(inst);
+                } else {
+                    acts.push(Action::Log(log::Level::Info, "idle: stopping".into()));
+                    self.stop(inst, AfterStop::Wait, now, acts);
+                }
+            }
+            // The new instance is ready, as if it had said so (an app that does not speak the protocol
+            // need not wait out ready-delay).
+            (State::Starting(_) | State::Running(_), Event::Listening) => self.retire_previous(acts),
+            _ => {}
+        }
+    }
+
+    /// Thaws a paused instance: it is running again.
+    fn resume(&mut self, mut inst: Instance, now: Instant, acts: &mut Vec<Action>) {
+        acts.push(Action::Resume);
+        // Frozen processes send no heartbeats; the check starts over.
+        inst.last_heartbeat = inst.last_heartbeat.map(|_| now);
+        self.state = State::Running(inst);
+    }
+
+    /// Thaws a paused instance, then handles `ev` as for a running one.
+    fn resume_then(&mut self, inst: Instance, ev: Event, now: Instant, acts: &mut Vec<Action>) {
+        self.resume(inst, now, acts);
+        acts.extend(self.on_event(ev, now));
+    }
+
+    /// Changes what follows the stop under way (the state is `Stopping`).
+    fn after_stop(&mut self, next: AfterStop) {
+        if let State::Stopping { then, .. } = &mut self.state {
+            *then = next;
+        }
+    }
+
+    fn finish(&mut self, acts: &mut Vec<Action>) {
+        self.state = State::Done;
+        acts.push(Action::Finish);
     }
 
     fn on_msg(&mut self, mut st: State, msg: VassalMsg, now: Instant, acts: &mut Vec<Action>) {

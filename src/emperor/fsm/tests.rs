@@ -420,3 +420,151 @@ fn restart_bypasses_the_throttle_and_replaces_a_running_one() {
     f.on_event(Event::Start, t0);
     assert!(f.on_event(Event::Restart, t0).contains(&Action::Spawn));
 }
+
+#[test]
+fn a_reload_not_confirmed_in_time_counts_as_running() {
+    let (mut f, t0) = running(true);
+    f.on_event(Event::Msg(VassalMsg::Ready), t0);
+    f.on_event(Event::Reload { restart: false }, t0);
+    assert_eq!(f.deadline(), Some(t0 + secs(5)));
+    let acts = f.on_event(Event::Timer, t0 + secs(5));
+    assert!(matches!(acts[..], [Action::Log(log::Level::Warn, _)]), "{acts:?}");
+    assert_eq!(f.state.name(), "running");
+}
+
+#[test]
+fn a_rejection_while_stopping_ends_the_stop_like_an_exit() {
+    let (mut f, t0) = running(false);
+    f.on_event(Event::Reload { restart: true }, t0);
+    assert!(f.on_event(Event::Rejected, t0).contains(&Action::Spawn));
+    assert_eq!(f.state, State::Waiting);
+    let (mut f, t0) = running(false);
+    f.on_event(Event::Remove, t0);
+    assert!(f.on_event(Event::Rejected, t0).contains(&Action::Finish));
+    assert_eq!(f.state, State::Done);
+}
+
+#[test]
+fn a_paused_vassal_dies_or_reloads_like_a_running_one() {
+    let t0 = Instant::now();
+    let mut f = Fsm::new(Params {
+        idle_pause: true,
+        ..params()
+    });
+    f.on_event(Event::Start, t0);
+    f.on_event(Event::Spawned { pid: 9, speaks: false }, t0);
+    f.on_event(Event::Idle, t0);
+    f.on_event(Event::Exited(Exit::Code(1)), t0 + secs(1));
+    assert_eq!(f.state, State::Throttled { until: t0 + secs(2) });
+    assert_eq!(f.attempts, 1);
+
+    f.on_event(Event::Timer, t0 + secs(2));
+    f.on_event(Event::Spawned { pid: 10, speaks: false }, t0 + secs(2));
+    f.on_event(Event::Idle, t0 + secs(3));
+    let acts = f.on_event(Event::Reload { restart: false }, t0 + secs(3));
+    assert_eq!(acts[0], Action::Resume);
+    assert!(
+        acts.contains(&Action::Signal(Signal::SIGTERM)),
+        "a silent one is restarted"
+    );
+    assert!(matches!(
+        f.state,
+        State::Stopping {
+            then: AfterStop::Restart,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn start_or_reload_while_throttled_starts_now_a_timer_keeps_the_count() {
+    let (mut f, t0) = running(false);
+    f.on_event(Event::Exited(Exit::Code(1)), t0);
+    assert_eq!(f.on_event(Event::Timer, t0 + secs(1)), vec![Action::Spawn]);
+    assert_eq!(f.attempts, 1);
+    f.on_event(Event::Spawned { pid: 43, speaks: false }, t0 + secs(1));
+    f.on_event(Event::Exited(Exit::Code(1)), t0 + secs(1));
+    assert_eq!(f.attempts, 2);
+    assert_eq!(f.on_event(Event::Start, t0 + secs(1)), vec![Action::Spawn]);
+    assert_eq!(f.attempts, 0);
+    f.on_event(Event::Spawned { pid: 44, speaks: false }, t0 + secs(1));
+    f.on_event(Event::Exited(Exit::Code(1)), t0 + secs(1));
+    assert_eq!(
+        f.on_event(Event::Reload { restart: false }, t0 + secs(1)),
+        vec![Action::Spawn]
+    );
+    assert_eq!(f.attempts, 0);
+}
+
+#[test]
+fn requests_while_stopping_change_what_follows() {
+    // Start during a voluntary shutdown: restarted once it exits.
+    let (mut f, t0) = running(true);
+    f.on_event(Event::Msg(VassalMsg::VoluntaryShutdown), t0);
+    assert_eq!(f.on_event(Event::Start, t0), vec![]);
+    assert!(f.on_event(Event::Exited(Exit::Code(0)), t0).contains(&Action::Spawn));
+    // Restart during an idle stop: restarted, the throttle count reset.
+    let (mut f, t0) = running(false);
+    f.on_event(Event::Idle, t0);
+    f.attempts = 2;
+    assert_eq!(f.on_event(Event::Restart, t0), vec![]);
+    assert_eq!(f.attempts, 0);
+    assert!(f.on_event(Event::Exited(Exit::Code(0)), t0).contains(&Action::Spawn));
+    // Removed during a restart: it finishes, and a later stop request does not hold it.
+    let (mut f, t0) = running(false);
+    f.on_event(Event::Reload { restart: true }, t0);
+    f.on_event(Event::Remove, t0);
+    f.on_event(Event::Hold, t0);
+    assert!(matches!(
+        f.state,
+        State::Stopping {
+            then: AfterStop::Finish,
+            ..
+        }
+    ));
+    assert_eq!(
+        f.on_event(Event::Exited(Exit::Code(0)), t0).last(),
+        Some(&Action::Finish)
+    );
+    assert_eq!(f.state, State::Done);
+}
+
+#[test]
+fn a_reload_during_an_overlap_retires_the_older_instance() {
+    let t0 = Instant::now();
+    let mut f = Fsm::new(Params {
+        overlap: true,
+        ..params()
+    });
+    f.on_event(Event::Start, t0);
+    f.on_event(Event::Spawned { pid: 1, speaks: false }, t0);
+    f.on_event(Event::Reload { restart: true }, t0);
+    f.on_event(Event::Spawned { pid: 2, speaks: false }, t0);
+    let acts = f.on_event(Event::Reload { restart: true }, t0);
+    let retire = acts.iter().position(|a| *a == Action::RetirePrevious);
+    let overlap = acts.iter().position(|a| *a == Action::Overlap);
+    assert!(retire.is_some() && retire < overlap, "{acts:?}");
+    assert_eq!(f.previous.as_ref().map(|i| i.pid), Some(2));
+    assert_eq!(f.state, State::Waiting);
+}
+
+#[test]
+fn an_overlap_whose_new_instance_cannot_start_keeps_the_old_one_until_a_later_start_is_ready() {
+    let t0 = Instant::now();
+    let mut f = Fsm::new(Params {
+        overlap: true,
+        ..params()
+    });
+    f.on_event(Event::Start, t0);
+    f.on_event(Event::Spawned { pid: 1, speaks: false }, t0);
+    f.on_event(Event::Reload { restart: true }, t0);
+    let acts = f.on_event(Event::SpawnFailed, t0);
+    assert!(!acts.contains(&Action::RestorePrevious), "{acts:?}");
+    assert_eq!(f.state, State::Throttled { until: t0 + secs(1) });
+    assert_eq!(f.previous.as_ref().map(|i| i.pid), Some(1));
+    assert_eq!(f.on_event(Event::Timer, t0 + secs(1)), vec![Action::Spawn]);
+    f.on_event(Event::Spawned { pid: 2, speaks: false }, t0 + secs(1));
+    assert_eq!(f.deadline(), Some(t0 + secs(2)));
+    assert!(f.on_event(Event::Timer, t0 + secs(2)).contains(&Action::RetirePrevious));
+    assert_eq!(f.previous, None);
+}
