@@ -25,6 +25,7 @@
 //! | Waiting, Invalid          | Start, Reload                  | Waiting                    | Spawn, or nothing if on demand |
 //! | Waiting                   | Activated (a connection waits) | (same)                     | Spawn |
 //! | Waiting, Invalid          | Spawned{speaks}                | Starting if speaks, else Running | |
+//! | Waiting, Throttled, Held, Invalid | [`Fsm::invalid`] (the actor: the file is not valid) | Invalid | |
 //! | Waiting, Invalid          | SpawnFailed                    | Throttled(attempt+1)       | DrainQueue if on demand; an overlap's old instance stays `previous`, retired once a later start is ready |
 //! | Starting, Running         | Idle                           | Stopping{then: Wait}, or Paused | stop, or Pause |
 //! | Paused                    | Activated                      | Running                    | Resume |
@@ -257,17 +258,19 @@ pub enum Action {
     Log(log::Level, String),
 }
 
+/// One vassal's state machine. Its fields are private: only [`Fsm::on_event`], [`Fsm::set_params`] and
+/// [`Fsm::invalid`] change them.
 #[derive(Debug)]
 pub struct Fsm {
-    pub state: State,
-    pub params: Params,
+    state: State,
+    params: Params,
     /// Deaths in a row before loyalty; drives the throttle.
-    pub attempts: u32,
+    attempts: u32,
     /// Processes started after the first one.
-    pub restarts: u32,
+    restarts: u32,
     started_once: bool,
     /// The instance still serving while its replacement starts (an overlapping reload).
-    pub previous: Option<Instance>,
+    previous: Option<Instance>,
 }
 
 impl Fsm {
@@ -279,6 +282,41 @@ impl Fsm {
             restarts: 0,
             started_once: false,
             previous: None,
+        }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// Deaths in a row before loyalty; drives the throttle.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Processes started after the first one.
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+
+    /// The instance still serving while its replacement starts (an overlapping reload).
+    pub fn previous(&self) -> Option<&Instance> {
+        self.previous.as_ref()
+    }
+
+    /// A new valid config's knobs; they apply from the next event on.
+    pub fn set_params(&mut self, params: Params) {
+        self.params = params;
+    }
+
+    /// The file is not valid: with no process it is `Invalid` until it changes; a live one keeps going.
+    pub fn invalid(&mut self, error: String) {
+        if self.state.instance().is_none() {
+            self.state = State::Invalid { error };
         }
     }
 
