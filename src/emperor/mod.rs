@@ -3,7 +3,7 @@
 //! # Theory of operation
 //! * **One thread, many actors.** The emperor runs a current-thread tokio runtime. Each vassal is an
 //!   actor task (`vassal/`) that owns the vassal's sockets, process and control channel and drives a
-//!   pure state machine (`fsm.rs`). Single-threaded on purpose: forking happens only on this thread,
+//!   pure state machine (`fsm/`). Single-threaded on purpose: forking happens only on this thread,
 //!   which lives as long as the emperor, so `PR_SET_PDEATHSIG` means "the emperor died" (style guide
 //!   §2), and no per-vassal locking exists.
 //! * **The main loop** (this file) only routes: inotify events and a slow rescan feed `scan.rs`, whose

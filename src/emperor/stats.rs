@@ -133,7 +133,7 @@ impl Track {
     /// Notes what changed since the last look; returns the new state's name if it changed.
     pub fn observe(&mut self, fsm: &Fsm) -> Option<&'static str> {
         let now = unix_now();
-        let inst = fsm.state.instance();
+        let inst = fsm.state().instance();
         let flags = inst.map_or((false, false, false), |i| (i.loyal, i.ready, i.accepting));
         if flags.0 && !self.loyal {
             self.last_loyal = now;
@@ -146,7 +146,7 @@ impl Track {
         }
         (self.loyal, self.ready, self.accepting) = flags;
         self.time_start(inst);
-        let name = fsm.state.name();
+        let name = fsm.state().name();
         if name != self.state {
             self.state = name;
             self.state_since = now;
@@ -475,7 +475,7 @@ pub async fn serve(mut conn: Conn, vassals_dir: PathBuf, actors: Vec<(String, mp
 
 /// The `stats` fields of a vassal that live only in the state machine.
 pub fn throttle_of(fsm: &Fsm) -> Option<(Duration, u64)> {
-    match &fsm.state {
+    match fsm.state() {
         State::Throttled { until } => Some((fsm.throttle_delay(), instant_to_unix(*until))),
         _ => None,
     }

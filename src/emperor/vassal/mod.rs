@@ -1,6 +1,6 @@
 //! One actor per vassal: a tokio task that owns the vassal's sockets, instances and control channel.
 //!
-//! The actor is the thin, effectful driver around the pure state machine in `fsm.rs`: it turns the
+//! The actor is the thin, effectful driver around the pure state machine in `fsm/`: it turns the
 //! world (commands from the main loop, bytes on the control channel, an instance's exit, the state's
 //! deadline) into [`Event`]s and carries out the [`Action`]s that come back. A failure here (a socket
 //! that cannot be bound, a command that cannot be executed) is logged with the vassal's name and
@@ -189,7 +189,7 @@ enum Wake {
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) -> String {
         self.observe();
-        while self.fsm.state != State::Done {
+        while *self.fsm.state() != State::Done {
             let wake = self.next_wake(&mut rx).await;
             let events = self.on_wake(wake);
             for ev in events {
@@ -275,7 +275,7 @@ impl Actor {
                     Some(Err(e)) => debug!("[{}] cannot create the container ahead of time: {e}", self.name),
                     None => {}
                 }
-                if waited && self.fsm.state == State::Waiting {
+                if waited && *self.fsm.state() == State::Waiting {
                     vec![Event::Activated]
                 } else {
                     vec![]
@@ -297,7 +297,7 @@ impl Actor {
     }
 
     fn exited(&mut self, res: std::io::Result<Exit>) -> Vec<Event> {
-        let requested = matches!(self.fsm.state, State::Stopping { .. });
+        let requested = matches!(self.fsm.state(), State::Stopping { .. });
         self.track.exited(&res, requested);
         let bridge = self.proc.take().filter(|p| p.bridged).map(|p| p.child.pid());
         match res {
@@ -320,7 +320,7 @@ impl Actor {
     /// A connection arrived or waits on a watched socket.
     fn seen(&mut self) -> Vec<Event> {
         self.watch.disarm();
-        match &self.fsm.state {
+        match self.fsm.state() {
             State::Waiting if self.precreate.running() => {
                 self.precreate.activation_pending = true;
                 vec![]
@@ -336,10 +336,10 @@ impl Actor {
     /// Keeps the components in line with the FSM's state after every wake-up.
     fn sync(&mut self) {
         let cfg = self.config.clone();
-        let state = &self.fsm.state;
+        let state = self.fsm.state();
         // Watch for a connection while waiting on demand or paused; look for idleness while running with
         // `idle` set.
-        let on_demand = self.fsm.params.on_demand && cfg.is_some();
+        let on_demand = self.fsm.params().on_demand && cfg.is_some();
         let activation = matches!(state, State::Paused(_)) || (on_demand && *state == State::Waiting);
         let running = matches!(state, State::Starting(_) | State::Running(_));
         let idle = cfg.as_ref().and_then(|c| c.idle).filter(|_| running);
@@ -349,7 +349,7 @@ impl Actor {
         // Create an on-demand Docker vassal's container ahead of time once it waits.
         let precreate = cfg
             .as_ref()
-            .filter(|c| c.precreate && c.on_demand && c.docker.is_some() && self.fsm.state == State::Waiting);
+            .filter(|c| c.precreate && c.on_demand && c.docker.is_some() && *self.fsm.state() == State::Waiting);
         if self.precreate.should_start(precreate.is_some())
             && let Some(cfg) = precreate.cloned()
         {
@@ -365,10 +365,10 @@ impl Actor {
 
         // Look for the new instance of an overlapping reload waiting for connections, unless it speaks the
         // protocol (then it says when it is ready) or an explicit ready-delay is the user's word for it.
-        let pending = self.fsm.previous.is_some()
+        let pending = self.fsm.previous().is_some()
             && self.proc.is_some()
             && cfg.as_ref().is_some_and(|c| c.ready_delay.is_none())
-            && self.fsm.state.instance().is_some_and(|i| !i.speaks);
+            && self.fsm.state().instance().is_some_and(|i| !i.speaks);
         self.ready.sync(pending, now());
     }
 
@@ -442,7 +442,7 @@ impl Actor {
 
     /// Stops an instance that is no longer the vassal's current one, in the background.
     fn retire(&mut self, old: Proc) {
-        let (timeout, signal) = (self.fsm.params.stop_timeout, self.fsm.params.stop_signal);
+        let (timeout, signal) = (self.fsm.params().stop_timeout, self.fsm.params().stop_signal);
         self.retiring.retire(&self.name, old, timeout, signal);
     }
 
@@ -530,8 +530,8 @@ impl Actor {
                         "[{}] keeping the current instance on its last good config until the file is fixed",
                         self.name
                     );
-                } else if self.fsm.state.instance().is_none() {
-                    self.fsm.state = State::Invalid { error: e.to_string() };
+                } else {
+                    self.fsm.invalid(e.to_string());
                 }
                 vec![]
             }
@@ -544,7 +544,7 @@ impl Actor {
                 vec![Event::Shutdown]
             }
             // A held vassal stays stopped through SIGHUP; only `emperor start` or its file releases it.
-            Command::Reload if self.fsm.state == State::Held => vec![],
+            Command::Reload if *self.fsm.state() == State::Held => vec![],
             Command::Reload => match &self.config {
                 Some(cfg) => vec![Event::Reload {
                     restart: !survives_in_place_reload(cfg),
@@ -571,14 +571,14 @@ impl Actor {
     /// A new valid config: start, or reload (in place if the `[emperor]` section is unchanged).
     fn update(&mut self, cfg: Arc<VassalConfig>) -> Vec<Event> {
         self.track.config_error = None;
-        self.fsm.params = params_for(&self.opts, Some(&cfg));
+        self.fsm.set_params(params_for(&self.opts, Some(&cfg)));
         let restart = self
             .config
             .as_ref()
             .is_none_or(|old| old.emperor_hash != cfg.emperor_hash);
         let first = self.config.is_none();
         // An on-demand vassal's sockets must exist before anything runs: they are what starts it.
-        if cfg.on_demand && self.fsm.state.instance().is_none() {
+        if cfg.on_demand && self.fsm.state().instance().is_none() {
             if let Err(e) = self.reconcile_sockets(&cfg) {
                 error!("[{}] {e}", self.name);
             }
@@ -600,14 +600,14 @@ impl Actor {
     fn control(&mut self, op: super::control::Op) -> (Result<String, String>, Vec<Event>) {
         use super::control::Op;
         let name = &self.name;
-        let state = self.fsm.state.name();
+        let state = self.fsm.state().name();
         match op {
             _ if self.config.is_none() => (Err(format!("{name} has no valid config ({state})")), vec![]),
             Op::Restart => {
                 info!("[{name}] restart requested on the control socket");
                 (Ok(format!("restarting {name}")), vec![Event::Restart])
             }
-            Op::Stop if self.fsm.state == State::Held => (Ok(format!("{name} is already stopped")), vec![]),
+            Op::Stop if *self.fsm.state() == State::Held => (Ok(format!("{name} is already stopped")), vec![]),
             Op::Stop => {
                 info!("[{name}] stop requested on the control socket");
                 (
@@ -617,13 +617,13 @@ impl Actor {
                     vec![Event::Hold],
                 )
             }
-            Op::Start if self.fsm.state == State::Held => {
+            Op::Start if *self.fsm.state() == State::Held => {
                 info!("[{name}] start requested on the control socket");
                 (Ok(format!("starting {name}")), vec![Event::Release])
             }
             Op::Start
                 if matches!(
-                    self.fsm.state,
+                    self.fsm.state(),
                     State::Stopping {
                         then: super::fsm::AfterStop::Hold,
                         ..
@@ -645,7 +645,7 @@ impl Actor {
     }
 
     fn snapshot(&self) -> VassalStats {
-        let inst = self.fsm.state.instance();
+        let inst = self.fsm.state().instance();
         let cfg = self.config.as_deref();
         let last_mod = cfg
             .and_then(|c| std::fs::metadata(&c.path).ok())
@@ -665,8 +665,8 @@ impl Actor {
             last_heartbeat: inst.and_then(|i| i.last_heartbeat).map_or(0, stats::instant_to_unix),
             last_mod,
             on_demand,
-            respawns: self.fsm.restarts,
-            state: self.fsm.state.name(),
+            respawns: self.fsm.restarts(),
+            state: self.fsm.state().name(),
             kind: if cfg.is_some_and(|c| c.docker.is_some()) {
                 "docker"
             } else {
@@ -681,9 +681,9 @@ impl Actor {
             bridge_info: inst
                 .filter(|_| cfg.is_some_and(|c| c.docker.is_some()))
                 .map(|i| crate::docker::record::path(&self.opts.run_dir, &self.opts.instance, i.pid)),
-            attempts: self.fsm.attempts,
+            attempts: self.fsm.attempts(),
             throttle: stats::throttle_of(&self.fsm),
-            error: match &self.fsm.state {
+            error: match self.fsm.state() {
                 State::Invalid { error } => Some(error.clone()),
                 _ => self.track.config_error.clone(),
             },
@@ -692,9 +692,9 @@ impl Actor {
     }
 
     fn log_status(&self) {
-        let inst = self.fsm.state.instance();
+        let inst = self.fsm.state().instance();
         let pid = inst.map_or("-".to_string(), |i| i.pid.to_string());
-        let next = match &self.fsm.state {
+        let next = match self.fsm.state() {
             State::Throttled { until } => {
                 format!(
                     " next_start_in={:.1}s",
@@ -707,10 +707,10 @@ impl Actor {
         info!(
             "[{}] status: state={} pid={pid} loyal={} restarts={} throttle_attempts={}{next}",
             self.name,
-            self.fsm.state.name(),
+            self.fsm.state().name(),
             u8::from(inst.is_some_and(|i| i.loyal)),
-            self.fsm.restarts,
-            self.fsm.attempts,
+            self.fsm.restarts(),
+            self.fsm.attempts(),
         );
     }
 
