@@ -45,7 +45,7 @@
 //! | Starting, Running, Reloading | Reload{restart} or silent, no overlap | Stopping{then: Restart} | stop |
 //! | Starting, Running (new)   | ready (byte 1/5/17, Listening, or ready-delay) with a previous | (same) | RetirePrevious |
 //! | Starting, Running, Reloading (new) | Exited with a previous | Running(previous)        | RestorePrevious |
-//! | any                       | PreviousExited                 | (same): `previous` stays set | |
+//! | any                       | PreviousExited                 | (same), `previous` = none (nothing to restore) | |
 //! | Reloading                 | Msg ready/accepting/loyal      | Running                    | |
 //! | Reloading                 | Timer                          | Running                    | (warn) |
 //! | Starting, Running, Reloading | Exited, loyal               | Waiting                    | Spawn (at once; on demand: wait) |
@@ -465,7 +465,8 @@ impl Fsm {
                 }
             }
             // The actor has dropped the old process; `previous` stays (see the transition table).
-            Event::PreviousExited => {}
+            // The actor has dropped the old process: nothing is left to restore if the new one dies.
+            Event::PreviousExited => self.previous = None,
         }
         acts
     }

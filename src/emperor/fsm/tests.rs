@@ -279,6 +279,25 @@ fn overlapping_reload_keeps_the_old_instance_when_the_new_one_dies() {
 }
 
 #[test]
+fn an_old_instance_that_exited_during_the_overlap_is_not_restored() {
+    let t0 = Instant::now();
+    let mut f = Fsm::new(Params {
+        overlap: true,
+        ..params()
+    });
+    f.on_event(Event::Start, t0);
+    f.on_event(Event::Spawned { pid: 1, speaks: true }, t0);
+    f.on_event(Event::Reload { restart: true }, t0);
+    f.on_event(Event::Spawned { pid: 2, speaks: true }, t0);
+    f.on_event(Event::PreviousExited, t0);
+    assert_eq!(f.previous, None);
+    // The new one dies before it is ready: a death like any other, not a return to the dead pid 1.
+    let acts = f.on_event(Event::Exited(Exit::Code(1)), t0);
+    assert!(!acts.contains(&Action::RestorePrevious), "{acts:?}");
+    assert!(f.state.instance().is_none_or(|i| i.pid != 1), "{:?}", f.state);
+}
+
+#[test]
 fn rejected_by_docker_waits_for_the_file() {
     let (mut f, t0) = running(false);
     f.on_event(Event::Rejected, t0);
