@@ -438,32 +438,28 @@ impl Listener {
     /// `host:port` (contains `:`, as uWSGI decides) is TCP; `@name` an abstract unix socket; anything
     /// else a unix path. A stale socket file at the path is replaced; `mode` (`--chmod-socket`) is
     /// applied to it, as uWSGI binds its stats socket with its `chmod-socket`.
-    pub fn bind(addr: &str, mode: Option<u32>) -> Result<Listener, String> {
-        let err = |e: std::io::Error| format!("--emperor-stats {addr}: {e}");
+    pub fn bind(addr: &str, mode: Option<u32>) -> std::io::Result<Listener> {
         if let Some(name) = addr.strip_prefix('@') {
             use std::os::linux::net::SocketAddrExt;
-            let sa = std::os::unix::net::SocketAddr::from_abstract_name(name).map_err(err)?;
-            let l = std::os::unix::net::UnixListener::bind_addr(&sa).map_err(err)?;
-            l.set_nonblocking(true).map_err(err)?;
-            return Ok(Listener::Unix(
-                tokio::net::UnixListener::from_std(l).map_err(err)?,
-                None,
-            ));
+            let sa = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            let l = std::os::unix::net::UnixListener::bind_addr(&sa)?;
+            l.set_nonblocking(true)?;
+            return Ok(Listener::Unix(tokio::net::UnixListener::from_std(l)?, None));
         }
         if addr.contains(':') && !addr.contains('/') {
             let sa: std::net::SocketAddr = addr
                 .parse()
-                .map_err(|_| format!("--emperor-stats {addr}: not a unix path or an IP:port"))?;
-            let l = std::net::TcpListener::bind(sa).map_err(err)?;
-            l.set_nonblocking(true).map_err(err)?;
-            return Ok(Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(err)?));
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a unix path or an IP:port"))?;
+            let l = std::net::TcpListener::bind(sa)?;
+            l.set_nonblocking(true)?;
+            return Ok(Listener::Tcp(tokio::net::TcpListener::from_std(l)?));
         }
-        let path = std::path::absolute(addr).map_err(err)?;
+        let path = std::path::absolute(addr)?;
         super::sockets::replace_socket_file(&path);
-        let l = tokio::net::UnixListener::bind(&path).map_err(err)?;
+        let l = tokio::net::UnixListener::bind(&path)?;
         if let Some(mode) = mode {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
         }
         Ok(Listener::Unix(l, Some(path)))
     }
