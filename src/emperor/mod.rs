@@ -15,7 +15,8 @@
 //!   only periodic work is the directory rescan every `--emperor-freq` seconds.
 //! * **Isolation.** Errors inside an actor are logged with the vassal's name and handled there; only
 //!   start-up failures (a missing vassals directory, failing signal or inotify setup, a control or
-//!   stats socket that cannot be bound) stop the emperor: they are the [`Fatal`] type (`fatal.rs`).
+//!   stats socket that cannot be bound) and the loss of the inotify stream stop the emperor: they
+//!   are the [`Fatal`] type (`fatal.rs`).
 //! * **Shutdown** (SIGTERM/SIGINT/SIGQUIT): every actor gets `Shutdown`, stops its vassal gracefully
 //!   (then SIGKILL after its stop timeout), releases its sockets and reports done; the emperor exits
 //!   0 when the last one has.
