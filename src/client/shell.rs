@@ -59,7 +59,7 @@ use bollard::query_parameters::InspectContainerOptions;
 use futures_util::{Stream, StreamExt};
 use nix::sys::termios::{self, SetArg, Termios};
 use tokio::io::AsyncWriteExt;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::cli::ShellArgs;
 use crate::docker::{LABEL_VASSAL, SHIM_PATH, daemon};
@@ -332,137 +332,206 @@ async fn await_ready(output: &mut Output) -> Option<Vec<u8>> {
 }
 
 async fn run(args: ShellArgs) -> u8 {
-    let (docker, where_) = match connect(&args).await {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("emperor shell: {e}");
-            return DOCKER_FAILED;
-        }
+    let outcome = match Session::open(&args).await {
+        Ok(session) => session.run().await,
+        Err(e) => Err(e),
     };
-    let target = match find_container(&docker, &args.vassal, &where_).await {
-        Ok(t) => t,
+    match outcome {
+        Ok(code) => code,
         Err((code, msg)) => {
-            eprintln!("emperor shell: {msg}");
-            return code;
-        }
-    };
-    let container = target.name.clone();
-    let tty = std::io::stdin().is_terminal();
-    let size = if tty { window_size() } else { None };
-    let cmd = if args.command.is_empty() {
-        vec!["/bin/sh".to_owned()]
-    } else {
-        args.command.clone()
-    };
-    // See the module doc, "The tty's size".
-    let v = docker.client_version();
-    let console_size = (v.major_version, v.minor_version) >= (1, 42);
-    let wrapped = size.is_some() && !console_size && target.shim;
-    let (mut exec, mut output, mut input) = match start_exec(&docker, &container, cmd.clone(), tty, size, wrapped).await
-    {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("emperor shell: {e}");
-            return DOCKER_FAILED;
-        }
-    };
-
-    // From here until the guard drops the terminal is raw; every return below restores it.
-    let raw = if tty { RawMode::enter() } else { None };
-    let (mut winch, mut term, mut hup, mut int) = match (
-        signal(SignalKind::window_change()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
-        _ => {
-            drop(raw);
-            eprintln!("emperor shell: cannot install signal handlers");
-            return DOCKER_FAILED;
-        }
-    };
-    // Installed before this resize, so a later change of the window is not missed.
-    if tty && let Some((rows, cols)) = window_size() {
-        resize(&docker, &exec, rows, cols).await;
-    }
-    let mut first = Vec::new();
-    // What a report of a command that could not run looks like on this exec's stream.
-    let mut report = DOCKER_EXEC_FAILED;
-    if wrapped {
-        match await_ready(&mut output).await {
-            Some(rest) => {
-                first = rest;
-                report = FAILED;
-            }
-            None => {
-                // Dropping the stream closes that exec's stdin; it ends on its own.
-                (exec, output, input) = match start_exec(&docker, &container, cmd.clone(), tty, size, false).await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        drop(raw);
-                        eprintln!("emperor shell: {e}");
-                        return DOCKER_FAILED;
-                    }
-                };
-                if let Some((rows, cols)) = window_size() {
-                    resize(&docker, &exec, rows, cols).await;
-                }
-            }
-        }
-    }
-    let stdin_task = tokio::spawn(copy_stdin(input));
-
-    let mut held = Held::new(report);
-    if !first.is_empty() {
-        held.push(LogOutput::Console { message: first.into() });
-    }
-    let interrupted = loop {
-        tokio::select! {
-            item = output.next() => match item {
-                Some(Ok(item)) => held.push(item),
-                Some(Err(e)) => break Some(Err(e)),
-                None => break None,
-            },
-            _ = winch.recv(), if tty => {
-                if let Some((rows, cols)) = window_size() {
-                    resize(&docker, &exec, rows, cols).await;
-                }
-            }
-            _ = term.recv() => break Some(Ok(libc::SIGTERM)),
-            _ = hup.recv() => break Some(Ok(libc::SIGHUP)),
-            _ = int.recv() => break Some(Ok(libc::SIGINT)),
-        }
-    };
-    stdin_task.abort();
-    let (code, started) = match interrupted {
-        None => exit_code(&docker, &exec).await,
-        // The command keeps running in the container, as after `docker exec` is killed.
-        Some(Ok(sig)) => (128 + sig as u8, true),
-        Some(Err(e)) => {
-            held.flush();
-            drop(raw);
-            eprintln!("emperor shell: the exec's stream broke: {e}");
-            return DOCKER_FAILED;
-        }
-    };
-    // Docker's report counts only if no process ever ran (a command may print the same words); the
-    // marker comes from the container's emperor binary, which did run.
-    let reported = code == CANNOT_RUN || code == NOT_FOUND;
-    let failure = (reported && (report == FAILED || !started))
-        .then(|| held.failure())
-        .flatten();
-    if failure.is_none() {
-        held.flush();
-    }
-    drop(raw);
-    match failure {
-        Some(f) => {
-            let (code, msg) = f.explain(&target, &cmd, args.command.is_empty());
             eprintln!("emperor shell: {msg}");
             code
         }
-        None => code,
+    }
+}
+
+/// An exec started and attached to: (exec id, output, input).
+type Exec = (String, Output, Input);
+
+/// A session's outcome: Ok(the exit code), or Err((exit code, the message to print once the terminal
+/// is restored)).
+type Outcome = Result<u8, (u8, String)>;
+
+/// One `emperor shell` run, once its container is found.
+struct Session {
+    docker: Docker,
+    target: Target,
+    /// What runs: the command given, or `/bin/sh`.
+    cmd: Vec<String>,
+    /// No command was given (`cmd` is the default shell).
+    default_shell: bool,
+    /// stdin is a terminal: the exec gets a tty.
+    tty: bool,
+}
+
+/// How the exec's stream stopped being read.
+enum Ended {
+    /// The stream ended: the command exited.
+    Exited,
+    /// A signal ended the session.
+    Signal(i32),
+    /// The stream broke.
+    Broken(DockerError),
+}
+
+/// The signals a session follows: window changes, and the ones that end it.
+struct Signals {
+    winch: Signal,
+    term: Signal,
+    hup: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        Some(Signals {
+            winch: signal(SignalKind::window_change()).ok()?,
+            term: signal(SignalKind::terminate()).ok()?,
+            hup: signal(SignalKind::hangup()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+        })
+    }
+}
+
+impl Session {
+    async fn open(args: &ShellArgs) -> Result<Session, (u8, String)> {
+        let (docker, where_) = connect(args).await.map_err(|e| (DOCKER_FAILED, e))?;
+        let target = find_container(&docker, &args.vassal, &where_).await?;
+        let cmd = if args.command.is_empty() {
+            vec!["/bin/sh".to_owned()]
+        } else {
+            args.command.clone()
+        };
+        Ok(Session {
+            docker,
+            target,
+            cmd,
+            default_shell: args.command.is_empty(),
+            tty: std::io::stdin().is_terminal(),
+        })
+    }
+
+    /// Starts the exec and attaches to it until it ends.
+    async fn run(&self) -> Outcome {
+        let size = if self.tty { window_size() } else { None };
+        // See the module doc, "The tty's size".
+        let v = self.docker.client_version();
+        let console_size = (v.major_version, v.minor_version) >= (1, 42);
+        let wrapped = size.is_some() && !console_size && self.target.shim;
+        let exec = self.start(size, wrapped).await?;
+        // From here until the guard drops the terminal is raw; the message of every way out is printed
+        // after it is restored.
+        let raw = if self.tty { RawMode::enter() } else { None };
+        let outcome = self.attached(exec, size, wrapped).await;
+        drop(raw);
+        outcome
+    }
+
+    async fn start(&self, size: Option<(u16, u16)>, wrapped: bool) -> Result<Exec, (u8, String)> {
+        start_exec(
+            &self.docker,
+            &self.target.name,
+            self.cmd.clone(),
+            self.tty,
+            size,
+            wrapped,
+        )
+        .await
+        .map_err(|e| (DOCKER_FAILED, e))
+    }
+
+    /// The attached part: stdin copied to the exec, its output out, the window followed, until the
+    /// exec ends or a signal ends the session.
+    async fn attached(&self, exec: Exec, size: Option<(u16, u16)>, wrapped: bool) -> Outcome {
+        let mut signals =
+            Signals::install().ok_or_else(|| (DOCKER_FAILED, "cannot install signal handlers".to_owned()))?;
+        // Installed before this resize, so a later change of the window is not missed.
+        if self.tty {
+            self.follow_window(&exec.0).await;
+        }
+        let ((exec, mut output, input), first, report) = self.ready(exec, size, wrapped).await?;
+        let stdin_task = tokio::spawn(copy_stdin(input));
+        let mut held = Held::new(report);
+        if !first.is_empty() {
+            held.push(LogOutput::Console { message: first.into() });
+        }
+        let ended = self.pump(&exec, &mut output, &mut held, &mut signals).await;
+        stdin_task.abort();
+        self.conclude(&exec, ended, held).await
+    }
+
+    /// A wrapped exec (see the module doc, "The tty's size") once its [`READY`] marker came, with the
+    /// output that followed the marker; without the marker, the command started directly instead.
+    /// Also returns what a report of a command that could not run looks like on the exec's stream.
+    async fn ready(
+        &self,
+        exec: Exec,
+        size: Option<(u16, u16)>,
+        wrapped: bool,
+    ) -> Result<(Exec, Vec<u8>, &'static [u8]), (u8, String)> {
+        if !wrapped {
+            return Ok((exec, Vec::new(), DOCKER_EXEC_FAILED));
+        }
+        let (id, mut output, input) = exec;
+        if let Some(rest) = await_ready(&mut output).await {
+            return Ok(((id, output, input), rest, FAILED));
+        }
+        let direct = self.start(size, false).await;
+        // Dropping the stream closes that exec's stdin; it ends on its own.
+        drop((output, input));
+        let direct = direct?;
+        self.follow_window(&direct.0).await;
+        Ok((direct, Vec::new(), DOCKER_EXEC_FAILED))
+    }
+
+    /// Writes the exec's output out (through `held`) and follows the window until the stream stops.
+    async fn pump(&self, exec: &str, output: &mut Output, held: &mut Held, signals: &mut Signals) -> Ended {
+        loop {
+            tokio::select! {
+                item = output.next() => match item {
+                    Some(Ok(item)) => held.push(item),
+                    Some(Err(e)) => return Ended::Broken(e),
+                    None => return Ended::Exited,
+                },
+                _ = signals.winch.recv(), if self.tty => self.follow_window(exec).await,
+                _ = signals.term.recv() => return Ended::Signal(libc::SIGTERM),
+                _ = signals.hup.recv() => return Ended::Signal(libc::SIGHUP),
+                _ = signals.int.recv() => return Ended::Signal(libc::SIGINT),
+            }
+        }
+    }
+
+    /// The exit code, or what to say instead of a held-back report of a command that could not run.
+    async fn conclude(&self, exec: &str, ended: Ended, mut held: Held) -> Outcome {
+        let (code, started) = match ended {
+            Ended::Exited => exit_code(&self.docker, exec).await,
+            // The command keeps running in the container, as after `docker exec` is killed.
+            Ended::Signal(sig) => (128 + sig as u8, true),
+            Ended::Broken(e) => {
+                held.flush();
+                return Err((DOCKER_FAILED, format!("the exec's stream broke: {e}")));
+            }
+        };
+        // Docker's report counts only if no process ever ran (a command may print the same words); the
+        // marker comes from the container's emperor binary, which did run.
+        let reported = code == CANNOT_RUN || code == NOT_FOUND;
+        let failure = (reported && (held.prefix == FAILED || !started))
+            .then(|| held.failure())
+            .flatten();
+        match failure {
+            Some(f) => Err(f.explain(&self.target, &self.cmd, self.default_shell)),
+            None => {
+                held.flush();
+                Ok(code)
+            }
+        }
+    }
+
+    /// Gives the exec the terminal's current size.
+    async fn follow_window(&self, exec: &str) {
+        if let Some((rows, cols)) = window_size() {
+            resize(&self.docker, exec, rows, cols).await;
+        }
     }
 }
 

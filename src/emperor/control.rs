@@ -55,17 +55,16 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `path` with mode 0600 (a stale socket file there is replaced).
-    pub fn bind(path: &std::path::Path) -> Result<Listener, String> {
-        let err = |e: std::io::Error| format!("--emperor-control {}: {e}", path.display());
-        let path = std::path::absolute(path).map_err(err)?;
+    pub fn bind(path: &std::path::Path) -> std::io::Result<Listener> {
+        let path = std::path::absolute(path)?;
         super::sockets::replace_socket_file(&path);
         // Created 0600 from the start (the emperor forks only on this thread, so the umask change is
         // seen by nothing else), and set again explicitly below.
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
         let bound = tokio::net::UnixListener::bind(&path);
         nix::sys::stat::umask(old);
-        let listener = bound.map_err(err)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        let listener = bound?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         Ok(Listener { listener, path })
     }
 

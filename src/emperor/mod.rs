@@ -7,13 +7,16 @@
 //!   which lives as long as the emperor, so `PR_SET_PDEATHSIG` means "the emperor died" (style guide
 //!   §2), and no per-vassal locking exists.
 //! * **The main loop** (this file) only routes: inotify events and a slow rescan feed `scan.rs`, whose
-//!   diff becomes `Update`/`Remove` commands; signals become broadcast commands. It parses a vassal
-//!   file once per change, so a broken file is reported exactly once per change.
+//!   diff becomes `Update`/`Remove` commands; signals become broadcast commands. Its one `select!`
+//!   hands each event to one `on_*` method. It parses a vassal file once per change, so a broken file
+//!   is reported exactly once per change.
 //! * **Nothing polls per vassal.** An idle vassal's actor sleeps on its channels and on a deadline
 //!   derived from its state; with a loyal vassal and no heartbeat there is no deadline at all. The
 //!   only periodic work is the directory rescan every `--emperor-freq` seconds.
 //! * **Isolation.** Errors inside an actor are logged with the vassal's name and handled there; only
-//!   a missing vassals directory or failing signal setup stops the emperor.
+//!   start-up failures (a missing vassals directory, failing signal or inotify setup, a control or
+//!   stats socket that cannot be bound) and the loss of the inotify stream stop the emperor: they
+//!   are the [`Fatal`] type (`fatal.rs`).
 //! * **Shutdown** (SIGTERM/SIGINT/SIGQUIT): every actor gets `Shutdown`, stops its vassal gracefully
 //!   (then SIGKILL after its stop timeout), releases its sockets and reports done; the emperor exits
 //!   0 when the last one has.
@@ -30,6 +33,7 @@
 mod arrivals;
 mod conns;
 mod control;
+mod fatal;
 pub mod fsm;
 mod listening;
 mod notify;
@@ -46,19 +50,21 @@ mod vassal;
 mod wait;
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use inotify::{Inotify, WatchMask};
 use log::{error, info, warn};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::cli::EmperorOptions;
 use crate::config;
+use fatal::Fatal;
 use scan::{Change, Snapshot};
 use vassal::{Command, StateReport, VassalHandle};
 
@@ -66,50 +72,60 @@ use vassal::{Command, StateReport, VassalHandle};
 const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// Runs the emperor until it is told to stop. Returns the process exit code.
-pub fn run(mut opts: EmperorOptions) -> ExitCode {
+pub fn run(opts: EmperorOptions) -> ExitCode {
+    let fatal = |e: Fatal| {
+        error!("{e}");
+        ExitCode::FAILURE
+    };
+    let opts = match prepare(opts) {
+        Ok(opts) => opts,
+        Err(e) => return fatal(e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fatal(Fatal::Runtime(e)),
+    };
+    let local = tokio::task::LocalSet::new();
+    // Logged while the runtime and its actors still exist, as it always was.
+    match local.block_on(&rt, Emperor::new(opts).run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fatal(e),
+    }
+}
+
+/// Sanitises the process and makes the options' paths canonical or absolute, before any thread exists.
+fn prepare(mut opts: EmperorOptions) -> Result<EmperorOptions, Fatal> {
     crate::sys::fd::mark_inherited_fds_cloexec();
     opts.vassals_dir = match std::fs::canonicalize(&opts.vassals_dir) {
         Ok(d) if d.is_dir() => d,
-        Ok(d) => return fatal(&format!("{} is not a directory", d.display())),
-        Err(e) => {
-            return fatal(&format!(
-                "cannot open the vassals directory {}: {e}",
-                opts.vassals_dir.display()
-            ));
+        Ok(d) => return Err(Fatal::NotADirectory(d)),
+        Err(source) => {
+            return Err(Fatal::VassalsDir {
+                path: opts.vassals_dir,
+                source,
+            });
         }
     };
     opts.instance = instance_id(&opts.vassals_dir);
     // Bridges run in the vassal's directory (or its chdir): every path they are given must be absolute,
     // and so must the emperor's own, to mean the same files.
+    let absolute = |flag: &'static str, path: &std::path::Path| {
+        std::path::absolute(path).map_err(|source| Fatal::Flag {
+            flag,
+            value: path.display().to_string(),
+            source,
+        })
+    };
     if let Some(path) = &opts.nginx_map {
-        match std::path::absolute(path) {
-            Ok(p) => opts.nginx_map = Some(p),
-            Err(e) => return fatal(&format!("--nginx-map {}: {e}", path.display())),
-        }
+        opts.nginx_map = Some(absolute("--nginx-map", path)?);
     }
     if let Some(path) = &opts.docker_daemon_socket {
-        match std::path::absolute(path) {
-            Ok(p) => opts.docker_daemon_socket = Some(p),
-            Err(e) => return fatal(&format!("--docker-daemon-socket {}: {e}", path.display())),
-        }
+        opts.docker_daemon_socket = Some(absolute("--docker-daemon-socket", path)?);
     }
-    match std::path::absolute(&opts.run_dir) {
-        Ok(p) => opts.run_dir = p,
-        Err(e) => return fatal(&format!("--emperor-run-dir {}: {e}", opts.run_dir.display())),
-    }
+    opts.run_dir = absolute("--emperor-run-dir", &opts.run_dir)?;
     // Before the runtime starts any thread, so that every thread inherits the mask.
-    if let Err(e) = arrivals::block_signals() {
-        return fatal(&format!("cannot block the arrival signals: {e}"));
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => return fatal(&format!("cannot start the runtime: {e}")),
-    };
-    let local = tokio::task::LocalSet::new();
-    match local.block_on(&rt, Emperor::new(opts).run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fatal(&e),
-    }
+    arrivals::block_signals().map_err(Fatal::BlockSignals)?;
+    Ok(opts)
 }
 
 /// What the vassals directory's watch reports.
@@ -136,10 +152,11 @@ struct DirWatch {
 }
 
 impl DirWatch {
-    fn new(mut watches: inotify::Watches, dir: &std::path::Path) -> Result<DirWatch, String> {
-        watches
-            .add(dir, DIR_MASK)
-            .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    fn new(mut watches: inotify::Watches, dir: &std::path::Path) -> Result<DirWatch, Fatal> {
+        watches.add(dir, DIR_MASK).map_err(|source| Fatal::Watch {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         let parent = dir.parent().and_then(|p| {
             watches
                 .add(p, WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ONLYDIR)
@@ -195,9 +212,69 @@ fn instance_id(dir: &std::path::Path) -> String {
     crate::sys::hash::fnv1a_hex(dir.as_os_str().as_bytes())
 }
 
-fn fatal(msg: &str) -> ExitCode {
-    error!("{msg}");
-    ExitCode::FAILURE
+/// The signals the emperor acts on.
+#[derive(Debug, Clone, Copy)]
+enum Sig {
+    Term,
+    Int,
+    Quit,
+    Hup,
+    Usr1,
+    Urg,
+}
+
+/// The handlers of [`Sig`]'s signals, installed once at start-up.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    quit: Signal,
+    hup: Signal,
+    usr1: Signal,
+    urg: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, Fatal> {
+        let sig = |kind: SignalKind| signal(kind).map_err(Fatal::Signals);
+        Ok(Signals {
+            term: sig(SignalKind::terminate())?,
+            int: sig(SignalKind::interrupt())?,
+            quit: sig(SignalKind::quit())?,
+            hup: sig(SignalKind::hangup())?,
+            usr1: sig(SignalKind::user_defined1())?,
+            urg: sig(SignalKind::from_raw(libc::SIGURG))?,
+        })
+    }
+
+    /// The next signal. SIGHUP (reload every vassal) waits while the emperor is shutting down.
+    async fn recv(&mut self, shutting_down: bool) -> Sig {
+        tokio::select! {
+            _ = self.term.recv() => Sig::Term,
+            _ = self.int.recv() => Sig::Int,
+            _ = self.quit.recv() => Sig::Quit,
+            _ = self.hup.recv(), if !shutting_down => Sig::Hup,
+            _ = self.usr1.recv() => Sig::Usr1,
+            _ = self.urg.recv() => Sig::Urg,
+        }
+    }
+}
+
+/// What the main loop waits on besides its actors, opened by [`Emperor::open`].
+struct Inputs {
+    signals: Signals,
+    events: inotify::EventStream<[u8; 4096]>,
+    dir: DirWatch,
+    control: Option<control::Listener>,
+    stats: Option<stats::Listener>,
+}
+
+/// The systemd `STATUS=` line: sent when a state changes, at most once per [`notify::STATUS_INTERVAL`].
+struct StatusLine {
+    /// When the next line is due, once a state has changed.
+    due: Option<Instant>,
+    /// The last line sent, and when.
+    sent: String,
+    sent_at: Instant,
 }
 
 struct Emperor {
@@ -208,6 +285,8 @@ struct Emperor {
     actors: JoinSet<String>,
     /// The last scan error, so that a vanished directory is reported once, not every rescan.
     scan_error: Option<String>,
+    /// When the debounced scan after inotify events is due.
+    scan_due: Option<Instant>,
     /// Vassals whose current config is a Docker one: their containers are not orphans.
     docker_vassals: std::collections::HashSet<String>,
     /// Each vassal's latest valid config (kept while its file is invalid, dropped when it is gone).
@@ -220,8 +299,11 @@ struct Emperor {
     states: BTreeMap<String, &'static str>,
     /// `NOTIFY_SOCKET`, when run by systemd.
     notify: Option<std::rc::Rc<notify::Notifier>>,
+    status: StatusLine,
     /// The reader of arrival signals, for idle detection; `None` if it could not start.
     arrivals: Option<arrivals::Arrivals>,
+    /// A stop signal came: the loop waits only for the actors to finish.
+    shutting_down: bool,
 }
 
 impl Emperor {
@@ -232,43 +314,73 @@ impl Emperor {
             vassals: HashMap::new(),
             actors: JoinSet::new(),
             scan_error: None,
+            scan_due: None,
             docker_vassals: Default::default(),
             good: BTreeMap::new(),
             nginx_map: None,
             reports: mpsc::unbounded_channel(),
             states: BTreeMap::new(),
             notify: notify::Notifier::from_env().map(std::rc::Rc::new),
+            status: StatusLine {
+                due: None,
+                sent: String::new(),
+                // Long enough ago that the first line goes out at once.
+                sent_at: Instant::now()
+                    .checked_sub(notify::STATUS_INTERVAL)
+                    .unwrap_or_else(Instant::now),
+            },
             arrivals: None,
+            shutting_down: false,
         }
     }
 
-    async fn run(mut self) -> Result<(), String> {
-        let sig = |kind: SignalKind| signal(kind).map_err(|e| format!("cannot install signal handlers: {e}"));
-        let (mut term, mut int, mut quit) = (
-            sig(SignalKind::terminate())?,
-            sig(SignalKind::interrupt())?,
-            sig(SignalKind::quit())?,
-        );
-        let (mut hup, mut usr1) = (sig(SignalKind::hangup())?, sig(SignalKind::user_defined1())?);
-        let mut urg = sig(SignalKind::from_raw(libc::SIGURG))?;
-
-        let dir = self.opts.vassals_dir.clone();
-        let inotify = Inotify::init().map_err(|e| format!("cannot start inotify: {e}"))?;
-        let mut events = inotify
-            .into_event_stream([0u8; 4096])
-            .map_err(|e| format!("cannot read inotify events: {e}"))?;
-        let mut dir_watch = DirWatch::new(events.watches(), &dir)?;
-
-        if let Some(path) = &self.opts.nginx_map {
-            self.nginx_map = Some(routes::NginxMap::new(
-                path.clone(),
-                dir.clone(),
-                self.opts.nginx_reload.clone(),
-            ));
+    /// The main loop: each branch hands its event to one method.
+    async fn run(mut self) -> Result<(), Fatal> {
+        let mut inputs = self.open()?;
+        self.start();
+        let mut rescan = tokio::time::interval_at(Instant::now() + self.opts.freq, self.opts.freq);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        use futures_util::StreamExt;
+        loop {
+            let up = !self.shutting_down;
+            tokio::select! {
+                ev = inputs.events.next(), if up => self.on_inotify(ev, &mut inputs.dir)?,
+                _ = wait::sleep_until(self.scan_due), if self.scan_due.is_some() && up => self.on_scan_due(),
+                _ = rescan.tick(), if up => self.on_rescan_tick(&mut inputs.dir),
+                conn = wait::or_never(inputs.control.as_ref().map(control::Listener::accept)), if up => {
+                    self.on_control_client(conn);
+                }
+                conn = wait::or_never(inputs.stats.as_ref().map(stats::Listener::accept)), if up => {
+                    self.on_stats_client(conn);
+                }
+                Some(report) = self.reports.1.recv() => self.on_report(report),
+                _ = wait::sleep_until(self.status.due), if self.status.due.is_some() => self.on_status_due(),
+                sig = inputs.signals.recv(self.shutting_down) => self.on_signal(sig),
+                Some(res) = self.actors.join_next_with_id() => self.on_actor_done(res),
+            }
+            if self.shutting_down && self.vassals.is_empty() {
+                self.finish().await;
+                return Ok(());
+            }
         }
+    }
+
+    /// Installs the signal handlers, watches the vassals directory, prepares `--nginx-map` and binds
+    /// the control and stats sockets, in that order.
+    fn open(&mut self) -> Result<Inputs, Fatal> {
+        let signals = Signals::install()?;
+        let dir = self.opts.vassals_dir.clone();
+        let inotify = Inotify::init().map_err(Fatal::Inotify)?;
+        let events = inotify.into_event_stream([0u8; 4096]).map_err(Fatal::InotifyEvents)?;
+        let dir_watch = DirWatch::new(events.watches(), &dir)?;
+        if let Some(path) = &self.opts.nginx_map {
+            self.nginx_map = Some(routes::NginxMap::new(path.clone(), dir, self.opts.nginx_reload.clone()));
+        }
+        let flag =
+            |flag: &'static str, value: String| move |source: std::io::Error| Fatal::Flag { flag, value, source };
         let control = match &self.opts.control {
             Some(path) => {
-                let l = control::Listener::bind(path)?;
+                let l = control::Listener::bind(path).map_err(flag("--emperor-control", path.display().to_string()))?;
                 info!("control socket on {}", path.display());
                 Some(l)
             }
@@ -276,12 +388,25 @@ impl Emperor {
         };
         let stats = match &self.opts.stats {
             Some(addr) => {
-                let l = stats::Listener::bind(addr, self.opts.chmod_socket)?;
+                let l = stats::Listener::bind(addr, self.opts.chmod_socket)
+                    .map_err(flag("--emperor-stats", addr.clone()))?;
                 info!("stats server on {addr}");
                 Some(l)
             }
             None => None,
         };
+        Ok(Inputs {
+            signals,
+            events,
+            dir: dir_watch,
+            control,
+            stats,
+        })
+    }
+
+    /// Starts the arrivals reader, cleans the run directory, starts every vassal and tells systemd
+    /// once they have all handled their first config.
+    fn start(&mut self) {
         self.arrivals = match arrivals::Arrivals::start() {
             Ok(a) => Some(a),
             Err(e) => {
@@ -291,7 +416,11 @@ impl Emperor {
         };
         reap::run_dir_leftovers(&self.opts);
         self.rescan();
-        info!("watching {} ({} vassals)", dir.display(), self.vassals.len());
+        info!(
+            "watching {} ({} vassals)",
+            self.opts.vassals_dir.display(),
+            self.vassals.len()
+        );
         if let Some(n) = self.notify.clone() {
             // Commands are handled in order: once every actor has answered, each has handled its first
             // config, so every valid vassal was started.
@@ -301,128 +430,148 @@ impl Emperor {
                 n.send("READY=1");
             });
         }
-        let mut status_at: Option<Instant> = None;
-        let mut status_sent = (
-            String::new(),
-            Instant::now()
-                .checked_sub(notify::STATUS_INTERVAL)
-                .unwrap_or_else(Instant::now),
-        );
         if self.opts.docker || !self.docker_vassals.is_empty() {
             tokio::task::spawn_local(reap::orphans(self.opts.clone(), self.docker_vassals.clone()));
         }
+    }
 
-        let mut rescan = tokio::time::interval_at(Instant::now() + self.opts.freq, self.opts.freq);
-        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut scan_at: Option<Instant> = None;
-        let mut shutting_down = false;
-        use futures_util::StreamExt;
-        loop {
-            tokio::select! {
-                ev = events.next(), if !shutting_down => match ev {
-                    Some(Ok(ev)) if dir_watch.is_parent(&ev.wd) => {
-                        // The vassals directory was created again (or renamed into place): watch the new one.
-                        if dir_watch.names_dir(ev.name.as_deref()) && dir_watch.rewatch() && scan_at.is_none() {
-                            scan_at = Some(Instant::now() + DEBOUNCE);
-                        }
-                    }
-                    Some(Ok(ev)) => {
-                        let relevant = ev.name.as_deref().is_none_or(scan::is_vassal_name);
-                        if relevant && scan_at.is_none() {
-                            scan_at = Some(Instant::now() + DEBOUNCE);
-                        }
-                    }
-                    Some(Err(e)) => {
-                        warn!("inotify: {e}; rescanning");
-                        scan_at = Some(Instant::now());
-                    }
-                    None => return Err("the inotify stream ended".into()),
-                },
-                _ = wait::sleep_until(scan_at), if scan_at.is_some() && !shutting_down => {
-                    scan_at = None;
-                    self.rescan();
-                }
-                _ = rescan.tick(), if !shutting_down => {
-                    // A directory replaced while no parent event told us is watched again here.
-                    dir_watch.rewatch();
-                    self.rescan();
-                }
-                conn = wait::or_never(control.as_ref().map(control::Listener::accept)), if !shutting_down => match conn {
-                    Ok(conn) => {
-                        tokio::task::spawn_local(control::serve(conn, self.senders()));
-                    }
-                    Err(e) => warn!("control: cannot accept: {e}"),
-                },
-                conn = wait::or_never(stats.as_ref().map(stats::Listener::accept)), if !shutting_down => match conn {
-                    Ok(conn) => {
-                        tokio::task::spawn_local(stats::serve(conn, dir.clone(), self.senders()));
-                    }
-                    Err(e) => warn!("stats: cannot accept: {e}"),
-                },
-                Some((name, state)) = self.reports.1.recv() => {
-                    self.states.insert(name, state);
-                    if self.notify.is_some() && status_at.is_none() {
-                        status_at = Some(Instant::now().max(status_sent.1 + notify::STATUS_INTERVAL));
-                    }
-                }
-                _ = wait::sleep_until(status_at), if status_at.is_some() => {
-                    status_at = None;
-                    let line = notify::status_line(self.states.values().copied());
-                    if let Some(n) = &self.notify && line != status_sent.0 {
-                        n.send(&format!("STATUS={line}"));
-                        status_sent = (line, Instant::now());
-                    }
-                }
-                _ = term.recv() => shutting_down = self.begin_shutdown("SIGTERM"),
-                _ = int.recv() => shutting_down = self.begin_shutdown("SIGINT"),
-                _ = quit.recv() => shutting_down = self.begin_shutdown("SIGQUIT"),
-                _ = hup.recv(), if !shutting_down => {
-                    info!("SIGHUP: reloading every vassal");
-                    // A vassal whose file changed is already reloading by the rescan; don't reload it twice.
-                    let updated = self.rescan();
-                    for (name, h) in &self.vassals {
-                        if !updated.contains(name) {
-                            let _ = h.tx.send(Command::Reload);
-                        }
-                    }
-                }
-                _ = usr1.recv() => {
-                    info!("status: {} vassals, watching {}", self.vassals.len(), dir.display());
-                    self.broadcast(|| Command::Status);
-                }
-                _ = urg.recv() => {
-                    info!("SIGURG: clearing the throttle of every vassal");
-                    self.broadcast(|| Command::ClearThrottle);
-                }
-                Some(res) = self.actors.join_next_with_id() => {
-                    let id = match &res {
-                        Ok((id, _)) => *id,
-                        Err(e) => e.id(),
-                    };
-                    if let Err(e) = &res {
-                        error!("a vassal actor failed (this is a bug): {e}");
-                    }
-                    let states = &mut self.states;
-                    self.vassals.retain(|name, h| {
-                        let keep = h.task != id;
-                        if !keep {
-                            states.remove(name);
-                        }
-                        keep
-                    });
+    /// An event on the vassals directory (or its parent): a scan soon, coalescing a burst.
+    fn on_inotify(
+        &mut self,
+        ev: Option<std::io::Result<inotify::Event<OsString>>>,
+        dir: &mut DirWatch,
+    ) -> Result<(), Fatal> {
+        match ev {
+            Some(Ok(ev)) if dir.is_parent(&ev.wd) => {
+                // The vassals directory was created again (or renamed into place): watch the new one.
+                if dir.names_dir(ev.name.as_deref()) && dir.rewatch() {
+                    self.scan_soon();
                 }
             }
-            if shutting_down && self.vassals.is_empty() {
-                if let Some(map) = &mut self.nginx_map {
-                    map.settle().await;
+            Some(Ok(ev)) => {
+                if ev.name.as_deref().is_none_or(scan::is_vassal_name) {
+                    self.scan_soon();
                 }
-                info!("every vassal has stopped; bye");
-                return Ok(());
+            }
+            Some(Err(e)) => {
+                warn!("inotify: {e}; rescanning");
+                self.scan_due = Some(Instant::now());
+            }
+            None => return Err(Fatal::InotifyEnded),
+        }
+        Ok(())
+    }
+
+    /// The debounced scan after inotify events.
+    fn on_scan_due(&mut self) {
+        self.scan_due = None;
+        self.rescan();
+    }
+
+    /// The periodic rescan, the backstop for events inotify did not give.
+    fn on_rescan_tick(&mut self, dir: &mut DirWatch) {
+        // A directory replaced while no parent event told us is watched again here.
+        dir.rewatch();
+        self.rescan();
+    }
+
+    /// Schedules a scan after [`DEBOUNCE`], unless one is already due.
+    fn scan_soon(&mut self) {
+        if self.scan_due.is_none() {
+            self.scan_due = Some(Instant::now() + DEBOUNCE);
+        }
+    }
+
+    fn on_control_client(&mut self, conn: std::io::Result<tokio::net::UnixStream>) {
+        match conn {
+            Ok(conn) => {
+                tokio::task::spawn_local(control::serve(conn, self.senders()));
+            }
+            Err(e) => warn!("control: cannot accept: {e}"),
+        }
+    }
+
+    fn on_stats_client(&mut self, conn: std::io::Result<stats::Conn>) {
+        match conn {
+            Ok(conn) => {
+                tokio::task::spawn_local(stats::serve(conn, self.opts.vassals_dir.clone(), self.senders()));
+            }
+            Err(e) => warn!("stats: cannot accept: {e}"),
+        }
+    }
+
+    /// An actor's state changed: the status line is due, no sooner than [`notify::STATUS_INTERVAL`]
+    /// after the last one.
+    fn on_report(&mut self, (name, state): StateReport) {
+        self.states.insert(name, state);
+        if self.notify.is_some() && self.status.due.is_none() {
+            self.status.due = Some(Instant::now().max(self.status.sent_at + notify::STATUS_INTERVAL));
+        }
+    }
+
+    /// Sends the status line, if it changed.
+    fn on_status_due(&mut self) {
+        self.status.due = None;
+        let line = notify::status_line(self.states.values().copied());
+        if let Some(n) = &self.notify
+            && line != self.status.sent
+        {
+            n.send(&format!("STATUS={line}"));
+            self.status.sent = line;
+            self.status.sent_at = Instant::now();
+        }
+    }
+
+    fn on_signal(&mut self, sig: Sig) {
+        match sig {
+            Sig::Term => self.begin_shutdown("SIGTERM"),
+            Sig::Int => self.begin_shutdown("SIGINT"),
+            Sig::Quit => self.begin_shutdown("SIGQUIT"),
+            Sig::Hup => {
+                info!("SIGHUP: reloading every vassal");
+                // A vassal whose file changed is already reloading by the rescan; don't reload it twice.
+                let updated = self.rescan();
+                for (name, h) in &self.vassals {
+                    if !updated.contains(name) {
+                        let _ = h.tx.send(Command::Reload);
+                    }
+                }
+            }
+            Sig::Usr1 => {
+                info!(
+                    "status: {} vassals, watching {}",
+                    self.vassals.len(),
+                    self.opts.vassals_dir.display()
+                );
+                self.broadcast(|| Command::Status);
+            }
+            Sig::Urg => {
+                info!("SIGURG: clearing the throttle of every vassal");
+                self.broadcast(|| Command::ClearThrottle);
             }
         }
     }
 
-    fn begin_shutdown(&mut self, signame: &str) -> bool {
+    /// An actor task ended (its vassal is gone, or it panicked): its handle and state go with it.
+    fn on_actor_done(&mut self, res: Result<(tokio::task::Id, String), tokio::task::JoinError>) {
+        let id = match &res {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        if let Err(e) = &res {
+            error!("a vassal actor failed (this is a bug): {e}");
+        }
+        let states = &mut self.states;
+        self.vassals.retain(|name, h| {
+            let keep = h.task != id;
+            if !keep {
+                states.remove(name);
+            }
+            keep
+        });
+    }
+
+    fn begin_shutdown(&mut self, signame: &str) {
         info!("{signame}: stopping {} vassals", self.vassals.len());
         if let Some(n) = &self.notify {
             n.send("STOPPING=1");
@@ -432,7 +581,15 @@ impl Emperor {
             map.clear();
         }
         self.broadcast(|| Command::Shutdown);
-        true
+        self.shutting_down = true;
+    }
+
+    /// Every actor has finished after a stop signal.
+    async fn finish(&mut self) {
+        if let Some(map) = &mut self.nginx_map {
+            map.settle().await;
+        }
+        info!("every vassal has stopped; bye");
     }
 
     /// A copy of every actor's sender, for a task that asks them all something.

@@ -272,42 +272,70 @@ fn id_of(r: &Result<VassalStats, String>) -> &str {
 
 /// The whole document.
 pub fn document(vassals_dir: &std::path::Path, vassals: &[Result<VassalStats, String>]) -> Value {
-    let tables = conns::Tables::load().map_err(|e| warn!("stats: cannot read the kernel's socket tables: {e}"));
-    let uid = nix::unistd::getuid().as_raw();
-    let gid = nix::unistd::getgid().as_raw();
-    let dir = vassals_dir.to_string_lossy();
-    let leaders: HashSet<i32> = vassals
-        .iter()
-        .filter_map(|v| v.as_ref().ok())
-        .filter(|v| v.kind == "process" && v.pid > 0)
-        .map(|v| v.pid)
-        .collect();
-    let groups = usage::Groups::load(&leaders);
-    let mut cgroups = None;
+    let mut sources = Sources::load(vassals_dir, vassals);
     let mut list = Vec::new();
     let mut blacklist = Vec::new();
     for v in vassals {
-        let v = match v {
-            Ok(v) => v,
-            Err(name) => {
-                list.push(json!({ "id": name, "state": "unresponsive" }));
-                continue;
+        match v {
+            Ok(v) => {
+                blacklist.extend(blacklist_entry(v));
+                list.push(sources.entry(v));
             }
-        };
-        let sockets: Vec<Value> = v
-            .sockets
+            Err(name) => list.push(json!({ "id": name, "state": "unresponsive" })),
+        }
+    }
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uid": sources.uid,
+        "gid": sources.gid,
+        "cwd": std::env::current_dir().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default(),
+        "emperor": [sources.dir],
+        "emperor_tyrant": 0,
+        "throttle_level": 0,
+        "vassals": list,
+        "blacklist": blacklist,
+    })
+}
+
+/// What every vassal's entry is measured against, read once per document.
+struct Sources {
+    uid: u32,
+    gid: u32,
+    /// The vassals directory, as `monitor` and `emperor` show it.
+    dir: String,
+    /// The kernel's socket tables, for the sockets' loads (`None` if they could not be read).
+    tables: Option<conns::Tables>,
+    /// Memory and CPU time of the process vassals' groups.
+    groups: usage::Groups,
+    /// The cgroups of Docker vassals, read when the first one needs them.
+    cgroups: Option<usage::Cgroups>,
+}
+
+impl Sources {
+    fn load(vassals_dir: &std::path::Path, vassals: &[Result<VassalStats, String>]) -> Sources {
+        let tables = conns::Tables::load().map_err(|e| warn!("stats: cannot read the kernel's socket tables: {e}"));
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        let dir = vassals_dir.to_string_lossy().into_owned();
+        let leaders: HashSet<i32> = vassals
             .iter()
-            .map(|s| {
-                let load = tables.as_ref().ok().map(|t| t.measure(&s.spec.addr, s.inode));
-                json!({
-                    "addr": s.spec.addr.to_string(),
-                    "name": s.spec.name,
-                    "queue": load.and_then(|l| l.queue),
-                    "backlog": load.and_then(|l| l.backlog),
-                    "connections": load.map(|l| l.connections),
-                })
-            })
+            .filter_map(|v| v.as_ref().ok())
+            .filter(|v| v.kind == "process" && v.pid > 0)
+            .map(|v| v.pid)
             .collect();
+        Sources {
+            uid,
+            gid,
+            dir,
+            tables: tables.ok(),
+            groups: usage::Groups::load(&leaders),
+            cgroups: None,
+        }
+    }
+
+    /// One vassal's entry in `vassals`.
+    fn entry(&mut self, v: &VassalStats) -> Value {
         let t = &v.track;
         // A bridge's record from before the last spawn belongs to an earlier bridge with the same pid.
         let bridge = v
@@ -316,25 +344,18 @@ pub fn document(vassals_dir: &std::path::Path, vassals: &[Result<VassalStats, St
             .and_then(crate::docker::record::Info::read)
             .filter(|i| t.spawned_ms().is_some_and(|s| i.started_ms >= s));
         let usage = match &bridge {
-            Some(b) => cgroups.get_or_insert_with(usage::Cgroups::load).usage_of(b.init_pid),
-            None if v.kind == "process" && v.pid > 0 => groups.usage_of(v.pid),
+            Some(b) => self
+                .cgroups
+                .get_or_insert_with(usage::Cgroups::load)
+                .usage_of(b.init_pid),
+            None if v.kind == "process" && v.pid > 0 => self.groups.usage_of(v.pid),
             None => None,
         };
         let last_start = t.last_start(bridge.as_ref().and_then(|b| b.handover_ms));
         let throttle = v
             .throttle
             .map(|(_, next)| json!({ "attempts": v.attempts, "next_start": next }));
-        if let Some((level, next)) = v.throttle {
-            blacklist.push(json!({
-                "id": v.id,
-                "throttle_level": level.as_millis() as u64,
-                "attempt": v.attempts,
-                "first_attempt": t.first_run,
-                "last_attempt": t.state_since,
-                "next_attempt": next,
-            }));
-        }
-        list.push(json!({
+        json!({
             "id": v.id,
             "pid": v.pid,
             "born": t.first_run,
@@ -351,16 +372,16 @@ pub fn document(vassals_dir: &std::path::Path, vassals: &[Result<VassalStats, St
             "cursed": 0,
             "zerg": 0,
             "on_demand": v.on_demand,
-            "uid": uid,
-            "gid": gid,
-            "monitor": dir,
+            "uid": self.uid,
+            "gid": self.gid,
+            "monitor": self.dir,
             "respawns": v.respawns,
             "state": v.state,
             "state_since": t.state_since,
             "kind": v.kind,
             "container": v.container,
             "container_id": bridge.as_ref().map(|b| b.id.clone()),
-            "sockets": sockets,
+            "sockets": self.sockets(v),
             "restarts": v.respawns,
             "last_exit": t.last_exit,
             "throttle": throttle,
@@ -369,20 +390,38 @@ pub fn document(vassals_dir: &std::path::Path, vassals: &[Result<VassalStats, St
             "cpu_usec": usage.and_then(|u| u.cpu_usec),
             "last_start_ms": last_start.map(|(ms, _)| ms),
             "last_start_until": last_start.map(|(_, until)| until),
-        }));
+        })
     }
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "uid": uid,
-        "gid": gid,
-        "cwd": std::env::current_dir().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default(),
-        "emperor": [dir],
-        "emperor_tyrant": 0,
-        "throttle_level": 0,
-        "vassals": list,
-        "blacklist": blacklist,
-    })
+
+    /// The vassal's listening sockets, each with its load.
+    fn sockets(&self, v: &VassalStats) -> Vec<Value> {
+        v.sockets
+            .iter()
+            .map(|s| {
+                let load = self.tables.as_ref().map(|t| t.measure(&s.spec.addr, s.inode));
+                json!({
+                    "addr": s.spec.addr.to_string(),
+                    "name": s.spec.name,
+                    "queue": load.and_then(|l| l.queue),
+                    "backlog": load.and_then(|l| l.backlog),
+                    "connections": load.map(|l| l.connections),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The vassal's entry in `blacklist`, while it is throttled.
+fn blacklist_entry(v: &VassalStats) -> Option<Value> {
+    let (level, next) = v.throttle?;
+    Some(json!({
+        "id": v.id,
+        "throttle_level": level.as_millis() as u64,
+        "attempt": v.attempts,
+        "first_attempt": v.track.first_run,
+        "last_attempt": v.track.state_since,
+        "next_attempt": next,
+    }))
 }
 
 /// The listening stats socket.
@@ -399,32 +438,28 @@ impl Listener {
     /// `host:port` (contains `:`, as uWSGI decides) is TCP; `@name` an abstract unix socket; anything
     /// else a unix path. A stale socket file at the path is replaced; `mode` (`--chmod-socket`) is
     /// applied to it, as uWSGI binds its stats socket with its `chmod-socket`.
-    pub fn bind(addr: &str, mode: Option<u32>) -> Result<Listener, String> {
-        let err = |e: std::io::Error| format!("--emperor-stats {addr}: {e}");
+    pub fn bind(addr: &str, mode: Option<u32>) -> std::io::Result<Listener> {
         if let Some(name) = addr.strip_prefix('@') {
             use std::os::linux::net::SocketAddrExt;
-            let sa = std::os::unix::net::SocketAddr::from_abstract_name(name).map_err(err)?;
-            let l = std::os::unix::net::UnixListener::bind_addr(&sa).map_err(err)?;
-            l.set_nonblocking(true).map_err(err)?;
-            return Ok(Listener::Unix(
-                tokio::net::UnixListener::from_std(l).map_err(err)?,
-                None,
-            ));
+            let sa = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            let l = std::os::unix::net::UnixListener::bind_addr(&sa)?;
+            l.set_nonblocking(true)?;
+            return Ok(Listener::Unix(tokio::net::UnixListener::from_std(l)?, None));
         }
         if addr.contains(':') && !addr.contains('/') {
             let sa: std::net::SocketAddr = addr
                 .parse()
-                .map_err(|_| format!("--emperor-stats {addr}: not a unix path or an IP:port"))?;
-            let l = std::net::TcpListener::bind(sa).map_err(err)?;
-            l.set_nonblocking(true).map_err(err)?;
-            return Ok(Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(err)?));
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a unix path or an IP:port"))?;
+            let l = std::net::TcpListener::bind(sa)?;
+            l.set_nonblocking(true)?;
+            return Ok(Listener::Tcp(tokio::net::TcpListener::from_std(l)?));
         }
-        let path = std::path::absolute(addr).map_err(err)?;
+        let path = std::path::absolute(addr)?;
         super::sockets::replace_socket_file(&path);
-        let l = tokio::net::UnixListener::bind(&path).map_err(err)?;
+        let l = tokio::net::UnixListener::bind(&path)?;
         if let Some(mode) = mode {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
         }
         Ok(Listener::Unix(l, Some(path)))
     }
