@@ -24,6 +24,7 @@ mod launch;
 mod messages;
 mod precreate;
 mod ready;
+mod report;
 mod retire;
 mod watch;
 
@@ -46,7 +47,7 @@ use super::output;
 use super::prepare;
 use super::sockets::{self, BoundSocket, SocketOptions};
 use super::spawn::Exit;
-use super::stats::{self, Track, VassalStats};
+use super::stats::Track;
 use super::wait::sleep_until;
 use crate::cli::EmperorOptions;
 use crate::config::VassalConfig;
@@ -596,122 +597,11 @@ impl Actor {
         }
     }
 
-    /// `emperor restart|stop|start`: the reply, and the event that carries it out.
-    fn control(&mut self, op: super::control::Op) -> (Result<String, String>, Vec<Event>) {
-        use super::control::Op;
-        let name = &self.name;
-        let state = self.fsm.state().name();
-        match op {
-            _ if self.config.is_none() => (Err(format!("{name} has no valid config ({state})")), vec![]),
-            Op::Restart => {
-                info!("[{name}] restart requested on the control socket");
-                (Ok(format!("restarting {name}")), vec![Event::Restart])
-            }
-            Op::Stop if *self.fsm.state() == State::Held => (Ok(format!("{name} is already stopped")), vec![]),
-            Op::Stop => {
-                info!("[{name}] stop requested on the control socket");
-                (
-                    Ok(format!(
-                        "stopping {name}; it stays stopped until `emperor start` or its file changes"
-                    )),
-                    vec![Event::Hold],
-                )
-            }
-            Op::Start if *self.fsm.state() == State::Held => {
-                info!("[{name}] start requested on the control socket");
-                (Ok(format!("starting {name}")), vec![Event::Release])
-            }
-            Op::Start
-                if matches!(
-                    self.fsm.state(),
-                    State::Stopping {
-                        then: super::fsm::AfterStop::Hold,
-                        ..
-                    }
-                ) =>
-            {
-                info!("[{name}] start requested on the control socket");
-                (Ok(format!("starting {name} once it has stopped")), vec![Event::Release])
-            }
-            Op::Start => (Ok(format!("{name} is not stopped ({state})")), vec![]),
-        }
-    }
-
     /// Records what changed for the stats and reports a new state to the main loop.
     fn observe(&mut self) {
         if let Some(state) = self.track.observe(&self.fsm) {
             let _ = self.reports.send((self.name.clone(), state));
         }
-    }
-
-    fn snapshot(&self) -> VassalStats {
-        let inst = self.fsm.state().instance();
-        let cfg = self.config.as_deref();
-        let last_mod = cfg
-            .and_then(|c| std::fs::metadata(&c.path).ok())
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
-        let on_demand = match cfg {
-            Some(c) if c.on_demand => c.sockets.first().map(|s| s.addr.to_string()).unwrap_or_default(),
-            _ => String::new(),
-        };
-        VassalStats {
-            id: self.name.clone(),
-            pid: inst.map_or(-1, |i| i.pid),
-            loyal: inst.is_some_and(|i| i.loyal),
-            ready: inst.is_some_and(|i| i.ready),
-            accepting: inst.is_some_and(|i| i.accepting),
-            last_heartbeat: inst.and_then(|i| i.last_heartbeat).map_or(0, stats::instant_to_unix),
-            last_mod,
-            on_demand,
-            respawns: self.fsm.restarts(),
-            state: self.fsm.state().name(),
-            kind: if cfg.is_some_and(|c| c.docker.is_some()) {
-                "docker"
-            } else {
-                "process"
-            },
-            container: cfg.and_then(|c| c.docker.as_ref()).map(|d| d.container_name.clone()),
-            sockets: self
-                .sockets
-                .iter()
-                .map(|s| stats::SocketStat::of(&s.spec, s.fd()))
-                .collect(),
-            bridge_info: inst
-                .filter(|_| cfg.is_some_and(|c| c.docker.is_some()))
-                .map(|i| crate::docker::record::path(&self.opts.run_dir, &self.opts.instance, i.pid)),
-            attempts: self.fsm.attempts(),
-            throttle: stats::throttle_of(&self.fsm),
-            error: match self.fsm.state() {
-                State::Invalid { error } => Some(error.clone()),
-                _ => self.track.config_error.clone(),
-            },
-            track: self.track.clone(),
-        }
-    }
-
-    fn log_status(&self) {
-        let inst = self.fsm.state().instance();
-        let pid = inst.map_or("-".to_string(), |i| i.pid.to_string());
-        let next = match self.fsm.state() {
-            State::Throttled { until } => {
-                format!(
-                    " next_start_in={:.1}s",
-                    until.saturating_duration_since(now()).as_secs_f64()
-                )
-            }
-            State::Invalid { error } => format!(" error={:?}", error.lines().next().unwrap_or("")),
-            _ => String::new(),
-        };
-        info!(
-            "[{}] status: state={} pid={pid} loyal={} restarts={} throttle_attempts={}{next}",
-            self.name,
-            self.fsm.state().name(),
-            u8::from(inst.is_some_and(|i| i.loyal)),
-            self.fsm.restarts(),
-            self.fsm.attempts(),
-        );
     }
 
     fn act(&mut self, act: Action) -> Option<Event> {
