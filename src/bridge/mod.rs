@@ -106,6 +106,8 @@ struct Bridge {
     proxy_dir: Option<PathBuf>,
     /// A copy of the binary mounted as the shim when the original was replaced on disk.
     shim_copy: Option<PathBuf>,
+    /// The `docker-cidfile` this bridge wrote, and the id in it; removed with the container.
+    cidfile: Option<(PathBuf, String)>,
     /// Where the container's id, init pid and hand-over time are written for the stats ([`record`]).
     info_path: PathBuf,
     /// The task copying the container's output to stdout.
@@ -120,6 +122,7 @@ impl Bridge {
             container: None,
             proxy_dir: None,
             shim_copy: None,
+            cidfile: None,
             info_path,
             output: None,
         }
@@ -196,6 +199,7 @@ impl Bridge {
         if let Some(parent) = self.info_path.parent() {
             let _ = std::fs::remove_dir(parent);
         }
+        self.remove_cidfile();
         if let Some(copy) = self.shim_copy.take() {
             let _ = std::fs::remove_file(copy);
         }
@@ -329,15 +333,25 @@ impl Bridge {
         Ok(listener)
     }
 
-    fn write_cidfile(&self, d: &DockerConfig, id: &str) {
-        if let Some(cid) = &d.cidfile
-            && let Err(e) = std::fs::write(cid, format!("{id}\n"))
-        {
-            warn!(
+    fn write_cidfile(&mut self, d: &DockerConfig, id: &str) {
+        let Some(cid) = &d.cidfile else { return };
+        match std::fs::write(cid, format!("{id}\n")) {
+            Ok(()) => self.cidfile = Some((cid.clone(), id.to_owned())),
+            Err(e) => warn!(
                 "[{}] bridge: cannot write docker-cidfile {}: {e}",
                 self.args.name,
                 cid.display()
-            );
+            ),
+        }
+    }
+
+    /// The cidfile goes with its container (as `docker run --cidfile --rm` leaves nothing behind), unless it
+    /// names another container by now: the new container of an overlapping reload has written its own id.
+    fn remove_cidfile(&mut self) {
+        if let Some((path, id)) = self.cidfile.take()
+            && std::fs::read_to_string(&path).is_ok_and(|text| text.trim() == id)
+        {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }

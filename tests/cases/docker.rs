@@ -354,3 +354,31 @@ fn a_restarted_emperor_reaps_the_container_of_a_vassal_deleted_while_it_was_down
         format!("the restarted emperor cleared the run directory: {:?}", leftovers()),
     );
 }
+
+/// `docker-cidfile` holds the running container's id and goes with the container.
+#[test]
+fn the_cidfile_names_the_container_and_goes_with_it() {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("docker_cidfile");
+    let name = unique_name("cid");
+    let cid = h.root.join("app.cid");
+    h.write_vassal(
+        &format!("{name}.ini"),
+        &vassal(&h, &name, &format!("docker-cidfile = {}\n", cid.display())),
+    );
+    start(&mut h, &sweep, &[]);
+    h.wait_starts(&name, 1, LONG);
+    let file = format!("{name}.ini");
+    let id = inspect(&file, "{{.Id}}").unwrap_or_default();
+    h.wait_for(
+        || fs::read_to_string(&cid).is_ok_and(|t| t.trim() == id && !id.is_empty()),
+        LONG,
+        "the cidfile with the container's id",
+    );
+    h.remove_vassal(&file);
+    h.check(
+        wait_no_container(&file, LONG),
+        "the container is removed with its vassal",
+    );
+    h.wait_for(|| !cid.exists(), LONG, "the cidfile removed with its container");
+}
