@@ -206,7 +206,8 @@ impl Bridge {
         }
     }
 
-    /// Removes a container left with the vassal's name by an earlier emperor; refuses a foreign one.
+    /// Removes a container left with the vassal's name by an earlier emperor; refuses a foreign one, and one
+    /// of another emperor that is still running.
     async fn remove_stale(
         &self,
         docker: &Docker,
@@ -216,6 +217,15 @@ impl Bridge {
         let labels: HashMap<String, String> = existing.config.and_then(|c| c.labels).unwrap_or_default();
         if !labels.contains_key(docker::LABEL_VASSAL) {
             return Err(Fail::Foreign(container_name.to_string()));
+        }
+        // Another emperor's, and that emperor runs: not ours to replace (it would replace ours in turn).
+        if let Some(other) = labels.get(docker::LABEL_INSTANCE).filter(|i| **i != self.args.instance)
+            && let Some(owner) = docker::owner::alive(&self.args.run_dir, other)
+        {
+            return Err(Fail::Owned {
+                name: container_name.to_string(),
+                owner,
+            });
         }
         let id = existing.id.unwrap_or_else(|| container_name.to_string());
         info!("[{}] bridge: removing stale container {}", self.args.name, short(&id));

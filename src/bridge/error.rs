@@ -51,6 +51,15 @@ pub enum Fail {
          it, or rename the vassal file"
     )]
     Foreign(String),
+    #[error(
+        "a container named {name:?} belongs to another emperor that is running (pid {}, vassals directory {}); it \
+         is left alone and the vassal is retried — give one of the two vassals another name",
+        .owner.pid, .owner.vassals_dir
+    )]
+    Owned {
+        name: String,
+        owner: crate::docker::owner::Owner,
+    },
     #[error("cannot create the proxy directory {}: {source}", .dir.display())]
     ProxyDir { dir: PathBuf, source: io::Error },
     #[error("cannot bind the proxy socket {}: {source}", .path.display())]
@@ -116,6 +125,7 @@ impl Fail {
             | Fail::NoBinary(_)
             | Fail::ShimCopy(_)
             | Fail::Foreign(_)
+            | Fail::Owned { .. }
             | Fail::ProxyDir { .. }
             | Fail::ProxyBind { .. }
             | Fail::Create { .. }

@@ -9,11 +9,13 @@
 //!
 //! - [`labels`]: what marks a container as an emperor's, and whose;
 //! - [`plan`]: the container a vassal gets, and its fingerprint;
+//! - [`owner`]: whether the emperor that labelled a container is still running;
 //! - [`record`]: what a bridge leaves on disk for the emperor (its container, its reason for giving up);
 //! - [`daemon`]: the one client constructor and the reading of the daemon's refusals.
 
 pub mod daemon;
 pub mod labels;
+pub mod owner;
 pub mod plan;
 pub mod record;
 

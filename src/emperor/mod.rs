@@ -279,6 +279,8 @@ struct StatusLine {
 
 struct Emperor {
     opts: Arc<EmperorOptions>,
+    /// This emperor's claim on its instance, which tells other emperors on the daemon that it runs.
+    owner: Option<crate::docker::owner::Held>,
     snapshot: Snapshot,
     vassals: HashMap<String, VassalHandle>,
     /// Every actor task; a finished (or, by a bug, panicked) actor is noticed here.
@@ -310,6 +312,7 @@ impl Emperor {
     fn new(opts: EmperorOptions) -> Self {
         Emperor {
             opts: Arc::new(opts),
+            owner: None,
             snapshot: Snapshot::new(),
             vassals: HashMap::new(),
             actors: JoinSet::new(),
@@ -414,6 +417,16 @@ impl Emperor {
                 None
             }
         };
+        // Before any bridge of ours exists: other emperors on this daemon see from now on that we run.
+        match crate::docker::owner::hold(&self.opts.run_dir, &self.opts.instance, &self.opts.vassals_dir) {
+            Ok(held) => self.owner = Some(held),
+            Err(e) => warn!(
+                "cannot take {} ({e}): another emperor on {} may be running, or the run directory is not \
+                 writable; other emperors on this Docker daemon will not see this one as alive",
+                crate::docker::owner::lock_path(&self.opts.run_dir, &self.opts.instance).display(),
+                self.opts.vassals_dir.display()
+            ),
+        }
         reap::run_dir_leftovers(&self.opts);
         self.rescan();
         info!(

@@ -382,3 +382,48 @@ fn the_cidfile_names_the_container_and_goes_with_it() {
     );
     h.wait_for(|| !cid.exists(), LONG, "the cidfile removed with its container");
 }
+
+/// Two emperors on one daemon with a same-named vassal: the second never replaces the first's container
+/// while the first runs (it says whose it is, once), and takes the name once the first has stopped.
+#[test]
+fn a_running_emperors_container_is_never_taken_by_another_emperor() {
+    let sweep = DockerSweep::new();
+    let name = unique_name("shared");
+    let file = format!("{name}.ini");
+    let mut first = Harness::new("docker_owner_a");
+    first.write_vassal(&file, &vassal(&first, &name, ""));
+    start(&mut first, &sweep, &[]);
+    first.wait_starts(&name, 1, LONG);
+    let id = inspect(&file, "{{.Id}}").unwrap_or_default();
+
+    let mut second = Harness::new("docker_owner_b");
+    second.write_vassal(&file, &vassal(&second, &name, ""));
+    start(&mut second, &sweep, &["--emperor-throttle", "300"]);
+    second.wait_for(
+        || attempts(&second, &file) >= 3,
+        LONG,
+        "three attempts of the second emperor",
+    );
+    let said = lines_with(&second, &file, "belongs to another emperor that is running");
+    second.check(
+        said == 1,
+        format!("the refusal is logged once ({said} lines):\n{}", second.stderr()),
+    );
+    second.check(
+        second.stderr().contains(&first.vassals().display().to_string()),
+        "the refusal names the other emperor's vassals directory",
+    );
+    first.check(
+        inspect(&file, "{{.Id}}").as_deref() == Some(id.as_str()),
+        "the first emperor's container is untouched",
+    );
+    first.check(first.starts(&name).len() == 1, "and its app was never restarted");
+
+    first.signal(libc::SIGTERM);
+    first.wait_exit(LONG);
+    second.wait_starts(&name, 1, LONG);
+    second.check(
+        container_exists(&file),
+        "the second emperor runs the vassal once the first is gone",
+    );
+}
