@@ -682,18 +682,18 @@ impl Emperor {
     /// An entry named like a vassal that cannot be one. A new one is shown as a vassal in error (one line in
     /// the log, a row in `emperor status`); a running vassal whose path stopped leading to a file (now a dangling
     /// symlink, a directory) is stopped as if the file were deleted, as uWSGI's emperor does when stat fails.
-    fn unusable(&mut self, name: String, bad: &scan::Unusable) {
-        if bad.gone && self.good.contains_key(&name) {
+    fn unusable(&mut self, name: String, why: &str) {
+        if self.good.contains_key(&name) {
             let path = self.opts.vassals_dir.join(&name);
             warn!(
                 "[{name}] {}: {}; stopping the vassal as if its file were deleted",
                 config::printable(&path.display().to_string()),
-                bad.why
+                why
             );
             self.remove(&name);
             return;
         }
-        let e = config::ConfigError::file(&self.opts.vassals_dir.join(&name), bad.why.clone());
+        let e = config::ConfigError::file(&self.opts.vassals_dir.join(&name), why);
         self.docker_vassals.remove(&name);
         self.send(name, Command::Update(Err(Arc::new(e))));
     }

@@ -52,18 +52,10 @@ impl Stamp {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub stamp: Stamp,
-    /// Why this entry cannot be a vassal; `None` for a regular file (whose content may still be bad).
-    pub unusable: Option<Unusable>,
-}
-
-/// An entry that looks like a vassal but cannot be one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unusable {
-    /// The path does not lead to a file at all (a dangling or looping symlink, a directory, a FIFO): a
-    /// running vassal whose file became this is stopped, as if the file were deleted.
-    pub gone: bool,
-    /// The reason, one line for the log and `emperor status` (without the path), control characters escaped.
-    pub why: String,
+    /// Why this entry cannot be a vassal (one line for the log and `emperor status`, without the path, control
+    /// characters escaped); `None` for a regular file, whose content may still be bad. Such a path does not lead
+    /// to a file at all, so a running vassal whose file became one is stopped as if the file were deleted.
+    pub unusable: Option<String>,
 }
 
 pub type Snapshot = BTreeMap<String, Entry>;
@@ -87,9 +79,6 @@ pub fn scan(dir: &Path) -> io::Result<Snapshot> {
         }
         let path = entry.path();
         // The entry may vanish between readdir and stat; then it is simply not there.
-        let Ok(lmeta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
         let (name, bad_name) = match raw.to_str() {
             Some(n) if !n.chars().any(char::is_control) => (n.to_owned(), None),
             Some(n) => (
@@ -101,26 +90,36 @@ pub fn scan(dir: &Path) -> io::Result<Snapshot> {
                 Some("its name is not valid UTF-8; rename it"),
             ),
         };
-        let unusable = |gone: bool, why: String| Some(Unusable { gone, why });
         let (stamp, unusable) = match std::fs::metadata(&path) {
-            Ok(meta) if bad_name.is_some() => (Stamp::of(&meta), unusable(true, bad_name.unwrap_or_default().into())),
-            Ok(meta) if meta.is_file() => (Stamp::of(&meta), None),
-            Ok(meta) => (Stamp::of(&meta), unusable(true, not_a_file(&meta.file_type()))),
-            Err(e) if lmeta.file_type().is_symlink() => {
-                let target = std::fs::read_link(&path)
-                    .map(|t| crate::config::printable(&t.display().to_string()).into_owned())
-                    .unwrap_or_else(|_| "?".into());
-                let why = match e.raw_os_error() {
-                    Some(libc::ELOOP) => format!("a symlink loop (-> {target}); not a vassal file"),
-                    Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
-                        format!("a dangling symlink (-> {target}); not a vassal file")
-                    }
-                    _ => format!("cannot follow the symlink (-> {target}): {e}"),
+            Ok(meta) => {
+                let why = match bad_name {
+                    Some(why) => Some(why.to_owned()),
+                    None if meta.is_file() => None,
+                    None => Some(not_a_file(&meta.file_type())),
                 };
-                (Stamp::of(&lmeta), unusable(true, why))
+                (Stamp::of(&meta), why)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => (Stamp::of(&lmeta), unusable(true, format!("cannot stat: {e}"))),
+            Err(e) => {
+                // The entry itself: a symlink that does not resolve, or gone since readdir (then it is not there).
+                let Ok(lmeta) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                let why = if lmeta.file_type().is_symlink() {
+                    let target = std::fs::read_link(&path)
+                        .map(|t| crate::config::printable(&t.display().to_string()).into_owned())
+                        .unwrap_or_else(|_| "?".into());
+                    match e.raw_os_error() {
+                        Some(libc::ELOOP) => format!("a symlink loop (-> {target}); not a vassal file"),
+                        Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
+                            format!("a dangling symlink (-> {target}); not a vassal file")
+                        }
+                        _ => format!("cannot follow the symlink (-> {target}): {e}"),
+                    }
+                } else {
+                    format!("cannot stat: {e}")
+                };
+                (Stamp::of(&lmeta), Some(why))
+            }
         };
         snap.insert(name, Entry { stamp, unusable });
     }
@@ -264,7 +263,7 @@ mod tests {
         std::fs::write(dir.join(OsStr::from_bytes(b"latin\xe9.ini")), "").unwrap();
         let snap = scan(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        let why = |n: &str| snap[n].unusable.as_ref().map(|u| u.why.clone()).unwrap_or_default();
+        let why = |n: &str| snap[n].unusable.clone().unwrap_or_default();
         assert_eq!(
             snap.keys().collect::<Vec<_>>(),
             vec![

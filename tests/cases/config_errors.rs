@@ -174,12 +174,7 @@ fn odd_entries_are_reported_once_and_shown_by_status() {
             format!("{file}: one ERROR line with {what:?}: {lines:?}"),
         );
     }
-    let spawned: Vec<String> = h
-        .stderr()
-        .lines()
-        .filter(|l| l.contains("spawned"))
-        .map(String::from)
-        .collect();
+    let spawned = h.spawned();
     h.check(
         spawned.len() == 1 && spawned[0].contains("[good.ini]"),
         format!("only the good vassal was spawned: {spawned:?}"),

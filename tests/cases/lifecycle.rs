@@ -163,12 +163,7 @@ fn ignored_file_names() {
     for f in ignored {
         h.check(h.starts(f).is_empty(), format!("{f} must be ignored"));
     }
-    let spawned: Vec<String> = h
-        .stderr()
-        .lines()
-        .filter(|l| l.contains("spawned pid"))
-        .map(String::from)
-        .collect();
+    let spawned = h.spawned();
     h.check(
         spawned.len() == 1 && spawned[0].contains("[ok.ini]"),
         format!("only ok.ini may be spawned: {spawned:?}"),

@@ -367,6 +367,15 @@ impl Harness {
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
+
+    /// The emperor's `spawned pid` log lines: one per process vassal it started.
+    pub fn spawned(&self) -> Vec<String> {
+        self.stderr()
+            .lines()
+            .filter(|l| l.contains("spawned pid"))
+            .map(String::from)
+            .collect()
+    }
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
     }

@@ -30,6 +30,19 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
+/// An overlapping reload just begun: instance 1 (speaking or not) runs, its replacement is about to spawn.
+fn overlapping(speaks: bool) -> (Fsm, Instant) {
+    let t0 = Instant::now();
+    let mut f = Fsm::new(Params {
+        overlap: true,
+        ..params()
+    });
+    f.on_event(Event::Start, t0);
+    f.on_event(Event::Spawned { pid: 1, speaks }, t0);
+    f.on_event(Event::Reload { restart: true }, t0);
+    (f, t0)
+}
+
 #[test]
 fn silent_vassal_runs_at_once_uwsgi_waits_for_ready() {
     let (f, _) = running(false);
@@ -257,14 +270,7 @@ fn overlapping_reload_retires_the_old_instance_once_the_new_one_is_ready() {
 
 #[test]
 fn overlapping_reload_keeps_the_old_instance_when_the_new_one_dies() {
-    let t0 = Instant::now();
-    let mut f = Fsm::new(Params {
-        overlap: true,
-        ..params()
-    });
-    f.on_event(Event::Start, t0);
-    f.on_event(Event::Spawned { pid: 1, speaks: true }, t0);
-    f.on_event(Event::Reload { restart: true }, t0);
+    let (mut f, t0) = overlapping(true);
     f.on_event(Event::Spawned { pid: 2, speaks: true }, t0);
     let acts = f.on_event(Event::Exited(Exit::Code(1)), t0);
     assert!(acts.contains(&Action::RestorePrevious));
@@ -280,14 +286,7 @@ fn overlapping_reload_keeps_the_old_instance_when_the_new_one_dies() {
 
 #[test]
 fn an_old_instance_that_exited_during_the_overlap_is_not_restored() {
-    let t0 = Instant::now();
-    let mut f = Fsm::new(Params {
-        overlap: true,
-        ..params()
-    });
-    f.on_event(Event::Start, t0);
-    f.on_event(Event::Spawned { pid: 1, speaks: true }, t0);
-    f.on_event(Event::Reload { restart: true }, t0);
+    let (mut f, t0) = overlapping(true);
     f.on_event(Event::Spawned { pid: 2, speaks: true }, t0);
     f.on_event(Event::PreviousExited, t0);
     assert_eq!(f.previous, None);
@@ -550,14 +549,7 @@ fn requests_while_stopping_change_what_follows() {
 
 #[test]
 fn a_reload_during_an_overlap_retires_the_older_instance() {
-    let t0 = Instant::now();
-    let mut f = Fsm::new(Params {
-        overlap: true,
-        ..params()
-    });
-    f.on_event(Event::Start, t0);
-    f.on_event(Event::Spawned { pid: 1, speaks: false }, t0);
-    f.on_event(Event::Reload { restart: true }, t0);
+    let (mut f, t0) = overlapping(false);
     f.on_event(Event::Spawned { pid: 2, speaks: false }, t0);
     let acts = f.on_event(Event::Reload { restart: true }, t0);
     let retire = acts.iter().position(|a| *a == Action::RetirePrevious);
@@ -569,14 +561,7 @@ fn a_reload_during_an_overlap_retires_the_older_instance() {
 
 #[test]
 fn an_overlap_whose_new_instance_cannot_start_keeps_the_old_one_until_a_later_start_is_ready() {
-    let t0 = Instant::now();
-    let mut f = Fsm::new(Params {
-        overlap: true,
-        ..params()
-    });
-    f.on_event(Event::Start, t0);
-    f.on_event(Event::Spawned { pid: 1, speaks: false }, t0);
-    f.on_event(Event::Reload { restart: true }, t0);
+    let (mut f, t0) = overlapping(false);
     let acts = f.on_event(Event::SpawnFailed, t0);
     assert!(!acts.contains(&Action::RestorePrevious), "{acts:?}");
     assert_eq!(f.state, State::Throttled { until: t0 + secs(1) });
