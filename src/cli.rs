@@ -118,6 +118,9 @@ pub struct BridgeArgs {
     /// `<name>.next` and takes the name on SIGUSR1 (sent once the old one is gone).
     #[arg(long)]
     pub overlap: bool,
+    /// `--docker-name-prefix` of the emperor.
+    #[arg(long, default_value = "", value_parser = parse_name_prefix)]
+    pub name_prefix: String,
 }
 
 impl BridgeArgs {
@@ -149,6 +152,10 @@ impl BridgeArgs {
         if self.overlap {
             argv.push("--overlap".into());
         }
+        if !self.name_prefix.is_empty() {
+            argv.push("--name-prefix".into());
+            argv.push(self.name_prefix.clone());
+        }
         if self.docker_debug {
             argv.push("--docker-debug".into());
         }
@@ -158,6 +165,20 @@ impl BridgeArgs {
         }
         argv
     }
+}
+
+/// A container-name prefix: empty, or what Docker accepts at the start of a name
+/// (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), so that the prefix and any valid vassal name make a valid name.
+fn parse_name_prefix(s: &str) -> Result<String, String> {
+    let mut bytes = s.bytes();
+    let valid = bytes.next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !valid || s.len() > 64 {
+        return Err(format!(
+            "{s:?} cannot start a container name: use at most 64 of A-Z a-z 0-9 _ . -, starting with a letter or digit"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -189,6 +210,9 @@ pub struct ShellArgs {
     /// The Docker daemon's socket (default: `DOCKER_HOST`, else /var/run/docker.sock).
     #[arg(long, value_name = "PATH")]
     pub docker_daemon_socket: Option<PathBuf>,
+    /// The emperor's `--docker-name-prefix`, if it has one.
+    #[arg(long, value_name = "PREFIX", value_parser = parse_name_prefix, default_value = "")]
+    pub docker_name_prefix: String,
     /// The vassal: its file name (`app.ini`), or that name without `.ini`.
     pub vassal: String,
     /// The command and its arguments (default: /bin/sh).
@@ -293,6 +317,11 @@ pub struct EmperorArgs {
     #[arg(long, value_name = "S", default_value_t = 30)]
     pub docker_connect_timeout: u64,
 
+    /// Put this before every container name (`<prefix><vassal name>`), so that several emperors can
+    /// share one Docker daemon with vassals of the same name.
+    #[arg(long, value_name = "PREFIX", value_parser = parse_name_prefix, default_value = "")]
+    pub docker_name_prefix: String,
+
     /// Directory for the bridges' private proxy-socket directories.
     #[arg(long, value_name = "DIR", default_value = "/run/emperor")]
     pub emperor_run_dir: PathBuf,
@@ -348,6 +377,8 @@ pub struct EmperorOptions {
     pub docker_debug: bool,
     pub docker_labels: Vec<(String, String)>,
     pub docker_connect_timeout: u64,
+    /// `--docker-name-prefix`: already checked to make valid Docker names.
+    pub docker_name_prefix: String,
     pub run_dir: PathBuf,
     /// `--nginx-map`: the include file `emperor/routes.rs` keeps; absolute once the emperor runs.
     pub nginx_map: Option<PathBuf>,
@@ -389,6 +420,7 @@ impl EmperorArgs {
             docker_debug: self.docker_debug,
             docker_labels: self.docker_labels,
             docker_connect_timeout: self.docker_connect_timeout.max(1),
+            docker_name_prefix: self.docker_name_prefix,
             run_dir: self.emperor_run_dir,
             nginx_map: self.nginx_map,
             nginx_reload,
@@ -478,12 +510,14 @@ mod tests {
             handshake_timeout: 7,
             stop_timeout: 31,
             overlap: true,
+            name_prefix: "t1-".into(),
         };
         assert_eq!(bridge_args(full.to_argv()), full);
         let bare = BridgeArgs {
             labels: Vec::new(),
             docker_debug: false,
             overlap: false,
+            name_prefix: String::new(),
             ..full.clone()
         };
         assert_eq!(bridge_args(bare.to_argv()), bare);
@@ -509,6 +543,8 @@ mod tests {
                 "--handshake-timeout",
                 "7",
                 "--overlap",
+                "--name-prefix",
+                "t1-",
                 "--docker-debug",
                 "--label",
                 "team=web",
@@ -516,6 +552,21 @@ mod tests {
                 "note=a=b c",
             ]
         );
+    }
+
+    #[test]
+    fn a_name_prefix_keeps_container_names_valid() {
+        assert_eq!(
+            options(&["/v", "--docker-name-prefix", "t1-"])
+                .unwrap()
+                .docker_name_prefix,
+            "t1-"
+        );
+        assert_eq!(options(&["/v"]).unwrap().docker_name_prefix, "");
+        for bad in ["-t1", "t/1", "t 1", ".x", &"x".repeat(65)] {
+            let e = options(&["/v", &format!("--docker-name-prefix={bad}")]).unwrap_err();
+            assert!(e.contains("cannot start a container name"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -240,7 +240,8 @@ impl Bridge {
     /// changed on disk since).
     fn target(&self) -> Result<Target, Fail> {
         let text = std::env::var(ENV_VASSAL_TEXT).map_err(|_| Fail::NoVassalText)?;
-        let cfg = config::parse(&self.args.name, &self.args.file, &text, &self.args.vassals_dir)?;
+        let cfg = config::parse(&self.args.name, &self.args.file, &text, &self.args.vassals_dir)?
+            .with_name_prefix(&self.args.name_prefix);
         let d = cfg.docker.clone().ok_or(Fail::NotDocker)?;
         let create_name = if self.args.overlap {
             format!("{}.next-{}", d.container_name, std::process::id())

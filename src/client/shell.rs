@@ -164,12 +164,12 @@ fn missing_in_container(program: &str) -> bool {
 }
 
 /// The container names to try for `arg`: the vassal name itself, and `<arg>.ini` first when `.ini` is
-/// left out.
-fn candidates(arg: &str) -> Vec<String> {
+/// left out; each after the emperor's `--docker-name-prefix`.
+fn candidates(prefix: &str, arg: &str) -> Vec<String> {
     if arg.ends_with(".ini") {
-        vec![arg.to_owned()]
+        vec![format!("{prefix}{arg}")]
     } else {
-        vec![format!("{arg}.ini"), arg.to_owned()]
+        vec![format!("{prefix}{arg}.ini"), format!("{prefix}{arg}")]
     }
 }
 
@@ -194,8 +194,9 @@ struct Target {
 }
 
 /// Finds the vassal's running container, or Err((exit code, message)).
-async fn find_container(docker: &Docker, vassal: &str, where_: &str) -> Result<Target, (u8, String)> {
-    let names = candidates(vassal);
+async fn find_container(docker: &Docker, args: &ShellArgs, where_: &str) -> Result<Target, (u8, String)> {
+    let vassal = args.vassal.as_str();
+    let names = candidates(&args.docker_name_prefix, vassal);
     for name in &names {
         match docker.inspect_container(name, None::<InspectContainerOptions>).await {
             Ok(c) => {
@@ -396,7 +397,7 @@ impl Signals {
 impl Session {
     async fn open(args: &ShellArgs) -> Result<Session, (u8, String)> {
         let (docker, where_) = connect(args).await.map_err(|e| (DOCKER_FAILED, e))?;
-        let target = find_container(&docker, &args.vassal, &where_).await?;
+        let target = find_container(&docker, args, &where_).await?;
         let cmd = if args.command.is_empty() {
             vec!["/bin/sh".to_owned()]
         } else {
@@ -805,8 +806,9 @@ mod tests {
 
     #[test]
     fn names_tried() {
-        assert_eq!(candidates("app.ini"), ["app.ini"]);
-        assert_eq!(candidates("app"), ["app.ini", "app"]);
+        assert_eq!(candidates("", "app.ini"), ["app.ini"]);
+        assert_eq!(candidates("", "app"), ["app.ini", "app"]);
+        assert_eq!(candidates("t1-", "app"), ["t1-app.ini", "t1-app"]);
     }
 
     #[test]

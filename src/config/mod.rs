@@ -140,6 +140,15 @@ impl VassalConfig {
     pub fn has_uwsgi_section(&self) -> bool {
         self.uwsgi_section
     }
+
+    /// The same vassal with its container named `<prefix><name>` (the emperor's `--docker-name-prefix`;
+    /// the prefix is checked to keep the name valid for Docker).
+    pub fn with_name_prefix(mut self, prefix: &str) -> VassalConfig {
+        if let Some(d) = self.docker.as_mut().filter(|_| !prefix.is_empty()) {
+            d.container_name = format!("{prefix}{}", d.container_name);
+        }
+        self
+    }
 }
 
 /// Everything wrong with one vassal file, collected in one pass.

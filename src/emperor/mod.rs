@@ -712,7 +712,7 @@ impl Emperor {
                 }],
             });
         }
-        Ok(cfg)
+        Ok(cfg.with_name_prefix(&self.opts.docker_name_prefix))
     }
 
     /// Sends to the vassal's actor, starting one if there is none (or only a finished one).

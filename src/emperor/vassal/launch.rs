@@ -220,6 +220,7 @@ fn bridge_argv(cfg: &VassalConfig, opts: &EmperorOptions, overlap: bool) -> Vec<
         handshake_timeout: opts.docker_connect_timeout,
         stop_timeout: docker_stop_secs(cfg, opts),
         overlap,
+        name_prefix: opts.docker_name_prefix.clone(),
     };
     std::iter::once(exe).chain(args.to_argv()).collect()
 }
