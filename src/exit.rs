@@ -24,10 +24,13 @@ pub enum Verdict {
     StartFailed = 253,
     /// The container never connected to the proxy socket in time.
     NoHandshake = 254,
+    /// The Docker daemon went away and its container with it (a restart without live-restore): nobody's
+    /// fault, restarted at once and never throttled.
+    ContainerLost = 255,
 }
 
 /// Every verdict and what it means, for the emperor's log.
-pub const VERDICTS: [(Verdict, &str); 5] = [
+pub const VERDICTS: [(Verdict, &str); 6] = [
     (
         Verdict::BadConfig,
         "the container cannot run with this vassal file; fix the file",
@@ -38,6 +41,10 @@ pub const VERDICTS: [(Verdict, &str); 5] = [
     (
         Verdict::NoHandshake,
         "the container never connected to its proxy socket",
+    ),
+    (
+        Verdict::ContainerLost,
+        "the Docker daemon went away and lost the container",
     ),
 ];
 
@@ -61,6 +68,7 @@ impl Verdict {
 /// The codes the emperor and the bridge name outside a [`Verdict`].
 pub const BAD_CONFIG: u8 = Verdict::BadConfig.code();
 pub const START_FAILED: u8 = Verdict::StartFailed.code();
+pub const CONTAINER_LOST: u8 = Verdict::ContainerLost.code();
 
 /// Maps an app's exit code to the bridge's.
 pub fn from_app(code: i64) -> u8 {
@@ -91,13 +99,12 @@ mod tests {
         // The emperor of one build reads the codes of a bridge of the same build only, but the values are
         // documented and logged: they do not move.
         let codes: Vec<u8> = VERDICTS.iter().map(|(v, _)| v.code()).collect();
-        assert_eq!(codes, [250, 251, 252, 253, 254]);
+        assert_eq!(codes, [250, 251, 252, 253, 254, 255]);
         for (v, d) in VERDICTS {
             assert!(v.code() > APP_CODE_MAX);
             assert_eq!(Verdict::from_code(i32::from(v.code())), Some(v));
             assert_eq!(describe(i32::from(v.code())), Some(d));
         }
-        assert_eq!(describe(255), None);
         assert_eq!(describe(-1), None);
     }
 }

@@ -37,10 +37,10 @@ pub fn daemon_socket() -> Option<PathBuf> {
 /// How long the daemon gets to answer the attach (bollard's own requests time out too).
 const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Attaches to the container's output (with what it printed before, `logs=1`) and returns the raw
+/// Attaches to the container's output (with what it printed before if `logs`) and returns the raw
 /// stream plus the bytes that came with the response head.
-pub async fn attach(socket: &std::path::Path, id: &str) -> io::Result<(UnixStream, Vec<u8>)> {
-    tokio::time::timeout(ANSWER_TIMEOUT, attach_now(socket, id))
+pub async fn attach(socket: &std::path::Path, id: &str, logs: bool) -> io::Result<(UnixStream, Vec<u8>)> {
+    tokio::time::timeout(ANSWER_TIMEOUT, attach_now(socket, id, logs))
         .await
         .unwrap_or_else(|_| {
             Err(io::Error::new(
@@ -50,9 +50,10 @@ pub async fn attach(socket: &std::path::Path, id: &str) -> io::Result<(UnixStrea
         })
 }
 
-async fn attach_now(socket: &std::path::Path, id: &str) -> io::Result<(UnixStream, Vec<u8>)> {
+async fn attach_now(socket: &std::path::Path, id: &str, logs: bool) -> io::Result<(UnixStream, Vec<u8>)> {
     let mut s = UnixStream::connect(socket).await?;
-    let target = format!("/containers/{id}/attach?stream=1&logs=1&stdout=1&stderr=1");
+    let logs = u8::from(logs);
+    let target = format!("/containers/{id}/attach?stream=1&logs={logs}&stdout=1&stderr=1");
     // Logged like bollard's own requests, so a debug log shows every step of a start (bench/ reads it).
     log::debug!("raw attach: POST {target}");
     let req = format!(
@@ -120,10 +121,10 @@ pub async fn forward(mut stream: impl AsyncRead + Unpin, first: Vec<u8>) {
 }
 
 /// bollard's attach, for a daemon reached over TCP.
-pub async fn attach_bollard(docker: &Docker, id: &str) -> Result<Output, DockerError> {
+pub async fn attach_bollard(docker: &Docker, id: &str, logs: bool) -> Result<Output, DockerError> {
     let opts = AttachContainerOptions {
         stream: true,
-        logs: true,
+        logs,
         stdout: true,
         stderr: true,
         ..Default::default()

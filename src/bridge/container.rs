@@ -80,19 +80,20 @@ impl Bridge {
         }
     }
 
-    /// Attaches before start: with logs=true nothing the container prints is lost. Raw, over the
-    /// daemon's unix socket (attach.rs says why); bollard's attach for a daemon over TCP.
-    pub(super) async fn attach(&mut self, docker: &Docker, id: &str) -> Result<(), Fail> {
+    /// Attaches before start: with `logs` nothing the container prints is lost. Raw, over the
+    /// daemon's unix socket (attach.rs says why); bollard's attach for a daemon over TCP. Without `logs`
+    /// (attaching again after the daemon came back) only what it prints from now on.
+    pub(super) async fn attach(&mut self, docker: &Docker, id: &str, logs: bool) -> Result<(), Fail> {
         let output = match attach::daemon_socket() {
             Some(sock) => {
-                let (stream, first) = attach::attach(&sock, id).await.map_err(|source| Fail::Attach {
+                let (stream, first) = attach::attach(&sock, id, logs).await.map_err(|source| Fail::Attach {
                     id: id.to_string(),
                     source,
                 })?;
                 tokio::spawn(attach::forward(stream, first))
             }
             None => {
-                let stream = attach::attach_bollard(docker, id)
+                let stream = attach::attach_bollard(docker, id, logs)
                     .await
                     .map_err(|e| Fail::docker("attach to the container", &e))?;
                 tokio::spawn(attach::forward_output(stream))

@@ -82,6 +82,10 @@ pub enum Fail {
         short(.id)
     )]
     NoHandshake { id: String, secs: u64 },
+
+    // The daemon went away after the start.
+    #[error("the Docker daemon went away and lost container {}: {how}; a new one is started", short(.id))]
+    ContainerLost { id: String, how: String },
 }
 
 impl Fail {
@@ -105,6 +109,11 @@ impl Fail {
         }
     }
 
+    /// The daemon did not answer: the step is retried once it does ([`super::outage`]).
+    pub fn daemon_gone(&self) -> bool {
+        self.verdict() == Verdict::DockerUnavailable
+    }
+
     /// The bridge's exit code.
     pub fn code(&self) -> u8 {
         match self {
@@ -119,6 +128,7 @@ impl Fail {
             Fail::Unreachable(_) | Fail::NoAnswer { .. } => Verdict::DockerUnavailable,
             Fail::ImageMissing(_) => Verdict::ImageMissing,
             Fail::NoHandshake { .. } => Verdict::NoHandshake,
+            Fail::ContainerLost { .. } => Verdict::ContainerLost,
             Fail::NoDefaultBridge { .. }
             | Fail::Refused { .. }
             | Fail::Fds(_)

@@ -1,7 +1,6 @@
 //! The bridge's side of the hand-over and what follows: the fds the emperor placed, the one connection on
 //! the proxy socket that receives them, then waiting for the container's exit or the emperor's stop.
 
-use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::time::Duration;
@@ -15,7 +14,9 @@ use log::{debug, info, warn};
 use tokio::net::UnixListener;
 
 use super::container::rename;
-use super::{Bridge, Fail, Signals, Target};
+use super::outage::After;
+use super::stop::{Request, Signals};
+use super::{Bridge, Fail, Target};
 use crate::cli::ENV_LIFELINE_FD;
 use crate::docker::{record, short};
 use crate::{exit, proxy_socket};
@@ -59,36 +60,53 @@ impl Fds {
         })
     }
 
-    /// The fds to send, in the proxy socket's order (control, config, sockets), and the lifeline.
-    pub fn into_parts(self) -> (Vec<OwnedFd>, Option<OwnedFd>) {
+    /// The lifeline's read end, for [`super::stop::Stop::watch_lifeline`].
+    pub fn take_lifeline(&mut self) -> Option<OwnedFd> {
+        self.lifeline.take()
+    }
+
+    /// The fds to send, in the proxy socket's order (control, config, sockets).
+    pub fn into_sent(self) -> Vec<OwnedFd> {
         let mut to_send = vec![self.control];
         to_send.extend(self.config);
         to_send.extend(self.sockets);
-        (to_send, self.lifeline)
+        to_send
     }
 }
 
-/// What the bridge waits on once the container runs: the container's exit, and EOF on the lifeline
-/// (the emperor is gone).
+/// The container's exit, as the daemon reports it; renewed after the daemon came back.
 pub(super) struct Watch<'a> {
-    exit: Pin<Box<dyn Stream<Item = Result<ContainerWaitResponse, DockerError>> + 'a>>,
-    lifeline_eof: Pin<Box<dyn Future<Output = ()>>>,
+    docker: &'a Docker,
+    id: &'a str,
+    pub exit: Pin<Box<dyn Stream<Item = Result<ContainerWaitResponse, DockerError>> + 'a>>,
 }
 
 impl<'a> Watch<'a> {
-    pub fn new(docker: &'a Docker, id: &'a str, lifeline: Option<OwnedFd>) -> Watch<'a> {
-        let lifeline = lifeline.and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
+    pub fn new(docker: &'a Docker, id: &'a str) -> Watch<'a> {
         Watch {
+            docker,
+            id,
             exit: Box::pin(docker.wait_container(id, None::<WaitContainerOptions>)),
-            lifeline_eof: Box::pin(async move {
-                match lifeline {
-                    Some(rx) => {
-                        let _ = rx.readable().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            }),
         }
+    }
+
+    /// A new wait, after the old one broke with the daemon.
+    pub fn renew(&mut self) {
+        self.exit = Box::pin(self.docker.wait_container(self.id, None::<WaitContainerOptions>));
+    }
+}
+
+/// How the container's wait ended: with its exit code, or without a verdict (the daemon went away).
+pub(super) enum Ended {
+    Exited(i64),
+    NoVerdict,
+}
+
+pub(super) fn ended(res: Option<Result<ContainerWaitResponse, DockerError>>) -> Ended {
+    match res {
+        Some(Ok(r)) => Ended::Exited(r.status_code),
+        Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ended::Exited(code),
+        Some(Err(_)) | None => Ended::NoVerdict,
     }
 }
 
@@ -99,14 +117,15 @@ impl Bridge {
     /// Our copies of the fds and the listener go when it returns: the vassal's control channel reports EOF
     /// to the emperor only when the vassal closes it, and the proxy socket is single-use.
     pub(super) async fn hand_over(
-        &self,
+        &mut self,
+        docker: &Docker,
         listener: UnixListener,
         to_send: Vec<OwnedFd>,
         record: &mut record::Info,
         watch: &mut Watch<'_>,
         sigs: &mut Signals,
     ) -> Result<bool, Fail> {
-        let name = &self.args.name;
+        let name = self.args.name.clone();
         let id = record.id.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(self.args.handshake_timeout);
         loop {
@@ -133,53 +152,79 @@ impl Bridge {
                     let _ = record.write(&self.info_path);
                     break;
                 }
-                res = watch.exit.next() => {
-                    return Err(Fail::EarlyExit { id, code: wait_code(res) });
-                }
+                res = watch.exit.next() => match ended(res) {
+                    Ended::Exited(code) => return Err(Fail::EarlyExit { id, code }),
+                    // The daemon went away before the container connected: it may still connect.
+                    Ended::NoVerdict => match self.after_outage(docker, &id, &mut sigs.stop).await? {
+                        After::Running { stop: None } => self.resume(docker, &id, watch).await?,
+                        After::Running { stop: Some(_) } => return Ok(true),
+                        After::Stopped(_) => return Ok(true),
+                    },
+                },
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(Fail::NoHandshake { id, secs: self.args.handshake_timeout });
                 }
-                _ = sigs.term.recv() => return Ok(true),
-                _ = sigs.int.recv() => return Ok(true),
-                _ = &mut watch.lifeline_eof => return Ok(true),
+                _ = sigs.stop.requested() => return Ok(true),
             }
         }
         Ok(false)
+    }
+
+    /// Carries on with a container that survived the daemon's absence: a new wait, and its output from now
+    /// on (what it printed meanwhile is in the daemon's log of it, `docker logs`).
+    pub(super) async fn resume(&mut self, docker: &Docker, id: &str, watch: &mut Watch<'_>) -> Result<(), Fail> {
+        watch.renew();
+        if self.output.as_ref().is_none_or(|o| o.is_finished()) {
+            self.attach(docker, id, false).await?;
+        }
+        info!(
+            "[{}] bridge: container {} survived the Docker daemon's absence; carrying on",
+            self.args.name,
+            short(id)
+        );
+        Ok(())
     }
 
     /// Waits for the container's exit, stopping it when asked to (or when the emperor is gone), and gives
     /// it the vassal's name once an overlapping reload's old container is gone (SIGUSR1). Returns the
     /// bridge's exit code.
     pub(super) async fn supervise(
-        &self,
+        &mut self,
         docker: &Docker,
         t: &Target,
         id: &str,
         mut watch: Watch<'_>,
         sigs: &mut Signals,
         mut stopping: bool,
-    ) -> u8 {
-        let name = &self.args.name;
-        let Signals { term, int, usr1 } = sigs;
+    ) -> Result<u8, Fail> {
+        let name = self.args.name.clone();
         let mut named = !self.args.overlap;
         loop {
             if stopping {
                 self.stop(docker, id, &t.cfg).await;
             }
             tokio::select! {
-                res = watch.exit.next() => {
-                    let code = wait_code(res);
-                    info!("[{name}] bridge: container {} exited with code {code}", short(id));
-                    return exit::from_app(code);
-                }
-                _ = term.recv(), if !stopping => stopping = true,
-                _ = int.recv(), if !stopping => stopping = true,
-                _ = usr1.recv(), if !named => {
-                    named = rename(docker, id, &t.d.container_name, name).await;
-                }
-                _ = &mut watch.lifeline_eof, if !stopping => {
-                    info!("[{name}] bridge: the emperor is gone; stopping the container");
+                res = watch.exit.next() => match ended(res) {
+                    Ended::Exited(code) => {
+                        info!("[{name}] bridge: container {} exited with code {code}", short(id));
+                        return Ok(exit::from_app(code));
+                    }
+                    Ended::NoVerdict => match self.after_outage(docker, id, &mut sigs.stop).await? {
+                        After::Running { stop } => {
+                            self.resume(docker, id, &mut watch).await?;
+                            stopping |= stop.is_some();
+                        }
+                        After::Stopped(code) => return Ok(exit::from_app(code)),
+                    },
+                },
+                r = sigs.stop.requested(), if !stopping => {
+                    if r == Request::EmperorGone {
+                        info!("[{name}] bridge: the emperor is gone; stopping the container");
+                    }
                     stopping = true;
+                }
+                _ = sigs.usr1.recv(), if !named => {
+                    named = rename(docker, id, &t.d.container_name, &name).await;
                 }
             }
         }
@@ -193,12 +238,4 @@ fn same_pid_ns(pid: i32, init_pid: i64) -> bool {
     }
     let ns = |p: i64| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
     matches!((ns(i64::from(pid)), ns(init_pid)), (Some(a), Some(b)) if a == b)
-}
-
-fn wait_code(res: Option<Result<ContainerWaitResponse, DockerError>>) -> i64 {
-    match res {
-        Some(Ok(r)) => r.status_code,
-        Some(Err(DockerError::DockerContainerWaitError { code, .. })) => code,
-        Some(Err(_)) | None => i64::from(exit::START_FAILED),
-    }
 }

@@ -30,6 +30,8 @@ mod attach;
 mod container;
 mod error;
 mod handover;
+mod outage;
+mod stop;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -40,7 +42,6 @@ use bollard::Docker;
 use bollard::models::ImageInspect;
 use log::{debug, error, info, warn};
 use tokio::net::UnixListener;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{BridgeArgs, ENV_VASSAL_TEXT};
 use crate::config::{self, DockerConfig, VassalConfig};
@@ -49,6 +50,10 @@ use crate::exit;
 
 use error::Fail;
 use handover::{Fds, Watch};
+use stop::Signals;
+
+/// How long a bridge that is done waits for a daemon that is away to remove its container.
+const CLEANUP_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The bridge's entry point.
 pub fn main(args: BridgeArgs) -> ExitCode {
@@ -68,24 +73,6 @@ pub fn main(args: BridgeArgs) -> ExitCode {
     let code = rt.block_on(Bridge::new(args).run());
     debug!("[{name}] bridge: exiting with {code}");
     ExitCode::from(code)
-}
-
-/// The signals a bridge acts on: TERM/INT stop the container, USR1 (after an overlapping reload)
-/// gives it the vassal's name.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    usr1: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Signals> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            usr1: signal(SignalKind::user_defined1())?,
-        })
-    }
 }
 
 /// The vassal as this bridge runs it.
@@ -152,44 +139,90 @@ impl Bridge {
         };
         // Left by an earlier bridge that had this pid and was killed: it is not about our container.
         let _ = std::fs::remove_file(&self.info_path);
-        // The daemon named by `DOCKER_HOST`, which the emperor sets from `--docker-daemon-socket`.
-        let docker = match daemon::connect(None, daemon::EMPEROR_TIMEOUT).await {
-            Ok(d) => d,
-            Err(e) => {
-                let f = Fail::from(e);
-                self.log_fail(&f);
-                return f.code();
-            }
-        };
-        let code = match self.run_with(&docker, &mut sigs).await {
-            Ok(code) => {
+        let code = match self.run_with(&mut sigs).await {
+            Ok((code, docker)) => {
                 // The last of the container's output may still be on its way once it exited (the
                 // daemon closes the stream right after): let it through.
                 if let Some(output) = self.output.take() {
                     let _ = tokio::time::timeout(Duration::from_secs(1), output).await;
                 }
+                if let Some(docker) = docker {
+                    self.cleanup(&docker).await;
+                }
                 code
             }
-            Err(f) => {
+            Err((f, docker)) => {
                 self.log_fail(&f);
+                if let Some(docker) = docker {
+                    self.cleanup(&docker).await;
+                }
                 f.code()
             }
         };
-        self.cleanup(&docker).await;
+        self.cleanup_files();
         code
     }
 
-    async fn cleanup(&mut self, docker: &Docker) {
-        if let Some(id) = self.container.take() {
-            match docker::remove(docker, &id).await {
-                Ok(()) => debug!("[{}] bridge: removed container {}", self.args.name, short(&id)),
-                Err(e) => warn!(
-                    "[{}] bridge: cannot remove container {}: {e}",
-                    self.args.name,
-                    short(&id)
-                ),
+    /// The daemon named by `DOCKER_HOST` (which the emperor sets from `--docker-daemon-socket`), once it
+    /// answers: a daemon that is away is waited for ([`outage`]). `None` if asked to stop meanwhile.
+    async fn connect(&self, sigs: &mut Signals) -> Result<Option<Docker>, Fail> {
+        // bollard refuses to make a client for a socket that does not exist (yet, or any more while the
+        // daemon restarts): wait for it as for a daemon that does not answer.
+        let docker = loop {
+            match daemon::client(None, daemon::EMPEROR_TIMEOUT) {
+                Ok(d) => break d,
+                Err(e) if daemon::is_missing_socket(&e) => {
+                    debug!("[{}] bridge: {e}; waiting for it", self.args.name);
+                    tokio::select! {
+                        _ = tokio::time::sleep(daemon::POLL) => {}
+                        _ = sigs.stop.requested() => return Ok(None),
+                    }
+                }
+                Err(source) => {
+                    return Err(Fail::Unreachable(daemon::Unreachable {
+                        address: daemon::address(None),
+                        source,
+                    }));
+                }
+            }
+        };
+        loop {
+            match docker.clone().negotiate_version().await {
+                Ok(d) => return Ok(Some(d)),
+                Err(e) => debug!("[{}] bridge: {}: {e}", self.args.name, daemon::address(None)),
+            }
+            if self.daemon_back(&docker, &mut sigs.stop).await.is_err() {
+                return Ok(None);
             }
         }
+    }
+
+    /// Removes the container, waiting a little for a daemon that is away (a stop requested during an outage):
+    /// a container left behind is removed by the next bridge of the vassal, or as an orphan by the
+    /// emperor once the daemon answers.
+    async fn cleanup(&mut self, docker: &Docker) {
+        let Some(id) = self.container.take() else { return };
+        let deadline = tokio::time::Instant::now() + CLEANUP_PATIENCE;
+        loop {
+            match docker::remove(docker, &id).await {
+                Ok(()) => return debug!("[{}] bridge: removed container {}", self.args.name, short(&id)),
+                Err(e) if docker::status(&e).is_none() && tokio::time::Instant::now() < deadline => {
+                    let _ = tokio::time::timeout_at(deadline, daemon::answers(docker)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    return warn!(
+                        "[{}] bridge: cannot remove container {}: {e}",
+                        self.args.name,
+                        short(&id)
+                    );
+                }
+            }
+        }
+    }
+
+    /// What the bridge made on the host: its record, the proxy directory, the cidfile, a shim copy.
+    fn cleanup_files(&mut self) {
         let _ = std::fs::remove_file(&self.info_path);
         let _ = std::fs::remove_file(record::temp_path(&self.info_path));
         if let Some(dir) = self.proxy_dir.take() {
@@ -205,18 +238,75 @@ impl Bridge {
         }
     }
 
-    /// Everything from the vassal file to the container's exit code, step by step.
-    async fn run_with(&mut self, docker: &Docker, sigs: &mut Signals) -> Result<u8, Fail> {
-        let target = self.target()?;
-        let fds = Fds::adopt()?;
+    /// Everything from the vassal file to the container's exit code, step by step; the client is returned
+    /// for the clean-up (`None`: stopped before the daemon ever answered).
+    async fn run_with(&mut self, sigs: &mut Signals) -> Result<(u8, Option<Docker>), (Fail, Option<Docker>)> {
+        let target = self.target().map_err(|f| (f, None))?;
+        let mut fds = Fds::adopt().map_err(|f| (f, None))?;
+        sigs.stop.watch_lifeline(fds.take_lifeline());
+        let docker = match self.connect(sigs).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok((0, None)),
+            Err(f) => return Err((f, None)),
+        };
+        match self.run_container(&docker, &target, fds, sigs).await {
+            Ok(code) => Ok((code, Some(docker))),
+            Err(f) => Err((f, Some(docker))),
+        }
+    }
+
+    async fn run_container(
+        &mut self,
+        docker: &Docker,
+        target: &Target,
+        fds: Fds,
+        sigs: &mut Signals,
+    ) -> Result<u8, Fail> {
+        let has_config = fds.config.is_some();
+        let (listener, mut record, proxy) = loop {
+            match self.prepare(docker, target, has_config).await {
+                Ok(ready) => break ready,
+                Err(f) if f.daemon_gone() => {
+                    debug!("[{}] bridge: {f}", self.args.name);
+                    if self.daemon_back(docker, &mut sigs.stop).await.is_err() {
+                        return Ok(0);
+                    }
+                    // Start over; a container made before the daemon went away is not trusted.
+                    if let Some(output) = self.output.take() {
+                        output.abort();
+                    }
+                    if let Some(id) = self.container.take() {
+                        let _ = docker::remove(docker, &id).await;
+                    }
+                }
+                Err(f) => return Err(f),
+            }
+        };
+        let id = record.id.clone();
+        let mut watch = Watch::new(docker, &id);
+        let stopping = self
+            .hand_over(docker, listener, fds.into_sent(), &mut record, &mut watch, sigs)
+            .await?;
+        let _ = std::fs::remove_file(&proxy.host_sock);
+        self.supervise(docker, target, &id, watch, sigs, stopping).await
+    }
+
+    /// The container, created (or taken ready-made), attached to and started, with the proxy socket to hand
+    /// the fds over on.
+    async fn prepare(
+        &mut self,
+        docker: &Docker,
+        target: &Target,
+        has_config: bool,
+    ) -> Result<(UnixListener, record::Info, ProxyPaths), Fail> {
         let image = self.check_image(docker, &target.d).await?;
         let shim_host = self.shim_binary(&target.create_name)?;
         let docker::Plan {
             proxy,
             body,
             fingerprint,
-        } = self.plan(&target, &image, &shim_host, fds.config.is_some())?;
-        let ready_made = self.clear_the_name(docker, &target, &fingerprint).await?;
+        } = self.plan(target, &image, &shim_host, has_config)?;
+        let ready_made = self.clear_the_name(docker, target, &fingerprint).await?;
         let listener = self.bind_proxy(&proxy)?;
         if self.args.docker_debug {
             info!(
@@ -224,16 +314,12 @@ impl Bridge {
                 self.args.name, target.create_name
             );
         }
-        let id = self.create(docker, &target, ready_made, body, &fingerprint).await?;
+        let id = self.create(docker, target, ready_made, body, &fingerprint).await?;
         self.container = Some(id.clone());
         self.write_cidfile(&target.d, &id);
-        self.attach(docker, &id).await?;
-        let mut record = self.start(docker, &target, &id).await?;
-        let (to_send, lifeline) = fds.into_parts();
-        let mut watch = Watch::new(docker, &id, lifeline);
-        let stopping = self.hand_over(listener, to_send, &mut record, &mut watch, sigs).await?;
-        let _ = std::fs::remove_file(&proxy.host_sock);
-        Ok(self.supervise(docker, &target, &id, watch, sigs, stopping).await)
+        self.attach(docker, &id, true).await?;
+        let record = self.start(docker, target, &id).await?;
+        Ok((listener, record, proxy))
     }
 
     /// The vassal file, as the emperor read it (its text comes in the environment: the file may have

@@ -36,6 +36,11 @@ pub fn client(socket: Option<&Path>, timeout: u64) -> Result<Docker, Error> {
     }
 }
 
+/// bollard's refusal to make a client for a unix socket that does not exist: the daemon is not there (yet).
+pub fn is_missing_socket(e: &Error) -> bool {
+    matches!(e, Error::SocketNotFoundError(_))
+}
+
 /// The daemon did not answer the first request.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot reach the Docker daemon at {address}: {source}")]
@@ -55,6 +60,17 @@ pub async fn connect(socket: Option<&Path>, timeout: u64) -> Result<Docker, Unre
         .negotiate_version()
         .await
         .map_err(unreachable)
+}
+
+/// How often a daemon that went away is asked again: a failed unix connect costs microseconds, so a daemon
+/// that comes back is seen within this.
+pub const POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long one ping may take: a starting daemon accepts connections before it answers them.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the daemon answers a ping now.
+pub async fn answers(docker: &Docker) -> bool {
+    matches!(tokio::time::timeout(PING_TIMEOUT, docker.ping()).await, Ok(Ok(_)))
 }
 
 /// The HTTP status the daemon refused a request with; `None` when it did not answer at all.

@@ -33,6 +33,7 @@
 mod arrivals;
 mod conns;
 mod control;
+mod daemon_watch;
 mod fatal;
 pub mod fsm;
 mod listening;
@@ -306,6 +307,8 @@ struct Emperor {
     arrivals: Option<arrivals::Arrivals>,
     /// A stop signal came: the loop waits only for the actors to finish.
     shutting_down: bool,
+    /// Once Docker is in use: a message each time the daemon answers (at first and after an absence).
+    daemon: Option<mpsc::UnboundedReceiver<()>>,
 }
 
 impl Emperor {
@@ -334,6 +337,7 @@ impl Emperor {
             },
             arrivals: None,
             shutting_down: false,
+            daemon: None,
         }
     }
 
@@ -360,6 +364,7 @@ impl Emperor {
                 _ = wait::sleep_until(self.status.due), if self.status.due.is_some() => self.on_status_due(),
                 sig = inputs.signals.recv(self.shutting_down) => self.on_signal(sig),
                 Some(res) = self.actors.join_next_with_id() => self.on_actor_done(res),
+                Some(()) = wait::or_never(self.daemon.as_mut().map(|d| d.recv())) => self.on_daemon_answers(),
             }
             if self.shutting_down && self.vassals.is_empty() {
                 self.finish().await;
@@ -443,9 +448,23 @@ impl Emperor {
                 n.send("READY=1");
             });
         }
-        if self.opts.docker || !self.docker_vassals.is_empty() {
-            tokio::task::spawn_local(reap::orphans(self.opts.clone(), self.docker_vassals.clone()));
+        self.follow_docker();
+    }
+
+    /// Starts following the Docker daemon once Docker is in use (`--emperor-docker`, or a Docker vassal).
+    fn follow_docker(&mut self) {
+        if self.daemon.is_none() && (self.opts.docker || !self.docker_vassals.is_empty()) {
+            self.daemon = Some(daemon_watch::start(
+                self.opts.docker_daemon_socket.clone(),
+                self.opts.instance.clone(),
+            ));
         }
+    }
+
+    /// The daemon answers (at first, or after an absence): reap the containers no vassal owns, such as those
+    /// of vassals removed while it was away.
+    fn on_daemon_answers(&mut self) {
+        tokio::task::spawn_local(reap::orphans(self.opts.clone(), self.docker_vassals.clone()));
     }
 
     /// An event on the vassals directory (or its parent): a scan soon, coalescing a burst.
@@ -667,6 +686,7 @@ impl Emperor {
         if let Some(map) = &mut self.nginx_map {
             map.sync(&self.good);
         }
+        self.follow_docker();
         updated
     }
 

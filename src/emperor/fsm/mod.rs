@@ -424,7 +424,18 @@ impl Fsm {
 
     fn died(&mut self, inst: Instance, exit: Exit, now: Instant, acts: &mut Vec<Action>) {
         let loyal = inst.loyal || now.duration_since(inst.started) >= self.params.loyalty_time;
-        if loyal {
+        // The Docker daemon went away and took the container with it: nobody's fault, and the bridge saw
+        // the daemon answer again before it said so. Restarted at once, never throttled (the actor has
+        // logged the bridge's line).
+        let lost = self.params.bridged && exit == Exit::Code(i32::from(crate::exit::CONTAINER_LOST));
+        if lost {
+            self.attempts = 0;
+            acts.push(Action::Log(
+                log::Level::Debug,
+                "the Docker daemon lost the container; restarting".into(),
+            ));
+            self.start_or_wait(acts);
+        } else if loyal {
             self.attempts = 0;
             acts.push(Action::Log(log::Level::Warn, format!("exited {exit}; restarting")));
             self.start_or_wait(acts);

@@ -689,6 +689,9 @@ impl Actor {
             Some((last, at)) if *last == key && now.duration_since(*at) < REPEAT_QUIET => {
                 debug!("[{}] bridge: {reason} (again)", self.name);
             }
+            _ if code == i32::from(crate::exit::CONTAINER_LOST) => {
+                warn!("[{}] bridge: {}", self.name, crate::config::printable(&reason));
+            }
             _ => {
                 let retry = if code == i32::from(crate::exit::BAD_CONFIG) {
                     "; not retried until the file changes"
