@@ -121,6 +121,10 @@ pub struct BridgeArgs {
     /// `--docker-name-prefix` of the emperor.
     #[arg(long, default_value = "", value_parser = parse_name_prefix)]
     pub name_prefix: String,
+    /// Carry on with this running container of a bridge that died, instead of starting one: the
+    /// container already holds the vassal's sockets and channels.
+    #[arg(long, value_name = "ID")]
+    pub adopt: Option<String>,
 }
 
 impl BridgeArgs {
@@ -155,6 +159,10 @@ impl BridgeArgs {
         if !self.name_prefix.is_empty() {
             argv.push("--name-prefix".into());
             argv.push(self.name_prefix.clone());
+        }
+        if let Some(id) = &self.adopt {
+            argv.push("--adopt".into());
+            argv.push(id.clone());
         }
         if self.docker_debug {
             argv.push("--docker-debug".into());
@@ -511,6 +519,7 @@ mod tests {
             stop_timeout: 31,
             overlap: true,
             name_prefix: "t1-".into(),
+            adopt: Some("0123abcd".into()),
         };
         assert_eq!(bridge_args(full.to_argv()), full);
         let bare = BridgeArgs {
@@ -518,6 +527,7 @@ mod tests {
             docker_debug: false,
             overlap: false,
             name_prefix: String::new(),
+            adopt: None,
             ..full.clone()
         };
         assert_eq!(bridge_args(bare.to_argv()), bare);
@@ -545,6 +555,8 @@ mod tests {
                 "--overlap",
                 "--name-prefix",
                 "t1-",
+                "--adopt",
+                "0123abcd",
                 "--docker-debug",
                 "--label",
                 "team=web",

@@ -83,6 +83,10 @@ pub enum Fail {
     )]
     NoHandshake { id: String, secs: u64 },
 
+    // Carrying on with the container of a bridge that died.
+    #[error("cannot carry on with container {}: {why}", short(.id))]
+    NotAdoptable { id: String, why: String },
+
     // The daemon went away after the start.
     #[error("the Docker daemon went away and lost container {}: {how}; a new one is started", short(.id))]
     ContainerLost { id: String, how: String },
@@ -142,6 +146,7 @@ impl Fail {
             | Fail::Attach { .. }
             | Fail::Start { .. }
             | Fail::Send(_)
+            | Fail::NotAdoptable { .. }
             | Fail::EarlyExit { .. } => Verdict::StartFailed,
         }
     }

@@ -42,21 +42,12 @@ impl Fds {
             .map(proxy_socket::adopt_inherited)
             .collect::<Result<Vec<_>, _>>()
             .map_err(Fail::Fds)?;
-        let fd_var = |var: &str| -> Result<Option<OwnedFd>, Fail> {
-            match std::env::var(var) {
-                Ok(v) => {
-                    let fd: RawFd = v.parse().map_err(|_| Fail::Fds(format!("bad {var} {v:?}")))?;
-                    proxy_socket::adopt_inherited(fd).map(Some).map_err(Fail::Fds)
-                }
-                Err(_) => Ok(None),
-            }
-        };
-        let control = fd_var("UWSGI_EMPEROR_FD")?.ok_or_else(|| Fail::Fds("UWSGI_EMPEROR_FD is not set".into()))?;
+        let control = inherited("UWSGI_EMPEROR_FD")?.ok_or_else(|| Fail::Fds("UWSGI_EMPEROR_FD is not set".into()))?;
         Ok(Fds {
             sockets,
             control,
-            config: fd_var("UWSGI_EMPEROR_FD_CONFIG")?,
-            lifeline: fd_var(ENV_LIFELINE_FD)?,
+            config: inherited("UWSGI_EMPEROR_FD_CONFIG")?,
+            lifeline: lifeline()?,
         })
     }
 
@@ -72,6 +63,22 @@ impl Fds {
         to_send.extend(self.sockets);
         to_send
     }
+}
+
+/// The fd the variable `var` names, if it is set.
+fn inherited(var: &str) -> Result<Option<OwnedFd>, Fail> {
+    match std::env::var(var) {
+        Ok(v) => {
+            let fd: RawFd = v.parse().map_err(|_| Fail::Fds(format!("bad {var} {v:?}")))?;
+            proxy_socket::adopt_inherited(fd).map(Some).map_err(Fail::Fds)
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// The lifeline's read end: all a bridge that carries on with a running container gets.
+pub(super) fn lifeline() -> Result<Option<OwnedFd>, Fail> {
+    inherited(ENV_LIFELINE_FD)
 }
 
 /// The container's exit, as the daemon reports it; renewed after the daemon came back.

@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::ImageInspect;
+use bollard::query_parameters::InspectContainerOptions;
 use log::{debug, error, info, warn};
 use tokio::net::UnixListener;
 
@@ -242,17 +243,90 @@ impl Bridge {
     /// for the clean-up (`None`: stopped before the daemon ever answered).
     async fn run_with(&mut self, sigs: &mut Signals) -> Result<(u8, Option<Docker>), (Fail, Option<Docker>)> {
         let target = self.target().map_err(|f| (f, None))?;
-        let mut fds = Fds::adopt().map_err(|f| (f, None))?;
-        sigs.stop.watch_lifeline(fds.take_lifeline());
+        let mut fds = match self.args.adopt {
+            None => Some(Fds::adopt().map_err(|f| (f, None))?),
+            Some(_) => None,
+        };
+        let lifeline = match fds.as_mut() {
+            Some(fds) => fds.take_lifeline(),
+            None => handover::lifeline().map_err(|f| (f, None))?,
+        };
+        sigs.stop.watch_lifeline(lifeline);
         let docker = match self.connect(sigs).await {
             Ok(Some(d)) => d,
             Ok(None) => return Ok((0, None)),
             Err(f) => return Err((f, None)),
         };
-        match self.run_container(&docker, &target, fds, sigs).await {
+        let res = match fds {
+            Some(fds) => self.run_container(&docker, &target, fds, sigs).await,
+            None => {
+                let id = self.args.adopt.clone().unwrap_or_default();
+                self.carry_on(&docker, &target, &id, sigs).await
+            }
+        };
+        match res {
             Ok(code) => Ok((code, Some(docker))),
             Err(f) => Err((f, Some(docker))),
         }
+    }
+
+    /// `--adopt`: the bridge that ran this container died, and the container may run on with the vassal's
+    /// sockets and channels. If it is this vassal's and runs, it is watched as if this bridge had started
+    /// it (its output from now on); if it exited meanwhile, its exit code is the app's, as ever.
+    async fn carry_on(&mut self, docker: &Docker, t: &Target, id: &str, sigs: &mut Signals) -> Result<u8, Fail> {
+        let not = |why: &str| Fail::NotAdoptable {
+            id: id.to_string(),
+            why: why.to_string(),
+        };
+        let c = match docker.inspect_container(id, None::<InspectContainerOptions>).await {
+            Ok(c) => c,
+            Err(e) if docker::is_not_found(&e) => return Err(not("it is gone")),
+            Err(e) => return Err(Fail::docker("inspect the container", &e)),
+        };
+        let labels = c.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        let ours = labels.get(docker::LABEL_VASSAL) == Some(&t.cfg.name)
+            && labels.get(docker::LABEL_INSTANCE) == Some(&self.args.instance);
+        if !ours {
+            return Err(not("it is not this vassal's"));
+        }
+        self.container = Some(id.to_string());
+        if let Some(cid) = &t.d.cidfile
+            && std::fs::read_to_string(cid).is_ok_and(|text| text.trim() == id)
+        {
+            self.cidfile = Some((cid.clone(), id.to_string()));
+        }
+        if t.d.proxy.is_none()
+            && let Some(name) = c.name.as_deref().map(|n| n.trim_start_matches('/'))
+        {
+            self.proxy_dir = Some(self.args.run_dir.join(&self.args.instance).join(name));
+        }
+        let state = c.state.unwrap_or_default();
+        if state.running != Some(true) {
+            let code = state.exit_code.unwrap_or(-1);
+            info!(
+                "[{}] bridge: container {} exited with code {code}",
+                self.args.name,
+                short(id)
+            );
+            return Ok(exit::from_app(code));
+        }
+        let init_pid = state.pid.unwrap_or(0);
+        let now = record::unix_ms();
+        let info = record::Info {
+            id: id.to_string(),
+            init_pid,
+            started_ms: now,
+            handover_ms: Some(now),
+        };
+        let _ = info.write(&self.info_path);
+        self.attach(docker, id, false).await?;
+        info!(
+            "[{}] bridge: carrying on with container {} (pid {init_pid})",
+            self.args.name,
+            short(id)
+        );
+        let watch = Watch::new(docker, id);
+        self.supervise(docker, t, id, watch, sigs, false).await
     }
 
     async fn run_container(

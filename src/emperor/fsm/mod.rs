@@ -293,6 +293,22 @@ impl Fsm {
         &self.params
     }
 
+    /// A new bridge carries on with the container of the bridge `old` (which died): the instance is the same,
+    /// its process is now `new`. False (nothing changed) unless the current instance is `old`'s and running.
+    pub fn rebridged(&mut self, old: i32, new: i32) -> bool {
+        let live = matches!(
+            self.state,
+            State::Starting(_) | State::Running(_) | State::Reloading { .. } | State::Paused(_)
+        );
+        match self.state.instance_mut() {
+            Some(inst) if live && inst.pid == old => {
+                inst.pid = new;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Deaths in a row before loyalty; drives the throttle.
     pub fn attempts(&self) -> u32 {
         self.attempts

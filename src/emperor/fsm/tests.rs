@@ -572,3 +572,38 @@ fn an_overlap_whose_new_instance_cannot_start_keeps_the_old_one_until_a_later_st
     assert!(f.on_event(Event::Timer, t0 + secs(2)).contains(&Action::RetirePrevious));
     assert_eq!(f.previous, None);
 }
+
+#[test]
+fn a_lost_container_restarts_at_once_and_a_new_bridge_keeps_the_instance() {
+    let bridged = || Params {
+        bridged: true,
+        ..params()
+    };
+    // Unloyal deaths throttle; a container the daemon lost does not, and clears the count.
+    let t0 = Instant::now();
+    let mut f = Fsm::new(bridged());
+    f.on_event(Event::Start, t0);
+    f.on_event(Event::Spawned { pid: 7, speaks: false }, t0);
+    f.on_event(Event::Exited(Exit::Code(1)), t0);
+    assert_eq!(f.state.name(), "throttled");
+    assert_eq!(f.attempts(), 1);
+    f.on_event(Event::Timer, t0 + secs(2));
+    f.on_event(Event::Spawned { pid: 8, speaks: false }, t0 + secs(2));
+    let lost = Exit::Code(i32::from(crate::exit::CONTAINER_LOST));
+    let acts = f.on_event(Event::Exited(lost), t0 + secs(3));
+    assert!(acts.contains(&Action::Spawn), "{acts:?}");
+    assert_eq!(f.attempts(), 0);
+    // A process vassal's exit code 255 is its own: throttled as any other.
+    let (mut p, t) = running(false);
+    p.on_event(Event::Exited(lost), t);
+    assert_eq!(p.state.name(), "throttled");
+
+    // A new bridge for a running instance: same instance, new pid; nothing for a stale pid or a stopping one.
+    f.on_event(Event::Spawned { pid: 9, speaks: false }, t0 + secs(3));
+    assert!(!f.rebridged(8, 10));
+    assert!(f.rebridged(9, 10));
+    assert_eq!(f.state.instance().map(|i| i.pid), Some(10));
+    assert_eq!(f.state.name(), "running");
+    f.on_event(Event::Remove, t0 + secs(4));
+    assert!(!f.rebridged(10, 11));
+}

@@ -85,6 +85,12 @@ pub struct Launch<'a> {
 /// Starts instances. `Err` is the reason for the log ("cannot execute ..."); the vassal is then throttled.
 pub trait Launcher: std::fmt::Debug {
     fn launch(&mut self, l: Launch<'_>) -> Result<Proc, VassalError>;
+
+    /// A bridge that carries on with the running container `container` of a bridge that died (DESIGN.md:
+    /// "a bridge that dies is the emperor's business"). It gets the vassal's text and a lifeline only: the
+    /// container holds the vassal's sockets and channels, whose emperor ends stay in the instance's
+    /// [`Proc`]. Returns the new bridge and the lifeline's write end.
+    fn adopt(&mut self, l: Launch<'_>, container: &str) -> Result<(Box<dyn Instance>, OwnedFd), VassalError>;
 }
 
 /// The real thing: fork+exec of the vassal's command, or of a bridge for a Docker vassal.
@@ -107,7 +113,7 @@ impl Launcher for System {
         let bridged = cfg.docker.is_some();
         let speaks;
         let argv;
-        let mut env = Vec::new();
+        let env;
         let mut extra_fds = vec![(theirs.as_fd(), "UWSGI_EMPEROR_FD")];
         let mut config_chan = None;
         let mut lifeline = None;
@@ -116,11 +122,8 @@ impl Launcher for System {
         let (stdin, listen): (Option<_>, &[BoundSocket]) = if bridged {
             // The bridge gets every socket as LISTEN_FDS; the shim places them inside the container.
             speaks = crate::docker::is_uwsgi(cfg);
-            argv = bridge_argv(cfg, l.opts, l.overlap);
-            env.push((crate::cli::ENV_VASSAL_TEXT.to_string(), cfg.text.clone()));
-            if let Some(sock) = &l.opts.docker_daemon_socket {
-                env.push(("DOCKER_HOST".into(), format!("unix://{}", sock.display())));
-            }
+            argv = bridge_argv(cfg, l.opts, l.overlap, None);
+            env = bridge_env(cfg, l.opts);
             if speaks {
                 let (ours, t) = channel().map_err(|e| VassalError::create("config channel")(e.into()))?;
                 config_chan = Some(control_stream(ours).map_err(VassalError::set_up("config channel"))?);
@@ -202,11 +205,51 @@ impl Launcher for System {
             speaks,
         })
     }
+    fn adopt(&mut self, l: Launch<'_>, container: &str) -> Result<(Box<dyn Instance>, OwnedFd), VassalError> {
+        let (out_rx, out_w) = output::pipe().map_err(VassalError::create("output pipe"))?;
+        let (lifeline_r, lifeline) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| VassalError::create("bridge's lifeline")(e.into()))?;
+        let argv = bridge_argv(l.cfg, l.opts, false, Some(container));
+        let stderr = std::io::stderr();
+        let req = SpawnRequest {
+            argv: &argv,
+            program: Some(std::path::Path::new("/proc/self/exe")),
+            env: bridge_env(l.cfg, l.opts),
+            cwd: l.cfg.chdir.as_deref().unwrap_or(l.opts.vassals_dir.as_path()),
+            sockets: Vec::new(),
+            extra_fds: vec![(lifeline_r.as_fd(), crate::cli::ENV_LIFELINE_FD)],
+            stdin: None,
+            output: out_w.as_fd(),
+            stderr: Some(stderr.as_fd()),
+            pdeathsig: Signal::SIGTERM,
+        };
+        let child = spawn::spawn(req).map_err(VassalError::Spawn)?;
+        drop((out_w, lifeline_r));
+        l.log.reopen();
+        tokio::task::spawn_local(output::forward(l.log.clone(), out_rx));
+        info!(
+            "[{}] spawned bridge pid {} to carry on with container {}",
+            l.name,
+            child.pid(),
+            crate::docker::short(container)
+        );
+        Ok((Box::new(child), lifeline))
+    }
+}
+
+/// The environment of every bridge: the vassal file's text (the file may change on disk meanwhile) and the
+/// daemon to use.
+fn bridge_env(cfg: &VassalConfig, opts: &EmperorOptions) -> Vec<(String, String)> {
+    let mut env = vec![(crate::cli::ENV_VASSAL_TEXT.to_string(), cfg.text.clone())];
+    if let Some(sock) = &opts.docker_daemon_socket {
+        env.push(("DOCKER_HOST".into(), format!("unix://{}", sock.display())));
+    }
+    env
 }
 
 /// The bridge's command line: `argv[0]` is what `ps` shows; the program itself is /proc/self/exe (see
 /// `launch`), which still works after the binary was replaced on disk (an upgrade in place, a rebuild).
-fn bridge_argv(cfg: &VassalConfig, opts: &EmperorOptions, overlap: bool) -> Vec<String> {
+fn bridge_argv(cfg: &VassalConfig, opts: &EmperorOptions, overlap: bool, adopt: Option<&str>) -> Vec<String> {
     let exe = std::env::current_exe().map_or_else(|_| "emperor".into(), |p| p.to_string_lossy().into_owned());
     let args = crate::cli::BridgeArgs {
         name: cfg.name.clone(),
@@ -221,6 +264,7 @@ fn bridge_argv(cfg: &VassalConfig, opts: &EmperorOptions, overlap: bool) -> Vec<
         stop_timeout: docker_stop_secs(cfg, opts),
         overlap,
         name_prefix: opts.docker_name_prefix.clone(),
+        adopt: adopt.map(String::from),
     };
     std::iter::once(exe).chain(args.to_argv()).collect()
 }

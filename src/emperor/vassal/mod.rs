@@ -298,6 +298,11 @@ impl Actor {
     }
 
     fn exited(&mut self, res: std::io::Result<Exit>) -> Vec<Event> {
+        if let Ok(Exit::Signal(sig)) = &res
+            && self.rebridge(*sig)
+        {
+            return vec![];
+        }
         let requested = matches!(self.fsm.state(), State::Stopping { .. });
         self.track.exited(&res, requested);
         let bridge = self.proc.take().filter(|p| p.bridged).map(|p| p.child.pid());
@@ -314,6 +319,63 @@ impl Actor {
             Err(e) => {
                 error!("[{}] cannot wait for the vassal: {e}", self.name);
                 vec![Event::Exited(Exit::Code(-1))]
+            }
+        }
+    }
+
+    /// The bridge of a running Docker vassal died by a signal (`kill -9`, a crash) after it handed the container
+    /// its sockets: the container may well run on. A new bridge carries on with it (the instance, its control
+    /// channel and its sockets stay as they are); if the container is gone, that bridge exits and the vassal
+    /// restarts as after any death. Returns whether a new bridge was started.
+    fn rebridge(&mut self, sig: Signal) -> bool {
+        let Some(old) = self.proc.as_ref().filter(|p| p.bridged).map(|p| p.child.pid().as_raw()) else {
+            return false;
+        };
+        let record = crate::docker::record::path(&self.opts.run_dir, &self.opts.instance, old);
+        let Some(container) = crate::docker::record::Info::read(&record).filter(|i| i.handover_ms.is_some()) else {
+            return false;
+        };
+        let Some(cfg) = self.config.clone() else { return false };
+        if !matches!(
+            self.fsm.state(),
+            State::Starting(_) | State::Running(_) | State::Reloading { .. } | State::Paused(_)
+        ) {
+            return false;
+        }
+        let _ = std::fs::remove_file(&record);
+        warn!(
+            "[{}] bridge pid {old} died by signal {}; its container {} is carried on by a new bridge",
+            self.name,
+            sig.as_str(),
+            crate::docker::short(&container.id)
+        );
+        let adopted = self.launcher.adopt(
+            launch::Launch {
+                name: &self.name,
+                cfg: &cfg,
+                opts: &self.opts,
+                sockets: &self.sockets,
+                overlap: false,
+                log: &self.log,
+            },
+            &container.id,
+        );
+        match adopted {
+            Ok((child, lifeline)) => {
+                let new = child.pid().as_raw();
+                if let Some(p) = self.proc.as_mut() {
+                    p.child = child;
+                    p._lifeline = Some(lifeline);
+                }
+                self.fsm.rebridged(old, new)
+            }
+            Err(e) => {
+                warn!(
+                    "[{}] cannot start a bridge for container {}: {e}",
+                    self.name,
+                    crate::docker::short(&container.id)
+                );
+                false
             }
         }
     }

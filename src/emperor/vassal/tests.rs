@@ -34,6 +34,16 @@ struct FakeInstance {
 }
 
 impl Launcher for Fake {
+    fn adopt(
+        &mut self,
+        _: Launch<'_>,
+        _: &str,
+    ) -> Result<(Box<dyn Instance>, std::os::fd::OwnedFd), super::error::VassalError> {
+        Err(super::error::VassalError::Spawn(std::io::Error::other(
+            "the fake launcher runs no bridges",
+        )))
+    }
+
     fn launch(&mut self, _: Launch<'_>) -> Result<Proc, super::error::VassalError> {
         let (exit, exited) = mpsc::unbounded_channel();
         let signals = Rc::new(RefCell::new(Vec::new()));
