@@ -174,6 +174,7 @@ impl Bridge {
             docker::remove(docker, &id)
                 .await
                 .map_err(|e| Fail::docker("remove a stale container", &e))?;
+            docker::labels::forget_cidfile(&c.labels.unwrap_or_default(), &id);
         }
         Ok(())
     }
@@ -232,7 +233,9 @@ impl Bridge {
         info!("[{}] bridge: removing stale container {}", self.args.name, short(&id));
         docker::remove(docker, &id)
             .await
-            .map_err(|e| Fail::docker("remove the stale container", &e))
+            .map_err(|e| Fail::docker("remove the stale container", &e))?;
+        docker::labels::forget_cidfile(&labels, &id);
+        Ok(())
     }
 }
 

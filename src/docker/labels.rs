@@ -13,3 +13,18 @@ pub const LABEL_CONFIG_HASH: &str = "emperor.config-hash";
 /// The [`fingerprint`](super::fingerprint) of the container's whole definition: a container created ahead of
 /// time for an on-demand vassal is started only if it is exactly the one the bridge would create now.
 pub const LABEL_FINGERPRINT: &str = "emperor.fingerprint";
+/// The `docker-cidfile` the bridge writes for the container, if the vassal has one: whoever removes the
+/// container (its bridge, the next bridge replacing a stale one, the emperor reaping an orphan) removes the
+/// file with it ([`forget_cidfile`]).
+pub const LABEL_CIDFILE: &str = "emperor.cidfile";
+
+/// Removes the cidfile a removed container's labels name, if it still holds that container's id (an
+/// overlapping reload's new container may have written its own id there). A symlink there is removed
+/// itself, never its target.
+pub fn forget_cidfile(labels: &std::collections::HashMap<String, String>, id: &str) {
+    if let Some(path) = labels.get(LABEL_CIDFILE)
+        && std::fs::read_to_string(path).is_ok_and(|text| text.trim() == id)
+    {
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -18,7 +18,7 @@ use bollard::models::{
     ImageInspect, Mount, MountType, PortBinding,
 };
 
-use super::labels::{LABEL_CONFIG_HASH, LABEL_FINGERPRINT, LABEL_INSTANCE, LABEL_VASSAL};
+use super::labels::{LABEL_CIDFILE, LABEL_CONFIG_HASH, LABEL_FINGERPRINT, LABEL_INSTANCE, LABEL_VASSAL};
 use crate::config::{DockerConfig, VassalConfig};
 use crate::shim;
 
@@ -268,6 +268,9 @@ fn container_body(cfg: &VassalConfig, d: &DockerConfig, ctx: &Context<'_>) -> Co
     labels.insert(LABEL_VASSAL.into(), cfg.name.clone());
     labels.insert(LABEL_INSTANCE.into(), ctx.instance.into());
     labels.insert(LABEL_CONFIG_HASH.into(), format!("{:016x}", cfg.emperor_hash));
+    if let Some(cid) = &d.cidfile {
+        labels.insert(LABEL_CIDFILE.into(), cid.to_string_lossy().into_owned());
+    }
 
     let bind = |source: &Path, target: &str, read_only: bool| Mount {
         typ: Some(MountType::BIND),

@@ -114,20 +114,22 @@ pub async fn prepare(
     }
 }
 
-/// Removes a container created ahead of time, if it was never started.
-pub async fn discard(socket: Option<&Path>, id: &str) -> Result<(), String> {
+/// Removes a container created ahead of time, if it was never started; with `running`, also one that runs
+/// (a stopping vassal whose bridge died: nobody else would stop it), with its cidfile.
+pub async fn discard(socket: Option<&Path>, id: &str, running: bool) -> Result<(), String> {
     let docker = daemon::client(socket, daemon::EMPEROR_TIMEOUT).map_err(|e| e.to_string())?;
     let c = match docker.inspect_container(id, None::<InspectContainerOptions>).await {
         Ok(c) => c,
         Err(e) if docker::is_not_found(&e) => return Ok(()),
         Err(e) => return Err(e.to_string()),
     };
-    if c.state.and_then(|s| s.status) != Some(ContainerStateStatusEnum::CREATED) {
+    if !running && c.state.and_then(|s| s.status) != Some(ContainerStateStatusEnum::CREATED) {
         return Ok(());
     }
     docker::remove(&docker, id).await.map_err(|e| e.to_string())?;
-    // The private proxy-socket directory made for it (never started, so empty; remove_dir refuses
-    // anything else).
+    docker::labels::forget_cidfile(&c.config.and_then(|c| c.labels).unwrap_or_default(), id);
+    // The private proxy-socket directory made for it (empty once the fds were handed over, or if it never
+    // started; remove_dir refuses anything else).
     for m in c.mounts.into_iter().flatten() {
         if m.destination.as_deref() == Some(docker::PROXY_DIR)
             && let Some(dir) = m.source

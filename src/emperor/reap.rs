@@ -90,7 +90,10 @@ pub async fn orphans(opts: Arc<EmperorOptions>, current: HashSet<String>) {
         }
         let Some(id) = c.id else { continue };
         match docker::remove(&docker, &id).await {
-            Ok(()) => info!("[{vassal}] removed orphaned container {}", docker::short(&id)),
+            Ok(()) => {
+                docker::labels::forget_cidfile(&c.labels.unwrap_or_default(), &id);
+                info!("[{vassal}] removed orphaned container {}", docker::short(&id));
+            }
             Err(e) => warn!("[{vassal}] cannot remove orphaned container {id}: {e}"),
         }
     }

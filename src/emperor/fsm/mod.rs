@@ -294,7 +294,8 @@ impl Fsm {
     }
 
     /// A new bridge carries on with the container of the bridge `old` (which died): the instance is the same,
-    /// its process is now `new`. False (nothing changed) unless the current instance is `old`'s and running.
+    /// its process is now `new`. False (nothing changed) unless the current instance is `old`'s and live
+    /// (a stopping one's container is removed instead).
     pub fn rebridged(&mut self, old: i32, new: i32) -> bool {
         let live = matches!(
             self.state,

@@ -605,5 +605,8 @@ fn a_lost_container_restarts_at_once_and_a_new_bridge_keeps_the_instance() {
     assert_eq!(f.state.instance().map(|i| i.pid), Some(10));
     assert_eq!(f.state.name(), "running");
     f.on_event(Event::Remove, t0 + secs(4));
-    assert!(!f.rebridged(10, 11));
+    assert!(
+        !f.rebridged(10, 11),
+        "a stopping instance's container is removed, not carried on"
+    );
 }

@@ -336,13 +336,18 @@ impl Actor {
             return false;
         };
         let Some(cfg) = self.config.clone() else { return false };
+        let _ = std::fs::remove_file(&record);
+        // It was being stopped anyway: the container goes, without a bridge.
+        if matches!(self.fsm.state(), State::Stopping { .. }) {
+            self.discard_container(container.id, true);
+            return false;
+        }
         if !matches!(
             self.fsm.state(),
             State::Starting(_) | State::Running(_) | State::Reloading { .. } | State::Paused(_)
         ) {
             return false;
         }
-        let _ = std::fs::remove_file(&record);
         warn!(
             "[{}] bridge pid {old} died by signal {}; its container {} is carried on by a new bridge",
             self.name,
@@ -481,14 +486,17 @@ impl Actor {
 
     /// Removes a container created ahead of time that no bridge will start, in the background.
     fn discard(&mut self, id: String) {
+        self.discard_container(id, false);
+    }
+
+    /// Removes a container in the background: one created ahead of time that never started, or (`running`)
+    /// the container of a stopping vassal whose bridge died.
+    fn discard_container(&mut self, id: String, running: bool) {
         let socket = self.opts.docker_daemon_socket.clone();
         let name = self.name.clone();
         self.retiring.push(tokio::task::spawn_local(async move {
-            match prepare::discard(socket.as_deref(), &id).await {
-                Ok(()) => debug!(
-                    "[{name}] removed container {}, created ahead of time",
-                    crate::docker::short(&id)
-                ),
+            match prepare::discard(socket.as_deref(), &id, running).await {
+                Ok(()) => debug!("[{name}] removed container {}", crate::docker::short(&id)),
                 Err(e) => warn!("[{name}] cannot remove container {}: {e}", crate::docker::short(&id)),
             }
         }));
