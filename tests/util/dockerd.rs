@@ -32,8 +32,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::docker::{
-    BUSYBOX_IMAGE, CASE_LABEL_KEY, ContainerRow, DOCKER_TIMEOUT, DockerOutput, TESTAPP_IMAGE, docker_timeout,
-    parse_ps, run_label, run_label_value_is_dead,
+    BUSYBOX_IMAGE, CASE_LABEL_KEY, ContainerRow, DOCKER_TIMEOUT, DockerOutput, TESTAPP_IMAGE, docker_timeout, parse_ps,
+    run_label, run_label_value_is_dead,
 };
 use super::{alive, all_pids, descendants, kill};
 
@@ -194,7 +194,11 @@ impl Dockerd {
                 return Instant::now();
             }
             if self.pid().is_none() {
-                panic!("dockerd exited before answering on {}{}", self.sock.display(), self.tail());
+                panic!(
+                    "dockerd exited before answering on {}{}",
+                    self.sock.display(),
+                    self.tail()
+                );
             }
             if start.elapsed() > ANSWER_DEADLINE {
                 panic!(
@@ -272,10 +276,7 @@ impl Dockerd {
 
     /// `--docker-daemon-socket <socket>`, for the emperor.
     pub fn emperor_args(&self) -> Vec<String> {
-        vec![
-            "--docker-daemon-socket".into(),
-            self.sock.display().to_string(),
-        ]
+        vec!["--docker-daemon-socket".into(), self.sock.display().to_string()]
     }
 
     /// Runs `docker -H <this daemon> <args>` with a timeout.
@@ -628,7 +629,10 @@ impl Drop for CaseSweep {
         if self.dockerd.answers() {
             let n = self.dockerd.remove_with_labels(&[run_label(), &self.label]);
             if n > 0 && thread::panicking() {
-                eprintln!("dockerd sweep: removed {n} container(s) of a failed test ({})", self.label);
+                eprintln!(
+                    "dockerd sweep: removed {n} container(s) of a failed test ({})",
+                    self.label
+                );
             }
         }
     }
