@@ -286,8 +286,8 @@ fn daemon_restart_without_live_restore_serves_again_promptly() {
     h.check(
         bridge_waited && attempts == 1,
         format!(
-            "the bridge (pid {bridge}) waited for the daemon: it is gone, and the emperor spawned {attempts} bridges \
-             while the daemon was away (the vassal answered {gap:?} after the daemon)"
+            "the bridge (pid {bridge}) waits for the daemon (alive through the outage: {bridge_waited}; bridges \
+             spawned by then: {attempts}, 1 wanted; the vassal answered {gap:?} after the daemon)"
         ),
     );
     let now = settle_one(&h, &case, &file, LONG);
