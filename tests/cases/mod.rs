@@ -3,6 +3,7 @@
 mod config_errors;
 mod control;
 mod docker;
+mod faults;
 mod install;
 mod lifecycle;
 mod logs;

@@ -497,3 +497,9 @@ pub fn testapp_vassal(h: &super::Harness, name: &str, extra: &str) -> String {
         rec = h.root.join("rec").display(),
     )
 }
+
+/// Is the test run named by a run label's value (`<pid>-<start ticks>`) over? For the throw-away daemons'
+/// leftovers (tests/util/dockerd.rs).
+pub fn run_label_value_is_dead(value: &str) -> bool {
+    run_is_dead(value)
+}

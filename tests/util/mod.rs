@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod dockerd;
 
 use std::collections::HashMap;
 use std::ffi::CString;
