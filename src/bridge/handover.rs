@@ -18,7 +18,7 @@ use super::outage::After;
 use super::stop::{Request, Signals};
 use super::{Bridge, Fail, Target};
 use crate::cli::ENV_LIFELINE_FD;
-use crate::docker::{record, short};
+use crate::docker::{daemon, record, short};
 use crate::{exit, proxy_socket};
 
 /// The fds the emperor placed for this bridge.
@@ -160,9 +160,9 @@ impl Bridge {
                     break;
                 }
                 res = watch.exit.next() => match ended(res) {
-                    Ended::Exited(code) => return Err(Fail::EarlyExit { id, code }),
+                    Ended::Exited(code) if daemon::answers(docker).await => return Err(Fail::EarlyExit { id, code }),
                     // The daemon went away before the container connected: it may still connect.
-                    Ended::NoVerdict => match self.after_outage(docker, &id, &mut sigs.stop).await? {
+                    Ended::Exited(_) | Ended::NoVerdict => match self.after_outage(docker, &id, &mut sigs.stop).await? {
                         After::Running { stop: None } => self.resume(docker, &id, watch).await?,
                         After::Running { stop: Some(_) } => return Ok(true),
                         After::Stopped(_) => return Ok(true),
@@ -212,11 +212,14 @@ impl Bridge {
             }
             tokio::select! {
                 res = watch.exit.next() => match ended(res) {
-                    Ended::Exited(code) => {
+                    // A daemon that stops without live-restore closes its API first, then stops its containers,
+                    // whose exits still reach their waits: an exit nobody asked for, with the daemon gone, is
+                    // the daemon's doing.
+                    Ended::Exited(code) if stopping || daemon::answers(docker).await => {
                         info!("[{name}] bridge: container {} exited with code {code}", short(id));
                         return Ok(exit::from_app(code));
                     }
-                    Ended::NoVerdict => match self.after_outage(docker, id, &mut sigs.stop).await? {
+                    Ended::Exited(_) | Ended::NoVerdict => match self.after_outage(docker, id, &mut sigs.stop).await? {
                         After::Running { stop } => {
                             self.resume(docker, id, &mut watch).await?;
                             stopping |= stop.is_some();

@@ -246,6 +246,54 @@ fn live_restore_daemon_restart_keeps_the_container_and_fails_no_request() {
         alive(bridge),
         format!("the bridge (pid {bridge}) kept its vassal while the daemon was away"),
     );
+    // The emperor says it once each way, not once per vassal or per attempt.
+    h.wait_log("answers again, after", LONG);
+    let (gone, back) = (
+        h.stderr().matches("went away;").count(),
+        h.stderr().matches("answers again").count(),
+    );
+    h.check(
+        gone == 1 && back == 1,
+        format!("one line each way ({gone} gone, {back} back)"),
+    );
+}
+
+#[test]
+fn an_on_demand_start_while_the_daemon_is_away_is_served_when_it_is_back() {
+    let d = Dockerd::start(Opts::default());
+    let case = d.case();
+    let mut h = Harness::new("fault_ondemand");
+    let name = unique_name("lazy");
+    let file = format!("{name}.ini");
+    h.write_vassal(&file, &vassal(&h, &name, "on-demand = true\n"));
+    start(&mut h, &case, &[]);
+    h.wait_log(&format!("[{file}] on demand: waiting"), LONG);
+    let sock = h.sock(&format!("{name}.sock"));
+    d.stop();
+    // A client connects while there is no daemon: the start it triggers waits for the daemon; the connection
+    // waits in the backlog of the emperor's socket, and is answered once the container runs.
+    let client = {
+        let sock = sock.clone();
+        thread::spawn(move || http_get_unix(&sock, Duration::from_secs(60)))
+    };
+    h.wait_for(
+        || count_lines(&h, &file, "spawned bridge") == 1,
+        LONG,
+        "the start on demand",
+    );
+    thread::sleep(Duration::from_secs(1));
+    d.restart(Opts::default());
+    let answer = client.join().expect("client thread");
+    h.check(
+        answer.as_ref().is_ok_and(|r| r.contains("hello from")),
+        format!("the waiting client is served: {answer:?}"),
+    );
+    h.check(
+        count_lines(&h, &file, "spawned bridge") == 1,
+        "one bridge, which waited for the daemon",
+    );
+    let id = settle_one(&h, &case, &file, LONG);
+    h.check(!id.is_empty(), "one container, no orphan");
 }
 
 #[test]
