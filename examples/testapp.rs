@@ -6,7 +6,8 @@
 //! Flags:
 //! - `--record <file>`: append one line at start:
 //!   `start pid=<pid> t_ns=<CLOCK_REALTIME ns> listen_fds=<n|-> listen_pid_ok=<0|1> names=<LISTEN_FDNAMES|->
-//!   emperor_fd=<n|-> cwd=<cwd> stdin=<socket|-> [env_FOO=<value|->]... [ini=<file>]`.
+//!   emperor_fd=<n|-> cwd=<cwd> stdin=<socket|-> uid=<uid> gid=<gid> nnp=<0|1> [env_FOO=<value|->]... [ini=<file>]`
+//!   (`nnp`: `no_new_privs` is set).
 //!   Later events append `reload pid=<pid> t_ns=<ns>` (byte 1 from the emperor) and
 //!   `child pid=<pid> parent=<pid>` (`--spawn-child`). Each line is one `write()` on an `O_APPEND` fd, so lines
 //!   of concurrent processes never interleave.
@@ -292,6 +293,15 @@ fn main() {
         emperor_fd.map_or("-".to_string(), |n| n.to_string()),
         if stdin_is_listener { "socket" } else { "-" },
     );
+    // SAFETY: getuid, getgid and prctl(PR_GET_NO_NEW_PRIVS) only read this process's credentials.
+    let (uid, gid, nnp) = unsafe {
+        (
+            libc::getuid(),
+            libc::getgid(),
+            libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0),
+        )
+    };
+    line.push_str(&format!(" uid={uid} gid={gid} nnp={nnp}"));
     for name in &o.show_env {
         line.push_str(&format!(" env_{name}={}", env_or_dash(name)));
     }

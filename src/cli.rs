@@ -125,6 +125,9 @@ pub struct BridgeArgs {
     /// container already holds the vassal's sockets and channels.
     #[arg(long, value_name = "ID")]
     pub adopt: Option<String>,
+    /// Tyrant mode: the container's user, the vassal file's owner.
+    #[arg(long, value_name = "UID:GID")]
+    pub run_as: Option<crate::config::RunAs>,
 }
 
 impl BridgeArgs {
@@ -163,6 +166,10 @@ impl BridgeArgs {
         if let Some(id) = &self.adopt {
             argv.push("--adopt".into());
             argv.push(id.clone());
+        }
+        if let Some(r) = &self.run_as {
+            argv.push("--run-as".into());
+            argv.push(r.to_string());
         }
         if self.docker_debug {
             argv.push("--docker-debug".into());
@@ -309,6 +316,15 @@ pub struct EmperorArgs {
     #[arg(long)]
     pub emperor_docker_required: bool,
 
+    /// Tyrant mode (uWSGI's name): each vassal runs as its file's owner uid and gid (with that user's
+    /// groups); files owned by uid 0 or gid 0 are refused.
+    #[arg(long)]
+    pub emperor_tyrant: bool,
+
+    /// Tyrant mode, with a symlinked vassal file's own owner instead of its target's.
+    #[arg(long)]
+    pub emperor_tyrant_nofollow: bool,
+
     /// The Docker daemon's socket (default: `DOCKER_HOST`, else /var/run/docker.sock).
     #[arg(long, value_name = "PATH")]
     pub docker_daemon_socket: Option<PathBuf>,
@@ -381,6 +397,10 @@ pub struct EmperorOptions {
     pub instance: String,
     pub docker: bool,
     pub docker_required: bool,
+    /// `--emperor-tyrant` (or its `-nofollow` form).
+    pub tyrant: bool,
+    /// `--emperor-tyrant-nofollow`: a symlink's own owner counts.
+    pub tyrant_nofollow: bool,
     pub docker_daemon_socket: Option<PathBuf>,
     pub docker_debug: bool,
     pub docker_labels: Vec<(String, String)>,
@@ -424,6 +444,8 @@ impl EmperorArgs {
             instance: String::new(),
             docker: self.emperor_docker || self.emperor_docker_required,
             docker_required: self.emperor_docker_required,
+            tyrant: self.emperor_tyrant || self.emperor_tyrant_nofollow,
+            tyrant_nofollow: self.emperor_tyrant_nofollow,
             docker_daemon_socket: self.docker_daemon_socket,
             docker_debug: self.docker_debug,
             docker_labels: self.docker_labels,
@@ -520,6 +542,7 @@ mod tests {
             overlap: true,
             name_prefix: "t1-".into(),
             adopt: Some("0123abcd".into()),
+            run_as: Some(crate::config::RunAs { uid: 1000, gid: 100 }),
         };
         assert_eq!(bridge_args(full.to_argv()), full);
         let bare = BridgeArgs {
@@ -528,6 +551,7 @@ mod tests {
             overlap: false,
             name_prefix: String::new(),
             adopt: None,
+            run_as: None,
             ..full.clone()
         };
         assert_eq!(bridge_args(bare.to_argv()), bare);
@@ -557,6 +581,8 @@ mod tests {
                 "t1-",
                 "--adopt",
                 "0123abcd",
+                "--run-as",
+                "1000:100",
                 "--docker-debug",
                 "--label",
                 "team=web",

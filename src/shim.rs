@@ -345,6 +345,7 @@ impl Plan {
             cwd: None,
             pdeathsig: None,
             foreground: true,
+            creds: None,
         });
         // Our copies of the payload's fds go: the payload alone holds them now.
         drop(placed);

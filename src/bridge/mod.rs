@@ -390,7 +390,7 @@ impl Bridge {
         }
         let id = self.create(docker, target, ready_made, body, &fingerprint).await?;
         self.container = Some(id.clone());
-        self.write_cidfile(&target.d, &id);
+        self.write_cidfile(&target.d, target.cfg.run_as, &id);
         self.attach(docker, &id, true).await?;
         let record = self.start(docker, target, &id).await?;
         Ok((listener, record, proxy))
@@ -401,7 +401,8 @@ impl Bridge {
     fn target(&self) -> Result<Target, Fail> {
         let text = std::env::var(ENV_VASSAL_TEXT).map_err(|_| Fail::NoVassalText)?;
         let cfg = config::parse(&self.args.name, &self.args.file, &text, &self.args.vassals_dir)?
-            .with_name_prefix(&self.args.name_prefix);
+            .with_name_prefix(&self.args.name_prefix)
+            .running_as(self.args.run_as);
         let d = cfg.docker.clone().ok_or(Fail::NotDocker)?;
         let create_name = if self.args.overlap {
             format!("{}.next-{}", d.container_name, std::process::id())
@@ -494,9 +495,18 @@ impl Bridge {
         Ok(listener)
     }
 
-    fn write_cidfile(&mut self, d: &DockerConfig, id: &str) {
+    /// Writes the container's id to `docker-cidfile`; in tyrant mode as the vassal's owner could
+    /// ([`crate::sys::tenant`]): never through a symlink, never into a file the owner may not write.
+    fn write_cidfile(&mut self, d: &DockerConfig, run_as: Option<config::RunAs>, id: &str) {
+        use std::io::Write;
         let Some(cid) = &d.cidfile else { return };
-        match std::fs::write(cid, format!("{id}\n")) {
+        let written = match run_as {
+            Some(r) => crate::sys::tenant::Place::of(cid)
+                .and_then(|p| p.open_for(&crate::sys::tenant::Tenant::of(r.uid, r.gid), false, cid))
+                .and_then(|mut f| f.write_all(format!("{id}\n").as_bytes())),
+            None => std::fs::write(cid, format!("{id}\n")),
+        };
+        match written {
             Ok(()) => self.cidfile = Some((cid.clone(), id.to_owned())),
             Err(e) => warn!(
                 "[{}] bridge: cannot write docker-cidfile {}: {e}",

@@ -157,26 +157,9 @@ fn lookup_group(name: &str) -> Result<u32, String> {
     }
 }
 
-/// The id (third field) of `name` in a passwd- or group-format file.
-///
-/// Not NSS (`getpwnam_r`): the binary is linked statically, and glibc then `dlopen`s the NSS
-/// modules that follow `files` in nsswitch.conf (`systemd`, `sss`, `ldap`, ...), which crashes a
-/// static process for any name the files do not have. Users and groups that exist only in such
-/// databases must therefore be given by number.
+/// The id of `name` in a passwd- or group-format file (the files, never NSS: see [`crate::sys::users`]).
 fn lookup_in_file(file: &Path, name: &str) -> Result<Option<u32>, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    for line in text.lines() {
-        let mut fields = line.split(':');
-        if fields.next() != Some(name) {
-            continue;
-        }
-        let id = fields.nth(1).unwrap_or_default();
-        return id
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{}: \"{name}\" has an invalid id \"{id}\"", file.display()));
-    }
-    Ok(None)
+    crate::sys::users::id_of(file, name)
 }
 
 pub(super) fn parse_backlog(value: &str) -> Result<u32, String> {

@@ -122,6 +122,33 @@ pub struct VassalConfig {
     /// file past this size, it is renamed to `<file>.1` (replacing the previous one) and a new file
     /// is started.
     pub log_maxsize: Option<u64>,
+    /// Tyrant mode (`--emperor-tyrant`): the file's owner, whom the vassal runs as. Never from the file's
+    /// text: the emperor sets it from the file's metadata ([`VassalConfig::running_as`]).
+    pub run_as: Option<RunAs>,
+}
+
+/// A vassal file's owner, whom the vassal runs as in tyrant mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl std::fmt::Display for RunAs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
+impl std::str::FromStr for RunAs {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RunAs, String> {
+        let (u, g) = s.split_once(':').ok_or_else(|| format!("{s:?} is not UID:GID"))?;
+        match (u.parse(), g.parse()) {
+            (Ok(uid), Ok(gid)) => Ok(RunAs { uid, gid }),
+            _ => Err(format!("{s:?} is not UID:GID")),
+        }
+    }
 }
 
 /// What an idle vassal becomes (`idle-action`).
@@ -139,6 +166,12 @@ impl VassalConfig {
     #[allow(dead_code, reason = "API for the emperor and bridge, which read the field today")]
     pub fn has_uwsgi_section(&self) -> bool {
         self.uwsgi_section
+    }
+
+    /// The same vassal, run as `run_as` (tyrant mode).
+    pub fn running_as(mut self, run_as: Option<RunAs>) -> VassalConfig {
+        self.run_as = run_as;
+        self
     }
 
     /// The same vassal with its container named `<prefix><name>` (the emperor's `--docker-name-prefix`;

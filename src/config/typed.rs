@@ -321,6 +321,7 @@ fn empty_config(name: &str, path: &Path, text: &str) -> VassalConfig {
         ready_delay: None,
         logto: None,
         log_maxsize: None,
+        run_as: None,
     }
 }
 

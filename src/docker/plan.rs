@@ -314,7 +314,9 @@ fn container_body(cfg: &VassalConfig, d: &DockerConfig, ctx: &Context<'_>) -> Co
         attach_stderr: Some(true),
         working_dir: d.workdir.clone(),
         hostname: d.hostname.clone(),
-        user: d.user.clone(),
+        // Tyrant mode: the file's owner, whatever the image says (a docker-user naming anyone else is refused
+        // before anything is created).
+        user: cfg.run_as.map(|r| r.to_string()).or_else(|| d.user.clone()),
         stop_signal: cfg.stop_signal.map(|s| s.as_str().to_string()),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         host_config: Some(HostConfig {

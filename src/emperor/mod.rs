@@ -659,7 +659,8 @@ impl Emperor {
             match change {
                 // Permissions or ownership only: a running vassal is left alone (uWSGI reloads on mtime), a file
                 // that could not be read is tried again.
-                Change::Changed { name, meta_only: true } if self.good.contains_key(&name) => {}
+                Change::Changed { name, meta_only: true }
+                    if self.good.contains_key(&name) && !self.owner_changed(&name) => {}
                 Change::Added(name) | Change::Changed { name, .. } => {
                     let entry = &new[&name];
                     if let Some(bad) = &entry.unusable {
@@ -732,7 +733,21 @@ impl Emperor {
                 }],
             });
         }
-        Ok(cfg.with_name_prefix(&self.opts.docker_name_prefix))
+        let run_as = if self.opts.tyrant {
+            Some(tyrant_owner(&cfg, self.opts.tyrant_nofollow)?)
+        } else {
+            None
+        };
+        Ok(cfg.with_name_prefix(&self.opts.docker_name_prefix).running_as(run_as))
+    }
+
+    /// Tyrant mode: whether the owner of a running vassal's file changed (a chown does not change its
+    /// mtime, so the scan sees a change of metadata only): then it restarts as the new owner.
+    fn owner_changed(&self, name: &str) -> bool {
+        let Some(good) = self.good.get(name).filter(|_| self.opts.tyrant) else {
+            return false;
+        };
+        tyrant_owner(good, self.opts.tyrant_nofollow).ok() != good.run_as
     }
 
     /// Sends to the vassal's actor, starting one if there is none (or only a finished one).
@@ -754,4 +769,62 @@ impl Emperor {
         let _ = h.tx.send(cmd);
         self.vassals.insert(name, h);
     }
+}
+
+/// Tyrant mode: whom the vassal of `cfg` runs as, its file's owner (the symlink's own with `nofollow`, as
+/// uWSGI's `emperor-tyrant-nofollow`). A file of uid 0 or gid 0 is refused: it would run as root, and
+/// anyone who can make root own a file is root already. A Docker vassal's `docker-user` may only name the
+/// owner (the container's user is forced to it anyway).
+fn tyrant_owner(cfg: &config::VassalConfig, nofollow: bool) -> Result<config::RunAs, config::ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |key: Option<&str>, value: Option<String>, message: String| config::ConfigError {
+        path: cfg.path.clone(),
+        problems: vec![config::Problem {
+            line: None,
+            column: None,
+            key: key.map(String::from),
+            value,
+            message,
+        }],
+    };
+    let meta = if nofollow {
+        std::fs::symlink_metadata(&cfg.path)
+    } else {
+        std::fs::metadata(&cfg.path)
+    }
+    .map_err(|e| refuse(None, None, format!("cannot read its owner: {e}")))?;
+    let owner = config::RunAs {
+        uid: meta.uid(),
+        gid: meta.gid(),
+    };
+    if owner.uid == 0 || owner.gid == 0 {
+        return Err(refuse(
+            None,
+            None,
+            format!(
+                "refused: --emperor-tyrant runs a vassal as its file's owner, and this file belongs to {} \
+                 (uid {}, gid {}); chown it to the tenant it runs for",
+                if owner.uid == 0 { "root" } else { "group root" },
+                owner.uid,
+                owner.gid
+            ),
+        ));
+    }
+    if let Some(user) = cfg.docker.as_ref().and_then(|d| d.user.as_deref()) {
+        let own_name = crate::sys::users::by_uid(owner.uid).map(|u| u.name);
+        let who = user.split(':').next().unwrap_or(user);
+        let same = user == owner.to_string() || who == owner.uid.to_string() || Some(who) == own_name.as_deref();
+        let group_ok = user.split_once(':').is_none_or(|(_, g)| g == owner.gid.to_string());
+        if !(same && group_ok) {
+            return Err(refuse(
+                Some("docker-user"),
+                Some(user.to_string()),
+                format!(
+                    "refused: in tyrant mode the container runs as the file's owner ({owner}); docker-user may \
+                     only name that user"
+                ),
+            ));
+        }
+    }
+    Ok(owner)
 }

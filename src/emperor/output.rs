@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use log::error;
+
+use crate::sys::tenant::{self, Tenant};
 use tokio::io::AsyncReadExt;
 
 /// Longest line kept in memory; longer ones are forwarded in pieces.
@@ -53,6 +55,8 @@ struct Sink {
     /// Opening or writing `path` failed: lines go to stdout until the setting changes or the
     /// vassal restarts, and the error is not logged again.
     failed: bool,
+    /// Tyrant mode: the file is opened, created and rotated as its tenant could ([`tenant`]).
+    tenant: Option<Tenant>,
     /// Lines not written yet, already formatted for their target.
     pending: Vec<u8>,
 }
@@ -65,16 +69,18 @@ impl Log {
             max: None,
             file: None,
             failed: false,
+            tenant: None,
             pending: Vec::new(),
         })))
     }
 
     /// Applies `logto` / `log-maxsize`; a new path is opened at the next line.
-    pub fn configure(&self, path: Option<&Path>, max: Option<u64>) {
+    pub fn configure(&self, path: Option<&Path>, max: Option<u64>, tenant: Option<Tenant>) {
         let mut sink = self.0.borrow_mut();
         sink.flush();
-        if sink.path.as_deref() != path {
+        if sink.path.as_deref() != path || sink.tenant != tenant {
             sink.path = path.map(Path::to_path_buf);
+            sink.tenant = tenant;
             sink.file = None;
             sink.failed = false;
         }
@@ -174,11 +180,11 @@ impl Sink {
 
     fn open(&mut self) -> bool {
         let Some(path) = &self.path else { return false };
-        let opened = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .and_then(|f| f.metadata().map(|m| (f, m.len())));
+        let opened = match &self.tenant {
+            Some(t) => tenant::Place::of(path).and_then(|p| p.open_for(t, true, path)),
+            None => std::fs::OpenOptions::new().append(true).create(true).open(path),
+        }
+        .and_then(|f| f.metadata().map(|m| (f, m.len())));
         match opened {
             Ok(file) => {
                 self.file = Some(file);
@@ -191,16 +197,27 @@ impl Sink {
         }
     }
 
-    /// `<file>` becomes `<file>.1` (replacing it) and a new `<file>` is opened.
+    /// `<file>` becomes `<file>.1` (replacing it) and a new `<file>` is opened. In tyrant mode both happen
+    /// inside the directory reached without symlinks, never through the path again.
     fn rotate(&mut self) -> bool {
         let Some(path) = self.path.clone() else { return false };
-        let mut old = path.clone().into_os_string();
-        old.push(".1");
         self.file = None;
-        // Freeing the old `<file>.1` can take a while (ext4 with `discard`: ~10 ms for 10 MB); done
-        // by the rename, that time would be spent with no `<file>` at all.
-        let _ = std::fs::remove_file(&old);
-        if let Err(e) = std::fs::rename(&path, &old) {
+        let rotated = match &self.tenant {
+            Some(_) => tenant::Place::of(&path).and_then(|p| {
+                let old = p.sibling(".1");
+                p.remove(&old)?;
+                p.rename(&p.name, &old)
+            }),
+            None => {
+                let mut old = path.clone().into_os_string();
+                old.push(".1");
+                // Freeing the old `<file>.1` can take a while (ext4 with `discard`: ~10 ms for 10 MB); done
+                // by the rename, that time would be spent with no `<file>` at all.
+                let _ = std::fs::remove_file(&old);
+                std::fs::rename(&path, &old)
+            }
+        };
+        if let Err(e) = rotated {
             self.fail(format!("cannot rotate logto {}: {e}", path.display()));
             return false;
         }

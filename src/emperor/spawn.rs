@@ -52,6 +52,8 @@ pub struct SpawnRequest<'a> {
     pub stderr: Option<BorrowedFd<'a>>,
     /// Sent to the vassal when the emperor's thread dies.
     pub pdeathsig: Signal,
+    /// The user the vassal runs as (tyrant mode); `None`: the emperor's own.
+    pub creds: Option<&'a crate::sys::fork::Creds>,
 }
 
 /// A running vassal process that this emperor forked and must reap.
@@ -176,6 +178,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Child> {
         cwd: Some(&cwd_c),
         pdeathsig: Some(req.pdeathsig as libc::c_int),
         foreground: false,
+        creds: req.creds,
     })
     .map_err(|e| match e {
         fork::Error::Parent(_, err) => err,

@@ -41,6 +41,18 @@ pub struct Exec<'a> {
     /// Make the child's process group the foreground of its terminal (on fd 0, 1 or 2), if it has one,
     /// so that a tty's ^C reaches it. SIGTTOU must be blocked in the caller.
     pub foreground: bool,
+    /// Who the child becomes before anything else it does (tyrant mode); `None` keeps ours.
+    pub creds: Option<&'a Creds>,
+}
+
+/// A user to run as: supplementary groups, then gid, then uid are set (the only order in which a root
+/// process can set all three), and `no_new_privs`, so that no set-uid program gets root back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Creds {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    /// The supplementary groups; at least `gid`.
+    pub groups: Vec<libc::gid_t>,
 }
 
 /// Why [`fork_exec`] failed.
@@ -113,6 +125,7 @@ pub fn fork_exec(exec: Exec<'_>) -> Result<Pid, Error> {
         parent: nix::unistd::getpid().as_raw(),
         pdeathsig: exec.pdeathsig,
         foreground: exec.foreground,
+        creds: exec.creds.map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
         err_w: err_w.as_raw_fd(),
     };
 
@@ -165,6 +178,8 @@ struct ChildPlan<'a> {
     parent: libc::pid_t,
     pdeathsig: Option<libc::c_int>,
     foreground: bool,
+    /// uid, gid, and the supplementary groups as a pointer and a length.
+    creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
     err_w: RawFd,
 }
 
@@ -173,11 +188,13 @@ struct ChildPlan<'a> {
 /// # Safety
 /// Must run in a freshly forked child. Every pointer in `plan` points into memory the parent prepared
 /// before forking: `program` and `cwd` (unless null) are NUL-terminated strings, `argv` and `envp`
-/// NULL-terminated arrays of them, `pid_slot` is null or has [`PID_SLOT`] writable bytes.
+/// NULL-terminated arrays of them, `pid_slot` is null or has [`PID_SLOT`] writable bytes, and the
+/// groups of `creds` point at as many `gid_t`s as its length says.
 unsafe fn child_exec(plan: ChildPlan<'_>) -> ! {
-    // SAFETY: every call below is async-signal-safe (setpgid, getpgrp, tcsetpgrp, prctl, getppid,
-    // fcntl, dup2, signal, sigemptyset, sigprocmask, chdir, getpid, execve, write, _exit; execvpe see
-    // `Exec::search_path`) and takes plain integers or the pointers this function's contract describes.
+    // SAFETY: every call below is async-signal-safe (setpgid, getpgrp, tcsetpgrp, setgroups, setgid,
+    // setuid, prctl, getppid, fcntl, dup2, signal, sigemptyset, sigprocmask, chdir, getpid, execve,
+    // write, _exit; execvpe see `Exec::search_path`) and takes plain integers or the pointers this
+    // function's contract describes.
     unsafe {
         let mut err_w = plan.err_w;
         let fail = |err_w: RawFd| -> ! {
@@ -194,6 +211,15 @@ unsafe fn child_exec(plan: ChildPlan<'_>) -> ! {
                     break;
                 }
             }
+        }
+        // Before the death signal: the kernel clears it when the credentials change.
+        if let Some((uid, gid, groups, n)) = plan.creds
+            && (libc::setgroups(n, groups) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        {
+            fail(err_w);
         }
         if let Some(sig) = plan.pdeathsig {
             if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
@@ -262,6 +288,7 @@ mod tests {
             cwd: None,
             pdeathsig: None,
             foreground: false,
+            creds: None,
         })?;
         match waitpid(pid, None) {
             Ok(WaitStatus::Exited(_, code)) => Ok(code),

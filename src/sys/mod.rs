@@ -12,3 +12,5 @@ pub mod child;
 pub mod fd;
 pub mod fork;
 pub mod hash;
+pub mod tenant;
+pub mod users;

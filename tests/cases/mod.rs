@@ -16,5 +16,6 @@ mod signals;
 mod sockets;
 mod stats;
 mod throttle;
+mod tyrant;
 mod uwsgi;
 mod uwsgi_docker;

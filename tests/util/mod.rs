@@ -624,3 +624,41 @@ fn instance_run_dir(vassals: &Path) -> Option<PathBuf> {
     }
     Some(PathBuf::from(format!("/run/emperor/{h:016x}")))
 }
+
+/// A local user for tyrant-mode tests (`useradd --user-group`, no home, no login shell), created once if
+/// missing; returns its uid and gid. Needs root, as the emperor in tyrant mode does.
+pub fn ensure_user(name: &str) -> (u32, u32) {
+    let lookup = || {
+        let out = Command::new("id").args(["-u", name]).output().ok()?;
+        let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+        let out = Command::new("id").args(["-g", name]).output().ok()?;
+        let gid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+        Some((uid, gid))
+    };
+    if let Some(ids) = lookup() {
+        return ids;
+    }
+    let status = Command::new("useradd")
+        .args([
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ])
+        .status()
+        .expect("useradd (from Debian's passwd package) must be installed");
+    // Another test may have created it meanwhile (exit 9: already exists).
+    assert!(status.success() || status.code() == Some(9), "useradd {name}: {status}");
+    lookup().unwrap_or_else(|| panic!("user {name} does not exist after useradd"))
+}
+
+/// Writes a vassal file owned by `uid:gid` from the start (written and chowned beside the directory, then
+/// renamed in), so the emperor never sees it with another owner.
+pub fn write_owned(path: &Path, content: &str, uid: u32, gid: u32) {
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    fs::write(&tmp, content).unwrap();
+    std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}

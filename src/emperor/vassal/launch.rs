@@ -111,6 +111,15 @@ impl Launcher for System {
         };
         let cfg = l.cfg;
         let bridged = cfg.docker.is_some();
+        // Tyrant mode: a process vassal becomes its file's owner before exec (a bridge stays root: it talks to
+        // the daemon; the container gets the owner as its user).
+        let (creds, tyrant_env) = match cfg.run_as.filter(|_| !bridged) {
+            Some(r) => {
+                let (c, e) = creds_of(r);
+                (Some(c), e)
+            }
+            None => (None, Vec::new()),
+        };
         let speaks;
         let argv;
         let env;
@@ -153,7 +162,7 @@ impl Launcher for System {
                     speaks = true;
                 }
             }
-            env = cfg.env.clone();
+            env = tyrant_env.iter().cloned().chain(cfg.env.iter().cloned()).collect();
             // A uWSGI vassal (run through the wrapper) gets its first socket as fd 0, uWSGI's own
             // convention for emperor-owned sockets and the only place a socket survives its reload.
             match l.sockets.split_first() {
@@ -181,6 +190,7 @@ impl Launcher for System {
             output: out_w.as_fd(),
             stderr: bridged.then(|| stderr.as_fd()),
             pdeathsig: if bridged { Signal::SIGTERM } else { Signal::SIGKILL },
+            creds: creds.as_ref(),
         };
         let child = spawn::spawn(req).map_err(VassalError::Spawn)?;
         drop((out_w, theirs, config_theirs, lifeline_r));
@@ -222,6 +232,7 @@ impl Launcher for System {
             output: out_w.as_fd(),
             stderr: Some(stderr.as_fd()),
             pdeathsig: Signal::SIGTERM,
+            creds: None,
         };
         let child = spawn::spawn(req).map_err(VassalError::Spawn)?;
         drop((out_w, lifeline_r));
@@ -235,6 +246,24 @@ impl Launcher for System {
         );
         Ok((Box::new(child), lifeline))
     }
+}
+
+/// The user a tyrant-mode vassal becomes: its file's uid and gid, plus the supplementary groups of the user
+/// with that uid if there is one (as `login` would give them), and `USER`, `LOGNAME` and `HOME` for it.
+fn creds_of(r: crate::config::RunAs) -> (crate::sys::fork::Creds, Vec<(String, String)>) {
+    let tenant = crate::sys::tenant::Tenant::of(r.uid, r.gid);
+    let mut env = Vec::new();
+    if let Some(u) = crate::sys::users::by_uid(r.uid) {
+        env.push(("USER".into(), u.name.clone()));
+        env.push(("LOGNAME".into(), u.name));
+        env.push(("HOME".into(), u.home.to_string_lossy().into_owned()));
+    }
+    let creds = crate::sys::fork::Creds {
+        uid: r.uid,
+        gid: r.gid,
+        groups: tenant.groups,
+    };
+    (creds, env)
 }
 
 /// The environment of every bridge: the vassal file's text (the file may change on disk meanwhile) and the
@@ -265,6 +294,7 @@ fn bridge_argv(cfg: &VassalConfig, opts: &EmperorOptions, overlap: bool, adopt: 
         overlap,
         name_prefix: opts.docker_name_prefix.clone(),
         adopt: adopt.map(String::from),
+        run_as: cfg.run_as,
     };
     std::iter::once(exe).chain(args.to_argv()).collect()
 }

@@ -643,10 +643,11 @@ impl Actor {
     fn update(&mut self, cfg: Arc<VassalConfig>) -> Vec<Event> {
         self.track.config_error = None;
         self.fsm.set_params(params_for(&self.opts, Some(&cfg)));
+        // A new owner (tyrant mode) means a new process: a uWSGI reloading in place keeps its uid.
         let restart = self
             .config
             .as_ref()
-            .is_none_or(|old| old.emperor_hash != cfg.emperor_hash);
+            .is_none_or(|old| old.emperor_hash != cfg.emperor_hash || old.run_as != cfg.run_as);
         let first = self.config.is_none();
         // An on-demand vassal's sockets must exist before anything runs: they are what starts it.
         if cfg.on_demand && self.fsm.state().instance().is_none() {
@@ -655,7 +656,8 @@ impl Actor {
             }
             info!("[{}] on demand: waiting for a connection", self.name);
         }
-        self.log.configure(cfg.logto.as_deref(), cfg.log_maxsize);
+        let tenant = cfg.run_as.map(|r| crate::sys::tenant::Tenant::of(r.uid, r.gid));
+        self.log.configure(cfg.logto.as_deref(), cfg.log_maxsize, tenant);
         if let Some(id) = self.precreate.file_changed(cfg.docker.is_none()) {
             self.discard(id);
         }

@@ -1,0 +1,101 @@
+//! Tyrant mode (`--emperor-tyrant`, issue 12): a vassal runs as its file's owner, a root-owned file is
+//! refused, a chown restarts the vassal as the new owner, and what the root emperor writes for a vassal
+//! (`logto`) cannot be aimed through a symlink at a file the tenant could not write.
+//!
+//! Real users (`useradd`, once per machine) and the real binary; the test app records its uid, gid and
+//! `no_new_privs` in its start line.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::util::{Harness, LONG, ensure_user, write_owned};
+
+const TENANT_A: &str = "emperor-tenant-a";
+const TENANT_B: &str = "emperor-tenant-b";
+
+/// A harness whose test app can run as a tenant: its tree is searchable and its record directory writable.
+fn tenant_harness(name: &str) -> Harness {
+    let h = Harness::new(name);
+    fs::set_permissions(&h.root, fs::Permissions::from_mode(0o755)).unwrap();
+    for d in ["vassals", "run", "elsewhere"] {
+        fs::set_permissions(h.root.join(d), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::set_permissions(h.root.join("rec"), fs::Permissions::from_mode(0o1777)).unwrap();
+    h
+}
+
+#[test]
+fn a_vassal_runs_as_its_files_owner_and_a_chown_restarts_it_as_the_new_one() {
+    let (a_uid, a_gid) = ensure_user(TENANT_A);
+    let (b_uid, b_gid) = ensure_user(TENANT_B);
+    let mut h = tenant_harness("tyrant_owner");
+    // Both tenants append to one record file.
+    fs::write(h.rec_path("app"), "").unwrap();
+    fs::set_permissions(h.rec_path("app"), fs::Permissions::from_mode(0o666)).unwrap();
+    write_owned(&h.vassal("app.ini"), &h.app_ini("app", "--show-env USER"), a_uid, a_gid);
+    h.write_vassal("rooted.ini", &h.app_ini("rooted", ""));
+    h.start(&["--emperor-tyrant"]);
+
+    let first = h.wait_starts("app", 1, LONG);
+    let rec = &first[0];
+    h.check(
+        (rec.get("uid"), rec.get("gid")) == (a_uid.to_string().as_str(), a_gid.to_string().as_str()),
+        format!("runs as {a_uid}:{a_gid}: {rec:?}"),
+    );
+    h.check(rec.get("nnp") == "1", "no_new_privs is set");
+    h.check(rec.get("env_USER") == TENANT_A, "USER names the owner");
+
+    h.wait_log("rooted.ini", LONG);
+    h.wait_log("this file belongs to root", LONG);
+    h.check(h.starts("rooted").is_empty(), "a root-owned file is refused, never run");
+
+    // chown changes no mtime: the scan sees metadata only, and in tyrant mode that restarts the vassal.
+    std::os::unix::fs::chown(h.vassal("app.ini"), Some(b_uid), Some(b_gid)).unwrap();
+    let two = h.wait_starts("app", 2, LONG);
+    h.check(
+        two[1].get("uid") == b_uid.to_string(),
+        format!("restarted as the new owner {b_uid}: {:?}", two[1]),
+    );
+    h.check(two[1].pid() != two[0].pid(), "a new process, not a reload in place");
+}
+
+#[test]
+fn logto_through_a_symlink_to_a_root_file_is_refused_and_the_target_is_unchanged() {
+    let (uid, gid) = ensure_user(TENANT_A);
+    let mut h = tenant_harness("tyrant_logto");
+    let logs = h.root.join("elsewhere").join("logs");
+    fs::create_dir(&logs).unwrap();
+    std::os::unix::fs::chown(&logs, Some(uid), Some(gid)).unwrap();
+    let secret = h.root.join("secret");
+    fs::write(&secret, "root only\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&secret, logs.join("evil.log")).unwrap();
+    let evil = format!("{}logto = {}\n", h.app_ini("evil", ""), logs.join("evil.log").display());
+    let good = format!("{}logto = {}\n", h.app_ini("good", ""), logs.join("good.log").display());
+    write_owned(&h.vassal("evil.ini"), &evil, uid, gid);
+    write_owned(&h.vassal("good.ini"), &good, uid, gid);
+    h.start(&["--emperor-tyrant"]);
+    h.wait_starts("evil", 1, LONG);
+    h.wait_starts("good", 1, LONG);
+    h.wait_log("cannot open logto", LONG);
+    h.check(
+        h.stderr().contains("a symlink is not followed in tyrant mode"),
+        "the refusal says why",
+    );
+    h.check(
+        fs::read_to_string(&secret).unwrap() == "root only\n",
+        "the symlink's root-owned target is unchanged",
+    );
+    let good_log = logs.join("good.log");
+    h.wait_for(
+        || fs::read_to_string(&good_log).is_ok_and(|t| t.contains("testapp good")),
+        LONG,
+        "the legal logto to receive the app's output",
+    );
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(&good_log).unwrap();
+    h.check(
+        (meta.uid(), meta.gid()) == (uid, gid),
+        "the log file the emperor created belongs to the tenant",
+    );
+}
