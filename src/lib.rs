@@ -9,6 +9,7 @@ mod config;
 mod docker;
 mod emperor;
 mod exit;
+pub mod fuzzing;
 mod protocol;
 mod proxy_socket;
 mod shim;
