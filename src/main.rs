@@ -1,44 +1,5 @@
-//! `emperor`: one binary; this file only parses the command line and hands over to a role.
+//! `emperor`: one binary; the command line and the roles live in the library (`lib.rs`).
 
-mod bridge;
-mod cli;
-mod client;
-mod config;
-mod docker;
-mod emperor;
-mod exit;
-mod protocol;
-mod proxy_socket;
-mod shim;
-mod sys;
-
-use std::io::Write;
-use std::process::ExitCode;
-
-use clap::Parser;
-
-fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::new().filter_or("EMPEROR_LOG", "info"))
-        .format(|buf, record| {
-            let ts = buf.timestamp_millis();
-            writeln!(buf, "{ts} {:<5} {}", record.level(), record.args())
-        })
-        .init();
-    match cli.role {
-        Some(cli::Role::Status(args)) => client::status::main(args),
-        Some(cli::Role::Restart(args)) => client::control::main("restart", args),
-        Some(cli::Role::Stop(args)) => client::control::main("stop", args),
-        Some(cli::Role::Start(args)) => client::control::main("start", args),
-        Some(cli::Role::Shell(args)) => client::shell::main(args),
-        Some(cli::Role::Shim(args)) => shim::main(args),
-        Some(cli::Role::Bridge(args)) => bridge::main(args),
-        None => match cli.emperor.into_options() {
-            Ok(opts) => emperor::run(opts),
-            Err(e) => {
-                log::error!("{e}");
-                ExitCode::from(2)
-            }
-        },
-    }
+fn main() -> std::process::ExitCode {
+    emperor::main()
 }

@@ -159,6 +159,14 @@ pub fn recv_fds(sock: &UnixStream, max: usize) -> io::Result<Vec<OwnedFd>> {
         }
         got += msg.bytes;
     }
+    check_frame(&frame, fds.len(), max)?;
+    Ok(fds)
+}
+
+/// Checks a received frame (see the module doc): the magic, the announced count against `max`, and
+/// against `arrived`, the number of fds that came with it. Apart from the socket, so that the fuzz
+/// target (`fuzz/`) runs exactly the checks a peer's bytes meet.
+pub fn check_frame(frame: &[u8; FRAME_LEN], arrived: usize, max: usize) -> io::Result<()> {
     if &frame[..MAGIC.len()] != MAGIC {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -175,13 +183,13 @@ pub fn recv_fds(sock: &UnixStream, max: usize) -> io::Result<Vec<OwnedFd>> {
             format!("the header announces {count} fds, more than the {max} expected"),
         ));
     }
-    if count != fds.len() {
+    if count != arrived {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("received {} fds, but the header says {count}", fds.len()),
+            format!("received {arrived} fds, but the header says {count}"),
         ));
     }
-    Ok(fds)
+    Ok(())
 }
 
 /// The peer of a connected unix socket, as the kernel recorded it at `connect`/`socketpair` time

@@ -27,15 +27,24 @@ pub fn main(args: StatusArgs) -> ExitCode {
         let _ = out.write_all(&raw);
         return ExitCode::SUCCESS;
     }
-    let doc: Value = match serde_json::from_slice(&raw) {
-        Ok(d) => d,
+    match render(&raw, crate::emperor::unix_now()) {
+        Ok(text) => {
+            let _ = out.write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("emperor status: {} did not send valid JSON: {e}", args.stats);
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    let _ = out.write_all(table(&doc, crate::emperor::unix_now()).as_bytes());
-    ExitCode::SUCCESS
+    }
+}
+
+/// The table for what the stats socket sent. Whatever sits behind that address is trusted with no
+/// more than the terminal's contents: apart from the socket so that the fuzz target (`fuzz/`) feeds
+/// it the bytes a broken or hostile server could send.
+pub fn render(raw: &[u8], now: u64) -> Result<String, serde_json::Error> {
+    let doc: Value = serde_json::from_slice(raw)?;
+    Ok(table(&doc, now))
 }
 
 /// Connects (TCP if the address has a `:` and no `/`, as the server decides) and reads to EOF.
@@ -72,7 +81,9 @@ fn table(doc: &Value, now: u64) -> String {
     let s = |v: &Value| match v {
         Value::String(s) => crate::config::printable(s).into_owned(),
         Value::Null => "-".into(),
-        other => other.to_string(),
+        // serde_json escapes only the C0 controls in the strings of a value it prints: DEL and the C1
+        // controls (U+009B is a CSI on some terminals) would still reach the terminal.
+        other => crate::config::printable(&other.to_string()).into_owned(),
     };
     let mut rows = vec![
         [
@@ -230,6 +241,15 @@ mod tests {
         let t = table(&doc, 100);
         assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
         assert!(t.contains("invalid\\0") && t.contains("a\\0b\\u{1b}[2J"), "{t}");
+    }
+
+    /// Found by the `stats` fuzz target: an `id` that is not a string was printed as serde_json writes
+    /// it, which leaves DEL and the C1 controls raw.
+    #[test]
+    fn a_non_string_value_reaches_the_terminal_escaped() {
+        let t = render(br#"{"vassals":[{"id":["\u007f\u009b2J"]}]}"#, 0).unwrap();
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert!(t.contains(r#"["\u{7f}\u{9b}2J"]"#), "{t}");
     }
 
     #[test]

@@ -316,6 +316,12 @@ pub fn load(path: &Path, vassals_dir: &Path) -> Result<VassalConfig, ConfigError
         None => return Err(fail("path has no file name".into())),
     };
     let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    from_bytes(&name, path, bytes, vassals_dir)
+}
+
+/// Parses a vassal file's bytes as [`load`] read them: UTF-8 first, then [`parse`]. Apart from the file
+/// so that the fuzz target (`fuzz/`) starts where an attacker who can write a vassal file does.
+pub fn from_bytes(name: &str, path: &Path, bytes: Vec<u8>, vassals_dir: &Path) -> Result<VassalConfig, ConfigError> {
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
@@ -327,7 +333,7 @@ pub fn load(path: &Path, vassals_dir: &Path) -> Result<VassalConfig, ConfigError
             )],
         }
     })?;
-    parse(&name, path, &text, vassals_dir)
+    parse(name, path, &text, vassals_dir)
 }
 
 /// Parses vassal file content. `name` is the vassal name (`app.ini`), `path` is used in errors,

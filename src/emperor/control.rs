@@ -23,7 +23,7 @@ use super::vassal::Command;
 /// How long a client gets to send its line and take the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest request line accepted.
-const MAX_LINE: u64 = 4096;
+pub const MAX_LINE: u64 = 4096;
 
 /// What a client asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,10 +134,19 @@ pub async fn serve(conn: UnixStream, actors: Vec<(String, mpsc::UnboundedSender<
 
 async fn read_line(conn: &mut UnixStream) -> std::io::Result<String> {
     use tokio::io::AsyncReadExt;
-    let mut line = String::new();
+    let mut line = Vec::new();
     BufReader::new(AsyncReadExt::take(conn, MAX_LINE))
-        .read_line(&mut line)
+        .read_until(b'\n', &mut line)
         .await?;
+    request_line(&line)
+}
+
+/// The request in what a client sent: up to and including the first newline, at most [`MAX_LINE`]
+/// bytes (where the reader stopped). Apart from the socket so that the fuzz target (`fuzz/`) reads
+/// the same bytes the same way.
+pub fn request_line(sent: &[u8]) -> std::io::Result<String> {
+    let line = std::str::from_utf8(sent)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"))?;
     if !line.ends_with('\n') {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -147,6 +156,16 @@ async fn read_line(conn: &mut UnixStream) -> std::io::Result<String> {
     Ok(line.trim().to_string())
 }
 
+/// A request line → (verb as sent, what it asks, the vassal named), or the error answer.
+pub fn parse_request(line: &str) -> Result<(&str, Op, &str), String> {
+    let (verb, name) = line.split_once(' ').map_or((line, ""), |(v, n)| (v, n.trim()));
+    let op = Op::parse(verb).ok_or_else(|| format!("unknown command {verb:?} (restart, stop or start)"))?;
+    if name.is_empty() {
+        return Err(format!("{verb}: which vassal?"));
+    }
+    Ok((verb, op, name))
+}
+
 /// Parses and carries out one request.
 async fn handle(
     line: &str,
@@ -154,11 +173,7 @@ async fn handle(
     pid: i32,
     actors: &[(String, mpsc::UnboundedSender<Command>)],
 ) -> Result<String, String> {
-    let (verb, name) = line.split_once(' ').map_or((line, ""), |(v, n)| (v, n.trim()));
-    let op = Op::parse(verb).ok_or_else(|| format!("unknown command {verb:?} (restart, stop or start)"))?;
-    if name.is_empty() {
-        return Err(format!("{verb}: which vassal?"));
-    }
+    let (verb, op, name) = parse_request(line)?;
     // `app` means `app.ini` when there is no vassal called just `app`.
     let with_ini = format!("{name}.ini");
     let (id, tx) = actors

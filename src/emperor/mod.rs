@@ -32,7 +32,7 @@
 
 mod arrivals;
 mod conns;
-mod control;
+pub mod control;
 mod daemon_watch;
 mod fatal;
 pub mod fsm;
@@ -41,7 +41,7 @@ mod notify;
 mod output;
 mod prepare;
 mod reap;
-mod routes;
+pub mod routes;
 mod scan;
 mod sockets;
 pub mod spawn;

@@ -1,0 +1,48 @@
+//! `emperor`: one binary with several roles (emperor, bridge, shim and the clients). It is a library
+//! only so that the fuzz targets in `fuzz/` and the corpus replay in `tests/fuzz_corpora.rs` can reach
+//! the parsers through [`fuzzing`]; everything else stays private to the crate.
+
+mod bridge;
+mod cli;
+mod client;
+mod config;
+mod docker;
+mod emperor;
+mod exit;
+pub mod fuzzing;
+mod protocol;
+mod proxy_socket;
+mod shim;
+mod sys;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Parses the command line and hands over to a role.
+pub fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("EMPEROR_LOG", "info"))
+        .format(|buf, record| {
+            let ts = buf.timestamp_millis();
+            writeln!(buf, "{ts} {:<5} {}", record.level(), record.args())
+        })
+        .init();
+    match cli.role {
+        Some(cli::Role::Status(args)) => client::status::main(args),
+        Some(cli::Role::Restart(args)) => client::control::main("restart", args),
+        Some(cli::Role::Stop(args)) => client::control::main("stop", args),
+        Some(cli::Role::Start(args)) => client::control::main("start", args),
+        Some(cli::Role::Shell(args)) => client::shell::main(args),
+        Some(cli::Role::Shim(args)) => shim::main(args),
+        Some(cli::Role::Bridge(args)) => bridge::main(args),
+        None => match cli.emperor.into_options() {
+            Ok(opts) => emperor::run(opts),
+            Err(e) => {
+                log::error!("{e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
