@@ -7,6 +7,7 @@ mod config;
 mod docker;
 mod emperor;
 mod exit;
+mod policy;
 mod protocol;
 mod proxy_socket;
 mod shim;

@@ -34,6 +34,8 @@ pub use docker::DockerConfig;
 pub use keys::{Owner, parse_owner};
 pub use routes::Route;
 pub use socket::{SocketAddrSpec, SocketSpec};
+pub(crate) use keys::parse_size;
+pub(crate) use typed::closest_key;
 
 use raw::{RawEntry, RawVassal};
 
@@ -122,6 +124,19 @@ pub struct VassalConfig {
     /// file past this size, it is renamed to `<file>.1` (replacing the previous one) and a new file
     /// is started.
     pub log_maxsize: Option<u64>,
+    /// Every `[emperor]` line as written, in file order, with its line: what a policy refusal
+    /// (`policy/`) names (`shop.ini:5: [emperor] docker-mount = "/:/host": refused by ...`). Not
+    /// part of any hash or comparison that decides a reload.
+    pub lines: Vec<KeyLine>,
+}
+
+/// One `key = value` line of the `[emperor]` section (trimmed, as the typed fields were read from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLine {
+    pub key: String,
+    pub value: String,
+    /// 1-based; `None` only if the raw layer could not place the key (it always can today).
+    pub line: Option<usize>,
 }
 
 /// What an idle vassal becomes (`idle-action`).
