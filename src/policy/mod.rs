@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use bollard::models::{ContainerCreateBody, HostConfig};
 
 use crate::config::{DockerConfig, KeyLine, SocketAddrSpec, VassalConfig, printable};
-pub use parse::{BUILT_IN, DOCKER_DEFAULT_CAPS, NEVER_MOUNTED, PolicyError, PolicyProblem, RULES, load, parse};
+pub use parse::{BUILT_IN, DOCKER_DEFAULT_CAPS, NEVER_MOUNTED, load};
+#[allow(unused_imports, reason = "the emperor's API (issue 12): parse a policy read elsewhere, name its error")]
+pub use parse::{PolicyError, PolicyProblem, RULES, parse};
 
 /// Docker sockets that are never mounted, whatever the mount roots say (the daemon's configured
 /// socket is added with [`Policy::with_docker_socket`]). containerd's socket gives the same power.
@@ -495,6 +497,19 @@ fn user_name(passwd: &str, uid: u32) -> Option<String> {
     })
 }
 
+/// Tyrant mode's own refusal, before any policy: a file owned by uid 0 or gid 0 would run with root's
+/// uid or group (uWSGI's tyrant mode refuses it too). `None` for any other owner.
+pub fn refuse_root_owner(file: &Path, owner: &Owner) -> Option<Refusal> {
+    (owner.uid == 0 || owner.gid == 0).then(|| Refusal {
+        file: file.to_path_buf(),
+        line: None,
+        entry: None,
+        subject: Some(format!("owned by {owner}, gid {}", owner.gid)),
+        rule: RuleRef::Tyrant("a file owned by uid 0 or gid 0 never runs; chown it to the user it should run as"),
+        detail: None,
+    })
+}
+
 /// What the policy allows a vassal to run with, for the emperor to force.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -645,6 +660,8 @@ pub enum RuleRef {
     },
     /// What no policy can lift (`never the Docker socket`).
     Fixed(String),
+    /// Tyrant mode itself, with or without a policy.
+    Tyrant(&'static str),
 }
 
 impl fmt::Display for RuleRef {
@@ -653,6 +670,7 @@ impl fmt::Display for RuleRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RuleRef::Fixed(text) => write!(f, "the built-in policy ({text})"),
+            RuleRef::Tyrant(text) => write!(f, "tyrant mode ({text})"),
             RuleRef::Rule { source, rule, lines } => match (source, lines.is_empty()) {
                 (Source::BuiltIn, true) => write!(f, "the built-in policy (no {rule} rule)"),
                 (Source::File(p), true) => write!(f, "{} (no {rule} rule)", p.display()),
