@@ -61,8 +61,8 @@ fn check_file(file: &Path, tyrant: bool, follow: bool, policy: Option<&Policy>) 
     if !tyrant && policy.is_none() {
         return Ok(format!("{shown}: ok"));
     }
-    let owner =
-        Owner::of_file(file, follow).map_err(|e| vec![printable(&format!("{shown}: cannot stat: {e}")).into_owned()])?;
+    let owner = Owner::of_file(file, follow)
+        .map_err(|e| vec![printable(&format!("{shown}: cannot stat: {e}")).into_owned()])?;
     if tyrant && let Some(refusal) = policy::refuse_root_owner(file, &owner) {
         return Err(vec![refusal.to_string()]);
     }
@@ -75,7 +75,10 @@ fn check_file(file: &Path, tyrant: bool, follow: bool, policy: Option<&Policy>) 
 
 /// The directory of `file`, absolute.
 fn vassals_dir(file: &Path) -> PathBuf {
-    let parent = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf())
 }
 

@@ -31,10 +31,10 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 pub use docker::DockerConfig;
+pub(crate) use keys::parse_size;
 pub use keys::{Owner, parse_owner};
 pub use routes::Route;
 pub use socket::{SocketAddrSpec, SocketSpec};
-pub(crate) use keys::parse_size;
 pub(crate) use typed::closest_key;
 
 use raw::{RawEntry, RawVassal};

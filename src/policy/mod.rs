@@ -31,7 +31,10 @@ use bollard::models::{ContainerCreateBody, HostConfig};
 
 use crate::config::{DockerConfig, KeyLine, SocketAddrSpec, VassalConfig, printable};
 pub use parse::{BUILT_IN, DOCKER_DEFAULT_CAPS, NEVER_MOUNTED, load};
-#[allow(unused_imports, reason = "the emperor's API (issue 12): parse a policy read elsewhere, name its error")]
+#[allow(
+    unused_imports,
+    reason = "the emperor's API (issue 12): parse a policy read elsewhere, name its error"
+)]
 pub use parse::{PolicyError, PolicyProblem, RULES, parse};
 
 /// Docker sockets that are never mounted, whatever the mount roots say (the daemon's configured
@@ -184,7 +187,7 @@ impl Policy {
         self.check_owner(&mut c);
         self.check_sockets(&mut c);
         let decision = match &cfg.docker {
-            Some(d) => Decision::Container(self.check_container(&mut c, d)),
+            Some(d) => Decision::Container(Box::new(self.check_container(&mut c, d))),
             None => Decision::Process(self.check_process(&mut c)),
         };
         if c.refusals.is_empty() {
@@ -236,7 +239,11 @@ impl Policy {
             let dir = proxy.host.parent().unwrap_or(Path::new("/")).to_path_buf();
             match self.check_host_path(&dir, owner) {
                 Ok(resolved) => proxy_dir = Some((dir, resolved)),
-                Err((rule, detail)) => c.refuse(line, rule, detail.or_else(|| Some(format!("its directory {} is mounted", dir.display())))),
+                Err((rule, detail)) => c.refuse(
+                    line,
+                    rule,
+                    detail.or_else(|| Some(format!("its directory {} is mounted", dir.display()))),
+                ),
             }
         }
 
@@ -348,7 +355,8 @@ impl Policy {
                     if allowed.iter().any(|p| p.matches(&text, owner)) {
                         program = Some(path);
                     } else {
-                        let detail = (path.as_os_str() != argv[0].as_str()).then(|| format!("{} is {}", argv[0], path.display()));
+                        let detail = (path.as_os_str() != argv[0].as_str())
+                            .then(|| format!("{} is {}", argv[0], path.display()));
                         c.refuse(line, self.program.cite(), detail);
                     }
                 }
@@ -513,7 +521,8 @@ pub fn refuse_root_owner(file: &Path, owner: &Owner) -> Option<Refusal> {
 /// What the policy allows a vassal to run with, for the emperor to force.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Container(ContainerDecision),
+    /// Boxed: it is the large one, and a decision is made once per (re)start.
+    Container(Box<ContainerDecision>),
     Process(ProcessDecision),
 }
 
@@ -548,7 +557,10 @@ pub struct ContainerDecision {
 impl ContainerDecision {
     /// Forces the decision on a container definition (`docker/plan.rs` builds it; this goes before its
     /// fingerprint is sealed, so a container created under another policy is not reused).
-    #[allow(dead_code, reason = "the emperor and bridge call it once tyrant mode is wired (docker/plan.rs)")]
+    #[allow(
+        dead_code,
+        reason = "the emperor and bridge call it once tyrant mode is wired (docker/plan.rs)"
+    )]
     pub fn apply(&self, body: &mut ContainerCreateBody) {
         body.user = Some(self.user.clone());
         let host = body.host_config.get_or_insert_with(HostConfig::default);

@@ -280,7 +280,10 @@ pub(super) fn parse_over(mut policy: Policy, source: Source, text: &str) -> Resu
             "socket-port" => set!(socket_port, list(&lines, &mut problems, true, parse_port_range)),
             "cap-add" => set!(cap_add, list(&lines, &mut problems, true, parse_cap)),
             "uid-range" => set!(uid_range, list(&lines, &mut problems, false, parse_uid_range)),
-            "memory-max" => set!(memory_max, one(lines[0], &mut problems, |v| parse_limit(v, DOCKER_MIN_MEMORY))),
+            "memory-max" => set!(
+                memory_max,
+                one(lines[0], &mut problems, |v| parse_limit(v, DOCKER_MIN_MEMORY))
+            ),
             "memory-default" => set!(
                 memory_default,
                 one(lines[0], &mut problems, |v| parse_limit(v, DOCKER_MIN_MEMORY))
@@ -307,10 +310,7 @@ pub(super) fn parse_over(mut policy: Policy, source: Source, text: &str) -> Resu
 
 /// A default must fit under its ceiling, whichever file (or the built-in policy) each came from.
 fn check_defaults(p: &Policy, problems: &mut Vec<PolicyProblem>) {
-    let pairs = [
-        (&p.memory_default, &p.memory_max),
-        (&p.pids_default, &p.pids_max),
-    ];
+    let pairs = [(&p.memory_default, &p.memory_max), (&p.pids_default, &p.pids_max)];
     for (default, max) in pairs {
         let above = match (default.value, max.value) {
             (_, None) => false,
@@ -417,11 +417,7 @@ fn list<T>(
     items
 }
 
-fn one<T: Default>(
-    entry: &Entry,
-    problems: &mut Vec<PolicyProblem>,
-    parse: impl Fn(&str) -> Result<T, String>,
-) -> T {
+fn one<T: Default>(entry: &Entry, problems: &mut Vec<PolicyProblem>, parse: impl Fn(&str) -> Result<T, String>) -> T {
     parse(&entry.value).unwrap_or_else(|message| {
         problems.push(entry.problem(message));
         T::default()
@@ -476,7 +472,10 @@ fn parse_mount_root(value: &str) -> Result<Pattern, String> {
     if !path.is_absolute() {
         return Err("must be an absolute path".to_owned());
     }
-    if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
         return Err("must not contain . or .. components".to_owned());
     }
     if path.components().count() == 1 {

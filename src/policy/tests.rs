@@ -30,8 +30,7 @@ fn policy_err(text: &str) -> Vec<String> {
 }
 
 fn vassal(text: &str) -> VassalConfig {
-    config::parse("shop.ini", Path::new("shop.ini"), text, Path::new("/srv/vassals"))
-        .unwrap_or_else(|e| panic!("{e}"))
+    config::parse("shop.ini", Path::new("shop.ini"), text, Path::new("/srv/vassals")).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The refusal lines for `text` (a vassal file) under `p`, run as alice.
@@ -44,7 +43,7 @@ fn refused(p: &Policy, text: &str) -> Vec<String> {
 
 fn container(p: &Policy, text: &str) -> ContainerDecision {
     match p.check(&vassal(text), &alice()) {
-        Ok(Decision::Container(c)) => c,
+        Ok(Decision::Container(c)) => *c,
         other => panic!("expected a container decision: {other:?}"),
     }
 }
@@ -106,7 +105,10 @@ impl Policy {
 fn a_file_replaces_the_rules_it_gives_and_keeps_the_others() {
     let p = policy("[policy]\nnetwork = bridge\nnetwork = container:%U-*\nmemory-max = 2g\n");
     assert_eq!(p.network.source, Source::File("policy.ini".into()));
-    assert_eq!(p.network.lines, vec![(Some(2), "bridge".into()), (Some(3), "container:%U-*".into())]);
+    assert_eq!(
+        p.network.lines,
+        vec![(Some(2), "bridge".into()), (Some(3), "container:%U-*".into())]
+    );
     assert_eq!(p.memory_max.value, Some(2 << 30));
     assert_eq!(p.memory_default.source, Source::BuiltIn);
     assert_eq!(p.memory_default.value, Some(256 << 20));
@@ -144,33 +146,64 @@ fn policy_file_problems_are_all_reported_with_line_and_rule() {
 #[test]
 fn policy_rule_values() {
     let cases: &[(&str, &str)] = &[
-        ("mount-root = /", "/ would allow every path on the host; list the directories tenants may mount"),
+        (
+            "mount-root = /",
+            "/ would allow every path on the host; list the directories tenants may mount",
+        ),
         ("mount-root = srv", "must be an absolute path"),
         ("mount-root = /srv/../etc", "must not contain . or .. components"),
         ("mount-root = /proc/1", "/proc is never mounted into a container"),
         ("mount-root = /sys", "/sys is never mounted into a container"),
         ("mount-root = /dev/shm", "/dev is never mounted into a container"),
-        ("mount-root = /srv/*", "a mount-root is a directory, not a pattern; use %U or %u for per-owner roots"),
-        ("mount-root = /srv/%x", "unknown placeholder: %U (owner name), %u (uid), %g (gid) and %% are known"),
+        (
+            "mount-root = /srv/*",
+            "a mount-root is a directory, not a pattern; use %U or %u for per-owner roots",
+        ),
+        (
+            "mount-root = /srv/%x",
+            "unknown placeholder: %U (owner name), %u (uid), %g (gid) and %% are known",
+        ),
         ("image = a b", "a pattern contains no whitespace"),
-        ("program = bin/*", "must be an absolute path (globs allowed: /usr/bin/*), * or none"),
+        (
+            "program = bin/*",
+            "must be an absolute path (globs allowed: /usr/bin/*), * or none",
+        ),
         ("publish = 0", "\"0\" is not a port from 1 to 65535, or true, or false"),
         ("publish = 9000-8000", "9000 is above 8000, or true, or false"),
         ("socket-port = 70000", "\"70000\" is not a port from 1 to 65535"),
         ("uid-range = 1000-x", "\"x\" is not a uid"),
         ("uid-range = none", "\"none\" is not a uid"),
-        ("memory-max = 5m", "5242880 bytes is below Docker's minimum memory limit of 6m"),
-        ("memory-max = lots", "\"lots\" is not a number of bytes; expected an integer with an optional k, m or g suffix (binary: 1k = 1024), such as 536870912 or 512m, or unlimited"),
-        ("pids-max = 0", "expected a number of processes (at least 1) or unlimited"),
-        ("cpus-max = 0", "expected a number of CPUs above 0 (decimals allowed: 0.5) or unlimited"),
-        ("cpus-max = 1.5.", "expected a number of CPUs above 0 (decimals allowed: 0.5) or unlimited"),
+        (
+            "memory-max = 5m",
+            "5242880 bytes is below Docker's minimum memory limit of 6m",
+        ),
+        (
+            "memory-max = lots",
+            "\"lots\" is not a number of bytes; expected an integer with an optional k, m or g suffix (binary: 1k = 1024), such as 536870912 or 512m, or unlimited",
+        ),
+        (
+            "pids-max = 0",
+            "expected a number of processes (at least 1) or unlimited",
+        ),
+        (
+            "cpus-max = 0",
+            "expected a number of CPUs above 0 (decimals allowed: 0.5) or unlimited",
+        ),
+        (
+            "cpus-max = 1.5.",
+            "expected a number of CPUs above 0 (decimals allowed: 0.5) or unlimited",
+        ),
         ("cap-add = NET_RAWW", "not a capability; did you mean \"NET_RAW\"?"),
         ("no-new-privileges = maybe", "expected true or false"),
     ];
     for (line, message) in cases {
         let got = policy_err(&format!("[policy]\n{line}\n"));
         let (rule, value) = line.split_once(" = ").unwrap_or_default();
-        assert_eq!(got, [format!("policy.ini:2: [policy] {rule} = \"{value}\": {message}")], "{line}");
+        assert_eq!(
+            got,
+            [format!("policy.ini:2: [policy] {rule} = \"{value}\": {message}")],
+            "{line}"
+        );
     }
     // `none` / `true` / `false` stand alone.
     assert_eq!(
@@ -184,11 +217,15 @@ fn policy_rule_values() {
     // A default above its ceiling, also against the built-in ceiling.
     assert_eq!(
         policy_err("[policy]\nmemory-default = 2g\n"),
-        ["policy.ini:2: [policy] memory-default = \"2g\": above memory-max (1g, from the built-in policy); a default must fit under its ceiling"]
+        [
+            "policy.ini:2: [policy] memory-default = \"2g\": above memory-max (1g, from the built-in policy); a default must fit under its ceiling"
+        ]
     );
     assert_eq!(
         policy_err("[policy]\npids-max = 100\npids-default = unlimited\n"),
-        ["policy.ini:3: [policy] pids-default = \"unlimited\": above pids-max (100, policy.ini:2); a default must fit under its ceiling"]
+        [
+            "policy.ini:3: [policy] pids-default = \"unlimited\": above pids-max (100, policy.ini:2); a default must fit under its ceiling"
+        ]
     );
     // Values that parse.
     let p = policy(
@@ -196,7 +233,10 @@ fn policy_rule_values() {
          cap-add = cap_sys_ptrace\ncap-add = NET_RAW\npublish = true\nuid-range = 1000-59999\nuid-range = 70000\n",
     );
     assert_eq!(p.cpus_max.value, Some(250_000_000));
-    assert_eq!((p.pids_max.value, p.memory_max.value, p.memory_default.value), (None, None, None));
+    assert_eq!(
+        (p.pids_max.value, p.memory_max.value, p.memory_default.value),
+        (None, None, None)
+    );
     assert_eq!(p.cap_add.value, ["SYS_PTRACE", "NET_RAW"]);
     assert_eq!(p.publish.value, [PortRange(1, 65535)]);
     assert_eq!(p.uid_range.value, [(1000, 59999), (70000, 70000)]);
@@ -207,7 +247,8 @@ fn policy_rule_values() {
 #[test]
 fn the_issue_example_renders_exactly() {
     let p = policy("[policy]\nimage = *\nmount-root = /srv/tenants/%U\n");
-    let text = "[emperor]\ndocker-image = app\nsocket = /run/shop.sock\ndocker-network-mode = none\ndocker-mount = /:/host\n";
+    let text =
+        "[emperor]\ndocker-image = app\nsocket = /run/shop.sock\ndocker-network-mode = none\ndocker-mount = /:/host\n";
     assert_eq!(
         refused(&p, text),
         ["shop.ini:5: [emperor] docker-mount = \"/:/host\": refused by policy.ini:3 (mount-root = /srv/tenants/%U)"]
@@ -239,9 +280,18 @@ fn mounts_are_checked_resolved() {
         ("/".to_owned(), String::new()),
         ("/etc".to_owned(), String::new()),
         ("/var/run/docker.sock".to_owned(), String::new()),
-        (s.show("alice/etc-link"), format!(": {} resolves to /etc", s.show("alice/etc-link"))),
-        (s.show("alice/missing"), format!(": {} does not exist", s.show("alice/missing"))),
-        (s.show("alice/../bob"), format!(": {} does not exist", s.show("alice/../bob"))),
+        (
+            s.show("alice/etc-link"),
+            format!(": {} resolves to /etc", s.show("alice/etc-link")),
+        ),
+        (
+            s.show("alice/missing"),
+            format!(": {} does not exist", s.show("alice/missing")),
+        ),
+        (
+            s.show("alice/../bob"),
+            format!(": {} does not exist", s.show("alice/../bob")),
+        ),
     ];
     for (host, detail) in cases {
         let got = refused(&p, &mount(&host));
@@ -274,10 +324,14 @@ fn mounts_are_checked_resolved() {
 fn the_docker_socket_is_never_mounted_even_under_a_root() {
     let s = Scratch::new();
     std::fs::write(s.path("alice/docker.sock"), "").unwrap_or_else(|e| panic!("{e}"));
-    let p = policy(&format!("[policy]\nmount-root = {}/%U\n", s.0.display())).with_docker_socket(&s.path("alice/docker.sock"));
+    let p = policy(&format!("[policy]\nmount-root = {}/%U\n", s.0.display()))
+        .with_docker_socket(&s.path("alice/docker.sock"));
     for host in [s.show("alice/docker.sock"), s.show("alice")] {
         assert_eq!(
-            refused(&p, &format!("[emperor]\ndocker-image = app\ndocker-mount = {host}:/m\n")),
+            refused(
+                &p,
+                &format!("[emperor]\ndocker-image = app\ndocker-mount = {host}:/m\n")
+            ),
             [format!(
                 "shop.ini:3: [emperor] docker-mount = \"{host}:/m\": refused by the built-in policy (never the Docker socket)"
             )]
@@ -293,7 +347,13 @@ fn the_docker_socket_is_never_mounted_even_under_a_root() {
     );
     std::fs::create_dir(s.path("alice/proxy")).unwrap_or_else(|e| panic!("{e}"));
     let host = s.path("alice/proxy/p.sock");
-    let d = container(&p, &format!("[emperor]\ndocker-image = app\ndocker-proxy = {}:/p/p.sock\n", host.display()));
+    let d = container(
+        &p,
+        &format!(
+            "[emperor]\ndocker-image = app\ndocker-proxy = {}:/p/p.sock\n",
+            host.display()
+        ),
+    );
     assert_eq!(d.proxy_dir, Some((s.path("alice/proxy"), s.path("alice/proxy"))));
 }
 
@@ -311,13 +371,18 @@ fn network_modes() {
     }
     assert_eq!(container(&b, &with("none")).network_mode, None);
     // No mode given: none is forced rather than Docker's bridge.
-    assert_eq!(container(&b, "[emperor]\ndocker-image = app\n").network_mode.as_deref(), Some("none"));
+    assert_eq!(
+        container(&b, "[emperor]\ndocker-image = app\n").network_mode.as_deref(),
+        Some("none")
+    );
 
     let p = policy("[policy]\nnetwork = none\nnetwork = container:%U-*\n");
     assert!(p.check(&vassal(&with("container:alice-db.ini")), &alice()).is_ok());
     assert_eq!(
         refused(&p, &with("container:bob-db.ini")),
-        ["shop.ini:3: [emperor] docker-network-mode = \"container:bob-db.ini\": refused by policy.ini:2 (network = none), policy.ini:3 (network = container:%U-*)"]
+        [
+            "shop.ini:3: [emperor] docker-network-mode = \"container:bob-db.ini\": refused by policy.ini:2 (network = none), policy.ini:3 (network = container:%U-*)"
+        ]
     );
     // Bridge allowed: an unset mode stays Docker's default; neither none nor bridge: refused.
     let p = policy("[policy]\nnetwork = bridge\n");
@@ -333,7 +398,11 @@ fn network_modes() {
 fn images() {
     let p = policy("[policy]\nimage = emperor-test/*\nimage = shop:%U\n");
     for ok in ["emperor-test/testapp", "emperor-test/busybox:latest", "shop:alice"] {
-        assert!(p.check(&vassal(&format!("[emperor]\ndocker-image = {ok}\n")), &alice()).is_ok(), "{ok}");
+        assert!(
+            p.check(&vassal(&format!("[emperor]\ndocker-image = {ok}\n")), &alice())
+                .is_ok(),
+            "{ok}"
+        );
     }
     for bad in ["busybox", "docker.io/emperor-test/testapp", "shop:bob", "3f2a9c"] {
         assert_eq!(
@@ -374,18 +443,30 @@ fn ports_published_and_bound() {
         ["shop.ini:3: [emperor] docker-port = \"8080:80\": refused by the built-in policy (publish = false)"]
     );
     let p = policy("[policy]\npublish = 8000-8999\n");
-    assert!(p.check(&vassal("[emperor]\ndocker-image = app\ndocker-port = 8080:80\n"), &alice()).is_ok());
+    assert!(
+        p.check(
+            &vassal("[emperor]\ndocker-image = app\ndocker-port = 8080:80\n"),
+            &alice()
+        )
+        .is_ok()
+    );
     assert_eq!(
         refused(&p, "[emperor]\ndocker-image = app\ndocker-port = 127.0.0.1:80:80\n"),
         ["shop.ini:3: [emperor] docker-port = \"127.0.0.1:80:80\": refused by policy.ini:2 (publish = 8000-8999)"]
     );
     // The emperor binds sockets as root: only ports the owner could bind, unless the policy says so.
     assert_eq!(
-        refused(&b, "[emperor]\nexec = /bin/true\nsocket = /run/a.sock\nsocket = 127.0.0.1:80\nsocket = :8080\n"),
+        refused(
+            &b,
+            "[emperor]\nexec = /bin/true\nsocket = /run/a.sock\nsocket = 127.0.0.1:80\nsocket = :8080\n"
+        ),
         ["shop.ini:4: [emperor] socket = \"127.0.0.1:80\": refused by the built-in policy (socket-port = 1024-65535)"]
     );
     assert_eq!(
-        refused(&policy("[policy]\nsocket-port = none\n"), "[emperor]\ndocker-image = a\ndocker-socket = :8080\n"),
+        refused(
+            &policy("[policy]\nsocket-port = none\n"),
+            "[emperor]\ndocker-image = a\ndocker-socket = :8080\n"
+        ),
         ["shop.ini:3: [emperor] docker-socket = \":8080\": refused by policy.ini:2 (socket-port = none)"]
     );
 }
@@ -414,7 +495,10 @@ fn memory_swap_pids_cpus_and_capabilities() {
         d.to_string(),
         "user 1000:1000, memory 256m, memory+swap 256m, pids 256, cpus 1, network none, cap-drop NET_RAW, no-new-privileges"
     );
-    assert_eq!(container(&b, "[emperor]\ndocker-image = app\ndocker-memory = 1g\n").memory, Some(1 << 30));
+    assert_eq!(
+        container(&b, "[emperor]\ndocker-image = app\ndocker-memory = 1g\n").memory,
+        Some(1 << 30)
+    );
     assert_eq!(
         refused(&b, "[emperor]\ndocker-image = app\ndocker-memory = 1025m\n"),
         ["shop.ini:3: [emperor] docker-memory = \"1025m\": refused by the built-in policy (memory-max = 1g)"]
@@ -422,23 +506,36 @@ fn memory_swap_pids_cpus_and_capabilities() {
     // Swap beyond memory: none under the built-in policy.
     for swap in ["-1", "600m"] {
         assert_eq!(
-            refused(&b, &format!("[emperor]\ndocker-image = a\ndocker-memory = 512m\ndocker-swap = {swap}\n")),
-            [format!("shop.ini:4: [emperor] docker-swap = \"{swap}\": refused by the built-in policy (swap-max = 0)")]
+            refused(
+                &b,
+                &format!("[emperor]\ndocker-image = a\ndocker-memory = 512m\ndocker-swap = {swap}\n")
+            ),
+            [format!(
+                "shop.ini:4: [emperor] docker-swap = \"{swap}\": refused by the built-in policy (swap-max = 0)"
+            )]
         );
     }
-    let d = container(&b, "[emperor]\ndocker-image = a\ndocker-memory = 512m\ndocker-swap = 512m\n");
+    let d = container(
+        &b,
+        "[emperor]\ndocker-image = a\ndocker-memory = 512m\ndocker-swap = 512m\n",
+    );
     assert_eq!((d.memory, d.memory_swap), (Some(512 << 20), Some(512 << 20)));
     // Unset swap: Docker's default (as much as memory), capped by swap-max.
     let p = policy("[policy]\nswap-max = 100m\n");
     let d = container(&p, "[emperor]\ndocker-image = a\ndocker-memory = 512m\n");
     assert_eq!(d.memory_swap, Some(612 << 20));
     let p = policy("[policy]\nswap-max = unlimited\nmemory-default = unlimited\nmemory-max = unlimited\n");
-    let d = container(&p, "[emperor]\ndocker-image = a\ndocker-memory = 64m\ndocker-swap = -1\n");
+    let d = container(
+        &p,
+        "[emperor]\ndocker-image = a\ndocker-memory = 64m\ndocker-swap = -1\n",
+    );
     assert_eq!(d.memory_swap, Some(-1));
     let d = container(&p, "[emperor]\ndocker-image = a\n");
     assert_eq!((d.memory, d.memory_swap), (None, None));
     // Capabilities: NET_RAW kept back, others added; no-new-privileges can be turned off.
-    let p = policy("[policy]\ncap-add = NET_RAW\ncap-add = SYS_PTRACE\nno-new-privileges = false\ncpus-max = 1.5\npids-default = 10\n");
+    let p = policy(
+        "[policy]\ncap-add = NET_RAW\ncap-add = SYS_PTRACE\nno-new-privileges = false\ncpus-max = 1.5\npids-default = 10\n",
+    );
     let d = container(&p, "[emperor]\ndocker-image = a\n");
     assert_eq!((d.cap_add, d.cap_drop), (vec!["SYS_PTRACE".to_owned()], vec![]));
     assert!(!d.no_new_privileges);
@@ -466,7 +563,10 @@ fn process_vassals_programs_and_uids() {
         ),
         other => panic!("{other:?}"),
     }
-    let p = policy(&format!("[policy]\nprogram = {}/%U/*\nuid-range = 1000-1999\n", s.0.display()));
+    let p = policy(&format!(
+        "[policy]\nprogram = {}/%U/*\nuid-range = 1000-1999\n",
+        s.0.display()
+    ));
     assert!(p.check(&vassal(&exec(&s.show("alice/app"))), &alice()).is_ok());
     // A bare name is looked up in the vassal's own PATH.
     let in_path = format!("[emperor]\nenv = PATH={}\nexec = app\n", s.show("alice"));
@@ -487,7 +587,9 @@ fn process_vassals_programs_and_uids() {
     );
     assert_eq!(
         refused(&p, "[emperor]\nenv = PATH=/nonexistent\nexec = app\n"),
-        [format!("shop.ini:3: [emperor] exec = \"app\": {cite}: app is not found in PATH")]
+        [format!(
+            "shop.ini:3: [emperor] exec = \"app\": {cite}: app is not found in PATH"
+        )]
     );
     // Owners outside the uid range.
     let bob = Owner {
@@ -499,7 +601,10 @@ fn process_vassals_programs_and_uids() {
         Err(rs) => rs.iter().map(ToString::to_string).collect(),
         Ok(d) => panic!("{d:?}"),
     };
-    assert_eq!(got, ["shop.ini: owned by uid 70000 (bob): refused by policy.ini:3 (uid-range = 1000-1999)"]);
+    assert_eq!(
+        got,
+        ["shop.ini: owned by uid 70000 (bob): refused by policy.ini:3 (uid-range = 1000-1999)"]
+    );
     // program = none: Docker vassals only, the wrapper (no exec) included.
     let p = policy("[policy]\nprogram = none\n");
     assert_eq!(
@@ -550,7 +655,10 @@ fn owners_and_names() {
     std::os::unix::fs::symlink(&file, s.path("link.ini")).unwrap_or_else(|e| panic!("{e}"));
     let me = Owner::of_file(&file, true).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(me.uid, nix::unistd::getuid().as_raw());
-    assert_eq!(Owner::of_file(&s.path("link.ini"), false).map(|o| o.uid).ok(), Some(me.uid));
+    assert_eq!(
+        Owner::of_file(&s.path("link.ini"), false).map(|o| o.uid).ok(),
+        Some(me.uid)
+    );
     // A placeholder that cannot leave its directory.
     for bad in ["..", "a/b", "*"] {
         let o = Owner {
@@ -559,7 +667,10 @@ fn owners_and_names() {
         };
         assert_eq!(Pattern("/srv/%U".into()).expand(&o), None, "{bad}");
     }
-    assert_eq!(Pattern("/srv/%u-%g/%%".into()).expand(&alice()).as_deref(), Some("/srv/1000-1000/%"));
+    assert_eq!(
+        Pattern("/srv/%u-%g/%%".into()).expand(&alice()).as_deref(),
+        Some("/srv/1000-1000/%")
+    );
 }
 
 #[test]
@@ -568,7 +679,13 @@ fn the_decision_is_forced_on_a_container_definition() {
     std::fs::create_dir(s.path("alice/data")).unwrap_or_else(|e| panic!("{e}"));
     std::os::unix::fs::symlink(s.path("alice/data"), s.path("alice/link")).unwrap_or_else(|e| panic!("{e}"));
     let p = policy(&format!("[policy]\nmount-root = {}/%U\n", s.0.display()));
-    let d = container(&p, &format!("[emperor]\ndocker-image = a\ndocker-mount = {}:/m\n", s.show("alice/link")));
+    let d = container(
+        &p,
+        &format!(
+            "[emperor]\ndocker-image = a\ndocker-mount = {}:/m\n",
+            s.show("alice/link")
+        ),
+    );
     let bind = |source: &str| Mount {
         source: Some(source.into()),
         target: Some("/m".into()),
