@@ -21,7 +21,8 @@ start on its first connection (on-demand) and stop or pause when idle.
 
 Create, touch or delete a file to start, reload or stop its vassal. The commands below act on a
 running emperor (status: its --emperor-stats socket; restart, stop, start: its --emperor-control
-socket) or on a Docker vassal's container (shell).";
+socket) or on a Docker vassal's container (shell). check validates vassal files offline, against a
+policy too (--policy, --tyrant), as a deploy pipeline would before copying them in.";
 
 /// The `--help` text's tail.
 const AFTER_HELP: &str = "\
@@ -35,7 +36,8 @@ const USAGE: &str = "\
 emperor [OPTIONS] <VASSALS_DIR>          (or --emperor <DIR>)
        emperor status [--stats <ADDR>] [--json]
        emperor restart|stop|start <VASSAL> [--control <PATH>]
-       emperor shell [--docker-daemon-socket <PATH>] <VASSAL> [COMMAND [ARG]...]";
+       emperor shell [--docker-daemon-socket <PATH>] <VASSAL> [COMMAND [ARG]...]
+       emperor check [--policy <FILE>] [--tyrant] [--tyrant-nofollow] <FILE>...";
 
 /// The command line: the emperor's options, or one of the other roles of the binary.
 #[derive(Debug, Parser)]
@@ -65,6 +67,8 @@ pub enum Role {
     Start(ControlArgs),
     /// Run a shell (or a command) inside a Docker vassal's container, with a tty when stdin is one.
     Shell(ShellArgs),
+    /// Check vassal files offline (and against a policy with --policy or --tyrant); exit 1 on any problem.
+    Check(CheckArgs),
     /// PID 1 inside a Docker vassal's container: receives the sockets over the proxy socket, then runs
     /// the vassal's command.
     #[command(hide = true)]
@@ -235,6 +239,26 @@ pub struct ShellArgs {
     pub command: Vec<String>,
 }
 
+/// `emperor check [--policy FILE] [--tyrant] [--tyrant-nofollow] FILE...`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Check each file against this policy file (the emperor's --emperor-policy), after checking the
+    /// policy file itself.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Check as --emperor-tyrant would: a file owned by uid 0 or gid 0 is refused, and without --policy
+    /// the built-in policy applies.
+    #[arg(long)]
+    pub tyrant: bool,
+    /// As --tyrant, with a symlink's own owner (--emperor-tyrant-nofollow).
+    #[arg(long)]
+    pub tyrant_nofollow: bool,
+    /// The vassal files. Relative paths in a file are taken from the file's directory, as the emperor
+    /// takes them from the vassals directory.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+}
+
 /// `emperor restart|stop|start <vassal> [--control PATH]`.
 #[derive(Debug, Args)]
 pub struct ControlArgs {
@@ -316,15 +340,6 @@ pub struct EmperorArgs {
     #[arg(long)]
     pub emperor_docker_required: bool,
 
-    /// Tyrant mode (uWSGI's name): each vassal runs as its file's owner uid and gid (with that user's
-    /// groups); files owned by uid 0 or gid 0 are refused.
-    #[arg(long)]
-    pub emperor_tyrant: bool,
-
-    /// Tyrant mode, with a symlinked vassal file's own owner instead of its target's.
-    #[arg(long)]
-    pub emperor_tyrant_nofollow: bool,
-
     /// The Docker daemon's socket (default: `DOCKER_HOST`, else /var/run/docker.sock).
     #[arg(long, value_name = "PATH")]
     pub docker_daemon_socket: Option<PathBuf>,
@@ -370,6 +385,19 @@ pub struct EmperorArgs {
     /// "nginx -s reload". Its failure is logged, never fatal.
     #[arg(long, value_name = "COMMAND", requires = "nginx_map")]
     pub nginx_reload: Option<String>,
+
+    /// Check every vassal against this policy file before anything is created for it (README "Policy").
+    #[arg(long, value_name = "FILE")]
+    pub emperor_policy: Option<PathBuf>,
+
+    /// Run each vassal as its file's owner (uWSGI's tyrant mode); files owned by uid 0 or gid 0 are
+    /// refused, and without --emperor-policy the built-in policy applies.
+    #[arg(long)]
+    pub emperor_tyrant: bool,
+
+    /// As --emperor-tyrant, but a symlinked vassal file runs as the symlink's own owner.
+    #[arg(long)]
+    pub emperor_tyrant_nofollow: bool,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -397,10 +425,6 @@ pub struct EmperorOptions {
     pub instance: String,
     pub docker: bool,
     pub docker_required: bool,
-    /// `--emperor-tyrant` (or its `-nofollow` form).
-    pub tyrant: bool,
-    /// `--emperor-tyrant-nofollow`: a symlink's own owner counts.
-    pub tyrant_nofollow: bool,
     pub docker_daemon_socket: Option<PathBuf>,
     pub docker_debug: bool,
     pub docker_labels: Vec<(String, String)>,
@@ -416,6 +440,13 @@ pub struct EmperorOptions {
     pub stats: Option<String>,
     /// `--emperor-control`.
     pub control: Option<PathBuf>,
+    /// `--emperor-policy`: the policy file (`policy::load`); read again when it changes.
+    #[allow(dead_code, reason = "read by the emperor once tyrant mode is wired (issue 12)")]
+    pub policy: Option<PathBuf>,
+    /// `--emperor-tyrant` or `--emperor-tyrant-nofollow`.
+    pub tyrant: bool,
+    /// `--emperor-tyrant-nofollow`: the owner of a symlinked vassal file is the symlink's.
+    pub tyrant_nofollow: bool,
 }
 
 impl EmperorArgs {
@@ -444,8 +475,6 @@ impl EmperorArgs {
             instance: String::new(),
             docker: self.emperor_docker || self.emperor_docker_required,
             docker_required: self.emperor_docker_required,
-            tyrant: self.emperor_tyrant || self.emperor_tyrant_nofollow,
-            tyrant_nofollow: self.emperor_tyrant_nofollow,
             docker_daemon_socket: self.docker_daemon_socket,
             docker_debug: self.docker_debug,
             docker_labels: self.docker_labels,
@@ -456,6 +485,9 @@ impl EmperorArgs {
             nginx_reload,
             stats: self.emperor_stats,
             control: self.emperor_control,
+            policy: self.emperor_policy,
+            tyrant: self.emperor_tyrant || self.emperor_tyrant_nofollow,
+            tyrant_nofollow: self.emperor_tyrant_nofollow,
         })
     }
 }
@@ -605,6 +637,38 @@ mod tests {
             let e = options(&["/v", &format!("--docker-name-prefix={bad}")]).unwrap_err();
             assert!(e.contains("cannot start a container name"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn policy_and_tyrant_options() {
+        let o = options(&["d"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((o.policy, o.tyrant, o.tyrant_nofollow), (None, false, false));
+        let o = options(&["--emperor-policy", "/etc/emperor/policy.ini", "--emperor-tyrant", "d"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (o.policy, o.tyrant, o.tyrant_nofollow),
+            (Some(PathBuf::from("/etc/emperor/policy.ini")), true, false)
+        );
+        // nofollow is tyrant mode too.
+        let o = options(&["--emperor-tyrant-nofollow", "d"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((o.tyrant, o.tyrant_nofollow), (true, true));
+    }
+
+    #[test]
+    fn check_subcommand() {
+        let cli = Cli::try_parse_from(["emperor", "check", "--policy", "p.ini", "--tyrant", "a.ini", "b.ini"]).unwrap();
+        match cli.role {
+            Some(Role::Check(a)) => {
+                assert_eq!(a.policy, Some(PathBuf::from("p.ini")));
+                assert!(a.tyrant && !a.tyrant_nofollow);
+                assert_eq!(a.files, [PathBuf::from("a.ini"), PathBuf::from("b.ini")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // At least one file.
+        assert!(Cli::try_parse_from(["emperor", "check", "--tyrant"]).is_err());
+        // A vassals directory named check is ./check.
+        assert!(Cli::try_parse_from(["emperor", "./check"]).unwrap().role.is_none());
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod docker;
 mod emperor;
 mod exit;
 pub mod fuzzing;
+mod policy;
 mod protocol;
 mod proxy_socket;
 mod shim;
@@ -35,6 +36,7 @@ pub fn main() -> ExitCode {
         Some(cli::Role::Stop(args)) => client::control::main("stop", args),
         Some(cli::Role::Start(args)) => client::control::main("start", args),
         Some(cli::Role::Shell(args)) => client::shell::main(args),
+        Some(cli::Role::Check(args)) => client::check::main(args),
         Some(cli::Role::Shim(args)) => shim::main(args),
         Some(cli::Role::Bridge(args)) => bridge::main(args),
         None => match cli.emperor.into_options() {

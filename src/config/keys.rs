@@ -191,7 +191,7 @@ pub(super) fn parse_host_path(value: &str, vassals_dir: &Path) -> Result<PathBuf
 }
 
 /// Bytes: digits with an optional binary `k`/`m`/`g` suffix (either case).
-pub(super) fn parse_size(value: &str) -> Result<i64, String> {
+pub(crate) fn parse_size(value: &str) -> Result<i64, String> {
     let (digits, unit) = match value.as_bytes().last() {
         Some(b'k' | b'K') => (&value[..value.len() - 1], 1i64 << 10),
         Some(b'm' | b'M') => (&value[..value.len() - 1], 1 << 20),

@@ -31,9 +31,11 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 pub use docker::DockerConfig;
+pub(crate) use keys::parse_size;
 pub use keys::{Owner, parse_owner};
 pub use routes::Route;
 pub use socket::{SocketAddrSpec, SocketSpec};
+pub(crate) use typed::closest_key;
 
 use raw::{RawEntry, RawVassal};
 
@@ -125,6 +127,10 @@ pub struct VassalConfig {
     /// Tyrant mode (`--emperor-tyrant`): the file's owner, whom the vassal runs as. Never from the file's
     /// text: the emperor sets it from the file's metadata ([`VassalConfig::running_as`]).
     pub run_as: Option<RunAs>,
+    /// Every `[emperor]` line as written, in file order, with its line: what a policy refusal
+    /// (`policy/`) names (`shop.ini:5: [emperor] docker-mount = "/:/host": refused by ...`). Not
+    /// part of any hash or comparison that decides a reload.
+    pub lines: Vec<KeyLine>,
 }
 
 /// A vassal file's owner, whom the vassal runs as in tyrant mode.
@@ -149,6 +155,15 @@ impl std::str::FromStr for RunAs {
             _ => Err(format!("{s:?} is not UID:GID")),
         }
     }
+}
+
+/// One `key = value` line of the `[emperor]` section (trimmed, as the typed fields were read from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLine {
+    pub key: String,
+    pub value: String,
+    /// 1-based; `None` only if the raw layer could not place the key (it always can today).
+    pub line: Option<usize>,
 }
 
 /// What an idle vassal becomes (`idle-action`).

@@ -168,3 +168,21 @@ fn examples_in_vassals_d_parse() {
         }
     }
 }
+
+#[test]
+fn emperor_lines_are_kept_with_their_line_numbers() {
+    let c = ok("[uwsgi]\nmaster = true\n[emperor]\n; note\nsocket = /a.sock\nenv = A=1\n[emperor]\nsocket = /b.sock\n");
+    let got: Vec<(&str, &str, Option<usize>)> = c
+        .lines
+        .iter()
+        .map(|l| (l.key.as_str(), l.value.as_str(), l.line))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("socket", "/a.sock", Some(5)),
+            ("env", "A=1", Some(6)),
+            ("socket", "/b.sock", Some(8))
+        ]
+    );
+}

@@ -16,7 +16,7 @@ use super::keys::{
 use super::raw::{RawEntry, RawVassal};
 use super::routes::RouteKeys;
 use super::socket::{SocketSpec, parse_socket};
-use super::{IdleAction, Problem, SocketAddrSpec, VassalConfig};
+use super::{IdleAction, KeyLine, Problem, SocketAddrSpec, VassalConfig};
 
 /// The `[emperor]` keys accepted today. Adding one means: add it here, parse it in
 /// `Builder::apply` (or `DockerKeys::add`), add a field to [`VassalConfig`], and test it.
@@ -146,6 +146,15 @@ impl<'a> Builder<'a> {
         let image_entry = raw.entries.iter().find(|e| e.key == "docker-image");
         let mut config = empty_config(name, path, text);
         config.uwsgi_section = raw.uwsgi_section;
+        config.lines = raw
+            .entries
+            .iter()
+            .map(|e| KeyLine {
+                key: e.key.clone(),
+                value: e.value.clone(),
+                line: e.line,
+            })
+            .collect();
         config.emperor_hash = emperor_hash(&raw.entries, image_entry.is_some() && raw.uwsgi_section);
         Builder {
             name,
@@ -322,12 +331,19 @@ fn empty_config(name: &str, path: &Path, text: &str) -> VassalConfig {
         logto: None,
         log_maxsize: None,
         run_as: None,
+        lines: Vec::new(),
     }
 }
 
 /// The closest known key, if it is close enough to be a plausible typo.
 fn suggest(key: &str) -> Option<&'static str> {
-    KNOWN_KEYS
+    closest_key(key, KNOWN_KEYS)
+}
+
+/// The entry of `known` closest to `key` (Jaro-Winkler), if it is close enough to be a plausible typo.
+/// Shared with the policy file's rules (`policy/parse.rs`), so both files suggest alike.
+pub(crate) fn closest_key(key: &str, known: &[&'static str]) -> Option<&'static str> {
+    known
         .iter()
         .map(|known| (*known, strsim::jaro_winkler(key, known)))
         .filter(|(_, score)| *score >= SUGGESTION_THRESHOLD)
