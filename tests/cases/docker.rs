@@ -326,9 +326,12 @@ fn a_restarted_emperor_reaps_the_container_of_a_vassal_deleted_while_it_was_down
     let run_arg = run_dir.to_str().unwrap().to_string();
     start(&mut h, &sweep, &["--emperor-run-dir", &run_arg]);
     h.wait_starts(&name, 1, LONG);
-    // Kill the bridge first, then the emperor, so that nobody cleans up: the container stays behind.
+    // Kill the bridge, then the emperor, so that nobody cleans up: the container stays behind. The emperor
+    // is frozen first: awake, it would start a bridge that carries on with the container.
     let bridge = h.bridge_pid();
+    h.signal(libc::SIGSTOP);
     crate::util::kill(bridge, libc::SIGKILL);
+    h.wait_dead(bridge, LONG, "the killed bridge");
     h.signal(libc::SIGKILL);
     h.wait_exit(LONG);
     h.check(container_exists(&file), "the container outlived its bridge and emperor");
