@@ -132,6 +132,10 @@ pub struct BridgeArgs {
     /// Tyrant mode: the container's user, the vassal file's owner.
     #[arg(long, value_name = "UID:GID")]
     pub run_as: Option<crate::config::RunAs>,
+    /// The policy the emperor checked the vassal against: an absolute path, or `builtin`; the bridge
+    /// applies what it forces on the container ([`crate::policy::admit`]).
+    #[arg(long, value_name = "PATH|builtin")]
+    pub policy: Option<String>,
 }
 
 impl BridgeArgs {
@@ -174,6 +178,10 @@ impl BridgeArgs {
         if let Some(r) = &self.run_as {
             argv.push("--run-as".into());
             argv.push(r.to_string());
+        }
+        if let Some(p) = &self.policy {
+            argv.push("--policy".into());
+            argv.push(p.clone());
         }
         if self.docker_debug {
             argv.push("--docker-debug".into());
@@ -575,6 +583,7 @@ mod tests {
             name_prefix: "t1-".into(),
             adopt: Some("0123abcd".into()),
             run_as: Some(crate::config::RunAs { uid: 1000, gid: 100 }),
+            policy: Some("builtin".into()),
         };
         assert_eq!(bridge_args(full.to_argv()), full);
         let bare = BridgeArgs {
@@ -584,6 +593,7 @@ mod tests {
             name_prefix: String::new(),
             adopt: None,
             run_as: None,
+            policy: None,
             ..full.clone()
         };
         assert_eq!(bridge_args(bare.to_argv()), bare);
@@ -615,6 +625,8 @@ mod tests {
                 "0123abcd",
                 "--run-as",
                 "1000:100",
+                "--policy",
+                "builtin",
                 "--docker-debug",
                 "--label",
                 "team=web",

@@ -403,6 +403,10 @@ impl Bridge {
         let cfg = config::parse(&self.args.name, &self.args.file, &text, &self.args.vassals_dir)?
             .with_name_prefix(&self.args.name_prefix)
             .running_as(self.args.run_as);
+        let cfg = match &self.args.policy {
+            Some(spec) => self.admit(spec, cfg)?,
+            None => cfg,
+        };
         let d = cfg.docker.clone().ok_or(Fail::NotDocker)?;
         let create_name = if self.args.overlap {
             format!("{}.next-{}", d.container_name, std::process::id())
@@ -410,6 +414,27 @@ impl Bridge {
             d.container_name.clone()
         };
         Ok(Target { cfg, d, create_name })
+    }
+
+    /// The vassal checked against the emperor's policy again (the bridge plans the container, so it needs what
+    /// the policy forces on it); a refusal here means the file's owner changed since the emperor checked.
+    fn admit(&self, spec: &str, cfg: VassalConfig) -> Result<VassalConfig, Fail> {
+        let policy = match spec {
+            "builtin" => crate::policy::Policy::built_in(),
+            path => crate::policy::load(std::path::Path::new(path)).map_err(|e| Fail::Policy(e.to_string()))?,
+        }
+        .with_docker_socket(&daemon::socket_path(None));
+        let owner = match cfg.run_as {
+            Some(r) => crate::policy::Owner::of_ids(r.uid, r.gid),
+            None => crate::policy::Owner::of_file(&cfg.path, true).map_err(|e| Fail::Policy(e.to_string()))?,
+        };
+        let path = cfg.path.clone();
+        crate::policy::admit(&policy, cfg, &owner).map_err(|refusals| {
+            Fail::Config(config::ConfigError {
+                path,
+                problems: refusals.iter().map(crate::policy::Refusal::to_problem).collect(),
+            })
+        })
     }
 
     /// The image, inspected here; no registry is ever asked for it.

@@ -127,6 +127,9 @@ pub struct VassalConfig {
     /// Tyrant mode (`--emperor-tyrant`): the file's owner, whom the vassal runs as. Never from the file's
     /// text: the emperor sets it from the file's metadata ([`VassalConfig::running_as`]).
     pub run_as: Option<RunAs>,
+    /// What the policy forces on the vassal's container (user, ceilings, capabilities, resolved mount
+    /// sources); set by whoever checked the vassal against the policy, never from the file's text.
+    pub container_policy: Option<Box<crate::policy::ContainerDecision>>,
     /// Every `[emperor]` line as written, in file order, with its line: what a policy refusal
     /// (`policy/`) names (`shop.ini:5: [emperor] docker-mount = "/:/host": refused by ...`). Not
     /// part of any hash or comparison that decides a reload.

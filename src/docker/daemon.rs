@@ -26,6 +26,15 @@ pub fn address(socket: Option<&Path>) -> String {
     }
 }
 
+/// The daemon's unix socket on the host (what a policy never lets a vassal mount): `socket`, else
+/// `DOCKER_HOST`'s `unix://` path, else the default socket.
+pub fn socket_path(socket: Option<&Path>) -> std::path::PathBuf {
+    match socket {
+        Some(p) => p.to_path_buf(),
+        None => std::path::PathBuf::from(address(None).strip_prefix("unix://").unwrap_or("/var/run/docker.sock")),
+    }
+}
+
 /// A client for the daemon at `socket` (with `timeout` seconds per request), else the one `DOCKER_HOST`
 /// names (the emperor sets it for its bridges from `--docker-daemon-socket`), else the default socket.
 /// No request is made: see [`connect`].

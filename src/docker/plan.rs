@@ -171,6 +171,10 @@ pub fn plan(cfg: &VassalConfig, d: &DockerConfig, image: &ImageInspect, inputs: 
         return None;
     }
     let mut body = container_body(cfg, d, &ctx);
+    // Before the seal: a container made under another policy has another fingerprint, and is not reused.
+    if let Some(forced) = &cfg.container_policy {
+        forced.apply(&mut body);
+    }
     let fingerprint = seal(&mut body, image.id.as_deref().unwrap_or_default());
     Some(Plan {
         proxy,

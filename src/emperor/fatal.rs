@@ -35,6 +35,9 @@ pub enum Fatal {
     Watch { dir: PathBuf, source: io::Error },
     #[error("the inotify stream ended")]
     InotifyEnded,
+    /// `--emperor-policy` names a file that cannot be read or has errors: no vassal may run unchecked.
+    #[error("{0}")]
+    Policy(String),
 }
 
 #[cfg(test)]

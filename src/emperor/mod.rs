@@ -82,16 +82,32 @@ pub fn run(opts: EmperorOptions) -> ExitCode {
         Ok(opts) => opts,
         Err(e) => return fatal(e),
     };
+    let policy = match policy_of(&opts) {
+        Ok(p) => p,
+        Err(e) => return fatal(e),
+    };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fatal(Fatal::Runtime(e)),
     };
     let local = tokio::task::LocalSet::new();
     // Logged while the runtime and its actors still exist, as it always was.
-    match local.block_on(&rt, Emperor::new(opts).run()) {
+    match local.block_on(&rt, Emperor::new(opts, policy).run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fatal(e),
     }
+}
+
+/// The policy every vassal is checked against: `--emperor-policy`'s, else the built-in one in tyrant mode,
+/// else none (a vassal file can do what root can, README "Trust model").
+fn policy_of(opts: &EmperorOptions) -> Result<Option<Arc<crate::policy::Policy>>, Fatal> {
+    let policy = match &opts.policy {
+        Some(path) => crate::policy::load(path).map_err(|e| Fatal::Policy(e.to_string()))?,
+        None if opts.tyrant => crate::policy::Policy::built_in(),
+        None => return Ok(None),
+    };
+    let socket = crate::docker::daemon::socket_path(opts.docker_daemon_socket.as_deref());
+    Ok(Some(Arc::new(policy.with_docker_socket(&socket))))
 }
 
 /// Sanitises the process and makes the options' paths canonical or absolute, before any thread exists.
@@ -124,6 +140,9 @@ fn prepare(mut opts: EmperorOptions) -> Result<EmperorOptions, Fatal> {
         opts.docker_daemon_socket = Some(absolute("--docker-daemon-socket", path)?);
     }
     opts.run_dir = absolute("--emperor-run-dir", &opts.run_dir)?;
+    if let Some(path) = &opts.policy {
+        opts.policy = Some(absolute("--emperor-policy", path)?);
+    }
     // Before the runtime starts any thread, so that every thread inherits the mask.
     arrivals::block_signals().map_err(Fatal::BlockSignals)?;
     Ok(opts)
@@ -307,14 +326,18 @@ struct Emperor {
     arrivals: Option<arrivals::Arrivals>,
     /// A stop signal came: the loop waits only for the actors to finish.
     shutting_down: bool,
+    /// What every vassal is checked against before anything is created for it (`--emperor-policy`, or the
+    /// built-in one in tyrant mode).
+    policy: Option<Arc<crate::policy::Policy>>,
     /// Once Docker is in use: a message each time the daemon answers (at first and after an absence).
     daemon: Option<mpsc::UnboundedReceiver<()>>,
 }
 
 impl Emperor {
-    fn new(opts: EmperorOptions) -> Self {
+    fn new(opts: EmperorOptions, policy: Option<Arc<crate::policy::Policy>>) -> Self {
         Emperor {
             opts: Arc::new(opts),
+            policy,
             owner: None,
             snapshot: Snapshot::new(),
             vassals: HashMap::new(),
@@ -738,6 +761,10 @@ impl Emperor {
         } else {
             None
         };
+        let cfg = match &self.policy {
+            Some(policy) => check_policy(policy, cfg, !self.opts.tyrant_nofollow)?,
+            None => cfg,
+        };
         Ok(cfg.with_name_prefix(&self.opts.docker_name_prefix).running_as(run_as))
     }
 
@@ -827,4 +854,29 @@ fn tyrant_owner(cfg: &config::VassalConfig, nofollow: bool) -> Result<config::Ru
         }
     }
     Ok(owner)
+}
+
+/// Checks a vassal against the policy before anything is created for it: every refusal becomes one problem
+/// of the file, in the policy's words (`shop.ini:5: [emperor] docker-mount = "/:/host": refused by
+/// policy.ini:3 (mount-root = /srv/tenants/%U)`).
+fn check_policy(
+    policy: &crate::policy::Policy,
+    cfg: config::VassalConfig,
+    follow: bool,
+) -> Result<config::VassalConfig, config::ConfigError> {
+    let path = cfg.path.clone();
+    let owner = crate::policy::Owner::of_file(&path, follow).map_err(|e| config::ConfigError {
+        path: path.clone(),
+        problems: vec![config::Problem {
+            line: None,
+            column: None,
+            key: None,
+            value: None,
+            message: format!("cannot read its owner: {e}"),
+        }],
+    })?;
+    crate::policy::admit(policy, cfg, &owner).map_err(|refusals| config::ConfigError {
+        path,
+        problems: refusals.iter().map(crate::policy::Refusal::to_problem).collect(),
+    })
 }

@@ -723,6 +723,44 @@ pub struct Refusal {
     pub detail: Option<String>,
 }
 
+/// Checks `cfg` (owned by `owner`) against `policy` and returns it with what the policy forces on its
+/// container: the one step the emperor (before anything is created) and the bridge (before it plans the
+/// container) both take, so that both plan the same container.
+pub fn admit(policy: &Policy, cfg: VassalConfig, owner: &Owner) -> Result<VassalConfig, Vec<Refusal>> {
+    let decision = policy.check(&cfg, owner)?;
+    let container_policy = match decision {
+        Decision::Container(d) => Some(d),
+        Decision::Process(_) => None,
+    };
+    Ok(VassalConfig {
+        container_policy,
+        ..cfg
+    })
+}
+
+impl Refusal {
+    /// The refusal as one problem of its vassal file, which displays as the refusal does.
+    pub fn to_problem(&self) -> crate::config::Problem {
+        let mut message = String::new();
+        if let Some(subject) = &self.subject {
+            message.push_str(subject);
+            message.push_str(": ");
+        }
+        message.push_str(&format!("refused by {}", self.rule));
+        if let Some(detail) = &self.detail {
+            message.push_str(": ");
+            message.push_str(detail);
+        }
+        crate::config::Problem {
+            line: self.line,
+            column: None,
+            key: self.entry.as_ref().map(|(k, _)| k.clone()),
+            value: self.entry.as_ref().map(|(_, v)| v.clone()),
+            message,
+        }
+    }
+}
+
 impl fmt::Display for Refusal {
     /// `shop.ini:5: [emperor] docker-mount = "/:/host": refused by policy.ini:3 (mount-root =
     /// /srv/tenants/%U)`, then `: <detail>` if any; one printable line.

@@ -99,3 +99,87 @@ fn logto_through_a_symlink_to_a_root_file_is_refused_and_the_target_is_unchanged
         "the log file the emperor created belongs to the tenant",
     );
 }
+
+#[test]
+fn a_tenants_container_runs_as_its_owner_with_the_built_in_policy() {
+    let (uid, gid) = ensure_user(TENANT_A);
+    let sweep = crate::util::docker::DockerSweep::new();
+    let mut h = tenant_harness("tyrant_docker");
+    let name = crate::util::docker::unique_name("tenant");
+    let file = format!("{name}.ini");
+    let sock = h.sock(&format!("{name}.sock"));
+    // No network mode, no mount: the built-in policy forces `none` and allows no mount.
+    let text = format!(
+        "[emperor]\ndocker-image = emperor-test/testapp\nsocket = {}\nexec = /testapp --name {name}\n",
+        sock.display()
+    );
+    write_owned(&h.vassal(&file), &text, uid, gid);
+    // Refused with one line each, nothing created: a mount of /, the Docker socket, host network, another user.
+    let hostile = [
+        ("root-mount.ini", "docker-mount = /:/host\n", "docker-mount"),
+        (
+            "sock-mount.ini",
+            "docker-mount = /var/run/docker.sock:/d.sock\n",
+            "docker-mount",
+        ),
+        ("host-net.ini", "docker-network-mode = host\n", "docker-network-mode"),
+        ("other-user.ini", "docker-user = 0\n", "docker-user"),
+    ];
+    for (f, line, _) in hostile {
+        let text = format!(
+            "[emperor]\ndocker-image = emperor-test/testapp\nsocket = {}\nexec = /testapp\n{line}",
+            h.sock(f).display()
+        );
+        write_owned(&h.vassal(f), &text, uid, gid);
+    }
+    let mut args = sweep.emperor_args();
+    args.push("--emperor-tyrant".into());
+    h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    h.wait_http_unix(&sock, LONG);
+    let get = |format: &str| crate::util::docker::inspect(&file, format).unwrap_or_default();
+    h.check(
+        get("{{.Config.User}}") == format!("{uid}:{gid}"),
+        "User is the file's owner",
+    );
+    h.check(
+        get("{{.HostConfig.SecurityOpt}}").contains("no-new-privileges"),
+        "no-new-privileges",
+    );
+    h.check(get("{{.HostConfig.PidsLimit}}") == "256", "the built-in pids limit");
+    h.check(get("{{.HostConfig.NetworkMode}}") == "none", "network none forced");
+    // From inside, as the kernel sees the container's init: its uid, no_new_privs, no CAP_NET_RAW (bit 13).
+    let pid = get("{{.State.Pid}}");
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    h.check(
+        field("Uid:").split_whitespace().next() == Some(uid.to_string().as_str()),
+        format!("the app's uid: {}", field("Uid:")),
+    );
+    h.check(field("NoNewPrivs:") == "1", "NoNewPrivs in the container");
+    let bounding = u64::from_str_radix(&field("CapBnd:"), 16).unwrap_or(u64::MAX);
+    h.check(
+        bounding & (1 << 13) == 0,
+        format!("no CAP_NET_RAW: CapBnd {bounding:x}"),
+    );
+    for (f, _, key) in hostile {
+        let refusals = || {
+            h.stderr()
+                .lines()
+                .filter(|l| l.contains(f) && l.contains(&format!("[emperor] {key} = ")) && l.contains("refused"))
+                .count()
+        };
+        h.wait_for(|| refusals() > 0, LONG, &format!("the refusal of {f}"));
+        let lines = refusals();
+        h.check(lines == 1, format!("{f}: one refusal line ({lines})"));
+        h.check(
+            !crate::util::docker::container_exists(f),
+            format!("{f}: no container created"),
+        );
+    }
+}
