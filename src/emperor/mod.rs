@@ -329,6 +329,8 @@ struct Emperor {
     /// What every vassal is checked against before anything is created for it (`--emperor-policy`, or the
     /// built-in one in tyrant mode).
     policy: Option<Arc<crate::policy::Policy>>,
+    /// The policy file as last read (see [`policy_stamp`]).
+    policy_stamp: Option<(i64, i64, u64, u64)>,
     /// Once Docker is in use: a message each time the daemon answers (at first and after an absence).
     daemon: Option<mpsc::UnboundedReceiver<()>>,
 }
@@ -336,6 +338,7 @@ struct Emperor {
 impl Emperor {
     fn new(opts: EmperorOptions, policy: Option<Arc<crate::policy::Policy>>) -> Self {
         Emperor {
+            policy_stamp: opts.policy.as_deref().and_then(policy_stamp),
             opts: Arc::new(opts),
             policy,
             owner: None,
@@ -528,6 +531,60 @@ impl Emperor {
         // A directory replaced while no parent event told us is watched again here.
         dir.rewatch();
         self.rescan();
+        self.recheck_policy();
+    }
+
+    /// `--emperor-policy`'s file changed (looked at every rescan tick): read it again and check every vassal
+    /// against it. A broken file keeps the old policy (one line); a vassal that became illegal is stopped
+    /// with its refusal; a legal one whose forced settings changed is restarted with them; others are left
+    /// alone. A vassal stopped this way is checked again at the next change of its file or of the policy.
+    fn recheck_policy(&mut self) {
+        let Some(path) = self.opts.policy.clone() else { return };
+        let stamp = policy_stamp(&path);
+        if stamp == self.policy_stamp {
+            return;
+        }
+        self.policy_stamp = stamp;
+        let policy = match crate::policy::load(&path) {
+            Ok(p) => p.with_docker_socket(&crate::docker::daemon::socket_path(
+                self.opts.docker_daemon_socket.as_deref(),
+            )),
+            Err(e) => return error!("{e}; the policy in force stays as it was"),
+        };
+        info!("{} changed: checking every vassal against it", path.display());
+        self.policy = Some(Arc::new(policy));
+        let dir = self.opts.vassals_dir.clone();
+        let names: Vec<String> = self
+            .snapshot
+            .iter()
+            .filter(|(_, e)| e.unusable.is_none())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let cfg = config::load(&dir.join(&name), &dir).and_then(|c| self.admit(c));
+            match (cfg, self.good.get(&name).cloned()) {
+                (Ok(c), Some(old)) if *old == c => {}
+                (Ok(c), _) => {
+                    let c = Arc::new(c);
+                    if c.docker.is_some() {
+                        self.docker_vassals.insert(name.clone());
+                    }
+                    self.good.insert(name.clone(), c.clone());
+                    self.send(name, Command::Update(Ok(c)));
+                }
+                (Err(e), Some(_)) => {
+                    error!("{e}");
+                    self.good.remove(&name);
+                    if let Some(h) = self.vassals.get(&name) {
+                        let _ = h.tx.send(Command::Remove);
+                    }
+                }
+                (Err(_), None) => {}
+            }
+        }
+        if let Some(map) = &mut self.nginx_map {
+            map.sync(&self.good);
+        }
     }
 
     /// Schedules a scan after [`DEBOUNCE`], unless one is already due.
@@ -824,18 +881,12 @@ fn tyrant_owner(cfg: &config::VassalConfig, nofollow: bool) -> Result<config::Ru
         uid: meta.uid(),
         gid: meta.gid(),
     };
-    if owner.uid == 0 || owner.gid == 0 {
-        return Err(refuse(
-            None,
-            None,
-            format!(
-                "refused: --emperor-tyrant runs a vassal as its file's owner, and this file belongs to {} \
-                 (uid {}, gid {}); chown it to the tenant it runs for",
-                if owner.uid == 0 { "root" } else { "group root" },
-                owner.uid,
-                owner.gid
-            ),
-        ));
+    // The same words as `emperor check --tyrant`.
+    if let Some(r) = crate::policy::refuse_root_owner(&cfg.path, &crate::policy::Owner::of_ids(owner.uid, owner.gid)) {
+        return Err(config::ConfigError {
+            path: cfg.path.clone(),
+            problems: vec![r.to_problem()],
+        });
     }
     if let Some(user) = cfg.docker.as_ref().and_then(|d| d.user.as_deref()) {
         let own_name = crate::sys::users::by_uid(owner.uid).map(|u| u.name);
@@ -878,5 +929,18 @@ fn check_policy(
     crate::policy::admit(policy, cfg, &owner).map_err(|refusals| config::ConfigError {
         path,
         problems: refusals.iter().map(crate::policy::Refusal::to_problem).collect(),
+    })
+}
+
+/// What tells a changed policy file: its mtime, ctime, size and inode (a file replaced by a rename too).
+fn policy_stamp(path: &std::path::Path) -> Option<(i64, i64, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| {
+        (
+            m.mtime_nsec() + m.mtime() * 1_000_000_000,
+            m.ctime_nsec() + m.ctime() * 1_000_000_000,
+            m.size(),
+            m.ino(),
+        )
     })
 }

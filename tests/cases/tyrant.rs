@@ -46,7 +46,7 @@ fn a_vassal_runs_as_its_files_owner_and_a_chown_restarts_it_as_the_new_one() {
     h.check(rec.get("env_USER") == TENANT_A, "USER names the owner");
 
     h.wait_log("rooted.ini", LONG);
-    h.wait_log("this file belongs to root", LONG);
+    h.wait_log("owned by uid 0 (root), gid 0: refused by tyrant mode", LONG);
     h.check(h.starts("rooted").is_empty(), "a root-owned file is refused, never run");
 
     // chown changes no mtime: the scan sees metadata only, and in tyrant mode that restarts the vassal.
@@ -182,4 +182,37 @@ fn a_tenants_container_runs_as_its_owner_with_the_built_in_policy() {
             format!("{f}: no container created"),
         );
     }
+}
+
+#[test]
+fn a_changed_policy_stops_the_vassals_it_refuses_and_lets_them_run_again() {
+    let (uid, gid) = ensure_user(TENANT_A);
+    let mut h = tenant_harness("tyrant_policy");
+    let policy = h.root.join("elsewhere").join("policy.ini");
+    fs::write(&policy, "[policy]\nprogram = *\n").unwrap();
+    write_owned(&h.vassal("app.ini"), &h.app_ini("app", ""), uid, gid);
+    let policy_arg = policy.display().to_string();
+    h.start(&["--emperor-tyrant", "--emperor-policy", &policy_arg, "--emperor-freq", "1"]);
+    h.wait_starts("app", 1, LONG);
+    let pid = h.starts("app")[0].pid();
+
+    // Programs refused: the running vassal is stopped, with the refusal naming the policy's line.
+    let replace = |text: &str| {
+        let tmp = policy.with_extension("tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, &policy).unwrap();
+    };
+    replace("[policy]\n; Docker vassals only\nprogram = none\n");
+    h.wait_log("checking every vassal against it", LONG);
+    h.wait_for(|| !crate::util::alive(pid), LONG, "the refused vassal to stop");
+    h.check(
+        h.stderr().contains("refused by") && h.stderr().contains("policy.ini:3"),
+        "the refusal names the policy's line",
+    );
+    // A broken policy file keeps the one in force.
+    replace("[policy]\nprogam = *\n");
+    h.wait_log("the policy in force stays as it was", LONG);
+    // Allowed again: it runs again.
+    replace("[policy]\nprogram = *\n");
+    h.wait_starts("app", 2, LONG);
 }

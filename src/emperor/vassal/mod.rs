@@ -644,10 +644,11 @@ impl Actor {
         self.track.config_error = None;
         self.fsm.set_params(params_for(&self.opts, Some(&cfg)));
         // A new owner (tyrant mode) means a new process: a uWSGI reloading in place keeps its uid.
-        let restart = self
-            .config
-            .as_ref()
-            .is_none_or(|old| old.emperor_hash != cfg.emperor_hash || old.run_as != cfg.run_as);
+        let restart = self.config.as_ref().is_none_or(|old| {
+            old.emperor_hash != cfg.emperor_hash
+                || old.run_as != cfg.run_as
+                || old.container_policy != cfg.container_policy
+        });
         let first = self.config.is_none();
         // An on-demand vassal's sockets must exist before anything runs: they are what starts it.
         if cfg.on_demand && self.fsm.state().instance().is_none() {
