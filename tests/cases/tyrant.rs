@@ -192,7 +192,13 @@ fn a_changed_policy_stops_the_vassals_it_refuses_and_lets_them_run_again() {
     fs::write(&policy, "[policy]\nprogram = *\n").unwrap();
     write_owned(&h.vassal("app.ini"), &h.app_ini("app", ""), uid, gid);
     let policy_arg = policy.display().to_string();
-    h.start(&["--emperor-tyrant", "--emperor-policy", &policy_arg, "--emperor-freq", "1"]);
+    h.start(&[
+        "--emperor-tyrant",
+        "--emperor-policy",
+        &policy_arg,
+        "--emperor-freq",
+        "1",
+    ]);
     h.wait_starts("app", 1, LONG);
     let pid = h.starts("app")[0].pid();
 
@@ -215,4 +221,134 @@ fn a_changed_policy_stops_the_vassals_it_refuses_and_lets_them_run_again() {
     // Allowed again: it runs again.
     replace("[policy]\nprogram = *\n");
     h.wait_starts("app", 2, LONG);
+}
+
+/// A digest of every regular file under `dir` (symlinks not followed), for "nothing changed".
+fn tree_digest(dir: &std::path::Path, out: &mut Vec<(String, u64)>) {
+    use std::hash::{Hash, Hasher};
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() {
+            tree_digest(&e.path(), out);
+        } else if t.is_file()
+            && let Ok(bytes) = fs::read(e.path())
+        {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut hasher);
+            out.push((e.path().display().to_string(), hasher.finish()));
+        }
+    }
+}
+
+#[test]
+fn fifty_hostile_files_from_two_tenants_each_get_their_line_and_change_nothing() {
+    let tenants = [ensure_user(TENANT_A), ensure_user(TENANT_B)];
+    let mut h = tenant_harness("tyrant_fifty");
+    let tenants_root = h.root.join("elsewhere").join("tenants");
+    for (name, (uid, gid)) in [TENANT_A, TENANT_B].iter().zip(tenants) {
+        let d = tenants_root.join(name);
+        fs::create_dir_all(&d).unwrap();
+        std::os::unix::fs::chown(&d, Some(uid), Some(gid)).unwrap();
+    }
+    // A root-only file the tenants would like to overwrite, and an escape from a tenant's root.
+    let secret = h.root.join("secret");
+    fs::write(&secret, "root only\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("/etc", tenants_root.join(TENANT_A).join("etc-link")).unwrap();
+    let policy = h.root.join("policy.ini");
+    fs::write(
+        &policy,
+        format!(
+            "[policy]\nmount-root = {}/%U\nimage = emperor-test/testapp\n",
+            tenants_root.display()
+        ),
+    )
+    .unwrap();
+    let docker = |extra: &str| format!("[emperor]\ndocker-image = emperor-test/testapp\nexec = /testapp\n{extra}");
+    let a_root = tenants_root.join(TENANT_A);
+    let hostile: Vec<String> = vec![
+        docker("docker-mount = /:/host\n"),
+        docker("docker-mount = /var/run/docker.sock:/d.sock\n"),
+        docker("docker-mount = /run/docker.sock:/d.sock\n"),
+        docker("docker-mount = /etc:/etc\n"),
+        docker("docker-mount = /proc:/p\n"),
+        docker("docker-mount = /sys:/s\n"),
+        docker("docker-mount = /dev:/d\n"),
+        docker(&format!("docker-mount = {}:/x\n", a_root.join("etc-link").display())),
+        // The other tenant's root (filled in per tenant below).
+        String::new(),
+        docker(&format!("docker-mount = {}:/x\n", a_root.join("missing").display())),
+        docker("docker-network-mode = host\n"),
+        docker("docker-network-mode = container:other\n"),
+        docker("docker-network-mode = bridge\n"),
+        docker("docker-user = 0\n"),
+        docker("docker-user = root\n"),
+        docker("docker-user = 0:0\n"),
+        docker("docker-port = 8080:80\n"),
+        docker("docker-memory = 64g\n"),
+        "[emperor]\ndocker-image = busybox\nexec = sh\n".into(),
+        "[emperor]\ndocker-image = emperor-test/uwsgi\nexec = sh\n".into(),
+        "[emperor]\nsocket = 127.0.0.1:80\nexec = /bin/true\n".into(),
+        "[emperor]\nsocket = 127.0.0.1:22\nexec = /bin/true\n".into(),
+    ];
+    let mut expected = Vec::new();
+    // 22 kinds × 2 tenants = 44 hostile files, 4 root-owned ones, and 2 legal vassals per tenant.
+    for (t, (uid, gid)) in tenants.iter().enumerate() {
+        let other = tenants_root.join([TENANT_B, TENANT_A][t]);
+        for (i, text) in hostile.iter().enumerate() {
+            let f = format!("h{t}-{i:02}.ini");
+            let other_root = docker(&format!("docker-mount = {}:/x\n", other.display()));
+            let text = if text.is_empty() { &other_root } else { text };
+            write_owned(&h.vassal(&f), text, *uid, *gid);
+            expected.push(f);
+        }
+        for n in 0..2 {
+            let name = format!("ok{t}{n}");
+            write_owned(&h.vassal(&format!("{name}.ini")), &h.app_ini(&name, ""), *uid, *gid);
+        }
+    }
+    for i in 0..4 {
+        let f = format!("rooted{i}.ini");
+        h.write_vassal(&f, &h.app_ini(&format!("rooted{i}"), ""));
+        expected.push(f);
+    }
+    assert_eq!(expected.len() + 4, 52);
+    let mut before = Vec::new();
+    tree_digest(std::path::Path::new("/etc"), &mut before);
+    let policy_arg = policy.display().to_string();
+    h.start(&["--emperor-tyrant", "--emperor-policy", &policy_arg]);
+    for t in 0..2 {
+        for n in 0..2 {
+            h.wait_starts(&format!("ok{t}{n}"), 1, LONG);
+        }
+    }
+    for f in &expected {
+        h.wait_for(
+            || {
+                h.stderr()
+                    .lines()
+                    .any(|l| l.contains(&format!("/{f}")) && l.contains("refused"))
+            },
+            LONG,
+            &format!("the refusal of {f}"),
+        );
+    }
+    let stderr = h.stderr();
+    for f in &expected {
+        let lines = stderr.lines().filter(|l| l.contains(&format!("[{f}]"))).count();
+        h.check(lines >= 1, format!("{f}: its line"));
+        h.check(
+            h.starts(f.trim_end_matches(".ini")).is_empty(),
+            format!("{f} never ran"),
+        );
+    }
+    h.check(!stderr.contains("panicked"), "no panic");
+    let mut after = Vec::new();
+    tree_digest(std::path::Path::new("/etc"), &mut after);
+    h.check(before == after, "nothing under /etc changed");
+    h.check(
+        fs::read_to_string(&secret).unwrap() == "root only\n",
+        "the root-only file is unchanged",
+    );
 }
