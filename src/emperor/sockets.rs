@@ -51,6 +51,9 @@ pub struct SocketOptions<'a> {
     pub backlog: u32,
     pub mode: Option<u32>,
     pub owner: Option<&'a Owner>,
+    /// Tyrant mode: a unix socket file is made as its tenant could (no symlink on the way, in a directory the
+    /// tenant may write) and belongs to the tenant, unless `owner` names one.
+    pub tenant: Option<&'a crate::sys::tenant::Tenant>,
 }
 
 /// Binds and listens. Errors name the socket and what failed.
@@ -68,7 +71,14 @@ pub fn bind(spec: &SocketSpec, opts: SocketOptions<'_>) -> io::Result<BoundSocke
             let l = UnixListener::bind_addr(&addr).map_err(|e| ctx("cannot bind", e))?;
             (l.into(), None)
         }
-        SocketAddrSpec::Unix(path) => {
+        SocketAddrSpec::Unix(given) => {
+            // In tyrant mode every step goes through the directory opened without symlinks.
+            let place = match opts.tenant {
+                Some(t) => Some(tenant_place(given, t).map_err(|e| ctx("cannot bind", e))?),
+                None => None,
+            };
+            let via = place.as_ref().map(crate::sys::tenant::Place::fd_path);
+            let path = via.as_deref().unwrap_or(given);
             remove_stale(path).map_err(|e| ctx("cannot bind", e))?;
             let l = UnixListener::bind(path).map_err(|e| ctx("cannot bind", e))?;
             let meta = std::fs::symlink_metadata(path).map_err(|e| ctx("cannot stat", e))?;
@@ -148,8 +158,22 @@ fn apply_perms(path: &Path, opts: SocketOptions<'_>) -> io::Result<()> {
     if let Some(mode) = opts.mode {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     }
-    if let Some(owner) = opts.owner {
-        std::os::unix::fs::lchown(path, owner.uid, owner.gid)?;
+    match (opts.owner, opts.tenant) {
+        (Some(owner), _) => std::os::unix::fs::lchown(path, owner.uid, owner.gid)?,
+        (None, Some(t)) => std::os::unix::fs::lchown(path, Some(t.uid), Some(t.gid))?,
+        (None, None) => {}
     }
     Ok(())
+}
+
+/// Tyrant mode: the socket's directory, reached without symlinks, and one the tenant may create files in.
+fn tenant_place(path: &Path, t: &crate::sys::tenant::Tenant) -> io::Result<crate::sys::tenant::Place> {
+    let place = crate::sys::tenant::Place::of(path)?;
+    if !place.tenant_may_create(t)? {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the vassal's owner may not create files in this directory",
+        ));
+    }
+    Ok(place)
 }

@@ -728,14 +728,20 @@ pub struct Refusal {
 /// container) both take, so that both plan the same container.
 pub fn admit(policy: &Policy, cfg: VassalConfig, owner: &Owner) -> Result<VassalConfig, Vec<Refusal>> {
     let decision = policy.check(&cfg, owner)?;
-    let container_policy = match decision {
-        Decision::Container(d) => Some(d),
-        Decision::Process(_) => None,
-    };
-    Ok(VassalConfig {
-        container_policy,
-        ..cfg
-    })
+    let mut cfg = cfg;
+    match decision {
+        Decision::Container(d) => cfg.container_policy = Some(d),
+        // The program the policy allowed, resolved: a symlink or a PATH entry re-pointed after the check must
+        // not change what runs.
+        Decision::Process(p) => {
+            if let (Some(program), Some(argv)) = (p.program, cfg.exec.as_mut())
+                && let Some(first) = argv.first_mut()
+            {
+                *first = program.to_string_lossy().into_owned();
+            }
+        }
+    }
+    Ok(cfg)
 }
 
 impl Refusal {

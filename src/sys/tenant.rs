@@ -92,6 +92,20 @@ impl Place {
         })
     }
 
+    /// Whether the tenant may create files in the directory (write and search permission).
+    pub fn tenant_may_create(&self, t: &Tenant) -> io::Result<bool> {
+        Ok(t.may(&fstat(&self.dir)?, 0o3))
+    }
+
+    /// A path to the file that goes through the opened directory (`/proc/self/fd/<dir>/<name>`), for calls that
+    /// take only a path (`bind` of a unix socket): the directory can no longer be swapped for a symlink.
+    pub fn fd_path(&self) -> std::path::PathBuf {
+        use std::os::fd::AsRawFd;
+        Path::new("/proc/self/fd")
+            .join(self.dir.as_raw_fd().to_string())
+            .join(&self.name)
+    }
+
     /// `name` with `suffix` appended, in the same directory.
     pub fn sibling(&self, suffix: &str) -> OsString {
         let mut s = self.name.clone();

@@ -17,10 +17,13 @@ const TENANT_B: &str = "emperor-tenant-b";
 fn tenant_harness(name: &str) -> Harness {
     let h = Harness::new(name);
     fs::set_permissions(&h.root, fs::Permissions::from_mode(0o755)).unwrap();
-    for d in ["vassals", "run", "elsewhere"] {
+    for d in ["vassals", "elsewhere"] {
         fs::set_permissions(h.root.join(d), fs::Permissions::from_mode(0o755)).unwrap();
     }
-    fs::set_permissions(h.root.join("rec"), fs::Permissions::from_mode(0o1777)).unwrap();
+    // Tenants make their sockets in run/ and the test app writes its records in rec/.
+    for d in ["run", "rec"] {
+        fs::set_permissions(h.root.join(d), fs::Permissions::from_mode(0o1777)).unwrap();
+    }
     h
 }
 
@@ -74,7 +77,23 @@ fn logto_through_a_symlink_to_a_root_file_is_refused_and_the_target_is_unchanged
     let good = format!("{}logto = {}\n", h.app_ini("good", ""), logs.join("good.log").display());
     write_owned(&h.vassal("evil.ini"), &evil, uid, gid);
     write_owned(&h.vassal("good.ini"), &good, uid, gid);
+    // A socket through a symlinked directory into a root-only one: refused, nothing created there.
+    let locked = h.root.join("locked");
+    fs::create_dir(&locked).unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&locked, logs.join("dir-link")).unwrap();
+    let sneaky = format!(
+        "[emperor]\nsocket = {}\n{}",
+        logs.join("dir-link").join("s.sock").display(),
+        h.exec_line("sneaky", "")
+    );
+    write_owned(&h.vassal("sneaky.ini"), &sneaky, uid, gid);
     h.start(&["--emperor-tyrant"]);
+    h.wait_log("dir-link/s.sock: cannot bind", LONG);
+    h.check(
+        fs::read_dir(&locked).unwrap().next().is_none(),
+        "nothing was created in the root-only directory",
+    );
     h.wait_starts("evil", 1, LONG);
     h.wait_starts("good", 1, LONG);
     h.wait_log("cannot open logto", LONG);

@@ -832,6 +832,7 @@ impl Actor {
         let mut old = std::mem::take(&mut self.sockets);
         let before = old.len();
         let mut result = Ok(());
+        let tenant = cfg.run_as.map(|r| crate::sys::tenant::Tenant::of(r.uid, r.gid));
         for spec in &cfg.sockets {
             if let Some(i) = old.iter().position(|s| s.spec.addr == spec.addr) {
                 let mut s = old.swap_remove(i);
@@ -843,6 +844,7 @@ impl Actor {
                 backlog: cfg.listen.unwrap_or(sockets::DEFAULT_BACKLOG),
                 mode: cfg.chmod_socket.or(self.opts.chmod_socket),
                 owner: cfg.chown_socket.as_ref().or(self.opts.chown_socket.as_ref()),
+                tenant: tenant.as_ref(),
             };
             match sockets::bind(spec, opts) {
                 Ok(s) => {
