@@ -127,10 +127,18 @@ fn a_tenants_container_runs_as_its_owner_with_the_built_in_policy() {
     let name = crate::util::docker::unique_name("tenant");
     let file = format!("{name}.ini");
     let sock = h.sock(&format!("{name}.sock"));
-    // No network mode, no mount: the built-in policy forces `none` and allows no mount.
+    // No network mode, no mount: the built-in policy forces `none` and allows no mount. Its cidfile is a symlink
+    // to a root-only file, which the root bridge must not write through.
+    let secret = h.root.join("secret-cid");
+    fs::write(&secret, "root only\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let cid = h.root.join("run").join(format!("{name}.cid"));
+    std::os::unix::fs::symlink(&secret, &cid).unwrap();
     let text = format!(
-        "[emperor]\ndocker-image = emperor-test/testapp\nsocket = {}\nexec = /testapp --name {name}\n",
-        sock.display()
+        "[emperor]\ndocker-image = emperor-test/testapp\nsocket = {}\nexec = /testapp --name {name}\n\
+         docker-cidfile = {}\n",
+        sock.display(),
+        cid.display()
     );
     write_owned(&h.vassal(&file), &text, uid, gid);
     // Refused with one line each, nothing created: a mount of /, the Docker socket, host network, another user.
@@ -185,6 +193,11 @@ fn a_tenants_container_runs_as_its_owner_with_the_built_in_policy() {
     h.check(
         bounding & (1 << 13) == 0,
         format!("no CAP_NET_RAW: CapBnd {bounding:x}"),
+    );
+    h.wait_log("cannot write docker-cidfile", LONG);
+    h.check(
+        fs::read_to_string(&secret).unwrap() == "root only\n",
+        "the cidfile symlink's root-only target is unchanged",
     );
     for (f, _, key) in hostile {
         let refusals = || {
