@@ -888,6 +888,28 @@ fn tyrant_owner(cfg: &config::VassalConfig, nofollow: bool) -> Result<config::Ru
             problems: vec![r.to_problem()],
         });
     }
+    // The vassal's sockets belong to its owner; it may hand one to a group of its own, never to someone else.
+    if let Some(chown) = &cfg.chown_socket {
+        let groups = crate::sys::tenant::Tenant::of(owner.uid, owner.gid).groups;
+        let user_ok = chown.uid.is_none_or(|u| u == owner.uid);
+        let group_ok = chown.gid.is_none_or(|g| g == owner.gid || groups.contains(&g));
+        if !(user_ok && group_ok) {
+            let line = cfg.lines.iter().find(|l| l.key == "chown-socket");
+            return Err(config::ConfigError {
+                path: cfg.path.clone(),
+                problems: vec![config::Problem {
+                    line: line.and_then(|l| l.line),
+                    column: None,
+                    key: Some("chown-socket".into()),
+                    value: line.map(|l| l.value.clone()),
+                    message: format!(
+                        "refused: in tyrant mode a vassal's sockets belong to its file's owner ({owner}); chown-socket \
+                         may only name that user and its groups"
+                    ),
+                }],
+            });
+        }
+    }
     if let Some(user) = cfg.docker.as_ref().and_then(|d| d.user.as_deref()) {
         let own_name = crate::sys::users::by_uid(owner.uid).map(|u| u.name);
         let who = user.split(':').next().unwrap_or(user);

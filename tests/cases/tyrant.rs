@@ -323,9 +323,10 @@ fn fifty_hostile_files_from_two_tenants_each_get_their_line_and_change_nothing()
         "[emperor]\ndocker-image = emperor-test/uwsgi\nexec = sh\n".into(),
         "[emperor]\nsocket = 127.0.0.1:80\nexec = /bin/true\n".into(),
         "[emperor]\nsocket = 127.0.0.1:22\nexec = /bin/true\n".into(),
+        "[emperor]\nsocket = /tmp/x.sock\nchown-socket = root\nexec = /bin/true\n".into(),
     ];
     let mut expected = Vec::new();
-    // 22 kinds × 2 tenants = 44 hostile files, 4 root-owned ones, and 2 legal vassals per tenant.
+    // 23 kinds × 2 tenants = 46 hostile files, 4 root-owned ones, and 2 legal vassals per tenant.
     for (t, (uid, gid)) in tenants.iter().enumerate() {
         let other = tenants_root.join([TENANT_B, TENANT_A][t]);
         for (i, text) in hostile.iter().enumerate() {
@@ -345,7 +346,7 @@ fn fifty_hostile_files_from_two_tenants_each_get_their_line_and_change_nothing()
         h.write_vassal(&f, &h.app_ini(&format!("rooted{i}"), ""));
         expected.push(f);
     }
-    assert_eq!(expected.len() + 4, 52);
+    assert_eq!(expected.len() + 4, 54);
     let mut before = Vec::new();
     tree_digest(std::path::Path::new("/etc"), &mut before);
     let policy_arg = policy.display().to_string();
