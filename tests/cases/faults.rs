@@ -195,19 +195,49 @@ fn wait_serving(h: &Harness, sock: &Path, deadline: Duration) {
     );
 }
 
-#[test]
-fn live_restore_daemon_restart_keeps_the_container_and_fails_no_request() {
-    let d = Dockerd::start(Opts { live_restore: true });
+/// A vassal made by `text` (from the harness and the vassal name), started by a new emperor on daemon `d`,
+/// answering on its socket; with the container's id.
+struct Serving {
+    case: CaseSweep,
+    h: Harness,
+    name: String,
+    file: String,
+    sock: PathBuf,
+    id: String,
+}
+
+fn serving(d: &Arc<Dockerd>, tag: &str, text: impl Fn(&Harness, &str) -> String) -> Serving {
     let case = d.case();
-    let mut h = Harness::new("fault_live");
-    let name = unique_name("live");
+    let mut h = Harness::new(&format!("fault_{tag}"));
+    let name = unique_name(tag);
     let file = format!("{name}.ini");
-    h.write_vassal(&file, &vassal(&h, &name, ""));
+    h.write_vassal(&file, &text(&h, &name));
     start(&mut h, &case, &[]);
     h.wait_starts(&name, 1, LONG);
     let sock = h.sock(&format!("{name}.sock"));
     h.wait_http_unix(&sock, LONG);
     let id = d.inspect(&file, "{{.Id}}").unwrap_or_default();
+    Serving {
+        case,
+        h,
+        name,
+        file,
+        sock,
+        id,
+    }
+}
+
+#[test]
+fn live_restore_daemon_restart_keeps_the_container_and_fails_no_request() {
+    let d = Dockerd::start(Opts { live_restore: true });
+    let Serving {
+        case,
+        h,
+        name,
+        file,
+        sock,
+        id,
+    } = serving(&d, "live", |h, name| vassal(h, name, ""));
     let app = d
         .inspect(&file, "{{.State.Pid}}")
         .and_then(|p| p.parse::<i32>().ok())
@@ -299,16 +329,14 @@ fn an_on_demand_start_while_the_daemon_is_away_is_served_when_it_is_back() {
 #[test]
 fn daemon_restart_without_live_restore_serves_again_promptly() {
     let d = Dockerd::start(Opts::default());
-    let case = d.case();
-    let mut h = Harness::new("fault_nolive");
-    let name = unique_name("nolive");
-    let file = format!("{name}.ini");
-    h.write_vassal(&file, &vassal(&h, &name, ""));
-    start(&mut h, &case, &[]);
-    h.wait_starts(&name, 1, LONG);
-    let sock = h.sock(&format!("{name}.sock"));
-    h.wait_http_unix(&sock, LONG);
-    let id = d.inspect(&file, "{{.Id}}").unwrap_or_default();
+    let Serving {
+        case,
+        h,
+        name,
+        file,
+        sock,
+        id,
+    } = serving(&d, "nolive", |h, name| vassal(h, name, ""));
     let bridge = h.bridge_pid();
 
     let took = d.stop();
@@ -357,17 +385,15 @@ fn daemon_restart_without_live_restore_serves_again_promptly() {
 #[test]
 fn bridge_kill_9_is_adopted_by_the_next_bridge() {
     let d = shared();
-    let case = d.case();
-    let mut h = Harness::new("fault_bridge");
-    let name = unique_name("adopt");
-    let file = format!("{name}.ini");
-    h.write_vassal(&file, &ticker_vassal(&h, &name));
-    start(&mut h, &case, &[]);
-    h.wait_starts(&name, 1, LONG);
-    let sock = h.sock(&format!("{name}.sock"));
-    h.wait_http_unix(&sock, LONG);
+    let Serving {
+        case,
+        h,
+        name,
+        file,
+        sock,
+        id,
+    } = serving(&d, "adopt", ticker_vassal);
     h.wait_for(|| ticks(&h, &file, 0).len() >= 2, LONG, "tick lines in the log");
-    let id = d.inspect(&file, "{{.Id}}").unwrap_or_default();
     let client = Client::start(&sock);
     client.wait_more(&h, 5, "before the kill");
 
