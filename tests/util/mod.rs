@@ -635,6 +635,9 @@ pub fn ensure_user(name: &str) -> (u32, u32) {
         let gid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
         Some((uid, gid))
     };
+    // One useradd at a time: concurrent ones fight over /etc/passwd's lock and fail.
+    static USERADD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = USERADD.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(ids) = lookup() {
         return ids;
     }
