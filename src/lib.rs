@@ -9,6 +9,7 @@ mod config;
 mod docker;
 mod emperor;
 mod exit;
+mod fleet;
 pub mod fuzzing;
 mod policy;
 mod protocol;
