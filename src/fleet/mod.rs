@@ -5,3 +5,5 @@
 
 #[allow(dead_code)] // until the publisher and the front use it
 pub mod beachhead;
+pub mod pg;
+pub mod publish;
