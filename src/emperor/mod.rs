@@ -499,12 +499,14 @@ impl Emperor {
             ),
         }
         reap::run_dir_leftovers(&self.opts);
-        self.rescan();
-        info!(
-            "watching {} ({} vassals)",
-            self.opts.vassals_dir.display(),
-            self.vassals.len()
-        );
+        if self.opts.pg.is_none() {
+            self.rescan();
+            info!(
+                "watching {} ({} vassals)",
+                self.opts.vassals_dir.display(),
+                self.vassals.len()
+            );
+        }
         if let Some(n) = self.notify.clone() {
             // Commands are handled in order: once every actor has answered, each has handled its first
             // config, so every valid vassal was started.

@@ -279,7 +279,7 @@ async fn session(
         .config
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| explain(&e))?;
     let (notes_tx, mut notes) = mpsc::unbounded_channel::<()>();
     let mut driver = tokio::task::spawn_local(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -291,7 +291,7 @@ async fn session(
                     }
                 }
                 Ok(_) => {}
-                Err(e) => return e.to_string(),
+                Err(e) => return explain(&e),
             }
         }
         "the server closed the connection".to_string()
@@ -302,7 +302,7 @@ async fn session(
     tokio::time::timeout(TIMEOUT, client.batch_execute(&listen))
         .await
         .map_err(|_| format!("{listen} took longer than {} s", TIMEOUT.as_secs()))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| explain(&e))?;
     if let Some((since, _)) = gone.take() {
         info!(
             "PostgreSQL at {} answers again, after {:.1} s; reading the vassals",
@@ -313,7 +313,7 @@ async fn session(
     loop {
         match tokio::time::timeout(TIMEOUT, client.simple_query(&source.query)).await {
             Err(_) => return Err(format!("the vassals query took longer than {} s", TIMEOUT.as_secs())),
-            Ok(Err(e)) if e.is_closed() || e.as_db_error().is_none() => return Err(e.to_string()),
+            Ok(Err(e)) if e.is_closed() || e.as_db_error().is_none() => return Err(explain(&e)),
             Ok(Err(e)) => {
                 // The server answers but refuses the query (a typo, a missing table): said once per distinct
                 // error, tried again at every wake-up, the vassals left as they are.
@@ -364,6 +364,18 @@ async fn session(
         }
         while notes.try_recv().is_ok() {}
     }
+}
+
+/// The error with its causes: tokio-postgres says only "db error" or "error connecting to server" itself.
+fn explain(e: &tokio_postgres::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
