@@ -770,6 +770,10 @@ impl Emperor {
 
     /// Scans the directory and turns the differences into commands. Returns the vassals it updated.
     fn rescan(&mut self) -> Vec<String> {
+        if self.opts.pg.is_some() {
+            // The directory is only where relative paths start; the rows are read by `fleet::pg`.
+            return Vec::new();
+        }
         let dir = self.opts.vassals_dir.clone();
         let new = match scan::scan(&dir) {
             Ok(s) => {
