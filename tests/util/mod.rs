@@ -5,6 +5,8 @@
 
 pub mod docker;
 pub mod dockerd;
+pub mod pg;
+pub mod server;
 
 use std::collections::HashMap;
 use std::ffi::CString;
