@@ -6,6 +6,7 @@
 pub mod docker;
 pub mod dockerd;
 pub mod pg;
+pub mod redis;
 pub mod server;
 
 use std::collections::HashMap;
