@@ -31,8 +31,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::free_port;
-use super::server::{NotReady, Server, make_root, remove_root, run, tail};
+use super::server::{NotReady, Server, make_root, remove_root, tail};
+use super::{free_port, run_timeout};
 
 /// How long a starting server gets to accept connections.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
@@ -146,7 +146,7 @@ impl Postgres {
             "--no-locale",
             "--no-sync",
         ]);
-        match run(&mut cmd, b"", CLIENT_TIMEOUT) {
+        match run_timeout(&mut cmd, "initdb", b"", CLIENT_TIMEOUT) {
             Ok(out) if out.status.success() => {}
             Ok(out) => panic!(
                 "initdb into {} failed ({}):\n{}{}",
@@ -221,7 +221,7 @@ impl Postgres {
             "-t",
             "2",
         ]);
-        run(&mut cmd, b"", Duration::from_secs(5)).is_ok_and(|o| o.status.success())
+        run_timeout(&mut cmd, "pg_isready", b"", Duration::from_secs(5)).is_ok_and(|o| o.status.success())
     }
 
     #[track_caller]
@@ -281,7 +281,7 @@ impl Postgres {
                 "host=127.0.0.1 port={} user=emperor dbname={dbname} connect_timeout=10",
                 self.port
             ));
-        match run(&mut cmd, sql.as_bytes(), CLIENT_TIMEOUT) {
+        match run_timeout(&mut cmd, "psql", sql.as_bytes(), CLIENT_TIMEOUT) {
             Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
             Ok(out) => Err(format!(
                 "({}) {}",

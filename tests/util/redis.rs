@@ -18,8 +18,8 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::free_port;
-use super::server::{NotReady, Server, make_root, remove_root, run, tail};
+use super::server::{NotReady, Server, make_root, remove_root, tail};
+use super::{free_port, run_timeout};
 
 /// How long a starting server gets to answer PING.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
@@ -162,7 +162,7 @@ impl Redis {
         let mut cmd = Command::new(program("redis-cli"));
         cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-e"])
             .args(args);
-        match run(&mut cmd, b"", CLI_TIMEOUT) {
+        match run_timeout(&mut cmd, "redis-cli", b"", CLI_TIMEOUT) {
             Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
             Ok(out) => panic!(
                 "redis-cli {} on port {} failed ({}): {}{}",
