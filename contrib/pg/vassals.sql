@@ -57,10 +57,10 @@ BEGIN;
 CREATE TABLE IF NOT EXISTS vassals (
     -- The vassal's name with its extension, as a file name would be: emperors use it in file and socket names, in
     -- logs and in routes, and uWSGI picks the config's syntax by the extension. One path component: no "/", no
-    -- leading dot, 255 bytes at most.
+    -- leading dot, shorter than 255 bytes (uWSGI's limit for a vassal name).
     name      text PRIMARY KEY
               CONSTRAINT vassals_name_is_a_file_name
-              CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9._-]*\.ini$' AND octet_length(name) <= 255),
+              CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9._-]*\.ini$' AND octet_length(name) < 255),
 
     -- The whole vassal file, INI text, exactly what would be in <vassals dir>/<name>.
     config    text NOT NULL,
