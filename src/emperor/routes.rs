@@ -465,6 +465,19 @@ pub fn conflicts(routes: &RouteTable) -> Vec<Conflict> {
     plan(routes).conflicts
 }
 
+/// The part of an include file after its header; for the tests of every writer of one.
+#[cfg(test)]
+pub fn body(text: &str) -> String {
+    text.lines()
+        .skip_while(|l| l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// [`body`] of an include file with no routes.
+#[cfg(test)]
+pub const EMPTY_BODY: &str = "\nmap $host $emperor_upstream {\n    hostnames;\n    default \"\";\n}";
+
 /// Keeps the include file and nginx in step with the vassals' routes; owned by the main loop.
 pub struct NginxMap {
     file: IncludeFile,
@@ -773,14 +786,6 @@ mod tests {
         )
     }
 
-    /// The part after the header.
-    fn body(text: &str) -> String {
-        text.lines()
-            .skip_while(|l| l.starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
     #[test]
     fn empty_table() {
         let text = render_t(&RouteTable::new());
@@ -793,10 +798,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# 0 host(s) of 0 vassal(s).\n"), "{text}");
-        assert_eq!(
-            body(&text),
-            "\nmap $host $emperor_upstream {\n    hostnames;\n    default \"\";\n}"
-        );
+        assert_eq!(body(&text), EMPTY_BODY);
     }
 
     #[test]

@@ -3,5 +3,8 @@
 //! map from every host's routes. No home-made cluster: the stores are the only shared state, and a store
 //! that goes away never stops a vassal.
 
-#[allow(dead_code)] // until the publisher and the front use it
+#[allow(dead_code)] // until the publisher uses `encode` and `name`
 pub mod beachhead;
+pub mod front;
+mod front_map;
+mod store;
