@@ -290,7 +290,7 @@ fn server_address(target: &SocketAddrSpec) -> String {
 }
 
 /// An nginx token: as is when it is plain, else double-quoted with `\` and `"` escaped.
-pub(crate) fn token(s: &str) -> String {
+fn token(s: &str) -> String {
     let plain = !s.is_empty()
         && !s.chars().any(|c| {
             c.is_whitespace() || c.is_control() || matches!(c, ';' | '{' | '}' | '"' | '\'' | '\\' | '#' | '$')
@@ -310,7 +310,7 @@ pub(crate) fn token(s: &str) -> String {
 }
 
 /// Text for a `#` comment: one line.
-pub(crate) fn comment(s: &str) -> String {
+fn comment(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
