@@ -40,7 +40,7 @@ use std::path::Path;
 
 use log::{info, warn};
 
-use crate::config::{claims, parse_host};
+use crate::config::{claims, parse_host, printable};
 use crate::emperor::routes::{Include, MapLine, UpstreamBlock, unique_name, upstream_name_of};
 use crate::fleet::beachhead;
 
@@ -50,6 +50,7 @@ type Servers = BTreeMap<SocketAddr, BTreeSet<String>>;
 /// A key left out, or partly left out, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
+    /// The key, printable (control characters escaped, as everything from Redis that is shown).
     pub key: String,
     /// The value as read, so that a changed value is logged again.
     pub value: Vec<u8>,
@@ -138,11 +139,13 @@ pub fn plan(values: &[(String, Vec<u8>)]) -> Plan {
     let mut sorted: Vec<&(String, Vec<u8>)> = values.iter().collect();
     sorted.sort();
     for (key, value) in sorted {
+        // Whatever Redis holds reaches logs and the file's comments: control characters escaped.
+        let key = printable(key).into_owned();
         keys.insert(key.clone());
         let skip = |why: String| Skipped {
             key: key.clone(),
             value: value.clone(),
-            why,
+            why: printable(&why).into_owned(),
         };
         let routes = match std::str::from_utf8(value) {
             Ok(text) => beachhead::decode(text),
@@ -174,7 +177,7 @@ pub fn plan(values: &[(String, Vec<u8>)]) -> Plan {
                         .or_default()
                         .entry(server)
                         .or_default()
-                        .insert(route.id.clone());
+                        .insert(printable(&route.id).into_owned());
                 }
             }
         }
@@ -517,6 +520,19 @@ map $host $emperor_upstream {
             assert!(text.contains(line), "{line}\n{text}");
         }
         assert!(!text.contains("    n.test "), "{text}");
+    }
+
+    #[test]
+    fn control_characters_from_redis_are_escaped() {
+        let mut evil = key("a\u{1b}[2J.ini", "127.0.0.2", 8001, &["a.test", "b\u{7}.test"]);
+        evil.0.push('\n');
+        let p = plan(&[evil]);
+        assert_eq!(p.skipped.len(), 1);
+        let s = &p.skipped[0];
+        assert!(!s.key.chars().chain(s.why.chars()).any(char::is_control), "{s:?}");
+        let text = render(&p, Path::new("/x.conf"), "redis://127.0.0.1:6379/0", "/beachhead/");
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text}");
+        assert!(text.contains("# a.test: a\\u{1b}[2J.ini@127.0.0.2\n"), "{text}");
     }
 
     #[test]

@@ -6,5 +6,5 @@
 #[allow(dead_code)] // until the publisher uses `encode` and `name`
 pub mod beachhead;
 pub mod front;
-mod front_map;
+pub mod front_map;
 mod store;
