@@ -139,6 +139,9 @@ pub struct BridgeArgs {
     /// Tyrant mode: the container's user, the vassal file's owner.
     #[arg(long, value_name = "UID:GID")]
     pub run_as: Option<crate::config::RunAs>,
+    /// The vassal's owner when it has no file (a `pg://` row's uid and gid): whom the policy is checked for.
+    #[arg(long, value_name = "UID:GID")]
+    pub owner: Option<crate::config::RunAs>,
     /// The policy the emperor checked the vassal against: an absolute path, or `builtin`; the bridge
     /// applies what it forces on the container ([`crate::policy::admit`]).
     #[arg(long, value_name = "PATH|builtin")]
@@ -185,6 +188,10 @@ impl BridgeArgs {
         if let Some(r) = &self.run_as {
             argv.push("--run-as".into());
             argv.push(r.to_string());
+        }
+        if let Some(o) = &self.owner {
+            argv.push("--owner".into());
+            argv.push(o.to_string());
         }
         if let Some(p) = &self.policy {
             argv.push("--policy".into());
@@ -358,7 +365,8 @@ pub struct ShimArgs {
 /// The emperor's own options.
 #[derive(Debug, Args)]
 pub struct EmperorArgs {
-    /// Directory holding the vassal files (`<name>.ini`).
+    /// Directory holding the vassal files (`<name>.ini`), or `pg://<conninfo>[;<query>]`: vassals are the
+    /// rows of a PostgreSQL query (uWSGI's pg imperial monitor; README "A fleet of emperors").
     #[arg(value_name = "VASSALS_DIR", required_unless_present = "emperor")]
     pub vassals_dir: Option<PathBuf>,
 
@@ -471,6 +479,31 @@ pub struct EmperorArgs {
     /// As --emperor-tyrant, but a symlinked vassal file runs as the symlink's own owner.
     #[arg(long)]
     pub emperor_tyrant_nofollow: bool,
+
+    /// Publish the routes of vassals with domains and a TCP socket to this Redis (`redis://IP:PORT/DB`), in
+    /// beachhead's layout, for a front on another host (`emperor front`).
+    #[arg(long, value_name = "URL", requires = "routes_address")]
+    pub routes_redis: Option<String>,
+
+    /// This host's IP address as the front reaches it: published for sockets bound to every address.
+    #[arg(long, value_name = "IP", requires = "routes_redis")]
+    pub routes_address: Option<std::net::IpAddr>,
+
+    /// The prefix of the published keys (beachhead's default).
+    #[arg(long, value_name = "PREFIX", default_value = "/beachhead/")]
+    pub routes_prefix: String,
+
+    /// Seconds a published route lives unless refreshed (it is refreshed at 45 % of this).
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    pub routes_ttl: u64,
+
+    /// Seconds a host handing a vassal over keeps serving it after withdrawing its route.
+    #[arg(long, value_name = "S", default_value_t = 5)]
+    pub routes_drain: u64,
+
+    /// Seconds a host handing a vassal over waits for the new host's route before stopping it anyway.
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    pub routes_handoff_timeout: u64,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -520,12 +553,46 @@ pub struct EmperorOptions {
     pub tyrant: bool,
     /// `--emperor-tyrant-nofollow`: the owner of a symlinked vassal file is the symlink's.
     pub tyrant_nofollow: bool,
+    /// `pg://...` instead of a directory; `vassals_dir` is then the emperor's working directory, which
+    /// relative paths in the rows' configs are resolved against.
+    pub pg: Option<crate::fleet::pg::PgSource>,
+    /// `--routes-*`.
+    pub routes: Option<crate::fleet::publish::RoutesOptions>,
 }
 
 impl EmperorArgs {
     /// Turns raw arguments into options, or a message for the user.
     pub fn into_options(self) -> Result<EmperorOptions, String> {
-        let dir = self.vassals_dir.or(self.emperor).ok_or("no vassals directory given")?;
+        let mut dir = self.vassals_dir.or(self.emperor).ok_or("no vassals directory given")?;
+        let pg = match dir.to_str().and_then(|d| d.strip_prefix("pg://")) {
+            Some(spec) => {
+                // libpq's default user is the one running it, read from /etc/passwd (no NSS: static binary).
+                let me = crate::sys::users::by_uid(nix::unistd::geteuid().as_raw()).map_or("root".into(), |u| u.name);
+                let source = crate::fleet::pg::PgSource::parse(spec, &me).map_err(|e| format!("pg://: {e}"))?;
+                dir = std::env::current_dir().map_err(|e| format!("cannot read the working directory: {e}"))?;
+                Some(source)
+            }
+            None => None,
+        };
+        let routes = match (self.routes_redis, self.routes_address) {
+            (Some(redis), Some(address)) => {
+                if self.routes_prefix.is_empty() {
+                    return Err("--routes-prefix: must not be empty".into());
+                }
+                if self.routes_ttl < 2 {
+                    return Err("--routes-ttl: at least 2 seconds".into());
+                }
+                Some(crate::fleet::publish::RoutesOptions {
+                    redis,
+                    address,
+                    prefix: self.routes_prefix,
+                    ttl: Duration::from_secs(self.routes_ttl),
+                    drain: Duration::from_secs(self.routes_drain),
+                    handoff_timeout: Duration::from_secs(self.routes_handoff_timeout),
+                })
+            }
+            _ => None,
+        };
         let chown_socket = match &self.chown_socket {
             Some(s) => Some(crate::config::parse_owner(s).map_err(|e| format!("--chown-socket {s:?}: {e}"))?),
             None => None,
@@ -561,6 +628,8 @@ impl EmperorArgs {
             policy: self.emperor_policy,
             tyrant: self.emperor_tyrant || self.emperor_tyrant_nofollow,
             tyrant_nofollow: self.emperor_tyrant_nofollow,
+            pg,
+            routes,
         })
     }
 }
@@ -648,6 +717,7 @@ mod tests {
             name_prefix: "t1-".into(),
             adopt: Some("0123abcd".into()),
             run_as: Some(crate::config::RunAs { uid: 1000, gid: 100 }),
+            owner: Some(crate::config::RunAs { uid: 1001, gid: 101 }),
             policy: Some("builtin".into()),
         };
         assert_eq!(bridge_args(full.to_argv()), full);
@@ -658,6 +728,7 @@ mod tests {
             name_prefix: String::new(),
             adopt: None,
             run_as: None,
+            owner: None,
             policy: None,
             ..full.clone()
         };
@@ -690,6 +761,8 @@ mod tests {
                 "0123abcd",
                 "--run-as",
                 "1000:100",
+                "--owner",
+                "1001:101",
                 "--policy",
                 "builtin",
                 "--docker-debug",

@@ -424,7 +424,7 @@ impl Bridge {
             path => crate::policy::load(std::path::Path::new(path)).map_err(|e| Fail::Policy(e.to_string()))?,
         }
         .with_docker_socket(&daemon::socket_path(None));
-        let owner = match cfg.run_as {
+        let owner = match cfg.run_as.or(self.args.owner) {
             Some(r) => crate::policy::Owner::of_ids(r.uid, r.gid),
             None => crate::policy::Owner::of_file(&cfg.path, true).map_err(|e| Fail::Policy(e.to_string()))?,
         };

@@ -127,6 +127,9 @@ pub struct VassalConfig {
     /// Tyrant mode (`--emperor-tyrant`): the file's owner, whom the vassal runs as. Never from the file's
     /// text: the emperor sets it from the file's metadata ([`VassalConfig::running_as`]).
     pub run_as: Option<RunAs>,
+    /// Whose vassal this is when no file tells (a `pg://` row's uid and gid, root when they are NULL): the
+    /// owner a policy is checked for. `None` for a vassal file, whose owner is read from the file.
+    pub owner: Option<RunAs>,
     /// What the policy forces on the vassal's container (user, ceilings, capabilities, resolved mount
     /// sources); set by whoever checked the vassal against the policy, never from the file's text.
     pub container_policy: Option<Box<crate::policy::ContainerDecision>>,

@@ -331,6 +331,7 @@ fn empty_config(name: &str, path: &Path, text: &str) -> VassalConfig {
         logto: None,
         log_maxsize: None,
         run_as: None,
+        owner: None,
         container_policy: None,
         lines: Vec::new(),
     }

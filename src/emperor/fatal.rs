@@ -38,6 +38,9 @@ pub enum Fatal {
     /// `--emperor-policy` names a file that cannot be read or has errors: no vassal may run unchecked.
     #[error("{0}")]
     Policy(String),
+    /// `--routes-redis` cannot be used (a URL the client refuses).
+    #[error("--routes-redis {0}")]
+    Routes(String),
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ mod conns;
 pub mod control;
 mod daemon_watch;
 mod fatal;
+mod fleet;
 pub mod fsm;
 mod listening;
 mod notify;
@@ -43,6 +44,7 @@ mod prepare;
 mod reap;
 pub mod routes;
 mod scan;
+pub use scan::is_vassal_name;
 mod sockets;
 pub mod spawn;
 mod stats;
@@ -123,7 +125,10 @@ fn prepare(mut opts: EmperorOptions) -> Result<EmperorOptions, Fatal> {
             });
         }
     };
-    opts.instance = instance_id(&opts.vassals_dir);
+    opts.instance = match &opts.pg {
+        Some(pg) => crate::sys::hash::fnv1a_hex(pg.identity.as_bytes()),
+        None => instance_id(&opts.vassals_dir),
+    };
     // Bridges run in the vassal's directory (or its chdir): every path they are given must be absolute,
     // and so must the emperor's own, to mean the same files.
     let absolute = |flag: &'static str, path: &std::path::Path| {
@@ -282,8 +287,10 @@ impl Signals {
 /// What the main loop waits on besides its actors, opened by [`Emperor::open`].
 struct Inputs {
     signals: Signals,
-    events: inotify::EventStream<[u8; 4096]>,
-    dir: DirWatch,
+    /// The vassals directory's events; `None` with a `pg://` source.
+    events: Option<(inotify::EventStream<[u8; 4096]>, DirWatch)>,
+    /// Each full read of a `pg://` source.
+    rows: Option<mpsc::UnboundedReceiver<crate::fleet::pg::Rows>>,
     control: Option<control::Listener>,
     stats: Option<stats::Listener>,
 }
@@ -333,6 +340,10 @@ struct Emperor {
     policy_stamp: Option<(i64, i64, u64, u64)>,
     /// Once Docker is in use: a message each time the daemon answers (at first and after an absence).
     daemon: Option<mpsc::UnboundedReceiver<()>>,
+    /// A `pg://` source's rows as last read.
+    rows: crate::fleet::pg::Rows,
+    /// Route publication and hand-overs (`fleet.rs`).
+    fleet: fleet::Fleet,
 }
 
 impl Emperor {
@@ -364,6 +375,8 @@ impl Emperor {
             arrivals: None,
             shutting_down: false,
             daemon: None,
+            rows: Default::default(),
+            fleet: fleet::Fleet::new(None),
         }
     }
 
@@ -371,15 +384,22 @@ impl Emperor {
     async fn run(mut self) -> Result<(), Fatal> {
         let mut inputs = self.open()?;
         self.start();
+        let is_dir = inputs.events.is_some();
         let mut rescan = tokio::time::interval_at(Instant::now() + self.opts.freq, self.opts.freq);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         use futures_util::StreamExt;
         loop {
             let up = !self.shutting_down;
             tokio::select! {
-                ev = inputs.events.next(), if up => self.on_inotify(ev, &mut inputs.dir)?,
+                ev = wait::or_never(inputs.events.as_mut().map(|(e, _)| e.next())), if up && is_dir => {
+                    if let Some((_, dir)) = inputs.events.as_mut() {
+                        self.on_inotify(ev, dir)?;
+                    }
+                }
                 _ = wait::sleep_until(self.scan_due), if self.scan_due.is_some() && up => self.on_scan_due(),
-                _ = rescan.tick(), if up => self.on_rescan_tick(&mut inputs.dir),
+                _ = rescan.tick(), if up => self.on_rescan_tick(inputs.events.as_mut().map(|(_, d)| d)),
+                Some(rows) = wait::or_never(inputs.rows.as_mut().map(|r| r.recv())), if up => self.on_rows(rows),
+                Some(step) = self.fleet.next_step(), if up => self.on_handoff_step(step),
                 conn = wait::or_never(inputs.control.as_ref().map(control::Listener::accept)), if up => {
                     self.on_control_client(conn);
                 }
@@ -404,9 +424,34 @@ impl Emperor {
     fn open(&mut self) -> Result<Inputs, Fatal> {
         let signals = Signals::install()?;
         let dir = self.opts.vassals_dir.clone();
-        let inotify = Inotify::init().map_err(Fatal::Inotify)?;
-        let events = inotify.into_event_stream([0u8; 4096]).map_err(Fatal::InotifyEvents)?;
-        let dir_watch = DirWatch::new(events.watches(), &dir)?;
+        let (events, rows) = match &self.opts.pg {
+            None => {
+                let inotify = Inotify::init().map_err(Fatal::Inotify)?;
+                let events = inotify.into_event_stream([0u8; 4096]).map_err(Fatal::InotifyEvents)?;
+                let dir_watch = DirWatch::new(events.watches(), &dir)?;
+                (Some((events, dir_watch)), None)
+            }
+            Some(pg) => {
+                info!(
+                    "vassals from {} ({}); relative paths are under {}",
+                    pg.shown,
+                    pg.query,
+                    dir.display()
+                );
+                (None, Some(crate::fleet::pg::follow(pg.clone(), self.opts.freq)))
+            }
+        };
+        if let Some(routes) = &self.opts.routes {
+            let publisher = crate::fleet::publish::Publisher::start(routes.clone()).map_err(Fatal::Routes)?;
+            info!(
+                "publishing routes to {} as {} (keys {}*, TTL {} s)",
+                routes.redis,
+                routes.address,
+                routes.prefix,
+                routes.ttl.as_secs()
+            );
+            self.fleet = fleet::Fleet::new(Some(publisher));
+        }
         if let Some(path) = &self.opts.nginx_map {
             self.nginx_map = Some(routes::NginxMap::new(path.clone(), dir, self.opts.nginx_reload.clone()));
         }
@@ -432,7 +477,7 @@ impl Emperor {
         Ok(Inputs {
             signals,
             events,
-            dir: dir_watch,
+            rows,
             control,
             stats,
         })
@@ -459,12 +504,14 @@ impl Emperor {
             ),
         }
         reap::run_dir_leftovers(&self.opts);
-        self.rescan();
-        info!(
-            "watching {} ({} vassals)",
-            self.opts.vassals_dir.display(),
-            self.vassals.len()
-        );
+        if self.opts.pg.is_none() {
+            self.rescan();
+            info!(
+                "watching {} ({} vassals)",
+                self.opts.vassals_dir.display(),
+                self.vassals.len()
+            );
+        }
         if let Some(n) = self.notify.clone() {
             // Commands are handled in order: once every actor has answered, each has handled its first
             // config, so every valid vassal was started.
@@ -527,10 +574,12 @@ impl Emperor {
     }
 
     /// The periodic rescan, the backstop for events inotify did not give.
-    fn on_rescan_tick(&mut self, dir: &mut DirWatch) {
+    fn on_rescan_tick(&mut self, dir: Option<&mut DirWatch>) {
         // A directory replaced while no parent event told us is watched again here.
-        dir.rewatch();
-        self.rescan();
+        if let Some(dir) = dir {
+            dir.rewatch();
+            self.rescan();
+        }
         self.recheck_policy();
     }
 
@@ -553,15 +602,22 @@ impl Emperor {
         };
         info!("{} changed: checking every vassal against it", path.display());
         self.policy = Some(Arc::new(policy));
-        let dir = self.opts.vassals_dir.clone();
-        let names: Vec<String> = self
-            .snapshot
-            .iter()
-            .filter(|(_, e)| e.unusable.is_none())
-            .map(|(n, _)| n.clone())
-            .collect();
+        let names: Vec<String> = match &self.opts.pg {
+            None => self
+                .snapshot
+                .iter()
+                .filter(|(_, e)| e.unusable.is_none())
+                .map(|(n, _)| n.clone())
+                .collect(),
+            Some(_) => self
+                .rows
+                .iter()
+                .filter(|(n, r)| r.problem.is_none() && !r.handoff && !self.fleet.handing_over(n))
+                .map(|(n, _)| n.clone())
+                .collect(),
+        };
         for name in names {
-            let cfg = config::load(&dir.join(&name), &dir).and_then(|c| self.admit(c));
+            let cfg = self.load(&name);
             match (cfg, self.good.get(&name).cloned()) {
                 (Ok(c), Some(old)) if *old == c => {}
                 (Ok(c), _) => {
@@ -582,9 +638,7 @@ impl Emperor {
                 (Err(_), None) => {}
             }
         }
-        if let Some(map) = &mut self.nginx_map {
-            map.sync(&self.good);
-        }
+        self.synced();
     }
 
     /// Schedules a scan after [`DEBOUNCE`], unless one is already due.
@@ -616,6 +670,7 @@ impl Emperor {
     /// after the last one.
     fn on_report(&mut self, (name, state): StateReport) {
         self.states.insert(name, state);
+        self.fleet.sync(&self.good, &self.states);
         if self.notify.is_some() && self.status.due.is_none() {
             self.status.due = Some(Instant::now().max(self.status.sent_at + notify::STATUS_INTERVAL));
         }
@@ -688,16 +743,19 @@ impl Emperor {
         if let Some(n) = &self.notify {
             n.send("STOPPING=1");
         }
-        // nginx stops routing to the vassals first: unknown host (404), not a dying socket (502).
+        // nginx stops routing to the vassals first: unknown host (404), not a dying socket (502); so does a
+        // front on another host (routes withdrawn from Redis, waited for in `finish`).
         if let Some(map) = &mut self.nginx_map {
             map.clear();
         }
+        self.fleet.withdraw_all_soon();
         self.broadcast(|| Command::Shutdown);
         self.shutting_down = true;
     }
 
     /// Every actor has finished after a stop signal.
     async fn finish(&mut self) {
+        self.fleet.withdraw_all().await;
         if let Some(map) = &mut self.nginx_map {
             map.settle().await;
         }
@@ -717,6 +775,10 @@ impl Emperor {
 
     /// Scans the directory and turns the differences into commands. Returns the vassals it updated.
     fn rescan(&mut self) -> Vec<String> {
+        if self.opts.pg.is_some() {
+            // The directory is only where relative paths start; the rows are read by `fleet::pg`.
+            return Vec::new();
+        }
         let dir = self.opts.vassals_dir.clone();
         let new = match scan::scan(&dir) {
             Ok(s) => {
@@ -748,27 +810,121 @@ impl Emperor {
                         updated.push(name);
                         continue;
                     }
-                    let cfg = config::load(&dir.join(&name), &dir).and_then(|c| self.admit(c));
-                    match &cfg {
-                        Ok(c) if c.docker.is_some() => self.docker_vassals.insert(name.clone()),
-                        _ => self.docker_vassals.remove(&name),
-                    };
-                    let cfg = cfg.map(Arc::new).map_err(Arc::new);
-                    if let Ok(c) = &cfg {
-                        self.good.insert(name.clone(), c.clone());
-                    }
-                    self.send(name.clone(), Command::Update(cfg));
+                    let cfg = self.load(&name);
+                    self.apply(name.clone(), cfg);
                     updated.push(name);
                 }
                 Change::Removed(name) => self.remove(&name),
             }
         }
         self.snapshot = new;
+        self.synced();
+        updated
+    }
+
+    /// After vassals came, changed or went: the nginx map, the published routes and the daemon's watch follow.
+    fn synced(&mut self) {
         if let Some(map) = &mut self.nginx_map {
             map.sync(&self.good);
         }
+        self.fleet.sync(&self.good, &self.states);
         self.follow_docker();
-        updated
+    }
+
+    /// A vassal's new config (or why it has none) goes to its actor.
+    fn apply(&mut self, name: String, cfg: Result<config::VassalConfig, config::ConfigError>) {
+        match &cfg {
+            Ok(c) if c.docker.is_some() => self.docker_vassals.insert(name.clone()),
+            _ => self.docker_vassals.remove(&name),
+        };
+        let cfg = cfg.map(Arc::new).map_err(Arc::new);
+        if let Ok(c) = &cfg {
+            self.good.insert(name.clone(), c.clone());
+        }
+        self.send(name, Command::Update(cfg));
+    }
+
+    /// Where the vassal `name` comes from, as errors name it: its file, or `pg:<name>` for a row.
+    fn vassal_path(&self, name: &str) -> std::path::PathBuf {
+        match &self.opts.pg {
+            None => self.opts.vassals_dir.join(name),
+            Some(_) => std::path::PathBuf::from(format!("pg:{name}")),
+        }
+    }
+
+    /// Reads, parses and admits the vassal `name` from its source: its file, or its row as last read.
+    fn load(&self, name: &str) -> Result<config::VassalConfig, config::ConfigError> {
+        let dir = &self.opts.vassals_dir;
+        if self.opts.pg.is_none() {
+            return config::load(&dir.join(name), dir).and_then(|c| self.admit(c, None));
+        }
+        let path = self.vassal_path(name);
+        let row = self
+            .rows
+            .get(name)
+            .ok_or_else(|| config::ConfigError::file(&path, "its row is gone"))?;
+        if let Some(why) = &row.problem {
+            return Err(config::ConfigError::file(&path, why.clone()));
+        }
+        config::parse(name, &path, &row.config, dir).and_then(|c| self.admit(c, Some(row)))
+    }
+
+    /// A full read of the `pg://` source: new rows start, changed ones (ts, config, uid, gid) reload, vanished
+    /// ones stop; a row handed over to another host goes through [`fleet::Fleet::hand_over`].
+    fn on_rows(&mut self, rows: crate::fleet::pg::Rows) {
+        let old = std::mem::replace(&mut self.rows, rows);
+        let names: std::collections::BTreeSet<String> = old.keys().chain(self.rows.keys()).cloned().collect();
+        for name in names {
+            let (prev, row) = (old.get(&name), self.rows.get(&name).cloned());
+            match row {
+                None => {
+                    self.fleet.keep(&name);
+                    self.remove(&name);
+                }
+                Some(row) if row.handoff => {
+                    let Some(cfg) = self.good.get(&name).cloned() else {
+                        // Not running here (in error, or already handed over): nothing to hand over.
+                        if self.vassals.contains_key(&name) && !self.fleet.handing_over(&name) {
+                            self.remove(&name);
+                        }
+                        continue;
+                    };
+                    if !self.fleet.handing_over(&name) && self.fleet.hand_over(&name, &cfg) {
+                        self.remove(&name);
+                    }
+                }
+                Some(row) => {
+                    let was_handing_over = self.fleet.handing_over(&name);
+                    self.fleet.keep(&name);
+                    let returned = prev.is_some_and(|p| p.handoff) && !self.good.contains_key(&name);
+                    if was_handing_over || returned || prev.is_none_or(|p| !p.same_vassal(&row)) {
+                        if let Some(why) = &row.problem {
+                            self.unusable(name, why);
+                            continue;
+                        }
+                        let unchanged = was_handing_over && prev.is_some_and(|p| p.same_vassal(&row));
+                        if !unchanged {
+                            let cfg = self.load(&name);
+                            self.apply(name, cfg);
+                        }
+                    }
+                }
+            }
+        }
+        self.synced();
+    }
+
+    /// A hand-over moved on: its route is withdrawn, or it has drained and the vassal stops.
+    fn on_handoff_step(&mut self, step: fleet::Step) {
+        if !self.fleet.current(&step) {
+            return;
+        }
+        self.fleet.step(&step);
+        if let fleet::Step::Stop(name) = &step {
+            info!("[{name}] handed over to another host: stopping it");
+            self.remove(name);
+        }
+        self.synced();
     }
 
     /// The vassal's file is gone (deleted, moved out).
@@ -785,7 +941,7 @@ impl Emperor {
     /// symlink, a directory) is stopped as if the file were deleted, as uWSGI's emperor does when stat fails.
     fn unusable(&mut self, name: String, why: &str) {
         if self.good.contains_key(&name) {
-            let path = self.opts.vassals_dir.join(&name);
+            let path = self.vassal_path(&name);
             warn!(
                 "[{name}] {}: {}; stopping the vassal as if its file were deleted",
                 config::printable(&path.display().to_string()),
@@ -794,13 +950,18 @@ impl Emperor {
             self.remove(&name);
             return;
         }
-        let e = config::ConfigError::file(&self.opts.vassals_dir.join(&name), why);
+        let e = config::ConfigError::file(&self.vassal_path(&name), why);
         self.docker_vassals.remove(&name);
         self.send(name, Command::Update(Err(Arc::new(e))));
     }
 
     /// Applies emperor-wide rules to a parsed vassal file.
-    fn admit(&self, cfg: config::VassalConfig) -> Result<config::VassalConfig, config::ConfigError> {
+    /// `row`: the vassal's `pg://` row, whose uid and gid stand for a file's owner.
+    fn admit(
+        &self,
+        cfg: config::VassalConfig,
+        row: Option<&crate::fleet::pg::Row>,
+    ) -> Result<config::VassalConfig, config::ConfigError> {
         if self.opts.docker_required && cfg.docker.is_none() {
             return Err(config::ConfigError {
                 path: cfg.path.clone(),
@@ -813,15 +974,31 @@ impl Emperor {
                 }],
             });
         }
+        // A row's owner is its uid and gid; root when they are NULL (whoever can write the table decides).
+        let row_owner = row.map(|r| config::RunAs {
+            uid: r.uid.unwrap_or(0),
+            gid: r.gid.unwrap_or(0),
+        });
         let run_as = if self.opts.tyrant {
-            Some(tyrant_owner(&cfg, self.opts.tyrant_nofollow)?)
+            let owner = match row {
+                None => file_owner(&cfg, self.opts.tyrant_nofollow)?,
+                Some(r) if r.uid.is_none() || r.gid.is_none() => {
+                    return Err(config::ConfigError::file(
+                        &cfg.path,
+                        "refused: in tyrant mode a row needs its uid and gid (the query's 4th and 5th columns)",
+                    ));
+                }
+                Some(_) => row_owner.unwrap_or(config::RunAs { uid: 0, gid: 0 }),
+            };
+            Some(tyrant_owner(&cfg, owner)?)
         } else {
             None
         };
-        let cfg = match &self.policy {
-            Some(policy) => check_policy(policy, cfg, !self.opts.tyrant_nofollow)?,
+        let mut cfg = match &self.policy {
+            Some(policy) => check_policy(policy, cfg, !self.opts.tyrant_nofollow, row_owner)?,
             None => cfg,
         };
+        cfg.owner = row_owner;
         Ok(cfg.with_name_prefix(&self.opts.docker_name_prefix).running_as(run_as))
     }
 
@@ -831,7 +1008,10 @@ impl Emperor {
         let Some(good) = self.good.get(name).filter(|_| self.opts.tyrant) else {
             return false;
         };
-        tyrant_owner(good, self.opts.tyrant_nofollow).ok() != good.run_as
+        file_owner(good, self.opts.tyrant_nofollow)
+            .and_then(|owner| tyrant_owner(good, owner))
+            .ok()
+            != good.run_as
     }
 
     /// Sends to the vassal's actor, starting one if there is none (or only a finished one).
@@ -855,12 +1035,26 @@ impl Emperor {
     }
 }
 
-/// Tyrant mode: whom the vassal of `cfg` runs as, its file's owner (the symlink's own with `nofollow`, as
-/// uWSGI's `emperor-tyrant-nofollow`). A file of uid 0 or gid 0 is refused: it would run as root, and
-/// anyone who can make root own a file is root already. A Docker vassal's `docker-user` may only name the
-/// owner (the container's user is forced to it anyway).
-fn tyrant_owner(cfg: &config::VassalConfig, nofollow: bool) -> Result<config::RunAs, config::ConfigError> {
+/// Tyrant mode: the owner of the vassal file of `cfg` (the symlink's own with `nofollow`, as uWSGI's
+/// `emperor-tyrant-nofollow`).
+fn file_owner(cfg: &config::VassalConfig, nofollow: bool) -> Result<config::RunAs, config::ConfigError> {
     use std::os::unix::fs::MetadataExt;
+    let meta = if nofollow {
+        std::fs::symlink_metadata(&cfg.path)
+    } else {
+        std::fs::metadata(&cfg.path)
+    }
+    .map_err(|e| config::ConfigError::file(&cfg.path, format!("cannot read its owner: {e}")))?;
+    Ok(config::RunAs {
+        uid: meta.uid(),
+        gid: meta.gid(),
+    })
+}
+
+/// Tyrant mode: whether the vassal of `cfg` may run as `owner` (its file's, or its row's). An owner of uid 0
+/// or gid 0 is refused: it would run as root, and anyone who can make root own a file is root already. A
+/// Docker vassal's `docker-user` may only name the owner (the container's user is forced to it anyway).
+fn tyrant_owner(cfg: &config::VassalConfig, owner: config::RunAs) -> Result<config::RunAs, config::ConfigError> {
     let refuse = |key: Option<&str>, value: Option<String>, message: String| config::ConfigError {
         path: cfg.path.clone(),
         problems: vec![config::Problem {
@@ -870,16 +1064,6 @@ fn tyrant_owner(cfg: &config::VassalConfig, nofollow: bool) -> Result<config::Ru
             value,
             message,
         }],
-    };
-    let meta = if nofollow {
-        std::fs::symlink_metadata(&cfg.path)
-    } else {
-        std::fs::metadata(&cfg.path)
-    }
-    .map_err(|e| refuse(None, None, format!("cannot read its owner: {e}")))?;
-    let owner = config::RunAs {
-        uid: meta.uid(),
-        gid: meta.gid(),
     };
     // The same words as `emperor check --tyrant`.
     if let Some(r) = crate::policy::refuse_root_owner(&cfg.path, &crate::policy::Owner::of_ids(owner.uid, owner.gid)) {
@@ -936,9 +1120,14 @@ fn check_policy(
     policy: &crate::policy::Policy,
     cfg: config::VassalConfig,
     follow: bool,
+    row_owner: Option<config::RunAs>,
 ) -> Result<config::VassalConfig, config::ConfigError> {
     let path = cfg.path.clone();
-    let owner = crate::policy::Owner::of_file(&path, follow).map_err(|e| config::ConfigError {
+    let owner = match row_owner {
+        Some(o) => Ok(crate::policy::Owner::of_ids(o.uid, o.gid)),
+        None => crate::policy::Owner::of_file(&path, follow),
+    };
+    let owner = owner.map_err(|e| config::ConfigError {
         path: path.clone(),
         problems: vec![config::Problem {
             line: None,

@@ -3,8 +3,10 @@
 //! map from every host's routes. No home-made cluster: the stores are the only shared state, and a store
 //! that goes away never stops a vassal.
 
-#[allow(dead_code)] // until the publisher uses `encode` and `name`
+#[allow(dead_code)] // until the front uses Route::vassal
 pub mod beachhead;
 pub mod front;
 pub mod front_map;
+pub mod pg;
+pub mod publish;
 mod store;

@@ -11,6 +11,7 @@ mod lifecycle;
 mod logs;
 mod nginx;
 mod on_demand;
+mod pg_schema;
 mod routes;
 mod shell;
 mod shim;

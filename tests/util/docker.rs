@@ -22,8 +22,7 @@
 //! // on drop (also on panic): `docker rm -f` of this test's containers
 //! ```
 
-use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread;
@@ -67,44 +66,8 @@ impl From<Output> for DockerOutput {
 
 /// Runs `docker <args>`, killing it after `timeout`. Err only when it could not run or timed out.
 pub fn docker_timeout(args: &[&str], timeout: Duration) -> Result<DockerOutput, String> {
-    let mut child = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run `docker`: {e}"))?;
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if start.elapsed() > timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("`docker {}` timed out after {timeout:?}", args.join(" ")));
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("waiting for `docker {}`: {e}", args.join(" "))),
-        }
-    };
-    Ok(Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    }
-    .into())
+    let what = format!("`docker {}`", args.join(" "));
+    super::run_timeout(Command::new("docker").args(args), &what, b"", timeout).map(DockerOutput::from)
 }
 
 /// Runs `docker <args>` with [`DOCKER_TIMEOUT`].

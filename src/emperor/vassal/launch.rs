@@ -295,6 +295,7 @@ fn bridge_argv(cfg: &VassalConfig, opts: &EmperorOptions, overlap: bool, adopt: 
         name_prefix: opts.docker_name_prefix.clone(),
         adopt: adopt.map(String::from),
         run_as: cfg.run_as,
+        owner: cfg.owner,
         policy: match &opts.policy {
             Some(p) => Some(p.to_string_lossy().into_owned()),
             None => opts.tyrant.then(|| "builtin".to_string()),

@@ -607,7 +607,11 @@ impl Actor {
                 vec![]
             }
             Command::Remove => {
-                self.finish_reason = "removed (its file is gone)";
+                self.finish_reason = if self.opts.pg.is_some() {
+                    "removed (its row is gone, or placed on another host)"
+                } else {
+                    "removed (its file is gone)"
+                };
                 vec![Event::Remove]
             }
             Command::Shutdown => {
