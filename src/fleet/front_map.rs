@@ -44,8 +44,8 @@ use crate::config::{claims, parse_host, printable};
 use crate::emperor::routes::{Include, MapLine, UpstreamBlock, unique_name, upstream_name_of};
 use crate::fleet::beachhead;
 
-/// Servers (address → the ids that publish it) of one claim.
-type Servers = BTreeMap<SocketAddr, BTreeSet<String>>;
+/// Servers of one claim: address → the (vassal, id) pairs that publish it.
+type Servers = BTreeMap<SocketAddr, BTreeSet<(String, String)>>;
 
 /// A key left out, or partly left out, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,11 +74,15 @@ struct Line {
 
 impl Line {
     fn vassals(&self) -> BTreeSet<&str> {
-        self.servers.values().flatten().map(|id| vassal_of(id)).collect()
+        self.servers
+            .values()
+            .flatten()
+            .map(|(vassal, _)| vassal.as_str())
+            .collect()
     }
 
     fn ids(&self) -> Vec<String> {
-        let ids: BTreeSet<&String> = self.servers.values().flatten().collect();
+        let ids: BTreeSet<&String> = self.servers.values().flatten().map(|(_, id)| id).collect();
         ids.into_iter().cloned().collect()
     }
 }
@@ -104,11 +108,6 @@ impl Plan {
             servers.len()
         )
     }
-}
-
-/// The vassal's name in an id (`<vassal>@<address>`).
-fn vassal_of(id: &str) -> &str {
-    id.rsplit_once('@').map_or(id, |(v, _)| v)
 }
 
 /// The address nginx connects to for a route: an IP literal (v6 with or without brackets), not a
@@ -177,7 +176,10 @@ pub fn plan(values: &[(String, Vec<u8>)]) -> Plan {
                         .or_default()
                         .entry(server)
                         .or_default()
-                        .insert(printable(&route.id).into_owned());
+                        .insert((
+                            printable(route.vassal()).into_owned(),
+                            printable(&route.id).into_owned(),
+                        ));
                 }
             }
         }

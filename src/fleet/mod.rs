@@ -3,7 +3,6 @@
 //! map from every host's routes. No home-made cluster: the stores are the only shared state, and a store
 //! that goes away never stops a vassal.
 
-#[allow(dead_code)] // until the front uses Route::vassal
 pub mod beachhead;
 pub mod front;
 pub mod front_map;
