@@ -14,20 +14,22 @@
 //!   (a key expires when accessed or found by the background sweep), so the front re-reads anyway.
 //!
 //! A glob's special characters in the prefix are escaped, so `SCAN` and `PSUBSCRIBE` match the prefix
-//! literally.
+//! literally. The escaping and the command connection are the publisher's (`fleet/publish.rs`); the SCAN
+//! is not, because the front reads keys as bytes: a key that is not UTF-8, which some other writer may
+//! put under the prefix, is then one skipped key instead of a read that fails every time.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use redis::aio::{MultiplexedConnection, PubSub};
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError};
+use redis::{Client, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError};
 
-/// How long connecting may take before the attempt counts as failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+use super::publish::{self, glob_escape};
 
-/// How long one command may take before the connection counts as lost.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting the subscription may take before the attempt counts as failed (the command
+/// connection has the publisher's timeouts).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Keys asked for per SCAN step, and per MGET.
 const BATCH: usize = 500;
@@ -79,13 +81,7 @@ impl Target {
 
     /// Two connections: one for commands, one subscribed to notifications (RESP2 needs its own).
     pub async fn connect(&self) -> Result<(MultiplexedConnection, PubSub), RedisError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let commands = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let commands = publish::connect(&self.client).await?;
         let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
             .await
             .map_err(|_| timed_out("connecting"))??;
@@ -109,18 +105,6 @@ fn timed_out(what: &str) -> RedisError {
 /// connection failing.
 pub fn is_refusal(e: &RedisError) -> bool {
     matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
-}
-
-/// `s` with the glob characters of Redis's patterns (`* ? [ ] \`) escaped.
-pub fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The `notify-keyspace-events` value to set so that `current` also gives what the front needs, or
@@ -215,10 +199,9 @@ mod tests {
 
     #[test]
     fn patterns_match_the_prefix_literally() {
-        assert_eq!(glob_escape("/beachhead/"), "/beachhead/");
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
         let t = Target::parse("redis://127.0.0.1/2").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.keyspace_pattern("/beachhead/"), "__keyspace@2__:/beachhead/*");
+        assert_eq!(t.keyspace_pattern("/a*[b]/"), "__keyspace@2__:/a\\*\\[b\\]/*");
     }
 
     #[test]
