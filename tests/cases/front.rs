@@ -1,4 +1,4 @@
-//! `emperor front` end to end: a real redis-server on a loopback port holds routes in beachhead's layout
+//! `emperor front` end to end: a real redis-server (`util/redis.rs`) holds routes in beachhead's layout
 //! for two "hosts", 127.0.0.2 and 127.0.0.3 (each a small HTTP server run by the test that answers with
 //! its own address); the front renders them into the include file, and a real nginx (Debian's) running
 //! the README's `server` block routes each Host to its host.
@@ -6,131 +6,34 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::util::nginx::{Nginx, get, wait_answer, wait_answer_within};
+use crate::util::redis::Redis;
 use crate::util::{Harness, LONG, free_port};
-
-const REDIS_SERVER: &str = "/usr/bin/redis-server";
 
 /// How soon a change must be in the map (and reach nginx) when notifications are on.
 const SOON: Duration = Duration::from_secs(1);
 
-/// A throw-away redis-server on 127.0.0.1, without persistence, in the test's directory; killed on drop.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    conf: PathBuf,
-}
-
-impl Redis {
-    /// Starts one with `extra` lines of configuration.
-    fn start(root: &Path, extra: &str) -> Redis {
-        assert!(
-            Path::new(REDIS_SERVER).exists(),
-            "{REDIS_SERVER} is missing: apt-get install redis-server"
-        );
-        let dir = root.join("redis");
-        fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
-        let conf = dir.join("redis.conf");
-        fs::write(
-            &conf,
+/// Publishes `vassal` on host `backend` with these domains, as a host's emperor would.
+fn publish(redis: &Redis, vassal: &str, backend: SocketAddr, ttl: u32, domains: &[&str]) {
+    let id = format!("{vassal}@{}", backend.ip());
+    let routes: Vec<String> = domains
+        .iter()
+        .map(|d| {
             format!(
-                "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {d}\nlogfile {d}/redis.log\n{extra}",
-                d = dir.display()
-            ),
-        )
-        .unwrap();
-        let mut redis = Redis {
-            child: None,
-            port,
-            conf,
-        };
-        redis.launch();
-        redis
-    }
-
-    /// Starts the server (again, on the same port) and waits until it answers PING.
-    fn launch(&mut self) {
-        assert!(self.child.is_none(), "redis-server already running");
-        let child = Command::new(REDIS_SERVER)
-            .arg(&self.conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let start = Instant::now();
-        while self.ping().is_err() {
-            assert!(
-                start.elapsed() < LONG,
-                "redis-server on port {} did not answer: {:?}\n{}",
-                self.port,
-                self.ping(),
-                fs::read_to_string(self.conf.with_file_name("redis.log")).unwrap_or_default()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL, as a crash would.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(2))
-    }
-
-    fn ping(&self) -> redis::RedisResult<String> {
-        redis::cmd("PING").query(&mut self.connection()?)
-    }
-
-    /// Runs one command; panics on an error.
-    fn cmd(&self, args: &[&str]) {
-        let mut con = self.connection().expect("a connection to redis-server");
-        redis::cmd(args[0])
-            .arg(&args[1..])
-            .query::<redis::Value>(&mut con)
-            .unwrap_or_else(|e| panic!("redis {args:?}: {e}"));
-    }
-
-    /// Publishes `vassal` on host `backend` with these domains, as a host's emperor would.
-    fn publish(&self, vassal: &str, backend: SocketAddr, ttl: u32, domains: &[&str]) {
-        let id = format!("{vassal}@{}", backend.ip());
-        let routes: Vec<String> = domains
-            .iter()
-            .map(|d| {
-                format!(
-                    r#"{{"id":"{id}","domain":"{d}","http":{{"host":"{}","port":{}}}}}"#,
-                    backend.ip(),
-                    backend.port()
-                )
-            })
-            .collect();
-        let value = format!("[{}]", routes.join(","));
-        self.cmd(&["SETEX", &format!("/beachhead/{id}"), &ttl.to_string(), &value]);
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
+                r#"{{"id":"{id}","domain":"{d}","http":{{"host":"{}","port":{}}}}}"#,
+                backend.ip(),
+                backend.port()
+            )
+        })
+        .collect();
+    let value = format!("[{}]", routes.join(","));
+    redis.cli(&["SETEX", &format!("/beachhead/{id}"), &ttl.to_string(), &value]);
 }
 
 /// A small HTTP server on `<ip>:<some port>` that answers every request with `host <ip>:<port>`;
@@ -225,7 +128,7 @@ fn start_nginx(h: &Harness, nginx: &mut Nginx, map: &Path) {
 #[test]
 fn front_routes_each_host_to_its_server_and_follows_changes_within_a_second() {
     let mut h = Harness::new("front_routes");
-    let redis = Redis::start(&h.root, "");
+    let redis = Redis::start_with(&[]);
     let (one, two) = (Backend::start("127.0.0.2"), Backend::start("127.0.0.3"));
     let map = h.root.join("nginx").join("fleet.conf");
     let (mut nginx, port) = nginx_on(&h, &map);
@@ -239,8 +142,8 @@ fn front_routes_each_host_to_its_server_and_follows_changes_within_a_second() {
 
     // Two hosts publish: each Host reaches its own, within a second.
     let t0 = Instant::now();
-    redis.publish("a.ini", one.addr, 60, &["a.test", "*.wild.test", "default"]);
-    redis.publish("b.ini", two.addr, 60, &[".b.test"]);
+    publish(&redis, "a.ini", one.addr, 60, &["a.test", "*.wild.test", "default"]);
+    publish(&redis, "b.ini", two.addr, 60, &[".b.test"]);
     let (a, b) = (format!("host {}", one.addr), format!("host {}", two.addr));
     wait_answer_within(&h, &nginx, port, "a.test", 200, &a, SOON);
     wait_answer_within(&h, &nginx, port, "b.test", 200, &b, SOON.saturating_sub(t0.elapsed()));
@@ -252,7 +155,7 @@ fn front_routes_each_host_to_its_server_and_follows_changes_within_a_second() {
 
     // A key deleted: its hosts are gone within a second; the other host's stay.
     let t1 = Instant::now();
-    redis.cmd(&["DEL", &format!("/beachhead/b.ini@{}", two.addr.ip())]);
+    redis.cli(&["DEL", &format!("/beachhead/b.ini@{}", two.addr.ip())]);
     wait_answer_within(&h, &nginx, port, "b.test", 404, "no app for this host", SOON);
     h.check(t1.elapsed() <= SOON, format!("unrouted after {:?}", t1.elapsed()));
     wait_answer(&h, &nginx, port, "a.test", 200, &a);
@@ -267,14 +170,14 @@ fn front_routes_each_host_to_its_server_and_follows_changes_within_a_second() {
 fn front_drops_an_expired_key_within_the_reread_period_without_notifications() {
     let mut h = Harness::new("front_expire");
     // As a managed Redis: CONFIG refused, so no keyspace notifications; the periodic re-read alone.
-    let redis = Redis::start(&h.root, "rename-command CONFIG \"\"\n");
+    let redis = Redis::start_with(&["--rename-command", "CONFIG", ""]);
     let one = Backend::start("127.0.0.2");
     let map = h.root.join("fleet.conf");
     start_front(&mut h, &redis, &map, &["--reread", "1"]);
     h.wait_log("refuses CONFIG", LONG);
 
     let t0 = Instant::now();
-    redis.publish("x.ini", one.addr, 1, &["x.test"]);
+    publish(&redis, "x.ini", one.addr, 1, &["x.test"]);
     h.wait_for(
         || read(&map).contains("x.test"),
         Duration::from_millis(1500),
@@ -296,7 +199,7 @@ fn front_drops_an_expired_key_within_the_reread_period_without_notifications() {
 #[test]
 fn front_balances_one_domain_across_two_hosts() {
     let mut h = Harness::new("front_balance");
-    let redis = Redis::start(&h.root, "");
+    let redis = Redis::start_with(&[]);
     let one = Backend::start("127.0.0.2");
     let two = Backend::start("127.0.0.3");
     let two_addr = two.addr;
@@ -304,8 +207,8 @@ fn front_balances_one_domain_across_two_hosts() {
     let (mut nginx, port) = nginx_on(&h, &map);
     let reload = nginx.reload_command();
     // A vassal moving between hosts: both publish it while it moves.
-    redis.publish("shop.ini", one.addr, 60, &["shop.test"]);
-    redis.publish("shop.ini", two_addr, 60, &["shop.test"]);
+    publish(&redis, "shop.ini", one.addr, 60, &["shop.test"]);
+    publish(&redis, "shop.ini", two_addr, 60, &["shop.test"]);
     start_front(&mut h, &redis, &map, &["--nginx-reload", &reload, "--reread", "1"]);
     h.wait_for(
         || read(&map).contains("shop.test emperor_"),
@@ -344,11 +247,11 @@ fn front_balances_one_domain_across_two_hosts() {
 
     // Another vassal on the same name: both kept, one warning naming both ids, not repeated at each
     // refresh or re-read.
-    redis.publish("other.ini", two_addr, 60, &["shop.test"]);
+    publish(&redis, "other.ini", two_addr, 60, &["shop.test"]);
     h.wait_log("front: host shop.test is published by different vassals", LONG);
     let warning = "published by different vassals: other.ini@127.0.0.3, shop.ini@127.0.0.2, shop.ini@127.0.0.3";
     h.check(h.stderr().contains(warning), "the warning names every id");
-    redis.publish("other.ini", two_addr, 60, &["shop.test"]);
+    publish(&redis, "other.ini", two_addr, 60, &["shop.test"]);
     let reads = h.stderr().len();
     thread::sleep(Duration::from_millis(1500)); // past a re-read: nothing new is to be said.
     h.check(
@@ -364,21 +267,21 @@ fn front_balances_one_domain_across_two_hosts() {
 #[test]
 fn front_keeps_the_map_while_redis_is_down_and_follows_it_back() {
     let mut h = Harness::new("front_outage");
-    let mut redis = Redis::start(&h.root, "");
+    let mut redis = Redis::start_with(&[]);
     let one = Backend::start("127.0.0.2");
     let map = h.root.join("nginx").join("fleet.conf");
     let (mut nginx, port) = nginx_on(&h, &map);
     let reload = nginx.reload_command();
-    redis.publish("a.ini", one.addr, 60, &["a.test"]);
+    publish(&redis, "a.ini", one.addr, 60, &["a.test"]);
     start_front(&mut h, &redis, &map, &["--nginx-reload", &reload]);
     h.wait_for(|| read(&map).contains("a.test"), LONG, "a.test in the map");
     start_nginx(&h, &mut nginx, &map);
     let a = format!("host {}", one.addr);
     wait_answer(&h, &nginx, port, "a.test", 200, &a);
 
-    // Redis dies: one warning; the file and nginx's routes stay while the front retries.
+    // Redis goes away: one warning; the file and nginx's routes stay while the front retries.
     let before = read(&map);
-    redis.kill();
+    redis.stop();
     h.wait_log("is unreachable", LONG);
     thread::sleep(Duration::from_millis(800)); // several reconnection attempts (100, 200, 400 ms)
     h.check(read(&map) == before, "the map is untouched while Redis is down");
@@ -389,9 +292,9 @@ fn front_keeps_the_map_while_redis_is_down_and_follows_it_back() {
     );
 
     // Back on the same port, empty, with another route: the front follows it again.
-    redis.launch();
+    redis.start_again();
     let t0 = Instant::now();
-    redis.publish("b.ini", one.addr, 60, &["b.test"]);
+    publish(&redis, "b.ini", one.addr, 60, &["b.test"]);
     wait_answer(&h, &nginx, port, "b.test", 200, &a);
     wait_answer(&h, &nginx, port, "a.test", 404, "no app for this host");
     h.check(
@@ -413,7 +316,7 @@ fn front_keeps_the_map_while_redis_is_down_and_follows_it_back() {
 #[test]
 fn front_rewrites_and_reloads_only_when_the_routes_change_and_leaves_the_map_on_sigterm() {
     let mut h = Harness::new("front_quiet");
-    let redis = Redis::start(&h.root, "");
+    let redis = Redis::start_with(&[]);
     let one = Backend::start("127.0.0.2");
     let map = h.root.join("fleet.conf");
     let reloads = h.root.join("reloads");
@@ -422,7 +325,7 @@ fn front_rewrites_and_reloads_only_when_the_routes_change_and_leaves_the_map_on_
     start_front(&mut h, &redis, &map, &["--nginx-reload", &reload, "--reread", "1"]);
     h.wait_for(|| count() == 1, LONG, "the reload after the first write");
 
-    redis.publish("a.ini", one.addr, 60, &["a.test"]);
+    publish(&redis, "a.ini", one.addr, 60, &["a.test"]);
     h.wait_for(|| count() == 2, LONG, "the reload after a.test");
     let text = read(&map);
     let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
@@ -430,7 +333,7 @@ fn front_rewrites_and_reloads_only_when_the_routes_change_and_leaves_the_map_on_
 
     // The host refreshes its key (same value), and re-reads come and go: nothing to write or reload.
     for _ in 0..3 {
-        redis.publish("a.ini", one.addr, 60, &["a.test"]);
+        publish(&redis, "a.ini", one.addr, 60, &["a.test"]);
         thread::sleep(Duration::from_millis(400));
     }
     thread::sleep(Duration::from_millis(800));
