@@ -22,7 +22,9 @@ start on its first connection (on-demand) and stop or pause when idle.
 Create, touch or delete a file to start, reload or stop its vassal. The commands below act on a
 running emperor (status: its --emperor-stats socket; restart, stop, start: its --emperor-control
 socket) or on a Docker vassal's container (shell). check validates vassal files offline, against a
-policy too (--policy, --tyrant), as a deploy pipeline would before copying them in.";
+policy too (--policy, --tyrant), as a deploy pipeline would before copying them in. front runs on
+the nginx machine of a fleet (one emperor per host): it keeps one nginx include file in step with
+every host's routes in Redis.";
 
 /// The `--help` text's tail.
 const AFTER_HELP: &str = "\
@@ -37,7 +39,9 @@ emperor [OPTIONS] <VASSALS_DIR>          (or --emperor <DIR>)
        emperor status [--stats <ADDR>] [--json]
        emperor restart|stop|start <VASSAL> [--control <PATH>]
        emperor shell [--docker-daemon-socket <PATH>] <VASSAL> [COMMAND [ARG]...]
-       emperor check [--policy <FILE>] [--tyrant] [--tyrant-nofollow] <FILE>...";
+       emperor check [--policy <FILE>] [--tyrant] [--tyrant-nofollow] <FILE>...
+       emperor front --redis <URL> --nginx-map <PATH> [--nginx-reload <COMMAND>]
+                     [--routes-prefix <PREFIX>] [--reread <S>]";
 
 /// The command line: the emperor's options, or one of the other roles of the binary.
 #[derive(Debug, Parser)]
@@ -69,6 +73,9 @@ pub enum Role {
     Shell(ShellArgs),
     /// Check vassal files offline (and against a policy with --policy or --tyrant); exit 1 on any problem.
     Check(CheckArgs),
+    /// Keep an nginx include file in step with every host's routes in Redis: one nginx in front of a
+    /// fleet of emperors. Runs until SIGTERM or SIGINT, and leaves the file as it is then.
+    Front(FrontArgs),
     /// PID 1 inside a Docker vassal's container: receives the sockets over the proxy socket, then runs
     /// the vassal's command.
     #[command(hide = true)]
@@ -272,6 +279,64 @@ pub struct CheckArgs {
     /// takes them from the vassals directory.
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
+}
+
+/// `emperor front --redis URL --nginx-map PATH [--nginx-reload COMMAND] [--routes-prefix PREFIX] [--reread S]`.
+#[derive(Debug, Args)]
+pub struct FrontArgs {
+    /// Where the hosts publish their routes: redis://[:PASSWORD@]IP[:PORT][/DB] or unix://PATH[?db=DB].
+    /// The server by IP address: this static binary does no name look-ups.
+    #[arg(long, value_name = "URL", env = "EMPEROR_REDIS", hide_env_values = true)]
+    pub redis: String,
+    /// The include file to keep (upstreams + `map $host $emperor_upstream`, as the emperor's --nginx-map).
+    #[arg(long, value_name = "PATH")]
+    pub nginx_map: PathBuf,
+    /// Command run (split like a shell would, run without one) after the file changed, e.g.
+    /// "nginx -s reload". Its failure is logged, never fatal.
+    #[arg(long, value_name = "COMMAND")]
+    pub nginx_reload: Option<String>,
+    /// The route keys' prefix (beachhead's --key-prefix): keys are <PREFIX><vassal>@<address>.
+    #[arg(long, value_name = "PREFIX", default_value = "/beachhead/")]
+    pub routes_prefix: String,
+    /// Seconds between two reads of every route besides those that keyspace notifications trigger
+    /// (expirations are notified late, and some servers refuse to notify at all).
+    #[arg(long, value_name = "S", default_value_t = 5)]
+    pub reread: u64,
+}
+
+/// Validated `emperor front` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontOptions {
+    /// `--redis`, checked by `fleet/store.rs` (it may hold a password: never logged).
+    pub redis: String,
+    pub nginx_map: PathBuf,
+    /// `--nginx-reload`, split.
+    pub nginx_reload: Option<Vec<String>>,
+    pub prefix: String,
+    pub reread: Duration,
+}
+
+impl FrontArgs {
+    /// Turns raw arguments into options, or a message for the user.
+    pub fn into_options(self) -> Result<FrontOptions, String> {
+        if self.routes_prefix.is_empty() {
+            return Err("--routes-prefix is empty: the front would read every key of the database".to_owned());
+        }
+        if self.reread == 0 {
+            return Err("--reread 0: give at least 1 second".to_owned());
+        }
+        let nginx_reload = match &self.nginx_reload {
+            Some(s) => Some(split_command(s).map_err(|e| format!("--nginx-reload {s:?}: {e}"))?),
+            None => None,
+        };
+        Ok(FrontOptions {
+            redis: self.redis,
+            nginx_map: self.nginx_map,
+            nginx_reload,
+            prefix: self.routes_prefix,
+            reread: Duration::from_secs(self.reread),
+        })
+    }
 }
 
 /// `emperor restart|stop|start <vassal> [--control PATH]`.
@@ -754,6 +819,55 @@ mod tests {
         assert!(Cli::try_parse_from(["emperor", "check", "--tyrant"]).is_err());
         // A vassals directory named check is ./check.
         assert!(Cli::try_parse_from(["emperor", "./check"]).unwrap().role.is_none());
+    }
+
+    fn front(args: &[&str]) -> Result<FrontOptions, String> {
+        let cli = Cli::try_parse_from(["emperor", "front"].iter().chain(args)).map_err(|e| e.to_string())?;
+        match cli.role {
+            Some(Role::Front(a)) => a.into_options(),
+            other => panic!("not emperor front: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn front_subcommand() {
+        let o = front(&["--redis", "redis://127.0.0.1/0", "--nginx-map", "/etc/nginx/fleet.conf"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            o,
+            FrontOptions {
+                redis: "redis://127.0.0.1/0".into(),
+                nginx_map: PathBuf::from("/etc/nginx/fleet.conf"),
+                nginx_reload: None,
+                prefix: "/beachhead/".into(),
+                reread: Duration::from_secs(5),
+            }
+        );
+        let o = front(&[
+            "--redis=redis://127.0.0.1/0",
+            "--nginx-map=m.conf",
+            "--nginx-reload",
+            "nginx -s reload",
+            "--routes-prefix",
+            "/routes/",
+            "--reread",
+            "2",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.nginx_reload, Some(vec!["nginx".into(), "-s".into(), "reload".into()]));
+        assert_eq!((o.prefix.as_str(), o.reread), ("/routes/", Duration::from_secs(2)));
+        let base = ["--redis", "redis://127.0.0.1/0", "--nginx-map", "m.conf"];
+        let with = |extra: &[&str]| front(&[&base[..], extra].concat());
+        assert!(with(&["--reread", "0"]).is_err_and(|e| e.contains("at least 1")));
+        assert!(with(&["--routes-prefix", ""]).is_err_and(|e| e.contains("every key")));
+        assert!(with(&["--nginx-reload", "''"]).is_err_and(|e| e.contains("empty command")));
+        // Both the server and the file are needed (EMPEROR_REDIS can stand for --redis).
+        if std::env::var_os("EMPEROR_REDIS").is_none() {
+            assert!(front(&["--nginx-map", "m.conf"]).is_err());
+        }
+        assert!(front(&["--redis", "redis://127.0.0.1/0"]).is_err());
+        // A vassals directory named front is ./front.
+        assert!(Cli::try_parse_from(["emperor", "./front"]).unwrap().role.is_none());
     }
 
     #[test]

@@ -75,6 +75,58 @@ pub fn domains(data: &[u8]) {
     );
 }
 
+/// What a Redis server hands `emperor front`: the keys under the prefix and their values, up to the
+/// include file. Records are split at 0x1e; a record is `key` 0x1f `value`, or a value alone under a
+/// made-up key.
+pub fn front(data: &[u8]) {
+    use crate::fleet::front_map;
+    let values: Vec<(String, Vec<u8>)> = data
+        .split(|b| *b == 0x1e)
+        .enumerate()
+        .map(|(i, record)| match record.iter().position(|b| *b == 0x1f) {
+            Some(at) => (
+                String::from_utf8_lossy(&record[..at]).into_owned(),
+                record[at + 1..].to_vec(),
+            ),
+            None => (format!("/beachhead/k{i}"), record.to_vec()),
+        })
+        .collect();
+    let plan = front_map::plan(&values);
+    for said in plan
+        .skipped
+        .iter()
+        .flat_map(|s| [&s.key, &s.why])
+        .chain(plan.contests.iter().flat_map(|c| &c.ids))
+    {
+        assert!(
+            !said.chars().any(char::is_control),
+            "a control character in a log line: {said:?}"
+        );
+    }
+    let include = front_map::render(
+        &plan,
+        Path::new("/etc/nginx/fleet.conf"),
+        "redis://127.0.0.1:6379/0",
+        "/beachhead/",
+    );
+    assert!(
+        !include.chars().any(|c| c.is_control() && c != '\n'),
+        "a control character in the nginx include: {include:?}"
+    );
+    // Outside comments, only what nginx's grammar allows: host names, upstream names, addresses.
+    for line in include
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        assert!(
+            line.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b" .-_*:[]{};\\$\"".contains(&b)),
+            "an unexpected character in the include's line {line:?}"
+        );
+    }
+}
+
 /// The frame a container's process sends on the proxy socket: the header checks alone, then the real
 /// receiver over a socketpair. Byte 0 is the most fds the receiver accepts, byte 1 how many fds go
 /// with the payload (0 to 3), the rest is the payload.

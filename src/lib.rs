@@ -38,6 +38,7 @@ pub fn main() -> ExitCode {
         Some(cli::Role::Start(args)) => client::control::main("start", args),
         Some(cli::Role::Shell(args)) => client::shell::main(args),
         Some(cli::Role::Check(args)) => client::check::main(args),
+        Some(cli::Role::Front(args)) => fleet::front::main(args),
         Some(cli::Role::Shim(args)) => shim::main(args),
         Some(cli::Role::Bridge(args)) => bridge::main(args),
         None => match cli.emperor.into_options() {

@@ -38,6 +38,11 @@ fn domains() {
 }
 
 #[test]
+fn front() {
+    replay("front", emperor::fuzzing::front);
+}
+
+#[test]
 fn proxy_frame() {
     replay("proxy_frame", emperor::fuzzing::proxy_frame);
 }

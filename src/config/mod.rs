@@ -33,7 +33,7 @@ use nix::sys::signal::Signal;
 pub use docker::DockerConfig;
 pub(crate) use keys::parse_size;
 pub use keys::{Owner, parse_owner};
-pub use routes::Route;
+pub use routes::{Route, claims, parse_host};
 pub use socket::{SocketAddrSpec, SocketSpec};
 pub(crate) use typed::closest_key;
 

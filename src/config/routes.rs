@@ -28,13 +28,7 @@ impl Route {
     /// claims the exact name `a.b`, `*.a.b` the names below `a.b`, `.a.b` both. Two hosts conflict
     /// when they claim the same thing (nginx refuses such a map: "conflicting parameter").
     pub fn claims(&self) -> (Option<&str>, Option<&str>) {
-        if let Some(base) = self.host.strip_prefix("*.") {
-            (None, Some(base))
-        } else if let Some(base) = self.host.strip_prefix('.') {
-            (Some(base), Some(base))
-        } else {
-            (Some(&self.host), None)
-        }
+        claims(&self.host)
     }
 
     /// True if the two hosts claim a name in common (see [`Route::claims`]).
@@ -42,6 +36,18 @@ impl Route {
         let (a_exact, a_wild) = self.claims();
         let (b_exact, b_wild) = other.claims();
         (a_exact.is_some() && a_exact == b_exact) || (a_wild.is_some() && a_wild == b_wild)
+    }
+}
+
+/// What a checked host claims in an nginx `hostnames` map, as (exact name, wildcard suffix); see
+/// [`Route::claims`].
+pub fn claims(host: &str) -> (Option<&str>, Option<&str>) {
+    if let Some(base) = host.strip_prefix("*.") {
+        (None, Some(base))
+    } else if let Some(base) = host.strip_prefix('.') {
+        (Some(base), Some(base))
+    } else {
+        (Some(host), None)
     }
 }
 
@@ -159,7 +165,8 @@ impl<'a> RouteKeys<'a> {
 /// A Host for nginx's `hostnames` map: a DNS name, `*.name` or `.name`, lowercased, one trailing
 /// dot dropped. Labels are RFC 1123 (`a-z 0-9 -`, 1 to 63, not starting or ending with `-`) plus
 /// `_`, which real names use (`_acme-challenge`) and nginx matches like any other character.
-fn parse_host(value: &str) -> Result<String, String> {
+/// Also checks the domains that other hosts publish to `emperor front`.
+pub fn parse_host(value: &str) -> Result<String, String> {
     let host = value.to_ascii_lowercase();
     if host.contains(':') || host.contains('[') {
         return Err(format!(

@@ -176,9 +176,10 @@ fn wanted(
     prefix: &str,
 ) -> Wanted {
     let mut out = Wanted::new();
-    let table = crate::emperor::routes::table(good.iter().filter(|(name, _)| {
-        !withdrawn.contains(*name) && states.get(*name).is_some_and(|s| PUBLISHABLE.contains(s))
-    }));
+    let table =
+        crate::emperor::routes::table(good.iter().filter(|(name, _)| {
+            !withdrawn.contains(*name) && states.get(*name).is_some_and(|s| PUBLISHABLE.contains(s))
+        }));
     for (vassal, routes) in table {
         let id = beachhead::name(&vassal, &address.to_string());
         let items: Vec<beachhead::Route> = routes
@@ -225,13 +226,34 @@ mod tests {
     fn only_reachable_tcp_routes_of_serving_vassals_are_published() {
         let exec = "exec = /bin/true\n";
         let good: BTreeMap<String, Arc<VassalConfig>> = [
-            ("any.ini", format!("[emperor]\n{exec}socket = 0.0.0.0:8001\ndomains = any.test .w.test\n")),
-            ("lo.ini", format!("[emperor]\n{exec}socket = 127.0.0.1:8002\ndomains = lo.test\n")),
-            ("unix.ini", format!("[emperor]\n{exec}socket = /run/u.sock\ndomains = unix.test\n")),
-            ("own.ini", format!("[emperor]\n{exec}socket = 192.0.2.9:8003\ndomains = own.test\n")),
-            ("gone.ini", format!("[emperor]\n{exec}socket = :8004\ndomains = gone.test\n")),
-            ("bad.ini", format!("[emperor]\n{exec}socket = :8005\ndomains = bad.test\n")),
-            ("drain.ini", format!("[emperor]\n{exec}socket = :8006\ndomains = drain.test\n")),
+            (
+                "any.ini",
+                format!("[emperor]\n{exec}socket = 0.0.0.0:8001\ndomains = any.test .w.test\n"),
+            ),
+            (
+                "lo.ini",
+                format!("[emperor]\n{exec}socket = 127.0.0.1:8002\ndomains = lo.test\n"),
+            ),
+            (
+                "unix.ini",
+                format!("[emperor]\n{exec}socket = /run/u.sock\ndomains = unix.test\n"),
+            ),
+            (
+                "own.ini",
+                format!("[emperor]\n{exec}socket = 192.0.2.9:8003\ndomains = own.test\n"),
+            ),
+            (
+                "gone.ini",
+                format!("[emperor]\n{exec}socket = :8004\ndomains = gone.test\n"),
+            ),
+            (
+                "bad.ini",
+                format!("[emperor]\n{exec}socket = :8005\ndomains = bad.test\n"),
+            ),
+            (
+                "drain.ini",
+                format!("[emperor]\n{exec}socket = :8006\ndomains = drain.test\n"),
+            ),
         ]
         .into_iter()
         .map(|(n, t)| (n.to_string(), cfg(&t)))
@@ -256,7 +278,10 @@ mod tests {
         );
         let any = beachhead::decode(&w["/beachhead/any.ini@198.51.100.4"]).unwrap();
         assert_eq!(any.len(), 2);
-        assert_eq!((any[0].host.as_str(), any[0].port, any[0].domain.as_str()), ("198.51.100.4", 8001, "any.test"));
+        assert_eq!(
+            (any[0].host.as_str(), any[0].port, any[0].domain.as_str()),
+            ("198.51.100.4", 8001, "any.test")
+        );
         assert_eq!(any[1].domain, ".w.test");
         let own = beachhead::decode(&w["/beachhead/own.ini@198.51.100.4"]).unwrap();
         assert_eq!(own[0].host, "192.0.2.9");

@@ -432,7 +432,12 @@ impl Emperor {
                 (Some((events, dir_watch)), None)
             }
             Some(pg) => {
-                info!("vassals from {} ({}); relative paths are under {}", pg.shown, pg.query, dir.display());
+                info!(
+                    "vassals from {} ({}); relative paths are under {}",
+                    pg.shown,
+                    pg.query,
+                    dir.display()
+                );
                 (None, Some(crate::fleet::pg::follow(pg.clone(), self.opts.freq)))
             }
         };

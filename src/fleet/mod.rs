@@ -3,7 +3,9 @@
 //! map from every host's routes. No home-made cluster: the stores are the only shared state, and a store
 //! that goes away never stops a vassal.
 
-#[allow(dead_code)] // until the publisher and the front use it
 pub mod beachhead;
+pub mod front;
+pub mod front_map;
 pub mod pg;
 pub mod publish;
+mod store;

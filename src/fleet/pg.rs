@@ -205,7 +205,8 @@ pub fn rows_of(raw: &[Vec<Option<String>>]) -> Result<Rows, String> {
             problem,
         };
         if let Some(prev) = rows.get_mut(&name) {
-            prev.problem.get_or_insert_with(|| "the query returns this name more than once".into());
+            prev.problem
+                .get_or_insert_with(|| "the query returns this name more than once".into());
             continue;
         }
         rows.insert(name, row);
@@ -317,7 +318,9 @@ async fn session(
             Ok(Err(e)) => {
                 // The server answers but refuses the query (a typo, a missing table): said once per distinct
                 // error, tried again at every wake-up, the vassals left as they are.
-                let msg = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
+                let msg = e
+                    .as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_owned());
                 if query_error.as_deref() != Some(&msg) {
                     warn!(
                         "PostgreSQL at {}: the vassals query fails: {msg}; vassals keep running as they are",
@@ -330,9 +333,7 @@ async fn session(
                 let raw: Vec<Vec<Option<String>>> = messages
                     .iter()
                     .filter_map(|m| match m {
-                        SimpleQueryMessage::Row(r) => {
-                            Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
-                        }
+                        SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
                         _ => None,
                     })
                     .collect();
@@ -347,7 +348,10 @@ async fn session(
                     }
                     Err(msg) => {
                         if query_error.as_deref() != Some(&msg) {
-                            warn!("PostgreSQL at {}: {msg}; vassals keep running as they are", source.shown);
+                            warn!(
+                                "PostgreSQL at {}: {msg}; vassals keep running as they are",
+                                source.shown
+                            );
                             *query_error = Some(msg);
                         }
                     }
@@ -410,14 +414,25 @@ mod tests {
         let e = PgSource::parse("host=db.example dbname=d", "root").unwrap_err();
         assert!(e.contains("never resolves names"), "{e}");
         assert!(PgSource::parse("host=db.example hostaddr=127.0.0.1 dbname=d", "root").is_ok());
-        assert!(PgSource::parse("nonsense", "root").unwrap_err().starts_with("its conninfo"));
+        assert!(
+            PgSource::parse("nonsense", "root")
+                .unwrap_err()
+                .starts_with("its conninfo")
+        );
     }
 
     #[test]
     fn rows_follow_uwsgis_columns_and_ours() {
         let rows = rows_of(&[
             cols(&[Some("a.ini"), Some("[uwsgi]\n"), Some("1700000000.5")]),
-            cols(&[Some("b.ini"), Some("x"), Some("1"), Some("1001"), Some("1002"), Some("t")]),
+            cols(&[
+                Some("b.ini"),
+                Some("x"),
+                Some("1"),
+                Some("1001"),
+                Some("1002"),
+                Some("t"),
+            ]),
             cols(&[Some("c.ini"), None, None, None, None, Some("f")]),
             cols(&[None, Some("skipped"), Some("1")]),
         ])
@@ -425,9 +440,16 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert_eq!(rows["a.ini"].ts, "1700000000.5");
         assert_eq!((rows["a.ini"].uid, rows["a.ini"].handoff), (None, false));
-        assert_eq!((rows["b.ini"].uid, rows["b.ini"].gid, rows["b.ini"].handoff), (Some(1001), Some(1002), true));
+        assert_eq!(
+            (rows["b.ini"].uid, rows["b.ini"].gid, rows["b.ini"].handoff),
+            (Some(1001), Some(1002), true)
+        );
         assert_eq!(rows["c.ini"].problem.as_deref(), Some("its config is NULL"));
-        assert!(rows_of(&[cols(&[Some("a.ini"), Some("x")])]).unwrap_err().contains("2 columns"));
+        assert!(
+            rows_of(&[cols(&[Some("a.ini"), Some("x")])])
+                .unwrap_err()
+                .contains("2 columns")
+        );
         assert!(rows_of(&[]).unwrap().is_empty());
     }
 
@@ -441,7 +463,11 @@ mod tests {
             assert!(!shown.contains('\x07'));
         }
         let long = format!("{}.ini", "a".repeat(251));
-        assert!(rows_of(&[cols(&[Some(&long), Some("x"), Some("1")])]).unwrap()[&long].problem.is_some());
+        assert!(
+            rows_of(&[cols(&[Some(&long), Some("x"), Some("1")])]).unwrap()[&long]
+                .problem
+                .is_some()
+        );
         let twice = rows_of(&[
             cols(&[Some("a.ini"), Some("x"), Some("1")]),
             cols(&[Some("a.ini"), Some("y"), Some("1")]),

@@ -93,13 +93,19 @@ impl Publisher {
     pub async fn settle(&self, within: Duration) -> bool {
         let target = self.want.borrow().0;
         let mut synced = self.synced.clone();
-        tokio::time::timeout(within, synced.wait_for(|g| *g >= target)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(within, synced.wait_for(|g| *g >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Waits until another host publishes a route for one of `domains`, polling Redis, at most `within`.
     /// `false` when none appeared (or Redis did not answer) in time.
     pub fn wait_for_successor(&self, domains: Vec<String>, within: Duration) -> impl Future<Output = bool> + 'static {
-        let (client, prefix, own) = (self.client.clone(), self.opts.prefix.clone(), self.opts.address.to_string());
+        let (client, prefix, own) = (
+            self.client.clone(),
+            self.opts.prefix.clone(),
+            self.opts.address.to_string(),
+        );
         async move {
             let deadline = Instant::now() + within;
             loop {
@@ -247,7 +253,11 @@ async fn session(
     let refresh = opts.ttl.mul_f64(0.45).max(Duration::from_millis(100));
     // What Redis holds of ours, as far as this connection knows.
     let mut sent = Wanted::new();
-    let ours = format!("{}*@{}", glob_escape(&opts.prefix), glob_escape(&opts.address.to_string()));
+    let ours = format!(
+        "{}*@{}",
+        glob_escape(&opts.prefix),
+        glob_escape(&opts.address.to_string())
+    );
     let mut stale: BTreeSet<String> = scan(&mut con, &ours).await.map_err(e)?.into_iter().collect();
     let mut next_refresh = Instant::now();
     loop {
@@ -300,7 +310,11 @@ mod tests {
     fn names_are_refused() {
         assert!(client("redis://127.0.0.1:6379/0").is_ok());
         assert!(client("redis://localhost:6379").is_err());
-        assert!(client("redis://redis.example:6379").unwrap_err().contains("never resolves"));
+        assert!(
+            client("redis://redis.example:6379")
+                .unwrap_err()
+                .contains("never resolves")
+        );
         assert!(client("http://x").is_err());
     }
 }

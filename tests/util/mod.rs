@@ -5,12 +5,13 @@
 
 pub mod docker;
 pub mod dockerd;
+pub mod nginx;
 pub mod pg;
 pub mod redis;
 pub mod server;
 
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -393,13 +394,23 @@ impl Harness {
 
     /// Start the emperor on `vassals/` with extra options.
     pub fn start(&mut self, args: &[&str]) {
-        assert!(self.child.is_none(), "emperor already started");
         let _ = testapp();
+        let vassals = self.vassals();
+        self.spawn(args.iter().map(OsStr::new).chain([vassals.as_os_str()]));
+    }
+
+    /// Start the binary in another role (`front ...`), with `args` as given: output, waits and the
+    /// clean-up on drop as for the emperor.
+    pub fn start_role(&mut self, args: &[&str]) {
+        self.spawn(args.iter().map(OsStr::new));
+    }
+
+    fn spawn<'a>(&mut self, args: impl IntoIterator<Item = &'a OsStr>) {
+        assert!(self.child.is_none(), "emperor already started");
         let level = std::env::var("EMPEROR_TEST_LOG").unwrap_or_else(|_| "info".to_string());
         let echo = std::env::var_os("EMPEROR_TEST_ECHO").is_some();
         let mut cmd = Command::new(EMPEROR);
         cmd.args(args)
-            .arg(self.vassals())
             .env("EMPEROR_LOG", level)
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
