@@ -60,7 +60,12 @@ pub struct Publisher {
 impl Publisher {
     /// Checks the URL and starts the task; Redis need not answer yet.
     pub fn start(opts: RoutesOptions) -> Result<Publisher, String> {
-        let client = client(&opts.redis)?;
+        let target = super::store::Target::parse(&opts.redis)?;
+        let client = target.client().clone();
+        let opts = RoutesOptions {
+            redis: target.shown.clone(),
+            ..opts
+        };
         let (want, want_rx) = watch::channel((0, Wanted::new()));
         let (synced_tx, synced) = watch::channel(0);
         tokio::task::spawn_local(run(opts.clone(), client.clone(), want_rx, synced_tx));
@@ -123,19 +128,6 @@ impl Publisher {
     }
 }
 
-/// A client for `url`, refusing names: the binary is static and never resolves one.
-pub fn client(url: &str) -> Result<redis::Client, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("{url:?}: {e}"))?;
-    if let redis::ConnectionAddr::Tcp(host, _) = &client.get_connection_info().addr()
-        && host.parse::<IpAddr>().is_err()
-    {
-        return Err(format!(
-            "{url:?}: the emperor never resolves names (not even localhost); give Redis's IP address"
-        ));
-    }
-    Ok(client)
-}
-
 /// Connects with [`TIMEOUT`] on connecting and on every command.
 pub async fn connect(client: &redis::Client) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new()
@@ -156,36 +148,11 @@ pub fn glob_escape(s: &str) -> String {
     out
 }
 
-/// Every key matching `pattern` (SCAN, so a big keyspace is never blocked).
-pub async fn scan(con: &mut redis::aio::MultiplexedConnection, pattern: &str) -> redis::RedisResult<Vec<String>> {
-    let mut keys = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(con)
-            .await?;
-        keys.extend(batch);
-        if next == 0 {
-            keys.sort();
-            keys.dedup();
-            return Ok(keys);
-        }
-        cursor = next;
-    }
-}
-
 /// Does a host other than `own` publish one of `domains`?
 async fn successor(client: &redis::Client, prefix: &str, own: &str, domains: &[String]) -> redis::RedisResult<bool> {
-    let mut con = connect(client).await?;
-    let keys = scan(&mut con, &format!("{}*", glob_escape(prefix))).await?;
-    for key in keys {
-        let value: Option<String> = con.get(&key).await?;
-        let Some(routes) = value.and_then(|v| beachhead::decode(&v).ok()) else {
+    let con = connect(client).await?;
+    for (_, value) in super::store::read_routes(con, prefix.to_owned()).await? {
+        let Some(routes) = std::str::from_utf8(&value).ok().and_then(|v| beachhead::decode(v).ok()) else {
             continue;
         };
         if routes
@@ -258,21 +225,25 @@ async fn session(
         glob_escape(&opts.prefix),
         glob_escape(&opts.address.to_string())
     );
-    let mut stale: BTreeSet<String> = scan(&mut con, &ours).await.map_err(e)?.into_iter().collect();
+    let mut stale: BTreeSet<Vec<u8>> = super::store::scan(&mut con, &ours)
+        .await
+        .map_err(e)?
+        .into_iter()
+        .collect();
     let mut next_refresh = Instant::now();
     loop {
         let (generation, wanted) = want.borrow_and_update().clone();
         let refresh_all = Instant::now() >= next_refresh;
         for (key, value) in &wanted {
-            stale.remove(key);
+            stale.remove(key.as_bytes());
             if refresh_all || sent.get(key) != Some(value) {
                 let _: () = con.set_ex(key, value, ttl).await.map_err(e)?;
             }
         }
-        let gone_keys: Vec<String> = sent
+        let gone_keys: Vec<Vec<u8>> = sent
             .keys()
             .filter(|k| !wanted.contains_key(*k))
-            .cloned()
+            .map(|k| k.as_bytes().to_vec())
             .chain(std::mem::take(&mut stale))
             .collect();
         if !gone_keys.is_empty() {
@@ -304,17 +275,5 @@ mod tests {
     fn globs_are_escaped() {
         assert_eq!(glob_escape("/beachhead/"), "/beachhead/");
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-    }
-
-    #[test]
-    fn names_are_refused() {
-        assert!(client("redis://127.0.0.1:6379/0").is_ok());
-        assert!(client("redis://localhost:6379").is_err());
-        assert!(
-            client("redis://redis.example:6379")
-                .unwrap_err()
-                .contains("never resolves")
-        );
-        assert!(client("http://x").is_err());
     }
 }

@@ -89,6 +89,10 @@ impl Target {
     }
 
     /// The keyspace channels of every key under `prefix`, for PSUBSCRIBE.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub fn keyspace_pattern(&self, prefix: &str) -> String {
         format!("__keyspace@{}__:{}*", self.db, glob_escape(prefix))
     }
@@ -136,30 +140,34 @@ pub async fn enable_notifications(conn: &mut MultiplexedConnection) -> Result<Op
     Ok(Some(wanted))
 }
 
-/// Every key under `prefix` with its value (keys shown lossily as text, values as bytes), in key order.
-pub async fn read_routes(
-    mut conn: MultiplexedConnection,
-    prefix: String,
-) -> Result<Vec<(String, Vec<u8>)>, RedisError> {
-    let pattern = format!("{}*", glob_escape(&prefix));
+/// Every key matching the glob `pattern`, as bytes (a key need not be UTF-8), sorted, without duplicates (SCAN
+/// may return a key twice; it never blocks the server the way KEYS does).
+pub async fn scan(conn: &mut MultiplexedConnection, pattern: &str) -> Result<Vec<Vec<u8>>, RedisError> {
     let mut keys: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut cursor: u64 = 0;
     loop {
         let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(&pattern)
+            .arg(pattern)
             .arg("COUNT")
             .arg(BATCH)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await?;
         keys.extend(batch);
         if next == 0 {
-            break;
+            return Ok(keys.into_iter().collect());
         }
         cursor = next;
     }
-    let keys: Vec<Vec<u8>> = keys.into_iter().collect();
+}
+
+/// Every key under `prefix` with its value (keys shown lossily as text, values as bytes), in key order.
+pub async fn read_routes(
+    mut conn: MultiplexedConnection,
+    prefix: String,
+) -> Result<Vec<(String, Vec<u8>)>, RedisError> {
+    let keys = scan(&mut conn, &format!("{}*", glob_escape(&prefix))).await?;
     let mut out = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(BATCH) {
         let mut mget = redis::cmd("MGET");

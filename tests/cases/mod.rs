@@ -5,6 +5,7 @@ mod config_errors;
 mod control;
 mod docker;
 mod faults;
+mod fleet;
 mod front;
 mod install;
 mod lifecycle;
