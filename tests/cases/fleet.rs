@@ -376,7 +376,7 @@ fn a_host_killed_with_sigkill_drops_out_of_the_front_within_the_ttl() {
     f.insert("a", 2, &a);
     f.insert("b", 3, &b);
     f.wait_served("a", 2, SOON);
-    f.wait_served("b", 3, SOON);
+    f.wait_settled("b", 3);
     let killed = Instant::now();
     util::kill(f.host(3).emperor_pid, libc::SIGKILL);
     // TTL 3 s, then the front's next read (every second at the latest).

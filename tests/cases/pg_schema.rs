@@ -219,7 +219,7 @@ fn pg_schema_names_must_be_file_names() {
     for good in ["a.ini", "App-1_x.v2.ini", "0.ini"] {
         pg.sql(&format!("INSERT INTO vassals (name, config) VALUES ('{good}', '')"));
     }
-    let long = format!("{}.ini", "a".repeat(252));
+    let long = format!("{}.ini", "a".repeat(251));
     for bad in [
         "",
         ".ini",
@@ -237,7 +237,7 @@ fn pg_schema_names_must_be_file_names() {
             .expect_err(&format!("the name {bad:?} must be refused"));
         assert!(err.contains("vassals_name_is_a_file_name"), "{bad:?}: {err}");
     }
-    let longest = format!("{}.ini", "a".repeat(251));
+    let longest = format!("{}.ini", "a".repeat(250));
     pg.sql(&format!("INSERT INTO vassals (name, config) VALUES ('{longest}', '')"));
     assert!(
         pg.try_sql("INSERT INTO vassals (name) VALUES ('x.ini')").is_err(),
