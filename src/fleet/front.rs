@@ -21,7 +21,10 @@
 //! The file is left as it is: the hosts still serve, and emptying the map would turn the whole fleet
 //! into 404s for as long as Redis is down. One warning says Redis went away, one line says it is back
 //! and after how long; in between the front reconnects with a backoff from 100 ms doubling to 5 s, and
-//! re-reads everything once connected. A front started while Redis is unreachable leaves an existing
+//! re-reads everything once connected. A Redis that comes back empty (restarted without persistence) would
+//! still turn the fleet into 404s until every host has published again, which takes up to their own
+//! reconnection backoff (5 s): so for [`GRACE`] after an outage, routes the front had before it that are not
+//! back yet are kept in the file. A front started while Redis is unreachable leaves an existing
 //! file alone, and writes a map with no routes only where there is none, so that nginx's `include`
 //! finds a file.
 //!
@@ -48,6 +51,10 @@ use crate::fleet::store::{self, Target};
 /// The first pause before reconnecting; doubled at each failure up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// After an outage, how long routes from before it are kept while the hosts publish again: twice the hosts'
+/// longest reconnection backoff.
+const GRACE: Duration = Duration::from_secs(10);
 
 /// Every route under the prefix, as read: (key, value).
 type Values = Vec<(String, Vec<u8>)>;
@@ -115,6 +122,8 @@ async fn run(opts: FrontOptions, target: Target, path: PathBuf) -> ExitCode {
         refusal_logged: false,
         outage: None,
         ever_read: false,
+        last: Vec::new(),
+        grace_until: None,
     };
     let mut backoff = BACKOFF_MIN;
     let signal = loop {
@@ -172,6 +181,10 @@ struct Front {
     outage: Option<Instant>,
     /// A read has succeeded since start.
     ever_read: bool,
+    /// What the file was last rendered from.
+    last: Values,
+    /// Until when routes from before an outage are kept ([`GRACE`]).
+    grace_until: Option<Instant>,
 }
 
 impl Front {
@@ -230,15 +243,30 @@ impl Front {
 
     /// A read succeeded: the file follows it.
     fn apply(&mut self, values: &[(String, Vec<u8>)]) {
+        let now = Instant::now();
         if let Some(since) = self.outage.take() {
             info!(
-                "front: Redis at {} is back after {:.1} s; following the routes again",
+                "front: Redis at {} is back after {:.1} s; following the routes again (routes not published again \
+                 yet are kept for {} s)",
                 self.target.shown,
-                since.elapsed().as_secs_f64()
+                since.elapsed().as_secs_f64(),
+                GRACE.as_secs()
             );
+            self.grace_until = Some(now + GRACE);
+        }
+        let mut values = values.to_vec();
+        match self.grace_until {
+            Some(until) if now < until => {
+                let known: std::collections::HashSet<&String> = values.iter().map(|(k, _)| k).collect();
+                let kept: Values = self.last.iter().filter(|(k, _)| !known.contains(k)).cloned().collect();
+                values.extend(kept);
+                values.sort();
+            }
+            _ => self.grace_until = None,
         }
         self.ever_read = true;
-        let plan = front_map::plan(values);
+        let plan = front_map::plan(&values);
+        self.last = values;
         self.logged.log(&plan);
         let text = front_map::render(&plan, self.file.path(), &self.target.shown, &self.prefix);
         self.file.write(text, &plan.summary());
