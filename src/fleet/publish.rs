@@ -25,6 +25,9 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long connecting or one command may take before Redis counts as gone.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle connection is checked: a Redis restarted without persistence comes back empty, and this
+/// host's keys must be set again well within the front's grace after an outage (10 s), not at the next refresh.
+const PING_EVERY: Duration = Duration::from_secs(1);
 /// How often a host handing a vassal over looks for its successor's route.
 const HANDOFF_POLL: Duration = Duration::from_millis(100);
 
@@ -263,6 +266,9 @@ async fn session(
                 return Ok(());
             },
             _ = tokio::time::sleep_until(next_refresh) => {}
+            _ = tokio::time::sleep(PING_EVERY) => {
+                let _: String = redis::cmd("PING").query_async(&mut con).await.map_err(e)?;
+            }
         }
     }
 }

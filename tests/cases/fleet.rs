@@ -393,3 +393,39 @@ fn a_host_killed_with_sigkill_drops_out_of_the_front_within_the_ttl() {
 }
 
 use std::sync::Mutex;
+
+#[test]
+fn redis_restarted_empty_stops_nothing_and_every_route_is_published_again() {
+    let mut f = Fleet::start("fleetredis", &[2], 60, &[]);
+    let a = f.process_config("a", 2);
+    f.insert("a", 2, &a);
+    f.wait_settled("a", 2);
+    let pids = f.host(2).spawned();
+    f.redis.stop();
+    f.host(2).wait_log("Redis at redis://", SOON);
+    f.front.wait_log("is unreachable", SOON);
+    f.wait_served("a", 2, SOON);
+    // Back empty, as a Redis without persistence restarts: the host publishes again at once (it checks its
+    // connection every second), well within the front's grace, so the front never stops routing.
+    f.redis.start_again();
+    let back = Instant::now();
+    f.host(2).wait_for(
+        || f.keys() == ["/beachhead/a.ini@127.0.0.2"],
+        SOON,
+        "a.ini is published again",
+    );
+    let took = back.elapsed();
+    f.host(2).wait_log("answers again", SOON);
+    // Past the front's 10 s grace: every answer comes from the vassal.
+    while back.elapsed() < Duration::from_secs(12) {
+        let r = nginx::get(f.port, "a.test");
+        assert!(
+            matches!(&r, Ok((200, b)) if b.contains("hello from a-h2 ")),
+            "{r:?}\n{}",
+            f.front.tail()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(took < Duration::from_secs(5), "published again after {took:?}");
+    assert_eq!(f.host(2).spawned(), pids, "nothing restarted");
+}
