@@ -19,8 +19,9 @@ container when its file sets docker-image. The emperor binds each vassal's liste
 and hands them over, so a socket stays put across crashes, reloads and image swaps. A vassal can
 start on its first connection (on-demand) and stop or pause when idle.
 
-Create, touch or delete a file to start, reload or stop its vassal. The commands below act on a
-running emperor (status: its --emperor-stats socket; restart, stop, start: its --emperor-control
+Create, touch or delete a file to start, reload or stop its vassal; or keep the vassals in
+PostgreSQL (pg://, uWSGI's pg monitor) and publish their routes to Redis (--routes-redis). The
+commands below act on a running emperor (status: its --emperor-stats socket; restart, stop, start: its --emperor-control
 socket) or on a Docker vassal's container (shell). check validates vassal files offline, against a
 policy too (--policy, --tyrant), as a deploy pipeline would before copying them in. front runs on
 the nginx machine of a fleet (one emperor per host): it keeps one nginx include file in step with
@@ -35,7 +36,7 @@ Vassal file keys, logs, stats and systemd: README.md (scripts/install puts it in
 /// The usage line of `--help` and of every error message. clap's own would list only what the error
 /// is about (`emperor <VASSALS_DIR>` when the directory is missing) and not the subcommands' forms.
 const USAGE: &str = "\
-emperor [OPTIONS] <VASSALS_DIR>          (or --emperor <DIR>)
+emperor [OPTIONS] <VASSALS_DIR>          (or --emperor <DIR>, or \"pg://<conninfo>[;<query>]\")
        emperor status [--stats <ADDR>] [--json]
        emperor restart|stop|start <VASSAL> [--control <PATH>]
        emperor shell [--docker-daemon-socket <PATH>] <VASSAL> [COMMAND [ARG]...]
