@@ -988,6 +988,13 @@ impl Emperor {
                         "refused: in tyrant mode a row needs its uid and gid (the query's 4th and 5th columns)",
                     ));
                 }
+                Some(r) if r.uid == Some(0) || r.gid == Some(0) => {
+                    return Err(config::ConfigError::file(
+                        &cfg.path,
+                        "refused: in tyrant mode a row of uid 0 or gid 0 never runs; set its uid and gid to the user \
+                         it should run as",
+                    ));
+                }
                 Some(_) => row_owner.unwrap_or(config::RunAs { uid: 0, gid: 0 }),
             };
             Some(tyrant_owner(&cfg, owner)?)

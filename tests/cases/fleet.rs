@@ -7,7 +7,6 @@
 //! `--emperor-freq 60` on every host: a change the test waits for can only come through LISTEN/NOTIFY within the
 //! test's deadlines, never through the safety-net poll.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
@@ -45,10 +44,7 @@ fn query(host: u8) -> String {
 impl Fleet {
     /// Everything up: the store, the front (map rendered, nginx answering) and the emperors of `hosts`.
     fn start(name: &str, hosts: &[u8], ttl: u32, extra: &[&str]) -> Fleet {
-        let pg = Postgres::start();
-        let schema = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("contrib/pg/vassals.sql"))
-            .expect("contrib/pg/vassals.sql");
-        pg.sql(&schema);
+        let pg = Postgres::with_schema();
         let redis = Redis::start();
         let mut front = Harness::new(&format!("{name}-front"));
         let map = front.root.join("front-routes.conf");

@@ -2,7 +2,6 @@
 //! (tests/util/pg.rs): it loads again over itself, its triggers bump ts and record hand-overs, every kind of change
 //! is notified on emperor_vassals, and the per-host query its comments give selects what each host runs.
 
-use std::path::Path;
 use std::time::Duration;
 
 use crate::util::pg::{Listener, Postgres};
@@ -10,17 +9,6 @@ use crate::util::pg::{Listener, Postgres};
 const CHANNEL: &str = "emperor_vassals";
 
 /// A server with the schema loaded.
-fn with_schema() -> Postgres {
-    let pg = Postgres::start();
-    pg.sql(&schema());
-    pg
-}
-
-fn schema() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/pg/vassals.sql");
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
 /// The query an emperor on `host` runs (contrib/pg/vassals.sql's comments), as rows `name|config|epoch|uid|gid|t`.
 fn per_host(pg: &Postgres, host: &str) -> Vec<String> {
     pg.sql(&format!(
@@ -53,10 +41,10 @@ fn expect_notified(l: &Listener, payload: &str, after: &str) {
 
 #[test]
 fn pg_schema_loads_again_over_itself_keeping_rows() {
-    let pg = with_schema();
+    let pg = Postgres::with_schema();
     pg.sql("INSERT INTO vassals (name, config) VALUES ('a.ini', 'x')");
-    pg.sql(&schema());
-    pg.sql(&schema());
+    pg.sql(&crate::util::pg::schema());
+    pg.sql(&crate::util::pg::schema());
     assert_eq!(pg.sql("SELECT name, config FROM vassals"), "a.ini|x\n");
     let triggers = pg
         .sql("SELECT tgname FROM pg_trigger WHERE tgrelid = 'vassals'::regclass AND NOT tgisinternal ORDER BY tgname");
@@ -79,7 +67,7 @@ fn pg_schema_loads_again_over_itself_keeping_rows() {
 
 #[test]
 fn pg_schema_notifies_every_change_with_the_name() {
-    let pg = with_schema();
+    let pg = Postgres::with_schema();
     let l = pg.listen(CHANNEL);
 
     pg.sql("INSERT INTO vassals (name, config, host) VALUES ('app.ini', E'[emperor]\\nexec = a\\n', 'h1')");
@@ -121,7 +109,7 @@ fn pg_schema_notifies_every_change_with_the_name() {
 
 #[test]
 fn pg_schema_bumps_ts_when_what_runs_changes() {
-    let pg = with_schema();
+    let pg = Postgres::with_schema();
     pg.sql("INSERT INTO vassals (name, config) VALUES ('app.ini', 'one')");
     let inserted = epoch(&pg, "app.ini");
 
@@ -171,7 +159,7 @@ fn pg_schema_bumps_ts_when_what_runs_changes() {
 
 #[test]
 fn pg_schema_move_between_hosts_is_a_handoff() {
-    let pg = with_schema();
+    let pg = Postgres::with_schema();
     pg.sql("INSERT INTO vassals (name, config, host) VALUES ('app.ini', 'cfg', 'h1'), ('other.ini', 'o', 'h2')");
     let ts = pg.sql("SELECT EXTRACT(epoch FROM ts) FROM vassals WHERE name = 'app.ini'");
     let ts = ts.trim();
@@ -215,7 +203,7 @@ fn pg_schema_move_between_hosts_is_a_handoff() {
 
 #[test]
 fn pg_schema_names_must_be_file_names() {
-    let pg = with_schema();
+    let pg = Postgres::with_schema();
     for good in ["a.ini", "App-1_x.v2.ini", "0.ini"] {
         pg.sql(&format!("INSERT INTO vassals (name, config) VALUES ('{good}', '')"));
     }

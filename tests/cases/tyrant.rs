@@ -385,3 +385,47 @@ fn fifty_hostile_files_from_two_tenants_each_get_their_line_and_change_nothing()
         "the root-only file is unchanged",
     );
 }
+
+/// Rows from PostgreSQL in tyrant mode: uWSGI's 4th and 5th columns are the owner. A row of root, or with no
+/// owner, is refused with its name; the others run as their uid and gid.
+#[test]
+fn pg_rows_run_as_their_uid_and_gid_and_rows_of_root_or_nobody_are_refused() {
+    let (uid, gid) = ensure_user(TENANT_A);
+    let mut h = tenant_harness("tyrant_pg");
+    let pg = crate::util::pg::Postgres::with_schema();
+    let source = format!(
+        "pg://{};SELECT name, config, EXTRACT(epoch FROM ts), uid, gid FROM vassals",
+        pg.conninfo()
+    );
+    h.start_role(&["--emperor-tyrant", "--emperor-freq", "60", &source]);
+    let row = |name: &str, owner: &str| {
+        let config = h.app_ini(name, "");
+        pg.sql(&format!(
+            "INSERT INTO vassals (name, config, uid, gid) VALUES ('{name}.ini', $c${config}$c$, {owner})"
+        ));
+    };
+    row("tenant", &format!("{uid}, {gid}"));
+    row("root", "0, 0");
+    row("nobody", "NULL, NULL");
+    let start = &h.wait_starts("tenant", 1, LONG)[0];
+    h.check(
+        start.get("uid") == uid.to_string() && start.get("gid") == gid.to_string(),
+        format!("runs as {uid}:{gid}: {start:?}"),
+    );
+    h.wait_log(
+        "pg:root.ini: refused: in tyrant mode a row of uid 0 or gid 0 never runs",
+        LONG,
+    );
+    h.wait_log(
+        "pg:nobody.ini: refused: in tyrant mode a row needs its uid and gid",
+        LONG,
+    );
+    h.check(
+        h.starts("root").is_empty() && h.starts("nobody").is_empty(),
+        "neither runs",
+    );
+    // Its owner changed to root's group: the running vassal keeps its last good config (as for a broken file),
+    // and the refusal names the row.
+    pg.sql("UPDATE vassals SET gid = 0 WHERE name = 'tenant.ini'");
+    h.wait_log("pg:tenant.ini: refused: in tyrant mode a row of uid 0", LONG);
+}

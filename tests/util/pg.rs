@@ -25,7 +25,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
@@ -83,7 +83,21 @@ fn postgres_user() -> (u32, u32) {
     }
 }
 
+/// contrib/pg/vassals.sql, the schema users load.
+pub fn schema() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/pg/vassals.sql");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
 impl Postgres {
+    /// [`Postgres::start`] with [`schema`] loaded.
+    #[track_caller]
+    pub fn with_schema() -> Postgres {
+        let pg = Postgres::start();
+        pg.sql(&schema());
+        pg
+    }
+
     /// Starts a fresh server on a free port; returns once it accepts connections and has the database `emperor`.
     #[track_caller]
     pub fn start() -> Postgres {
