@@ -772,12 +772,13 @@ def phase_reaction(args, ctx):
     rec = {k: os.path.join(root, k, "records.log") for k in "abc"}
     field = {"a": "names", "b": "names", "c": "vassal"}  # testapp records its socket names: the vassal's
     lat = {(k, op): [] for k in "abc" for op in ("insert", "update")}
+    lat_sent = {(k, op): [] for k in "abc" for op in ("insert", "update")}  # from the statement's sending
     stale_config = []  # uWSGI vassals that came back from an update without the new config
 
     def starts(kind, name):
         return records_by(rec[kind], field[kind]).get(name, [])
 
-    def wait_new(waits, t_commit, timeout):
+    def wait_new(waits, t_commit, timeout, t_sent=None):
         """waits: [(kind, name, op, starts seen before the commit)]. Each latency: its vassal's next start
         record's t_ns - t_commit."""
         pending = list(waits)
@@ -793,6 +794,8 @@ def phase_reaction(args, ctx):
                     continue
                 r = got[seen]
                 lat[(kind, op)].append(r["t_ns"] - t_commit)
+                if t_sent is not None:
+                    lat_sent[(kind, op)].append(r["t_ns"] - t_sent)
                 if kind == "c" and op == "update" and r.get("version") != "2":
                     stale_config.append(name)
             pending = left
@@ -817,12 +820,12 @@ def phase_reaction(args, ctx):
             seen = len(starts("a", "a" + ins))
             t = listen.commit(f"INSERT INTO vassals (name, config) VALUES ('a{ins}.ini', "
                               f"{dollar(testapp_cfg('a', 'a' + ins, 1))})")
-            wait_new([("a", "a" + ins, "insert", seen)], t, 10)
+            wait_new([("a", "a" + ins, "insert", seen)], t, 10, listen.sent_ns)
         if upd:
             seen = len(starts("a", "a" + upd))
             t = listen.commit(f"UPDATE vassals SET config = {dollar(testapp_cfg('a', 'a' + upd, 2))} "
                               f"WHERE name = 'a{upd}.ini'")
-            wait_new([("a", "a" + upd, "update", seen)], t, 10)
+            wait_new([("a", "a" + upd, "update", seen)], t, 10, listen.sent_ns)
         # (b) and (c), at a random phase of their 3 s periods.
         time.sleep(max(0.0, pause - (time.monotonic() - t_round)))
         # uWSGI's emperor_pg compares whole seconds of ts: a row's update must fall in a later second than its
@@ -853,7 +856,7 @@ def phase_reaction(args, ctx):
     listen.close()
     poll.close()
     stack.stop(daemons)
-    return lat, stale_config
+    return lat, stale_config, lat_sent
 
 
 # --- report --------------------------------------------------------------------------------------------------
@@ -861,7 +864,7 @@ def phase_reaction(args, ctx):
 
 def report(args, results, ctx):
     if "reaction" in results:
-        lat, stale = results["reaction"]
+        lat, stale, lat_sent = results["reaction"]
         print()
         print("1. commit -> new process (ms; the commit's return on the client to the new process's start record)")
         names = {"a": "(a) emperor, LISTEN", "b": f"(b) emperor, polling (--emperor-freq {UWSGI_FREQ})",
@@ -880,6 +883,11 @@ def report(args, results, ctx):
             if (("a", op)) in med:
                 parts = [f"{k}/a {med[(k, op)] / med[('a', op)]:.0f}x" for k in "bc" if (k, op) in med]
                 print(f"  {op} medians: {', '.join(parts)}")
+        for op in ("insert", "update"):
+            v = [x / 1e6 for x in lat_sent[("a", op)]]
+            if v:
+                print(f"  (a) {op}s from the statement's sending instead (the commit lies between): median "
+                      f"{statistics.median(v):.1f}, p95 {p(v, 95):.1f}, max {max(v):.1f} ms")
         if ctx.get("uwsgi_why_not"):
             print(f"  (c) was not measured: {ctx['uwsgi_why_not']}")
         if stale:
@@ -1289,7 +1297,7 @@ def phase_fleet(args, ctx, phases):
     while t_keys is None or t_map is None or (t_procs is None and not args.on_demand):
         check_all()
         if t_keys is None:
-            t_keys = watch.when(lambda n: n >= rows, t0)
+            t_keys = watch.when(lambda n: n >= rows, t_sent)
         if t_map is None:
             mtime, domains = read_map(map_path)
             if mtime != map_seen:
@@ -1376,13 +1384,15 @@ def phase_fleet(args, ctx, phases):
     while t_keys is None or t_map is None or t_gone is None:
         check_all()
         if t_keys is None:
-            t_keys = watch.when(lambda n: n == 0, t0)
+            t_keys = watch.when(lambda n: n == 0, t_sent)
         if t_map is None:
             mtime, domains = read_map(map_path)
-            if not domains and mtime and mtime > t0:
+            if not domains and mtime and mtime > t_sent:
                 t_map = mtime
         if t_gone is None:
             pids = {pid for pid in pids if os.path.exists(f"/proc/{pid}")}
+            if len(pids) <= 5:  # a few left: are they still ours (and not a reused pid)?
+                pids = {pid for pid in pids if root in (common.cmdline(pid) or "")}
             if not pids:
                 t_gone = time.time_ns()
         if t_keys is not None and t_map is not None and t_gone is None and time.monotonic() > deadline - 90:
@@ -1390,7 +1400,7 @@ def phase_fleet(args, ctx, phases):
         if time.monotonic() > deadline:
             raise TimeoutError("the fleet's routes did not go within 120 s")
         time.sleep(0.01)
-    outlived = sorted(f"{pid} ({common.cmdline(pid)})" for pid in pids if os.path.exists(f"/proc/{pid}"))
+    outlived = sorted(f"{pid} ({common.cmdline(pid)})" for pid in pids if root in (common.cmdline(pid) or ""))
     # Each vassal's actor logs its end just after its process is reaped: wait for every line.
     def removed_lines():
         return [t for e in emperors.values() for t, _ in log_lines(e, "] removed (its row is gone", t_sent)]
