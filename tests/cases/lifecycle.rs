@@ -119,6 +119,34 @@ fn touch_reloads_speaking_vassal_in_place() {
 }
 
 #[test]
+fn delete_during_an_overlapping_reload_stops_both_instances() {
+    let mut h = Harness::new("delete_overlap");
+    // ready-delay keeps the new instance "not ready yet" for 30 s: the delete lands in the overlap for sure.
+    let ini = |h: &Harness, extra: &str| {
+        h.app_ini("ov", extra)
+            .replace("[emperor]\n", "[emperor]\nready-delay = 30\n")
+    };
+    h.write_vassal("ov.ini", &ini(&h, ""));
+    h.start(&[]);
+    let old = h.wait_starts("ov", 1, LONG)[0].pid();
+    h.write_vassal("ov.ini", &ini(&h, "--show-env X"));
+    let new = h.wait_starts("ov", 2, LONG)[1].pid();
+    h.check(alive(old), "both run during the overlap");
+    h.remove_vassal("ov.ini");
+    h.wait_dead(new, LONG, "the new instance");
+    h.wait_dead(old, LONG, "the old instance of the reload");
+    h.wait_vlog("ov.ini", "removed", LONG);
+    // Put back, it binds its socket again (the old instance used to keep it: EADDRINUSE, throttled).
+    h.write_vassal("ov.ini", &ini(&h, ""));
+    let again = h.wait_starts("ov", 3, LONG)[2].pid();
+    let r = h.wait_http_unix(h.sock("ov.sock"), LONG);
+    h.check(
+        r.contains(&format!("pid={again}")),
+        format!("served by the new vassal: {r:?}"),
+    );
+}
+
+#[test]
 fn delete_stops_vassal_and_unlinks_socket() {
     let mut h = Harness::new("delete_stops_vassal");
     h.write_vassal("d.ini", &h.app_ini("d.ini", ""));

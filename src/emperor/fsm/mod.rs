@@ -695,6 +695,15 @@ impl Fsm {
     /// `Remove` (the file is gone), `Shutdown` (the emperor stops) and `Hold` (`emperor stop`): stop, then
     /// finish or stay stopped.
     fn on_stop_like(&mut self, st: State, ev: Event, now: Instant, acts: &mut Vec<Action>) {
+        // The old instance of an overlapping reload goes too: the vassal is gone only when everything it
+        // started is (it used to keep running, unmanaged, on the vassal's sockets).
+        if matches!(ev, Event::Remove | Event::Shutdown) && self.previous.take().is_some() {
+            acts.push(Action::Log(
+                log::Level::Info,
+                "stopping the old instance of the reload too".into(),
+            ));
+            acts.push(Action::RetirePrevious);
+        }
         match (st, ev) {
             (State::Paused(inst), ev) => self.resume_then(inst, ev, now, acts),
             (

@@ -269,6 +269,21 @@ fn overlapping_reload_retires_the_old_instance_once_the_new_one_is_ready() {
 }
 
 #[test]
+fn removed_or_shut_down_during_an_overlap_stops_both_instances() {
+    for ev in [Event::Remove, Event::Shutdown] {
+        let (mut f, t0) = overlapping(false);
+        f.on_event(Event::Spawned { pid: 2, speaks: false }, t0);
+        let acts = f.on_event(ev.clone(), t0);
+        assert!(acts.contains(&Action::RetirePrevious), "{ev:?}: {acts:?}");
+        assert!(
+            acts.iter().any(|a| matches!(a, Action::Signal(_) | Action::Send(_))),
+            "{ev:?}: the new one stops too: {acts:?}"
+        );
+        assert_eq!(f.previous, None);
+    }
+}
+
+#[test]
 fn overlapping_reload_keeps_the_old_instance_when_the_new_one_dies() {
     let (mut f, t0) = overlapping(true);
     f.on_event(Event::Spawned { pid: 2, speaks: true }, t0);
