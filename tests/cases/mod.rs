@@ -19,6 +19,7 @@ mod shell;
 mod shim;
 mod signals;
 mod sockets;
+mod ssh;
 mod stats;
 mod throttle;
 mod tyrant;
