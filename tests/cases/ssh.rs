@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use crate::util::docker::{DockerSweep, docker, inspect, unique_name};
+use crate::util::docker::{DockerSweep, docker, inspect, unique_name, wait_no_container};
 use crate::util::{Harness, LONG, free_port, run_timeout};
 
 const SSHD_IMAGE: &str = "emperor-test/sshd:latest";
@@ -243,6 +243,30 @@ fn concurrent_logins_are_separate_sshd_instances_in_one_container() {
         t.h.stderr().matches("spawned bridge").count() == 1,
         "one container for both sessions",
     );
-    drop(first.stdin.take());
-    let _ = first.wait();
+    // Deleting the file stops the vassal with the session still open: SIGTERM goes shim → accept role → sshd,
+    // which ends the session at once (the stop timeout, --reload-mercy's 30 s, would be a SIGKILL).
+    let t0 = std::time::Instant::now();
+    t.h.remove_vassal(&file);
+    let ended = loop {
+        match first.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            _ if t0.elapsed() > LONG => break None,
+            _ => thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    if ended.is_none() {
+        let _ = first.kill();
+        let _ = first.wait();
+    }
+    t.h.check(ended.is_some(), "the open session ends when its vassal stops");
+    t.h.check(
+        wait_no_container(&file, LONG),
+        "the container is removed with the vassal",
+    );
+    t.h.check(
+        t.h.stdout().contains(&format!(
+            "[{file}] accept: SIGTERM: no more connections are accepted; SIGTERM sent to the 1 still open"
+        )),
+        "the accept role sent SIGTERM to the open session's sshd",
+    );
 }
