@@ -255,6 +255,9 @@ fn on_demand_accept_serves_the_connection_that_started_it_and_open_connections_k
     drop(c);
     h.wait_vlog("od.ini", "idle: stopping", LONG);
     h.wait_dead(pid, LONG, "the program");
+    // Once it is down: a connection the role accepts between the emperor's idle decision and its SIGTERM gets the
+    // SIGTERM too (README, "Per-connection vassals").
+    h.wait_vlog("od.ini", "exited with code 0", LONG);
 
     let mut again = Client::connect(port);
     greeting_pid(&h, &again.expect_line(&h), "od");
