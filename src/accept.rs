@@ -293,12 +293,11 @@ impl Server {
             }
             if STOP_SIGNALS.contains(&sig) && !self.stopping {
                 self.stopping = true;
-                say!(
-                    "{}: no more connections are accepted; {} sent to the {} still open",
-                    signal_name(sig),
-                    signal_name(sig),
-                    self.children.len()
-                );
+                let name = signal_name(sig);
+                match self.children.len() {
+                    0 => say!("{name}: no more connections are accepted; none is open"),
+                    n => say!("{name}: no more connections are accepted; {name} sent to the {n} still open"),
+                }
             }
             for pid in &self.children {
                 forward(*pid, sig);
