@@ -33,6 +33,11 @@
 //!
 //! - `--bind-unix <path>` (repeatable): bind and listen on that unix socket itself (a stale file is replaced, mode
 //!   0666) and serve it like a `LISTEN_FDS` socket; for running the app without an emperor (benchmarks).
+//! - `--inetd`: serve one connection on stdin and stdout, as a program run per connection (an emperor vassal with
+//!   `accept = true`, inetd, systemd's `Accept=yes`): write `hello from <name> pid=<pid>\n`, then answer each line
+//!   `<text>` with `echo <text>\n` until the line `quit` (answered `bye\n`) or EOF, and record `end pid=<pid>`; a
+//!   SIGTERM (unless `--ignore-term`) makes it write `bye: stopping\n`, record `term pid=<pid>` and exit 0.
+//!   `--show-env` shows what it got (`REMOTE_ADDR`, `LISTEN_FDNAMES`, ...); `stdin=` in the start line is `-`.
 //! - `--keep-alive`: HTTP/1.1 keep-alive: each accepted connection gets its own thread, which answers request after
 //!   request on it (`Connection: keep-alive`) until the client closes it, sends `Connection: close`, speaks HTTP/1.0
 //!   without `Connection: keep-alive`, or stays idle for 60 s. Without it: one connection at a time per socket,
@@ -73,6 +78,7 @@ struct Opts {
     ini: Option<String>,
     bind_unix: Vec<String>,
     keep_alive: bool,
+    inetd: bool,
 }
 
 fn usage(msg: &str) -> ! {
@@ -98,6 +104,7 @@ fn parse_args() -> Opts {
         ini: None,
         bind_unix: Vec::new(),
         keep_alive: false,
+        inetd: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -137,6 +144,7 @@ fn parse_args() -> Opts {
             "--spawn-child" => o.spawn_child = true,
             "--bind-unix" => o.bind_unix.push(val("--bind-unix")),
             "--keep-alive" => o.keep_alive = true,
+            "--inetd" => o.inetd = true,
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -309,11 +317,15 @@ fn main() {
         line.push_str(&format!(" ini={ini}"));
     }
     record(&line);
-    eprintln!("testapp {} pid={me} started", o.name);
+    // One write: a program run per connection shares its stderr (the vassal's log) with its siblings.
+    let _ = std::io::stderr().write_all(format!("testapp {} pid={me} started\n", o.name).as_bytes());
 
     if o.crash {
         eprintln!("testapp {} crashing on purpose", o.name);
         exit(1);
+    }
+    if o.inetd {
+        serve_inetd(&o.name, me);
     }
 
     // Fork before any thread exists, so the child is a plain single-threaded copy.
@@ -483,6 +495,55 @@ fn main() {
         let _ = w.join();
     }
     std::process::exit(0);
+}
+
+/// `--inetd`: the connection is fds 0 and 1. Polls stdin every 50 ms so that a SIGTERM (whose handler
+/// only sets STOPPING) is seen whatever moment it lands.
+fn serve_inetd(name: &str, me: i32) -> ! {
+    let say = |text: &str| {
+        // SAFETY: writing a valid buffer to fd 1.
+        unsafe { libc::write(1, text.as_ptr().cast(), text.len()) };
+    };
+    say(&format!("hello from {name} pid={me}\n"));
+    let mut pending = Vec::new();
+    loop {
+        if STOPPING.load(Ordering::SeqCst) {
+            say("bye: stopping\n");
+            record(&format!("term pid={me}"));
+            exit(0);
+        }
+        let mut p = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        if unsafe { libc::poll(&mut p, 1, 50) } <= 0 {
+            continue;
+        }
+        let mut buf = [0u8; 1024];
+        // SAFETY: reading into a valid buffer of its length.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        pending.extend_from_slice(&buf[..n as usize]);
+        while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=i).collect();
+            let text = String::from_utf8_lossy(&line[..i]).trim_end_matches('\r').to_string();
+            if text == "quit" {
+                say("bye\n");
+                record(&format!("end pid={me}"));
+                exit(0);
+            }
+            say(&format!("echo {text}\n"));
+        }
+    }
+    record(&format!("end pid={me}"));
+    exit(0);
 }
 
 /// `accept4` on a listening socket, returning `EINTR` to the caller: std's `accept` retries on it, which

@@ -84,6 +84,21 @@ pub enum Role {
     /// One per Docker vassal: creates the container and hands the vassal's fds into it.
     #[command(hide = true)]
     Bridge(BridgeArgs),
+    /// A vassal with `accept = true`: accepts on its LISTEN_FDS sockets and runs the command once per
+    /// connection, with the connection as stdin and stdout (inetd, systemd's Accept=yes).
+    #[command(hide = true)]
+    Accept(AcceptArgs),
+}
+
+/// `emperor accept --max-connections <N> -- <command>...`; the sockets come as `LISTEN_FDS`.
+#[derive(Debug, Args)]
+pub struct AcceptArgs {
+    /// At most this many connections are served at once; more wait in the sockets' backlog.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// The program run for each connection, and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
 }
 
 /// Environment the emperor gives a bridge besides the systemd-style sockets: the vassal file's text as

@@ -1,7 +1,8 @@
-//! `emperor`: one binary with several roles (emperor, bridge, shim and the clients). It is a library
+//! `emperor`: one binary with several roles (emperor, bridge, shim, accept and the clients). It is a library
 //! only so that the fuzz targets in `fuzz/` and the corpus replay in `tests/fuzz_corpora.rs` can reach
 //! the parsers through [`fuzzing`]; everything else stays private to the crate.
 
+mod accept;
 mod bridge;
 mod cli;
 mod client;
@@ -41,6 +42,7 @@ pub fn main() -> ExitCode {
         Some(cli::Role::Front(args)) => fleet::front::main(args),
         Some(cli::Role::Shim(args)) => shim::main(args),
         Some(cli::Role::Bridge(args)) => bridge::main(args),
+        Some(cli::Role::Accept(args)) => accept::main(args),
         None => match cli.emperor.into_options() {
             Ok(opts) => emperor::run(opts),
             Err(e) => {

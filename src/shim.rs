@@ -77,7 +77,6 @@
 //! fork, and a failed `exec` comes back as its errno, from which the shim builds the message.
 
 use std::ffi::CString;
-use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
@@ -88,6 +87,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::proxy_socket;
+use crate::sys::supervise::{blocked_signals, exit_code, forward, reap_one, signal_name, status_byte};
 use crate::sys::{fd, fork};
 
 /// Path of the proxy socket inside the container.
@@ -344,6 +344,7 @@ impl Plan {
             fds: &[],
             cwd: None,
             pdeathsig: None,
+            own_group: true,
             foreground: true,
             creds: None,
         });
@@ -390,32 +391,9 @@ fn supervise(payload: libc::pid_t, signals: &SigSet) -> ExitCode {
             }
         }
         if let Some(status) = payload_status {
-            let code = if libc::WIFSIGNALED(status) {
-                128 + libc::WTERMSIG(status)
-            } else {
-                libc::WEXITSTATUS(status)
-            };
-            return ExitCode::from(status_byte(code));
+            return ExitCode::from(status_byte(exit_code(status)));
         }
     }
-}
-
-/// The signals the shim blocks and waits for: all but SIGKILL and SIGSTOP (which cannot be blocked)
-/// and the synchronous ones, which report the shim's own faults.
-fn blocked_signals() -> SigSet {
-    let mut set = SigSet::all();
-    for sig in [
-        Signal::SIGFPE,
-        Signal::SIGILL,
-        Signal::SIGSEGV,
-        Signal::SIGBUS,
-        Signal::SIGABRT,
-        Signal::SIGTRAP,
-        Signal::SIGSYS,
-    ] {
-        set.remove(sig);
-    }
-    set
 }
 
 /// Blocks until one signal of `set` (all blocked) is pending, and takes it.
@@ -455,54 +433,10 @@ fn pending_stop_signal() -> Option<libc::c_int> {
     None
 }
 
-/// Sends `sig` to the payload; a payload that is already gone is not an error.
-fn forward(pid: libc::pid_t, sig: libc::c_int) {
-    // SAFETY: kill(2) takes plain integers. `pid` is our unreaped child (we reap it only in
-    // `supervise`, which then stops forwarding), so the pid cannot belong to another process.
-    unsafe { libc::kill(pid, sig) };
-}
-
-/// Reaps one exited child, whichever it is: `(pid, wait status)`, or `None` when no child has exited.
-fn reap_one() -> Option<(libc::pid_t, libc::c_int)> {
-    loop {
-        let mut status = 0;
-        // SAFETY: `status` is a valid out-pointer; WNOHANG never blocks.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid > 0 {
-            return Some((pid, status));
-        }
-        if pid < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-            continue;
-        }
-        return None; // 0: children left but none exited; -1 ECHILD: no child at all.
-    }
-}
-
 fn cstring(bytes: Vec<u8>, what: &str) -> Result<CString, String> {
     CString::new(bytes).map_err(|_| format!("{what} contains a NUL byte"))
 }
 
 fn fd_number(n: usize) -> RawFd {
     RawFd::try_from(n).expect("at most 253 fds")
-}
-
-/// An exit status as the byte a process can return (a shell shows 128+9 = 137 for SIGKILL).
-fn status_byte(code: libc::c_int) -> u8 {
-    u8::try_from(code & 0xff).expect("masked")
-}
-
-fn signal_name(sig: libc::c_int) -> String {
-    Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn synchronous_signals_stay_unblocked() {
-        let set = blocked_signals();
-        assert!(set.contains(Signal::SIGTERM) && set.contains(Signal::SIGCHLD) && set.contains(Signal::SIGWINCH));
-        assert!(!set.contains(Signal::SIGSEGV) && !set.contains(Signal::SIGBUS));
-    }
 }

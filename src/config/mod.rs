@@ -15,6 +15,7 @@
 //! value: a broken vassal gets one message that lists everything wrong with it, is not started, and
 //! never disturbs another vassal. Nothing here panics or unwraps on input.
 
+mod accept;
 mod docker;
 mod keys;
 mod raw;
@@ -77,6 +78,9 @@ pub struct VassalConfig {
     pub chown_socket: Option<Owner>,
     /// Listen backlog for the sockets the emperor binds.
     pub listen: Option<u32>,
+    /// `accept = true`: the vassal's process is the emperor's accept role, which runs the command once
+    /// per connection (`crate::accept`); the value is `max-connections`, the most served at once.
+    pub accept: Option<u32>,
     /// Hash of the `[emperor]` (key, value) pairs in order. Same hash after a change means only
     /// the vassal's own sections changed, so an in-place reload is enough; a different hash means
     /// restart with new settings. FNV-1a, so it is stable across builds and can be stored in a

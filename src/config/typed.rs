@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use super::accept::AcceptKeys;
 use super::docker::DockerKeys;
 use super::keys::{
     parse_backlog, parse_bool, parse_chdir, parse_env, parse_exec, parse_host_path, parse_idle_action,
@@ -30,6 +31,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "chmod-socket",
     "chown-socket",
     "listen",
+    // A program per connection (config/accept.rs).
+    "accept",
+    "max-connections",
     "docker-image",
     "docker-socket",
     "docker-port",
@@ -131,6 +135,7 @@ struct Builder<'a> {
     image_entry: Option<&'a RawEntry>,
     docker: DockerKeys<'a>,
     routes: RouteKeys<'a>,
+    accept: AcceptKeys<'a>,
     /// The line of each key that may be given once, for "given twice (first on line N)".
     first_seen: HashMap<&'a str, Option<usize>>,
     socket_lines: HashMap<SocketAddrSpec, Option<usize>>,
@@ -163,6 +168,7 @@ impl<'a> Builder<'a> {
             image_entry,
             docker: DockerKeys::new(name),
             routes: RouteKeys::default(),
+            accept: AcceptKeys::default(),
             first_seen: HashMap::new(),
             socket_lines: HashMap::new(),
             socket_invalid: false,
@@ -231,6 +237,7 @@ impl<'a> Builder<'a> {
             "chmod-socket" => parse_mode(value).map(|m| c.chmod_socket = Some(m)),
             "chown-socket" => parse_owner(value).map(|o| c.chown_socket = Some(o)),
             "listen" => parse_backlog(value).map(|n| c.listen = Some(n)),
+            "accept" | "max-connections" => self.accept.add(entry),
             "on-demand" => parse_bool(value).map(|b| c.on_demand = b),
             "docker-precreate" => parse_bool(value).map(|b| c.precreate = b),
             "reload-overlap" => parse_bool(value).map(|b| c.reload_overlap = b),
@@ -300,6 +307,8 @@ impl<'a> Builder<'a> {
                 .finish(self.name, image_entry, memory_given, &mut self.problems);
             self.config.docker = Some(docker);
         }
+        self.accept
+            .finish(&mut self.config, self.socket_invalid, &mut self.problems);
         (self.config, self.problems)
     }
 }
@@ -317,6 +326,7 @@ fn empty_config(name: &str, path: &Path, text: &str) -> VassalConfig {
         chmod_socket: None,
         chown_socket: None,
         listen: None,
+        accept: None,
         emperor_hash: 0,
         text: text.to_owned(),
         docker: None,
@@ -390,6 +400,8 @@ mod tests {
                 "chmod-socket" => "600",
                 "chown-socket" => "0:0",
                 "listen" => "10",
+                "accept" => "false",
+                "max-connections" => "8",
                 "docker-image" => "img",
                 "docker-workdir" => "/srv",
                 "docker-network-mode" => "none",
@@ -417,6 +429,8 @@ mod tests {
                 ("idle = 1\n", 3)
             } else if *key == "log-maxsize" {
                 ("logto = a.log\n", 3)
+            } else if *key == "max-connections" {
+                ("accept = false\n", 3)
             } else {
                 ("", 2)
             };

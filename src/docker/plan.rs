@@ -249,7 +249,12 @@ pub fn is_uwsgi(cfg: &VassalConfig) -> bool {
 /// The create body for the vassal's container.
 fn container_body(cfg: &VassalConfig, d: &DockerConfig, ctx: &Context<'_>) -> ContainerCreateBody {
     let mut env: Vec<String> = cfg.env.iter().chain(&d.env).map(|(k, v)| format!("{k}={v}")).collect();
-    let payload = payload(cfg, ctx);
+    // accept = true: the shim's payload is the bind-mounted binary's accept role, which runs the command
+    // once per connection inside this one container (config refuses it without the shim).
+    let payload = match cfg.accept {
+        Some(max) => crate::accept::command(SHIM_PATH, max, &payload(cfg, ctx)),
+        None => payload(cfg, ctx),
+    };
     let (entrypoint, cmd) = if d.shim {
         env.push(format!("{}={}", shim::ENV_PROXY, ctx.proxy_container_path));
         env.push(format!("{}={}", shim::ENV_SOCKETS, ctx.socket_names.len()));
@@ -557,6 +562,23 @@ mod tests {
         assert_eq!(p.host_dir, PathBuf::from("/run/e/abc/app.ini"));
         assert_eq!(p.container_sock, "/.emperor/proxy/vassal.sock");
         assert!(p.private);
+    }
+
+    #[test]
+    fn accept_runs_the_command_under_the_accept_role_of_the_shim_binary() {
+        let (shim, dir) = (PathBuf::from("/e"), PathBuf::from("/d"));
+        let c = cfg("[emperor]\ndocker-image = img\nsocket = 127.0.0.1:2222\naccept = true\nmax-connections = 4\n");
+        let b = container_body(&c, c.docker.as_ref().unwrap(), &ctx(&shim, &dir, &[]));
+        assert_eq!(
+            b.entrypoint.as_deref(),
+            Some(&[SHIM_PATH.to_string(), "shim".into(), "--".into()][..])
+        );
+        let cmd = b.cmd.unwrap();
+        assert_eq!(
+            cmd,
+            [SHIM_PATH, "accept", "--max-connections", "4", "--", "/app", "--serve"],
+            "the image's own command, once per connection"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -83,29 +83,6 @@ fn cstring(bytes: &[u8], what: &str) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{what} contains a NUL byte")))
 }
 
-/// Finds `prog` like `execvp` would, but in the parent, where searching may allocate.
-fn resolve_program(prog: &str, cwd: &Path, path_var: Option<&OsStr>) -> io::Result<PathBuf> {
-    if prog.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
-    }
-    if prog.contains('/') {
-        let p = Path::new(prog);
-        return Ok(if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) });
-    }
-    let path_var = path_var.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
-    for dir in std::env::split_paths(path_var) {
-        let dir = if dir.is_absolute() { dir } else { cwd.join(dir) };
-        let candidate = dir.join(prog);
-        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok() && candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{prog:?} not found in PATH"),
-    ))
-}
-
 /// Forks and execs a vassal. Returns once `execve` succeeded (or failed, with its error).
 pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Child> {
     let vassal_path = req
@@ -117,7 +94,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Child> {
     let inherited_path = std::env::var_os("PATH");
     let program = match req.program {
         Some(p) => p.to_path_buf(),
-        None => resolve_program(&req.argv[0], req.cwd, vassal_path.or(inherited_path.as_deref()))?,
+        None => fork::resolve_program(&req.argv[0], req.cwd, vassal_path.or(inherited_path.as_deref()))?,
     };
     let program_c = cstring(program.as_os_str().as_bytes(), "program path")?;
     let argv_c: Vec<CString> = req
@@ -177,6 +154,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Child> {
         fds: &sources,
         cwd: Some(&cwd_c),
         pdeathsig: Some(req.pdeathsig as libc::c_int),
+        own_group: true,
         foreground: false,
         creds: req.creds,
     })

@@ -11,9 +11,10 @@
 //! be placed) writes its errno to a CLOEXEC pipe and exits 127; a successful exec closes the pipe.
 //! So the parent learns, before it returns, whether the program runs, and can say why not.
 
-use std::ffi::{CStr, CString};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
 
@@ -38,6 +39,10 @@ pub struct Exec<'a> {
     /// Sent to the child when the forking thread dies; a child whose parent died before it could ask
     /// for that exits 1 instead of running unsupervised.
     pub pdeathsig: Option<libc::c_int>,
+    /// Put the child in a process group of its own (a vassal, the shim's payload), so that the caller
+    /// can signal or kill it with everything it forks; `false` keeps it in the caller's group (the
+    /// accept role's per-connection children, whom the emperor kills with the vassal's group).
+    pub own_group: bool,
     /// Make the child's process group the foreground of its terminal (on fd 0, 1 or 2), if it has one,
     /// so that a tty's ^C reaches it. SIGTTOU must be blocked in the caller.
     pub foreground: bool,
@@ -65,6 +70,32 @@ pub enum Error {
     Exec(io::Error),
 }
 
+/// Finds `prog` as `execvp` would, but in the parent, where searching may allocate: a name with a `/` is
+/// taken relative to `cwd`, a bare name is looked up in `path_var` (default `/usr/local/bin:/usr/bin:/bin`,
+/// its relative entries relative to `cwd`). So a program that is missing is an error before anything
+/// forks, with the name in it.
+pub fn resolve_program(prog: &str, cwd: &Path, path_var: Option<&OsStr>) -> io::Result<PathBuf> {
+    if prog.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+    }
+    if prog.contains('/') {
+        let p = Path::new(prog);
+        return Ok(if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) });
+    }
+    let path_var = path_var.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    for dir in std::env::split_paths(path_var) {
+        let dir = if dir.is_absolute() { dir } else { cwd.join(dir) };
+        let candidate = dir.join(prog);
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok() && candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{prog:?} not found in PATH"),
+    ))
+}
+
 /// The value of a `LISTEN_PID` entry the child fills in with its pid.
 pub fn blank_pid() -> String {
     " ".repeat(PID_SLOT)
@@ -72,7 +103,7 @@ pub fn blank_pid() -> String {
 
 const LISTEN_PID: &[u8] = b"LISTEN_PID=";
 
-/// Forks; the child gets its own process group, places its fds, gets default signal handling and an
+/// Forks; the child gets its own process group (see [`Exec::own_group`]), places its fds, gets default signal handling and an
 /// empty mask, fills in `LISTEN_PID` and execs. Returns once the exec succeeded, or with why not.
 /// The child's other fds must all be CLOEXEC (see `fd.rs`).
 pub fn fork_exec(exec: Exec<'_>) -> Result<Pid, Error> {
@@ -124,6 +155,7 @@ pub fn fork_exec(exec: Exec<'_>) -> Result<Pid, Error> {
         pid_slot,
         parent: nix::unistd::getpid().as_raw(),
         pdeathsig: exec.pdeathsig,
+        own_group: exec.own_group,
         foreground: exec.foreground,
         creds: exec.creds.map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
         err_w: err_w.as_raw_fd(),
@@ -177,6 +209,7 @@ struct ChildPlan<'a> {
     pid_slot: *mut u8,
     parent: libc::pid_t,
     pdeathsig: Option<libc::c_int>,
+    own_group: bool,
     foreground: bool,
     /// uid, gid, and the supplementary groups as a pointer and a length.
     creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
@@ -204,7 +237,9 @@ unsafe fn child_exec(plan: ChildPlan<'_>) -> ! {
         };
         // Own process group: a terminal's ^C reaches only the parent, and the parent can kill the
         // child together with everything it forks.
-        libc::setpgid(0, 0);
+        if plan.own_group {
+            libc::setpgid(0, 0);
+        }
         if plan.foreground {
             for fd in 0..3 {
                 if libc::tcsetpgrp(fd, libc::getpgrp()) == 0 {
@@ -287,6 +322,7 @@ mod tests {
             fds,
             cwd: None,
             pdeathsig: None,
+            own_group: true,
             foreground: false,
             creds: None,
         })?;

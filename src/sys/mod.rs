@@ -1,4 +1,5 @@
-//! The process plumbing that needs `unsafe`: forking, placing fds, the steps between `fork` and `exec`.
+//! The process plumbing that needs `unsafe`: forking, placing fds, the steps between `fork` and `exec`,
+//! reaping children and the signals of a supervisor (`supervise`, shared by the shim and the accept role).
 //!
 //! Both the emperor (spawning vassals) and the shim (PID 1 in a container) start programs with an exact
 //! fd layout and a `LISTEN_PID` that only exists after the fork, which `std::process::Command` cannot
@@ -12,5 +13,6 @@ pub mod child;
 pub mod fd;
 pub mod fork;
 pub mod hash;
+pub mod supervise;
 pub mod tenant;
 pub mod users;

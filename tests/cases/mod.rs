@@ -1,5 +1,6 @@
 //! Test modules; they live in a subdirectory so Cargo does not build each one as its own test crate.
 
+mod accept;
 mod check;
 mod config_errors;
 mod control;
@@ -18,6 +19,7 @@ mod shell;
 mod shim;
 mod signals;
 mod sockets;
+mod ssh;
 mod stats;
 mod throttle;
 mod tyrant;

@@ -150,7 +150,11 @@ impl Launcher for System {
             lifeline_r = None;
             match &cfg.exec {
                 Some(a) => {
-                    argv = a.clone();
+                    // accept = true: this binary's accept role runs the command once per connection.
+                    argv = match cfg.accept {
+                        Some(max) => crate::accept::command(&own_exe(), max, a),
+                        None => a.clone(),
+                    };
                     speaks = false;
                 }
                 None => {
@@ -180,8 +184,8 @@ impl Launcher for System {
         let stderr = std::io::stderr();
         let req = SpawnRequest {
             argv: &argv,
-            // A bridge is this very binary, also after it was replaced on disk.
-            program: bridged.then_some(std::path::Path::new("/proc/self/exe")),
+            // A bridge (and the accept role) is this very binary, also after it was replaced on disk.
+            program: (bridged || cfg.accept.is_some()).then_some(std::path::Path::new("/proc/self/exe")),
             env,
             cwd: &cwd,
             sockets: listen.iter().map(|s| s.fd()).zip(names(listen)).collect(),
@@ -279,7 +283,7 @@ fn bridge_env(cfg: &VassalConfig, opts: &EmperorOptions) -> Vec<(String, String)
 /// The bridge's command line: `argv[0]` is what `ps` shows; the program itself is /proc/self/exe (see
 /// `launch`), which still works after the binary was replaced on disk (an upgrade in place, a rebuild).
 fn bridge_argv(cfg: &VassalConfig, opts: &EmperorOptions, overlap: bool, adopt: Option<&str>) -> Vec<String> {
-    let exe = std::env::current_exe().map_or_else(|_| "emperor".into(), |p| p.to_string_lossy().into_owned());
+    let exe = own_exe();
     let args = crate::cli::BridgeArgs {
         name: cfg.name.clone(),
         file: cfg.path.clone(),
@@ -302,6 +306,11 @@ fn bridge_argv(cfg: &VassalConfig, opts: &EmperorOptions, overlap: bool, adopt: 
         },
     };
     std::iter::once(exe).chain(args.to_argv()).collect()
+}
+
+/// This binary's path, for the `argv[0]` of the roles it runs as (what `ps` shows).
+fn own_exe() -> String {
+    std::env::current_exe().map_or_else(|_| "emperor".into(), |p| p.to_string_lossy().into_owned())
 }
 
 /// Seconds `docker stop` gives a Docker vassal; the emperor itself waits 10 s longer for its bridge.
