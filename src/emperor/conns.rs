@@ -230,7 +230,11 @@ fn count_unix(text: &str, paths: &HashSet<String>) -> usize {
 /// Rows held on one of `listeners` (see [`TcpRow::holds_connection_of`]).
 fn count_tcp(text: &str, listeners: &[SocketAddr]) -> usize {
     tcp_rows(text)
-        .filter(|(port, row)| listeners.iter().any(|l| l.port() == *port && row.holds_connection_of(l)))
+        .filter(|(port, row)| {
+            listeners
+                .iter()
+                .any(|l| l.port() == *port && row.holds_connection_of(l))
+        })
         .count()
 }
 
