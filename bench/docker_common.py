@@ -387,18 +387,22 @@ def get_port(port, timeout=60, bodies=(b"hello from",)):
 
 class Nginx:
     """A private nginx under `d` (Debian's): one worker, no access log, the http-level `blocks` (upstreams and
-    servers)."""
+    servers); or, with `body`, that instead of the http block (a `mail {}` block, with `top` before `events`:
+    its load_module)."""
 
-    def __init__(self, d, blocks):
+    def __init__(self, d, blocks, top="", body=None):
         os.makedirs(os.path.join(d, "logs"), exist_ok=True)
         self.error_log = os.path.join(d, "logs", "error.log")
+        if body is None:
+            body = (
+                f"http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n"
+                f"  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n"
+                + blocks
+                + "}\n"
+            )
         conf = (
             f"daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\npid {d}/nginx.pid;\n"
-            f"error_log {self.error_log} warn;\nevents {{ worker_connections 1024; }}\n"
-            f"http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n"
-            f"  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n"
-            + blocks
-            + "}\n"
+            f"error_log {self.error_log} warn;\n{top}events {{ worker_connections 1024; }}\n" + body
         )
         self.conf = os.path.join(d, "nginx.conf")
         with open(self.conf, "w") as f:

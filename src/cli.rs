@@ -478,6 +478,11 @@ pub struct EmperorArgs {
     #[arg(long, value_name = "PATH")]
     pub emperor_control: Option<PathBuf>,
 
+    /// Answer nginx's mail proxy (`auth_http`) on this IP:port or unix socket path: a login
+    /// `user@domain` goes to the vassal whose `domains` has that domain (README "Mail tenants").
+    #[arg(long, value_name = "ADDR")]
+    pub mail_auth: Option<String>,
+
     /// Command run (split like a shell would, run without one) after the include file changed, e.g.
     /// "nginx -s reload". Its failure is logged, never fatal.
     #[arg(long, value_name = "COMMAND", requires = "nginx_map")]
@@ -562,6 +567,8 @@ pub struct EmperorOptions {
     pub stats: Option<String>,
     /// `--emperor-control`.
     pub control: Option<PathBuf>,
+    /// `--mail-auth`: the address nginx's `auth_http` points at.
+    pub mail_auth: Option<String>,
     /// `--emperor-policy`: the policy file (`policy::load`); read again when it changes.
     #[allow(dead_code, reason = "read by the emperor once tyrant mode is wired (issue 12)")]
     pub policy: Option<PathBuf>,
@@ -641,6 +648,7 @@ impl EmperorArgs {
             nginx_reload,
             stats: self.emperor_stats,
             control: self.emperor_control,
+            mail_auth: self.mail_auth,
             policy: self.emperor_policy,
             tyrant: self.emperor_tyrant || self.emperor_tyrant_nofollow,
             tyrant_nofollow: self.emperor_tyrant_nofollow,

@@ -283,6 +283,52 @@ pub fn control(data: &[u8]) {
     }
 }
 
+/// What a client of `--mail-auth` sends (nginx, or whoever can connect), up to the answer and the log
+/// line, with the logins routed against two fixed tenants and against none (the emperor starting).
+pub fn mail_auth(data: &[u8]) {
+    use crate::emperor::mail_auth::{Answer, Tenants, respond};
+    static TENANTS: std::sync::OnceLock<Tenants> = std::sync::OnceLock::new();
+    let tenants = TENANTS.get_or_init(|| {
+        let files = [
+            (
+                "foo.ini",
+                "socket = /run/foo.sock\nsocket = name=smtp,127.0.0.1:2525\nsocket = name=pop3,:1110\n\
+                 domains = foo.test .sub.foo.test\n",
+            ),
+            ("bar.ini", "socket = [::]:2526\ndomains = *.bar.test bar.test\n"),
+        ];
+        let good = files
+            .iter()
+            .map(|(name, body)| {
+                let text = format!("[emperor]\nexec = /bin/true\n{body}");
+                let path = Path::new(DIR).join(name);
+                let cfg = config::parse(name, &path, &text, Path::new(DIR)).expect("the fuzz tenants parse");
+                (name.to_string(), Arc::new(cfg))
+            })
+            .collect();
+        Tenants::new(&good)
+    });
+    for current in [None, Some(tenants)] {
+        let (answer, log) = respond(current, data);
+        let text = answer.render();
+        assert!(text.len() < 1024, "nginx reads at most 1 KiB of answer: {text:?}");
+        let head = text.strip_suffix("\r\n\r\n").expect("an answer ends its head");
+        assert!(
+            head.split("\r\n")
+                .all(|line| !line.is_empty() && !line.chars().any(char::is_control)),
+            "a header line split or smuggled: {text:?}"
+        );
+        assert!(
+            !log.text().chars().any(char::is_control),
+            "a control character in the log: {:?}",
+            log.text()
+        );
+        if let Answer::Server(addr) = answer {
+            assert!(current.is_some() && addr.ip().is_loopback(), "{addr} for {data:?}");
+        }
+    }
+}
+
 /// What `emperor status` received from the stats socket, rendered as its table.
 pub fn stats(data: &[u8]) {
     for now in [0, 1_700_000_000, u64::MAX] {

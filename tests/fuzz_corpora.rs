@@ -61,3 +61,8 @@ fn control() {
 fn stats() {
     replay("stats", emperor::fuzzing::stats);
 }
+
+#[test]
+fn mail_auth() {
+    replay("mail_auth", emperor::fuzzing::mail_auth);
+}

@@ -22,7 +22,9 @@
 //!   0 when the last one has.
 //! * **Emperor-wide facts** about vassals live here, not in the actors: `good` holds each vassal's
 //!   latest valid config (a file that became invalid keeps its last good one, as its actor does),
-//!   and `--nginx-map` (`routes.rs`) is rendered from it after every scan and emptied at shutdown.
+//!   and `--nginx-map` (`routes.rs`) is rendered from it after every scan and emptied at shutdown;
+//!   `--mail-auth` (`mail_auth/`) answers nginx's mail logins from it, through a `watch` channel its
+//!   server task reads.
 //! * **Stats and systemd.** `--emperor-stats` (`stats.rs`): the main loop accepts a client and hands it,
 //!   with a copy of every actor's sender, to a task that asks each actor for a snapshot (bounded by a
 //!   short deadline) and writes the document. Actors report each state change on one channel; the main
@@ -38,6 +40,7 @@ mod fatal;
 mod fleet;
 pub mod fsm;
 mod listening;
+pub(crate) mod mail_auth;
 mod notify;
 mod output;
 mod prepare;
@@ -322,6 +325,8 @@ struct Emperor {
     good: BTreeMap<String, Arc<config::VassalConfig>>,
     /// `--nginx-map`: the include file kept in step with `good`'s routes.
     nginx_map: Option<routes::NginxMap>,
+    /// `--mail-auth`: nginx's mail logins answered from `good`'s routes.
+    mail: Option<mail_auth::MailAuth>,
     /// Every actor's state changes, for the systemd status line.
     reports: (mpsc::UnboundedSender<StateReport>, mpsc::UnboundedReceiver<StateReport>),
     /// Each vassal's state name, as last reported.
@@ -361,6 +366,7 @@ impl Emperor {
             docker_vassals: Default::default(),
             good: BTreeMap::new(),
             nginx_map: None,
+            mail: None,
             reports: mpsc::unbounded_channel(),
             states: BTreeMap::new(),
             notify: notify::Notifier::from_env().map(std::rc::Rc::new),
@@ -465,6 +471,11 @@ impl Emperor {
             }
             None => None,
         };
+        if let Some(addr) = &self.opts.mail_auth {
+            let l = stats::Listener::bind(addr, self.opts.chmod_socket).map_err(flag("--mail-auth", addr.clone()))?;
+            info!("mail-auth on {addr}");
+            self.mail = Some(mail_auth::MailAuth::start(l, self.nginx_map.is_none()));
+        }
         let stats = match &self.opts.stats {
             Some(addr) => {
                 let l = stats::Listener::bind(addr, self.opts.chmod_socket)
@@ -748,6 +759,9 @@ impl Emperor {
         if let Some(map) = &mut self.nginx_map {
             map.clear();
         }
+        if let Some(mail) = &self.mail {
+            mail.close();
+        }
         self.fleet.withdraw_all_soon();
         self.broadcast(|| Command::Shutdown);
         self.shutting_down = true;
@@ -826,6 +840,9 @@ impl Emperor {
     fn synced(&mut self) {
         if let Some(map) = &mut self.nginx_map {
             map.sync(&self.good);
+        }
+        if let Some(mail) = &mut self.mail {
+            mail.sync(&self.good);
         }
         self.fleet.sync(&self.good, &self.states);
         self.follow_docker();

@@ -278,15 +278,19 @@ fn server_address(target: &SocketAddrSpec) -> String {
     match target {
         SocketAddrSpec::Unix(path) => format!("unix:{}", path.display()),
         SocketAddrSpec::Abstract(name) => format!("unix:@{name}"),
-        SocketAddrSpec::Tcp(addr) => {
-            let ip = match addr.ip() {
-                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                ip => ip,
-            };
-            SocketAddr::new(ip, addr.port()).to_string()
-        }
+        SocketAddrSpec::Tcp(addr) => reachable(*addr).to_string(),
     }
+}
+
+/// Where a local client reaches a TCP socket: one bound to every address (`:8000`, `[::]:8000`) on
+/// loopback, any other at its own address.
+pub(crate) fn reachable(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
 }
 
 /// An nginx token: as is when it is plain, else double-quoted with `\` and `"` escaped.
@@ -482,10 +486,8 @@ pub const EMPTY_BODY: &str = "\nmap $host $emperor_upstream {\n    hostnames;\n 
 pub struct NginxMap {
     file: IncludeFile,
     vassals_dir: PathBuf,
-    /// Conflicts already logged: each is logged once, until it goes away.
-    logged: BTreeSet<Conflict>,
-    /// Routes left out (abstract targets), already logged.
-    logged_skipped: BTreeSet<(String, String, String)>,
+    /// Conflicts and routes left out: each is logged once, until it goes away.
+    problems: ProblemLog,
 }
 
 impl NginxMap {
@@ -494,18 +496,18 @@ impl NginxMap {
         NginxMap {
             file: IncludeFile::new(path, reload),
             vassals_dir,
-            logged: BTreeSet::new(),
-            logged_skipped: BTreeSet::new(),
+            problems: ProblemLog::default(),
         }
     }
 
     /// Brings the file in line with `configs` (each vassal's latest valid config); see the module
     /// doc. Never fails: problems are logged.
     pub fn sync<'a>(&mut self, configs: impl IntoIterator<Item = (&'a String, &'a Arc<VassalConfig>)>) {
-        let plan = plan(&table(configs));
-        let text = render_plan(&self.vassals_dir, self.file.path(), &plan);
+        let resolved = Resolved::of(configs);
+        let plan = &resolved.0;
+        let text = render_plan(&self.vassals_dir, self.file.path(), plan);
         let what = format!("{} host(s) of {} vassal(s)", plan.entries.len(), plan.vassal_count());
-        self.log_problems(plan);
+        self.problems.log(&resolved);
         self.file.write(text, &what);
     }
 
@@ -519,9 +521,53 @@ impl NginxMap {
     pub async fn settle(&mut self) {
         self.file.settle().await;
     }
+}
 
-    fn log_problems(&mut self, plan: Plan) {
-        let now: BTreeSet<Conflict> = plan.conflicts.into_iter().collect();
+/// The vassals' routes once the names two vassals claim are settled (the first in name order keeps
+/// each): what the nginx map holds, and what `--mail-auth` answers from (`mail_auth/tenants.rs`), so
+/// that a login's domain goes to the vassal its Host goes to.
+pub(crate) struct Resolved(Plan);
+
+/// One name a vassal keeps, as nginx matches it (`a.b`, `*.a.b` or `.a.b`), and the socket its
+/// route goes to.
+pub(crate) struct Kept<'a> {
+    pub vassal: &'a str,
+    pub key: &'a str,
+    pub target: &'a SocketAddrSpec,
+}
+
+impl Resolved {
+    pub(crate) fn of<'a>(configs: impl IntoIterator<Item = (&'a String, &'a Arc<VassalConfig>)>) -> Resolved {
+        Resolved(plan(&table(configs)))
+    }
+
+    /// Every name kept, vassals in name order and each one's routes in file order.
+    pub(crate) fn kept(&self) -> impl Iterator<Item = Kept<'_>> {
+        self.0.entries.iter().filter_map(|e| {
+            let upstream = self.0.upstreams.iter().find(|u| u.name == e.upstream)?;
+            Some(Kept {
+                vassal: &e.vassal,
+                key: &e.key,
+                target: &upstream.target,
+            })
+        })
+    }
+}
+
+/// Logs the names two vassals claim and the routes left out, each once, until it goes away (the
+/// scan that finds nothing new says nothing).
+#[derive(Default)]
+pub(crate) struct ProblemLog {
+    /// Conflicts already logged.
+    logged: BTreeSet<Conflict>,
+    /// Routes left out (abstract targets), already logged.
+    logged_skipped: BTreeSet<(String, String, String)>,
+}
+
+impl ProblemLog {
+    pub(crate) fn log(&mut self, resolved: &Resolved) {
+        let plan = &resolved.0;
+        let now: BTreeSet<Conflict> = plan.conflicts.iter().cloned().collect();
         for c in now.difference(&self.logged) {
             error!(
                 "[{}] host {} ({}) is also claimed by {} ({}): {} keeps it (first in name order), {} gets no \
@@ -533,7 +579,7 @@ impl NginxMap {
             info!("[{}] host {}: no longer contested with {}", c.loser, c.name, c.winner);
         }
         self.logged = now;
-        let skipped: BTreeSet<_> = plan.skipped.into_iter().collect();
+        let skipped: BTreeSet<_> = plan.skipped.iter().cloned().collect();
         for (vassal, host, why) in skipped.difference(&self.logged_skipped) {
             error!("[{vassal}] host {host} left out of the nginx map: {why}");
         }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, warn};
 use serde_json::{Value, json};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::conns;
@@ -424,15 +424,20 @@ fn blacklist_entry(v: &VassalStats) -> Option<Value> {
     }))
 }
 
-/// The listening stats socket.
+/// The listening stats socket (and `--mail-auth`'s: the same addresses, the same clean-up).
 pub enum Listener {
     /// The path is unlinked on drop (an abstract socket has none).
     Unix(tokio::net::UnixListener, Option<PathBuf>),
     Tcp(tokio::net::TcpListener),
 }
 
-/// A connected client.
-pub type Conn = Box<dyn AsyncWrite + Unpin>;
+/// A connected client (of the stats socket, which only writes to it, or of `--mail-auth`, which
+/// binds its socket with this same [`Listener`]).
+pub type Conn = Box<dyn Stream>;
+
+/// A unix or TCP connection.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Stream for T {}
 
 impl Listener {
     /// `host:port` (contains `:`, as uWSGI decides) is TCP; `@name` an abstract unix socket; anything

@@ -11,6 +11,7 @@ mod front;
 mod install;
 mod lifecycle;
 mod logs;
+mod mail;
 mod nginx;
 mod on_demand;
 mod pg_schema;

@@ -6,75 +6,28 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::util::docker::{DockerSweep, unique_name};
-use crate::util::{Harness, LONG, descendants, free_port, kill};
+use crate::util::nginx::Nginx;
+use crate::util::{Harness, LONG, free_port};
 
-const NGINX: &str = "/usr/sbin/nginx";
-
-/// A private nginx: its own prefix, config, pid file and logs under the test's dir; killed on drop.
-struct Nginx {
-    child: Child,
-}
-
-impl Nginx {
-    fn start(dir: &Path, port: u16, upstream_sock: &Path) -> Nginx {
-        assert!(
-            Path::new(NGINX).exists(),
-            "{NGINX} is missing: run scripts/setup (installs nginx-light)"
-        );
-        fs::create_dir_all(dir.join("logs")).unwrap();
-        let conf = format!(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\npid {d}/nginx.pid;\n\
-             error_log {d}/logs/error.log warn;\nevents {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             upstream app {{ server unix:{sock}; }}\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n}}\n",
-            d = dir.display(),
+/// A private nginx (its own prefix, config, pid file and logs under `dir`) proxying 127.0.0.1:`port` to
+/// the unix socket `upstream_sock`, started; stopped on drop.
+fn start_nginx(dir: &Path, port: u16, upstream_sock: &Path) -> Nginx {
+    let mut nginx = Nginx::http(
+        dir,
+        &format!(
+            "upstream app {{ server unix:{sock}; }}\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n",
             sock = upstream_sock.display(),
-        );
-        fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new(NGINX)
-            .args([
-                "-p",
-                &dir.to_string_lossy(),
-                "-c",
-                &dir.join("nginx.conf").to_string_lossy(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        Nginx { child }
-    }
-}
-
-impl Drop for Nginx {
-    /// SIGTERM makes the master stop its workers; SIGKILL of the master alone would orphan them.
-    fn drop(&mut self) {
-        let master = self.child.id() as i32;
-        let workers = descendants(master);
-        kill(master, libc::SIGTERM);
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for w in workers {
-            kill(w, libc::SIGKILL);
-        }
-    }
+        ),
+    );
+    nginx.start();
+    nginx
 }
 
 /// One HTTP/1.0 GET to nginx; Ok(status line) or the error.
@@ -111,7 +64,7 @@ fn nginx_to_a_docker_vassal_loses_no_request_across_a_restart_and_an_image_swap(
     h.wait_http_unix(&sock, LONG);
 
     let port = free_port();
-    let _nginx = Nginx::start(&h.root.join("nginx"), port, &sock);
+    let _nginx = start_nginx(&h.root.join("nginx"), port, &sock);
     let start = Instant::now();
     while get(port).is_err() {
         assert!(

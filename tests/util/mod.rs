@@ -9,6 +9,7 @@ pub mod nginx;
 pub mod pg;
 pub mod redis;
 pub mod server;
+pub mod smtp;
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};

@@ -1,5 +1,5 @@
-//! A private nginx (Debian's) for tests, configured around the README's documented `server` block,
-//! and HTTP requests to it with a Host header.
+//! A private nginx (Debian's) for tests, configured around the README's documented `server` block
+//! (or its `mail` block), and HTTP requests to it with a Host header.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -15,11 +15,16 @@ pub const NGINX: &str = "/usr/sbin/nginx";
 
 /// The README's block, as documented (include path and listen line are replaced by the test's).
 pub fn readme_server_block() -> String {
+    readme_block("Routing by Host with nginx")
+}
+
+/// The first nginx code block of the README's section `heading`, as documented.
+pub fn readme_block(heading: &str) -> String {
     let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README.md");
     let section = readme
-        .split("\n## Routing by Host with nginx\n")
+        .split(&format!("\n## {heading}\n"))
         .nth(1)
-        .expect("README has a \"Routing by Host with nginx\" section");
+        .unwrap_or_else(|| panic!("README has a {heading:?} section"));
     let block = section
         .split("```nginx\n")
         .nth(1)
@@ -37,11 +42,6 @@ pub struct Nginx {
 impl Nginx {
     /// Writes `nginx.conf` around the README block, with `map` included and listening on 127.0.0.1:`port`.
     pub fn configure(dir: &Path, port: u16, map: &Path) -> Nginx {
-        assert!(
-            Path::new(NGINX).exists(),
-            "{NGINX} is missing: run scripts/setup (installs nginx-light)"
-        );
-        fs::create_dir_all(dir.join("logs")).unwrap();
         let block = readme_server_block();
         let ours = block
             .replace(
@@ -56,12 +56,31 @@ impl Nginx {
             ours.contains(&format!("include {};", map.display())) && ours.contains(&format!("127.0.0.1:{port}")),
             "the README block changed shape:\n{block}"
         );
+        Nginx::http(dir, &ours)
+    }
+
+    /// Writes `nginx.conf` with an `http` block of `blocks` (no access log, temp paths in `dir`).
+    pub fn http(dir: &Path, blocks: &str) -> Nginx {
+        let http = format!(
+            "http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             {blocks}\n}}\n",
+            d = dir.display(),
+        );
+        Nginx::with_conf(dir, "warn", "", &http)
+    }
+
+    /// Writes `nginx.conf` in `dir`: one master, one worker, pid file and logs (from `level` up) in `dir`,
+    /// `top` before the `events` block (`load_module`), then `body` (an `http` or `mail` block).
+    pub fn with_conf(dir: &Path, level: &str, top: &str, body: &str) -> Nginx {
+        assert!(
+            Path::new(NGINX).exists(),
+            "{NGINX} is missing: run scripts/setup (installs nginx-light)"
+        );
+        fs::create_dir_all(dir.join("logs")).unwrap();
         let conf = format!(
             "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\npid {d}/nginx.pid;\n\
-             error_log {d}/logs/error.log warn;\nevents {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             {ours}\n}}\n",
+             error_log {d}/logs/error.log {level};\n{top}events {{ worker_connections 1024; }}\n{body}",
             d = dir.display(),
         );
         fs::write(dir.join("nginx.conf"), conf).unwrap();
