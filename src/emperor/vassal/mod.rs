@@ -13,6 +13,7 @@
 //! |---|---|---|---|---|
 //! | connection watch | `watch.rs` | readiness watches, arrival signals, `IdleCheck` | `Waiting` on demand, `Paused` (activation); `Starting`/`Running` with `idle` (idle looks) | `Activated`; `Idle` after a look |
 //! | readiness looks | `ready.rs` | next look, look in flight, count | an overlapping reload is pending, the new instance is silent and no `ready-delay` is set | `Listening` |
+//! | freezer | `freeze.rs` | Docker pause/unpause in flight, a pause to confirm | a pause was asked for | once it took effect: `Activated` if a connection is open or queued after all |
 //! | creation ahead of time | `precreate.rs` | generation, creation in flight, ready container, tried, activation pending | `Waiting` on demand with `docker-image` and `docker-precreate` | `Activated` once a creation a connection waited for ends |
 //! | retiring instances | `retire.rs` | background stops | an old instance is stopping (overlap, rollback) | SIGUSR1 to the bridge when the old container's name is free |
 //!
@@ -20,6 +21,7 @@
 //! fake launcher and paused time (tests below).
 
 mod error;
+mod freeze;
 mod launch;
 mod messages;
 mod precreate;
@@ -96,7 +98,7 @@ fn start_with(
         launcher,
         ready: ready::ReadyLook::default(),
         precreate: precreate::Precreate::default(),
-        freezer: None,
+        freezer: freeze::Freezer::default(),
         retiring: retire::Retiring::default(),
         track: Track::default(),
         reports,
@@ -154,8 +156,8 @@ struct Actor {
     watch: watch::Watch,
     ready: ready::ReadyLook,
     precreate: precreate::Precreate,
-    /// The last pause/resume still in flight, so the next one runs after it.
-    freezer: Option<tokio::task::JoinHandle<()>>,
+    /// Pauses and resumes, in order, and the confirmation that a pause took effect.
+    freezer: freeze::Freezer,
     retiring: retire::Retiring,
     /// Times and outcomes for the stats document.
     track: Track,
@@ -185,6 +187,8 @@ enum Wake {
     ListenCheck,
     /// A look has finished: whether the new instance waits for connections.
     Listened(bool),
+    /// A pause has taken effect.
+    Frozen,
 }
 
 impl Actor {
@@ -231,6 +235,7 @@ impl Actor {
             _ = sleep_until(listen_at) => Wake::ListenCheck,
             seen = self.ready.answer() => Wake::Listened(seen),
             _ = sleep_until(idle_at) => Wake::IdleCheck,
+            _ = self.freezer.frozen() => Wake::Frozen,
         }
     }
 
@@ -255,6 +260,7 @@ impl Actor {
             }
             Wake::Timer => vec![Event::Timer],
             Wake::Seen => self.seen(),
+            Wake::Frozen => self.frozen(),
             Wake::IdleCheck => self.idle_check(),
             Wake::ListenCheck => self.listen_check(),
             Wake::Listened(seen) => {
@@ -401,6 +407,30 @@ impl Actor {
         }
     }
 
+    /// A pause has taken effect: a connection that came between the decision and the freeze (an app in
+    /// `accept` takes it at once) thaws the instance again, or its client would wait for the next one.
+    fn frozen(&mut self) -> Vec<Event> {
+        if !matches!(self.fsm.state(), State::Paused(_)) {
+            return vec![];
+        }
+        match self.open_connections() {
+            0 => vec![],
+            n => {
+                info!("[{}] {n} connection(s) came as it was paused: resuming", self.name);
+                vec![Event::Activated]
+            }
+        }
+    }
+
+    /// How many connections are open or queued on the vassal's sockets; an error counts as one (busy).
+    fn open_connections(&self) -> usize {
+        let specs: Vec<_> = self.sockets.iter().map(|s| &s.spec.addr).collect();
+        conns::open_connections(&specs).unwrap_or_else(|e| {
+            warn!("[{}] cannot count its connections: {e}", self.name);
+            1
+        })
+    }
+
     /// Keeps the components in line with the FSM's state after every wake-up.
     fn sync(&mut self) {
         let cfg = self.config.clone();
@@ -469,14 +499,7 @@ impl Actor {
         let Some(idle) = self.config.as_ref().and_then(|c| c.idle) else {
             return vec![];
         };
-        let specs: Vec<_> = self.sockets.iter().map(|s| &s.spec.addr).collect();
-        let open = match conns::open_connections(&specs) {
-            Ok(n) => n,
-            Err(e) => {
-                warn!("[{}] cannot count its connections: {e}", self.name);
-                1
-            }
-        };
+        let open = self.open_connections();
         if self.watch.look(idle, open, &self.sockets) {
             vec![Event::Idle]
         } else {
@@ -548,32 +571,14 @@ impl Actor {
     /// otherwise. Docker calls run in order, one after the other.
     fn freeze(&mut self, pause: bool) {
         let Some(p) = &self.proc else { return };
-        let docker_name = self
-            .config
-            .as_ref()
-            .and_then(|c| c.docker.as_ref())
-            .map(|d| d.container_name.clone());
-        match docker_name {
-            None => p
-                .child
-                .signal_group(if pause { Signal::SIGSTOP } else { Signal::SIGCONT }),
-            Some(container) => {
-                let prev = self.freezer.take();
-                let name = self.name.clone();
-                let socket = self.opts.docker_daemon_socket.clone();
-                self.freezer = Some(tokio::task::spawn_local(async move {
-                    if let Some(prev) = prev {
-                        let _ = prev.await;
-                    }
-                    if let Err(e) = docker_freeze(socket.as_deref(), &container, pause).await {
-                        warn!(
-                            "[{name}] cannot {} container {container}: {e}",
-                            if pause { "pause" } else { "unpause" }
-                        );
-                    }
-                }));
-            }
-        }
+        let target = match self.config.as_ref().and_then(|c| c.docker.as_ref()) {
+            None => freeze::Target::Group(p.child.as_ref()),
+            Some(d) => freeze::Target::Container {
+                daemon: self.opts.docker_daemon_socket.clone(),
+                container: d.container_name.clone(),
+            },
+        };
+        self.freezer.set(&self.name, target, pause);
     }
 
     /// Feeds an event and runs the resulting actions, which may produce further events (a spawn's outcome).
@@ -898,17 +903,6 @@ fn without_ids(reason: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-async fn docker_freeze(socket: Option<&std::path::Path>, container: &str, pause: bool) -> Result<(), VassalError> {
-    let docker = crate::docker::daemon::client(socket, crate::docker::daemon::EMPEROR_TIMEOUT)
-        .map_err(|e| VassalError::Docker(e.to_string()))?;
-    let r = if pause {
-        docker.pause_container(container).await
-    } else {
-        docker.unpause_container(container).await
-    };
-    r.map_err(|e| VassalError::Docker(e.to_string()))
 }
 
 /// The actor's clock: tokio's, as a `std` instant for the FSM, so that tests can run the actor on paused time.
