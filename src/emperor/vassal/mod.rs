@@ -11,8 +11,8 @@
 //!
 //! | component | file | state | active while | wakes the actor with |
 //! |---|---|---|---|---|
-//! | connection watch | `watch.rs` | readiness watches, arrival signals, `IdleCheck` | `Waiting` on demand, `Paused` (activation); `Starting`/`Running` with `idle` (idle looks) | `Activated`; `Idle` after a look |
-//! | readiness looks | `ready.rs` | next look, look in flight, count | an overlapping reload is pending, the new instance is silent and no `ready-delay` is set | `Listening` |
+//! | connection watch | `watch.rs` | readiness watches, arrival signals, `IdleCheck` | `Waiting` on demand, `Paused` (activation); `Starting`/`Running` with `idle` (idle looks) | `Activated` (also for a prewarmed instance not yet ready); `Idle` after a look |
+//! | readiness looks | `ready.rs` | next look, look in flight, count | an overlapping reload is pending or a prewarmed instance is not ready yet, the instance is silent and no `ready-delay` is set | `Listening` |
 //! | freezer | `freeze.rs` | Docker pause/unpause in flight, a pause to confirm | a pause was asked for | once it took effect: `Activated` if a connection is open or queued after all |
 //! | creation ahead of time | `precreate.rs` | generation, creation in flight, ready container, tried, activation pending | `Waiting` on demand with `docker-image` and `docker-precreate` | `Activated` once a creation a connection waited for ends |
 //! | retiring instances | `retire.rs` | background stops | an old instance is stopping (overlap, rollback) | SIGUSR1 to the bridge when the old container's name is free |
@@ -128,6 +128,7 @@ fn params_for(opts: &EmperorOptions, cfg: Option<&VassalConfig>) -> Params {
         on_demand: cfg.is_some_and(|c| c.on_demand),
         bridged: cfg.is_some_and(|c| c.docker.is_some()),
         idle_pause: cfg.is_some_and(|c| c.idle_action == crate::config::IdleAction::Pause),
+        prewarm: cfg.is_some_and(|c| c.prewarm),
         overlap: cfg.is_some_and(|c| c.reload_overlap),
         ready_delay: cfg
             .and_then(|c| c.ready_delay)
@@ -400,6 +401,11 @@ impl Actor {
                 vec![]
             }
             State::Waiting | State::Paused(_) => vec![Event::Activated],
+            // A prewarmed instance that is not frozen yet is not to be: it serves.
+            st if st.instance().is_some_and(|i| i.prewarm) => {
+                self.watch.busy_now();
+                vec![Event::Activated]
+            }
             _ => {
                 self.watch.busy_now();
                 vec![]
@@ -461,12 +467,14 @@ impl Actor {
             });
         }
 
-        // Look for the new instance of an overlapping reload waiting for connections, unless it speaks the
-        // protocol (then it says when it is ready) or an explicit ready-delay is the user's word for it.
-        let pending = self.fsm.previous().is_some()
+        // Look for the new instance of an overlapping reload, or a prewarmed one, waiting for connections,
+        // unless it speaks the protocol (then it says when it is ready) or an explicit ready-delay is the
+        // user's word for it.
+        let inst = self.fsm.state().instance();
+        let pending = (self.fsm.previous().is_some() || inst.is_some_and(|i| i.prewarm))
             && self.proc.is_some()
             && cfg.as_ref().is_some_and(|c| c.ready_delay.is_none())
-            && self.fsm.state().instance().is_some_and(|i| !i.speaks);
+            && inst.is_some_and(|i| !i.speaks);
         self.ready.sync(pending, now());
     }
 
@@ -664,7 +672,14 @@ impl Actor {
             if let Err(e) = self.reconcile_sockets(&cfg) {
                 error!("[{}] {e}", self.name);
             }
-            info!("[{}] on demand: waiting for a connection", self.name);
+            if cfg.prewarm {
+                info!(
+                    "[{}] on demand, prewarmed: starting now, paused once it waits for connections",
+                    self.name
+                );
+            } else {
+                info!("[{}] on demand: waiting for a connection", self.name);
+            }
         }
         let tenant = cfg.run_as.map(|r| crate::sys::tenant::Tenant::of(r.uid, r.gid));
         self.log.configure(cfg.logto.as_deref(), cfg.log_maxsize, tenant);
@@ -724,6 +739,16 @@ impl Actor {
                 self.freeze(true);
                 None
             }
+            Action::CheckQuiet => match self.open_connections() {
+                0 => Some(Event::Quiet),
+                n => {
+                    info!(
+                        "[{}] ready with {n} connection(s) open or waiting: serving, not pausing",
+                        self.name
+                    );
+                    None
+                }
+            },
             Action::Overlap => {
                 self.previous = self.proc.take();
                 self.act(Action::Spawn)

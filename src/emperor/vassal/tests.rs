@@ -303,3 +303,80 @@ fn an_overlapping_reload_retires_the_old_instance_after_ready_delay() {
         set.join_next().await.unwrap().unwrap();
     });
 }
+
+/// A prewarm vassal whose instance counts as ready 0.5 s after its start (`ready-delay`: the fake does not
+/// wait for connections anywhere /proc could show).
+fn prewarm_vassal(s: &Setup, sock: &std::path::Path) -> Arc<VassalConfig> {
+    s.config(&format!(
+        "[emperor]\nexec = /app\nsocket = {}\non-demand = true\nidle = 2\nidle-action = pause\nprewarm = true\n\
+         ready-delay = 0.5\n",
+        sock.display()
+    ))
+}
+
+/// Waits (real time through the reactor, as readiness needs) until `cond`.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(ms(5)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[test]
+fn a_prewarmed_vassal_starts_at_once_and_is_paused_once_ready() {
+    paused(async || {
+        let s = Setup::new(&[]);
+        let sock = s.dir.join("pw.sock");
+        let fake = Fake::default();
+        let mut set = JoinSet::new();
+        let h = s.start(&fake, &mut set);
+        h.tx.send(Command::Update(Ok(prewarm_vassal(&s, &sock)))).unwrap();
+        settle().await;
+        assert_eq!(fake.0.borrow().len(), 1, "started without a connection");
+        let t0 = fake.0.borrow()[0].at;
+        let signals = || fake.0.borrow()[0].signals.borrow().clone();
+        tokio::time::sleep(ms(450)).await;
+        assert!(signals().is_empty(), "not paused before it is ready");
+        tokio::time::sleep(ms(100)).await;
+        settle().await;
+        assert_eq!(signals(), vec![(t0 + ms(500), Signal::SIGSTOP)], "paused once ready");
+        // Paused until the first connection, however long that takes; it thaws the same instance.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(signals().len(), 1);
+        let _client = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        until("the connection thaws it", || signals().len() == 2).await;
+        assert_eq!(signals()[1].1, Signal::SIGCONT);
+        assert_eq!(fake.0.borrow().len(), 1, "no second start");
+        h.tx.send(Command::Shutdown).unwrap();
+        set.join_next().await.unwrap().unwrap();
+    });
+}
+
+#[test]
+fn a_connection_while_a_prewarmed_vassal_starts_keeps_it_running() {
+    paused(async || {
+        let s = Setup::new(&[]);
+        let sock = s.dir.join("pw.sock");
+        let fake = Fake::default();
+        let mut set = JoinSet::new();
+        let h = s.start(&fake, &mut set);
+        h.tx.send(Command::Update(Ok(prewarm_vassal(&s, &sock)))).unwrap();
+        settle().await;
+        tokio::time::sleep(ms(100)).await;
+        // Queued in the backlog before the instance is ready (the fake never accepts it).
+        let _client = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        settle().await;
+        assert!(
+            fake.0.borrow()[0].signals.borrow().is_empty(),
+            "never paused while a connection waits: {:?}",
+            fake.0.borrow()[0].signals.borrow()
+        );
+        assert_eq!(fake.0.borrow().len(), 1);
+        h.tx.send(Command::Shutdown).unwrap();
+        set.join_next().await.unwrap().unwrap();
+    });
+}
