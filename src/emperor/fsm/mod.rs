@@ -349,6 +349,12 @@ impl Fsm {
         self.previous.as_ref()
     }
 
+    /// Whether the instance about to be spawned is to be prewarmed (the actor watches its sockets more
+    /// closely from the start).
+    pub fn spawning_prewarm(&self) -> bool {
+        self.spawn_prewarm
+    }
+
     /// A new valid config's knobs; they apply from the next event on.
     pub fn set_params(&mut self, params: Params) {
         self.params = params;

@@ -826,6 +826,11 @@ impl Actor {
         let forked_at = now();
         let cfg = self.config.clone().ok_or(VassalError::NoConfig)?;
         self.reconcile_sockets(&cfg)?;
+        // Watched from before the fork, not from the next sync: a connection that comes while a prewarmed
+        // instance starts must be seen, however late this thread runs again.
+        if let Some(idle) = cfg.idle {
+            self.watch.starting(idle, &self.sockets, self.fsm.spawning_prewarm());
+        }
         // A bridge starts or replaces the container created ahead of time; a creation still running must not
         // take the bridge's container for a stale one of its own.
         self.precreate.bridge_starts();
