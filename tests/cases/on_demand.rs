@@ -6,7 +6,24 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::util::docker::{DockerSweep, inspect, testapp_vassal, unique_name};
-use crate::util::{Harness, LONG, alive, http_get_unix, proc_state};
+use crate::util::{EMPEROR, Harness, LONG, alive, http_get_unix, kill, now_ns, proc_state};
+
+/// The `[emperor]` lines of a prewarmed vassal.
+const PREWARM: &str = "on-demand = true\nidle = 1\nidle-action = pause\nprewarm = true\n";
+
+/// A testapp process vassal `<name>.ini` with `extra` `[emperor]` lines and testapp `args`.
+fn app_vassal(h: &Harness, name: &str, args: &str, extra: &str) {
+    h.write_vassal(
+        &format!("{name}.ini"),
+        &h.app_ini(name, args)
+            .replace("[emperor]\n", &format!("[emperor]\n{extra}")),
+    );
+}
+
+/// Waits until the process `pid` is stopped (SIGSTOP: every thread of it, as a pause does).
+fn wait_stopped(h: &Harness, pid: i32, what: &str) {
+    h.wait_for(|| proc_state(pid) == Some('T'), LONG, what);
+}
 
 /// Proves a negative: nothing happened during `d` (a bounded wait, on purpose).
 fn quiet(d: Duration) {
@@ -275,4 +292,141 @@ fn containers_created_ahead_of_time_are_renewed_after_an_idle_stop_and_removed_w
         sweep.containers().is_empty(),
         format!("no container left after SIGTERM: {:?}", sweep.containers()),
     );
+}
+
+/// The first request after boot is a wake from pause: the prewarmed vassal starts with the emperor, is
+/// stopped (SIGSTOP) as soon as it waits for connections, before any client came, and the first request
+/// is served by that same process; idle again, it is paused again.
+#[test]
+fn prewarm_process_vassal_is_paused_at_boot_and_the_first_request_wakes_that_same_process() {
+    let mut h = Harness::new("od_prewarm");
+    app_vassal(&h, "pw", "", PREWARM);
+    let stats = h.root.join("stats.sock");
+    let stats_s = stats.to_str().unwrap().to_owned();
+    h.start(&["--emperor-stats", &stats_s]);
+    let pid = h.wait_starts("pw", 1, LONG)[0].pid();
+    wait_stopped(&h, pid, "the prewarmed process to be stopped before any connection");
+    h.wait_vlog("pw.ini", "prewarmed: pausing", LONG);
+    let out = std::process::Command::new(EMPEROR)
+        .args(["status", "--stats", &stats_s])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    h.check(
+        table
+            .lines()
+            .any(|l| l.starts_with("pw.ini") && l.contains("paused") && l.contains(&pid.to_string())),
+        format!("emperor status shows it paused:\n{table}"),
+    );
+
+    let from = h.stderr().len();
+    let r = http_get_unix(h.sock("pw.sock"), Duration::from_secs(10));
+    h.check(
+        r.as_ref().is_ok_and(|r| r.contains(&format!("pid={pid}"))),
+        format!("the first request is served by the prewarmed process: {r:?}"),
+    );
+    h.wait_vlog_after(from, "pw.ini", "resuming", LONG);
+    h.wait_vlog_after(from, "pw.ini", "idle: pausing", LONG);
+    wait_stopped(&h, pid, "the idle vassal to be paused again");
+    h.check(h.starts("pw").len() == 1, "one process all along");
+}
+
+#[test]
+fn prewarm_docker_vassal_is_paused_at_boot_and_the_first_request_wakes_that_same_container() {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("od_prewarm_docker");
+    let name = unique_name("pwd");
+    let file = format!("{name}.ini");
+    let sock = h.sock(&format!("{name}.sock"));
+    h.write_vassal(&file, &testapp_vassal(&h, &name, PREWARM));
+    let args = sweep.emperor_args();
+    h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let paused = || inspect(&file, "{{.State.Paused}}").is_some_and(|s| s.trim() == "true");
+    h.wait_for(
+        paused,
+        LONG,
+        "the prewarmed container to be paused before any connection",
+    );
+    h.wait_vlog(&file, "prewarmed: pausing", LONG);
+    let id = inspect(&file, "{{.Id}}").unwrap_or_default();
+    let app = h.wait_starts(&name, 1, LONG)[0].pid();
+
+    let from = h.stderr().len();
+    let r = http_get_unix(&sock, Duration::from_secs(10));
+    h.check(
+        r.as_ref()
+            .is_ok_and(|r| r.contains(&format!("hello from {name} pid={app}"))),
+        format!("the first request is served by the prewarmed app: {r:?}"),
+    );
+    h.check(
+        inspect(&file, "{{.Id}}").unwrap_or_default() == id,
+        "the same container, not a new one",
+    );
+    h.wait_vlog_after(from, &file, "idle: pausing", LONG);
+    h.wait_for(paused, LONG, "the idle container to be paused again");
+    h.check(h.starts(&name).len() == 1, "one app start all along");
+    h.check(
+        h.stderr().matches("spawned bridge pid").count() == 1,
+        "one bridge all along",
+    );
+}
+
+/// A connection that comes while the prewarmed instance is still starting waits in the backlog and is
+/// served; the instance is not paused under it (only idle pauses it, afterwards).
+#[test]
+fn a_connection_while_a_prewarmed_vassal_starts_is_served_and_it_is_not_paused_under_it() {
+    let mut h = Harness::new("od_prewarm_early");
+    // The app takes 3 s before it waits for connections (it records "serving" then).
+    app_vassal(&h, "pwe", "--accept-delay 3000", PREWARM);
+    h.start(&[]);
+    let pid = h.wait_starts("pwe", 1, LONG)[0].pid();
+    let connected = now_ns();
+    let r = http_get_unix(h.sock("pwe.sock"), Duration::from_secs(20));
+    h.check(
+        r.as_ref().is_ok_and(|r| r.contains(&format!("pid={pid}"))),
+        format!("the early client is served: {r:?}"),
+    );
+    let serving = h.records("pwe").into_iter().find(|r| r.kind == "serving");
+    h.check(
+        serving.is_some_and(|s| s.t_ns() > connected),
+        "the client connected before the app waited for connections (else this test proves nothing)",
+    );
+    h.wait_vlog("pwe.ini", "not pausing", LONG);
+    h.wait_vlog("pwe.ini", "idle: pausing", LONG);
+    wait_stopped(&h, pid, "the idle vassal to be paused");
+    h.check(
+        !h.vlog_after(0, "pwe.ini", "prewarmed: pausing"),
+        "never paused as a prewarmed instance: a client came first",
+    );
+    h.check(h.starts("pwe").len() == 1, "one process");
+}
+
+/// A touch replaces the prewarmed instance by a new one that is prewarmed too; a crash of the paused
+/// instance (it was not loyal yet: throttled) is followed by a new prewarmed one, with no connection.
+#[test]
+fn a_prewarmed_vassal_is_prewarmed_again_after_a_touch_and_after_a_crash() {
+    let mut h = Harness::new("od_prewarm_again");
+    app_vassal(&h, "pwa", "", PREWARM);
+    h.start(&[]);
+    let first = h.wait_starts("pwa", 1, LONG)[0].pid();
+    wait_stopped(&h, first, "the first instance to be paused");
+
+    h.touch_vassal("pwa.ini");
+    let second = h.wait_starts("pwa", 2, LONG)[1].pid();
+    h.wait_dead(first, LONG, "the old instance, retired by the reload");
+    wait_stopped(&h, second, "the new instance to be paused without a connection");
+
+    kill(second, libc::SIGKILL);
+    let third = h.wait_starts("pwa", 3, LONG)[2].pid();
+    wait_stopped(
+        &h,
+        third,
+        "the instance after the crash to be paused without a connection",
+    );
+    let r = http_get_unix(h.sock("pwa.sock"), Duration::from_secs(10));
+    h.check(
+        r.as_ref().is_ok_and(|r| r.contains(&format!("pid={third}"))),
+        format!("served by the third instance: {r:?}"),
+    );
+    h.check(h.starts("pwa").len() == 3, "three processes: boot, touch, crash");
 }
