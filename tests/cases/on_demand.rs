@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,30 @@ fn app_vassal(h: &Harness, name: &str, args: &str, extra: &str) {
     );
 }
 
+/// A Docker testapp vassal (a unique name from `prefix`) with `extra` `[emperor]` lines, on an emperor
+/// started for it: the sweep (kept until the end of the test), the harness, the vassal's name, its file
+/// and its socket.
+fn docker_vassal(test: &str, prefix: &str, extra: &str) -> (DockerSweep, Harness, String, String, PathBuf) {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new(test);
+    let name = unique_name(prefix);
+    let file = format!("{name}.ini");
+    let sock = h.sock(&format!("{name}.sock"));
+    h.write_vassal(&file, &testapp_vassal(&h, &name, extra));
+    let args = sweep.emperor_args();
+    h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    (sweep, h, name, file, sock)
+}
+
+/// One GET on `sock`, which the process `pid` must answer (20 s at most: it may have to start first).
+fn check_served_by(h: &Harness, sock: &Path, pid: i32, what: &str) {
+    let r = http_get_unix(sock, Duration::from_secs(20));
+    h.check(
+        r.as_ref().is_ok_and(|r| r.contains(&format!("pid={pid}\n"))),
+        format!("{what}: {r:?}"),
+    );
+}
+
 /// Waits until the process `pid` is stopped (SIGSTOP: every thread of it, as a pause does).
 fn wait_stopped(h: &Harness, pid: i32, what: &str) {
     h.wait_for(|| proc_state(pid) == Some('T'), LONG, what);
@@ -33,11 +58,7 @@ fn quiet(d: Duration) {
 #[test]
 fn on_demand_process_starts_on_the_first_connection_and_stops_when_idle() {
     let mut h = Harness::new("od_process");
-    h.write_vassal(
-        "od.ini",
-        &h.app_ini("od", "")
-            .replace("[emperor]\n", "[emperor]\non-demand = true\nidle = 1\n"),
-    );
+    app_vassal(&h, "od", "", "on-demand = true\nidle = 1\n");
     h.start(&[]);
     h.wait_vlog("od.ini", "waiting for a connection", LONG);
     let sock = h.sock("od.sock");
@@ -77,11 +98,7 @@ fn on_demand_process_starts_on_the_first_connection_and_stops_when_idle() {
 #[test]
 fn an_open_connection_keeps_an_idle_vassal_alive() {
     let mut h = Harness::new("od_open");
-    h.write_vassal(
-        "ws.ini",
-        &h.app_ini("ws", "--keep-alive")
-            .replace("[emperor]\n", "[emperor]\nidle = 1\n"),
-    );
+    app_vassal(&h, "ws", "--keep-alive", "idle = 1\n");
     h.start(&[]);
     let pid = h.wait_starts("ws", 1, LONG)[0].pid();
     // A long-lived connection (like a websocket): connected and kept open, nothing sent.
@@ -102,10 +119,7 @@ fn an_open_connection_keeps_an_idle_vassal_alive() {
 #[test]
 fn short_connections_accepted_at_once_keep_an_idle_vassal_alive() {
     let mut h = Harness::new("od_short");
-    h.write_vassal(
-        "short.ini",
-        &h.app_ini("short", "").replace("[emperor]\n", "[emperor]\nidle = 2\n"),
-    );
+    app_vassal(&h, "short", "", "idle = 2\n");
     h.start(&[]);
     let pid = h.wait_starts("short", 1, LONG)[0].pid();
     let sock = h.sock("short.sock");
@@ -131,11 +145,7 @@ fn short_connections_accepted_at_once_keep_an_idle_vassal_alive() {
 #[test]
 fn a_failing_on_demand_vassal_closes_its_queued_clients_and_deleting_it_unlinks_the_socket() {
     let mut h = Harness::new("od_fail");
-    h.write_vassal(
-        "bad.ini",
-        &h.app_ini("bad", "--crash")
-            .replace("[emperor]\n", "[emperor]\non-demand = true\n"),
-    );
+    app_vassal(&h, "bad", "--crash", "on-demand = true\n");
     h.start(&["--emperor-throttle", "5000"]);
     h.wait_vlog("bad.ini", "waiting for a connection", LONG);
     let mut c = UnixStream::connect(h.sock("bad.sock")).unwrap();
@@ -163,11 +173,7 @@ fn a_failing_on_demand_vassal_closes_its_queued_clients_and_deleting_it_unlinks_
 #[test]
 fn idle_pause_freezes_a_process_vassal_and_a_connection_thaws_it() {
     let mut h = Harness::new("od_pause");
-    h.write_vassal(
-        "pz.ini",
-        &h.app_ini("pz", "")
-            .replace("[emperor]\n", "[emperor]\nidle = 1\nidle-action = pause\n"),
-    );
+    app_vassal(&h, "pz", "", "idle = 1\nidle-action = pause\n");
     h.start(&[]);
     let pid = h.wait_starts("pz", 1, LONG)[0].pid();
     h.wait_for(
@@ -185,17 +191,8 @@ fn idle_pause_freezes_a_process_vassal_and_a_connection_thaws_it() {
 
 #[test]
 fn on_demand_docker_vassal_starts_one_container_for_20_connections_and_pauses_when_idle() {
-    let sweep = DockerSweep::new();
-    let mut h = Harness::new("od_docker");
-    let name = unique_name("odd");
-    let file = format!("{name}.ini");
-    let sock = h.sock(&format!("{name}.sock"));
-    h.write_vassal(
-        &file,
-        &testapp_vassal(&h, &name, "on-demand = true\nidle = 1\nidle-action = pause\n"),
-    );
-    let args = sweep.emperor_args();
-    h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (_sweep, h, name, file, sock) =
+        docker_vassal("od_docker", "odd", "on-demand = true\nidle = 1\nidle-action = pause\n");
     h.wait_vlog(&file, "waiting for a connection", LONG);
     // Created ahead of time, not started: the first connection waits for `docker start` only.
     h.wait_for(
@@ -320,10 +317,11 @@ fn prewarm_process_vassal_is_paused_at_boot_and_the_first_request_wakes_that_sam
     );
 
     let from = h.stderr().len();
-    let r = http_get_unix(h.sock("pw.sock"), Duration::from_secs(10));
-    h.check(
-        r.as_ref().is_ok_and(|r| r.contains(&format!("pid={pid}"))),
-        format!("the first request is served by the prewarmed process: {r:?}"),
+    check_served_by(
+        &h,
+        &h.sock("pw.sock"),
+        pid,
+        "the first request is served by the prewarmed process",
     );
     h.wait_vlog_after(from, "pw.ini", "resuming", LONG);
     h.wait_vlog_after(from, "pw.ini", "idle: pausing", LONG);
@@ -333,14 +331,7 @@ fn prewarm_process_vassal_is_paused_at_boot_and_the_first_request_wakes_that_sam
 
 #[test]
 fn prewarm_docker_vassal_is_paused_at_boot_and_the_first_request_wakes_that_same_container() {
-    let sweep = DockerSweep::new();
-    let mut h = Harness::new("od_prewarm_docker");
-    let name = unique_name("pwd");
-    let file = format!("{name}.ini");
-    let sock = h.sock(&format!("{name}.sock"));
-    h.write_vassal(&file, &testapp_vassal(&h, &name, PREWARM));
-    let args = sweep.emperor_args();
-    h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (_sweep, h, name, file, sock) = docker_vassal("od_prewarm_docker", "pwd", PREWARM);
     let paused = || inspect(&file, "{{.State.Paused}}").is_some_and(|s| s.trim() == "true");
     h.wait_for(
         paused,
@@ -352,12 +343,7 @@ fn prewarm_docker_vassal_is_paused_at_boot_and_the_first_request_wakes_that_same
     let app = h.wait_starts(&name, 1, LONG)[0].pid();
 
     let from = h.stderr().len();
-    let r = http_get_unix(&sock, Duration::from_secs(10));
-    h.check(
-        r.as_ref()
-            .is_ok_and(|r| r.contains(&format!("hello from {name} pid={app}"))),
-        format!("the first request is served by the prewarmed app: {r:?}"),
-    );
+    check_served_by(&h, &sock, app, "the first request is served by the prewarmed app");
     h.check(
         inspect(&file, "{{.Id}}").unwrap_or_default() == id,
         "the same container, not a new one",
@@ -381,11 +367,7 @@ fn a_connection_while_a_prewarmed_vassal_starts_is_served_and_it_is_not_paused_u
     h.start(&[]);
     let pid = h.wait_starts("pwe", 1, LONG)[0].pid();
     let connected = now_ns();
-    let r = http_get_unix(h.sock("pwe.sock"), Duration::from_secs(20));
-    h.check(
-        r.as_ref().is_ok_and(|r| r.contains(&format!("pid={pid}"))),
-        format!("the early client is served: {r:?}"),
-    );
+    check_served_by(&h, &h.sock("pwe.sock"), pid, "the early client is served");
     let serving = h.records("pwe").into_iter().find(|r| r.kind == "serving");
     h.check(
         serving.is_some_and(|s| s.t_ns() > connected),
@@ -423,10 +405,6 @@ fn a_prewarmed_vassal_is_prewarmed_again_after_a_touch_and_after_a_crash() {
         third,
         "the instance after the crash to be paused without a connection",
     );
-    let r = http_get_unix(h.sock("pwa.sock"), Duration::from_secs(10));
-    h.check(
-        r.as_ref().is_ok_and(|r| r.contains(&format!("pid={third}"))),
-        format!("served by the third instance: {r:?}"),
-    );
+    check_served_by(&h, &h.sock("pwa.sock"), third, "served by the third instance");
     h.check(h.starts("pwa").len() == 3, "three processes: boot, touch, crash");
 }

@@ -29,12 +29,12 @@ fn prewarm_params() -> Params {
     }
 }
 
-/// A prewarm vassal whose first instance (pid 1, silent) was just spawned at `t0`.
-fn prewarming() -> (Fsm, Instant) {
+/// A prewarm vassal whose first instance (pid 1, speaking the protocol or not) was just spawned at `t0`.
+fn prewarming(speaks: bool) -> (Fsm, Instant) {
     let t0 = Instant::now();
     let mut f = Fsm::new(prewarm_params());
     assert_eq!(f.on_event(Event::Start, t0), vec![Action::Spawn], "started at once");
-    f.on_event(Event::Spawned { pid: 1, speaks: false }, t0);
+    f.on_event(Event::Spawned { pid: 1, speaks }, t0);
     (f, t0)
 }
 
@@ -637,7 +637,7 @@ fn a_lost_container_restarts_at_once_and_a_new_bridge_keeps_the_instance() {
 
 #[test]
 fn prewarm_starts_at_once_and_pauses_once_ready_and_quiet() {
-    let (mut f, t0) = prewarming();
+    let (mut f, t0) = prewarming(false);
     assert_eq!(f.state.name(), "running");
     assert!(f.state.instance().unwrap().prewarm);
     assert_eq!(f.deadline(), Some(t0 + secs(1)), "ready-delay at the latest");
@@ -657,14 +657,14 @@ fn prewarm_starts_at_once_and_pauses_once_ready_and_quiet() {
     assert_eq!(f.restarts(), 0);
 
     // Not seen (an app that waits otherwise): ready after ready-delay.
-    let (mut f, t0) = prewarming();
+    let (mut f, t0) = prewarming(false);
     assert!(has_check(&f.on_event(Event::Timer, t0 + secs(1))));
     assert!(f.on_event(Event::Quiet, t0 + secs(1)).contains(&Action::Pause));
 }
 
 #[test]
 fn a_connection_before_a_prewarmed_instance_is_ready_keeps_it_running() {
-    let (mut f, t0) = prewarming();
+    let (mut f, t0) = prewarming(false);
     let acts = f.on_event(Event::Activated, t0);
     assert!(matches!(acts[..], [Action::Log(log::Level::Info, _)]), "{acts:?}");
     assert_eq!(f.state.name(), "running");
@@ -675,7 +675,7 @@ fn a_connection_before_a_prewarmed_instance_is_ready_keeps_it_running() {
     assert_eq!(f.state.name(), "running");
     assert!(f.on_event(Event::Idle, t0 + secs(10)).contains(&Action::Pause));
     // Ready while a connection is open (the actor finds one and answers nothing): it keeps running.
-    let (mut f, t0) = prewarming();
+    let (mut f, t0) = prewarming(false);
     assert!(has_check(&f.on_event(Event::Listening, t0)));
     assert_eq!(f.state.name(), "running");
     assert!(!has_check(&f.on_event(Event::Timer, t0 + secs(1))), "looked once only");
@@ -683,19 +683,14 @@ fn a_connection_before_a_prewarmed_instance_is_ready_keeps_it_running() {
 
 #[test]
 fn a_prewarmed_uwsgi_vassal_is_ready_when_it_says_so() {
-    let t0 = Instant::now();
-    let mut f = Fsm::new(prewarm_params());
-    f.on_event(Event::Start, t0);
-    f.on_event(Event::Spawned { pid: 1, speaks: true }, t0);
+    let (mut f, t0) = prewarming(true);
     assert_eq!(f.state.name(), "starting");
     assert!(!has_check(&f.on_event(Event::Msg(VassalMsg::Heartbeat), t0)));
     assert!(has_check(&f.on_event(Event::Msg(VassalMsg::Accepting), t0)));
     f.on_event(Event::Quiet, t0);
     assert_eq!(f.state.name(), "paused");
     // Silent about it: taken as ready after the stop timeout (as an overlap's new instance is).
-    let mut f = Fsm::new(prewarm_params());
-    f.on_event(Event::Start, t0);
-    f.on_event(Event::Spawned { pid: 1, speaks: true }, t0);
+    let (mut f, t0) = prewarming(true);
     assert_eq!(f.deadline(), Some(t0 + secs(5)));
     assert!(has_check(&f.on_event(Event::Timer, t0 + secs(5))));
     // An in-place reload (byte 1) of the paused instance: thawed, reloaded, frozen again once it accepts.
@@ -716,7 +711,7 @@ fn a_prewarmed_vassal_is_prewarmed_again_after_a_crash_a_reload_and_a_release() 
         f.on_event(Event::Quiet, t);
         assert_eq!(f.state.name(), "paused");
     };
-    let (mut f, t0) = prewarming();
+    let (mut f, t0) = prewarming(false);
     pause(&mut f, t0);
     // Killed while frozen, before it was loyal: throttled, then started and prewarmed again by itself.
     assert!(
@@ -767,10 +762,7 @@ fn a_prewarmed_vassal_is_prewarmed_again_after_a_crash_a_reload_and_a_release() 
 
 #[test]
 fn a_prewarm_vassal_that_shuts_down_by_itself_waits_and_a_connection_start_is_not_prewarmed() {
-    let t0 = Instant::now();
-    let mut f = Fsm::new(prewarm_params());
-    f.on_event(Event::Start, t0);
-    f.on_event(Event::Spawned { pid: 1, speaks: true }, t0);
+    let (mut f, t0) = prewarming(true);
     f.on_event(Event::Msg(VassalMsg::VoluntaryShutdown), t0);
     f.on_event(Event::Exited(Exit::Code(0)), t0);
     assert_eq!(f.state, State::Waiting, "it asked to stop: it waits for a connection");
