@@ -11,7 +11,7 @@
 //!
 //! | component | file | state | active while | wakes the actor with |
 //! |---|---|---|---|---|
-//! | connection watch | `watch.rs` | readiness watches, arrival signals, `IdleCheck` | `Waiting` on demand, `Paused` (activation); `Starting`/`Running` with `idle` (idle looks) | `Activated` (also for a prewarmed instance not yet ready); `Idle` after a look |
+//! | connection watch | `watch.rs` | readiness watches, arrival signals, `IdleCheck` | `Waiting` on demand, `Paused` (activation); `Starting`/`Running` with `idle` (idle looks; a prewarmed instance not ready yet counts busy) | `Activated` (also for a prewarmed instance not ready yet); `Idle` after a look |
 //! | readiness looks | `ready.rs` | next look, look in flight, count | an overlapping reload is pending or a prewarmed instance is not ready yet, the instance is silent and no `ready-delay` is set | `Listening` |
 //! | freezer | `freeze.rs` | Docker pause/unpause in flight, a pause to confirm | a pause was asked for | once it took effect: `Activated` if a connection is open or queued after all |
 //! | creation ahead of time | `precreate.rs` | generation, creation in flight, ready container, tried, activation pending | `Waiting` on demand with `docker-image` and `docker-precreate` | `Activated` once a creation a connection waited for ends |
@@ -507,7 +507,12 @@ impl Actor {
         let Some(idle) = self.config.as_ref().and_then(|c| c.idle) else {
             return vec![];
         };
-        let open = self.open_connections();
+        // A prewarmed instance still starting counts as busy: frozen mid-start by a short `idle`, its first
+        // client would wait for the rest of its start. It is paused once ready instead.
+        let open = match self.fsm.state().instance() {
+            Some(i) if i.prewarm => 1,
+            _ => self.open_connections(),
+        };
         if self.watch.look(idle, open, &self.sockets) {
             vec![Event::Idle]
         } else {

@@ -357,3 +357,28 @@ fn a_connection_while_a_prewarmed_vassal_starts_keeps_it_running() {
         d.shutdown().await;
     });
 }
+
+#[test]
+fn a_prewarmed_vassal_slower_to_start_than_idle_is_paused_once_ready_not_by_idle() {
+    paused(async || {
+        let slow = PREWARM
+            .replace("idle = 2\n", "idle = 1\n")
+            .replace("ready-delay = 0.5", "ready-delay = 4");
+        let d = Driven::start(&[], &slow).await;
+        let t0 = d.at(0);
+        tokio::time::sleep(ms(3900)).await;
+        assert!(
+            d.signals(0).is_empty(),
+            "not paused while it starts: {:?}",
+            d.signals(0)
+        );
+        tokio::time::sleep(ms(200)).await;
+        settle().await;
+        assert_eq!(
+            d.signals(0),
+            vec![(t0 + ms(4000), Signal::SIGSTOP)],
+            "paused once ready"
+        );
+        d.shutdown().await;
+    });
+}
