@@ -1,6 +1,6 @@
 //! Seeing from the kernel that a new instance waits for connections on the vassal's sockets, so an
-//! overlapping reload retires the old instance as soon as the new one can serve, also for an app that
-//! does not speak the uWSGI protocol.
+//! overlapping reload retires the old instance as soon as the new one can serve, and a prewarmed
+//! instance is paused as soon as it could serve, also for an app that does not speak the uWSGI protocol.
 //!
 //! Both instances accept from the same listening socket, so connections cannot tell them apart; but a
 //! process that waits for connections is blocked in a system call whose arguments name the listener,
