@@ -209,6 +209,7 @@ pub fn protocol(data: &[u8]) {
         idle_pause: bit(2),
         overlap: bit(3),
         ready_delay: Duration::from_millis(if bit(4) { 0 } else { 500 }),
+        prewarm: bit(6),
     });
     let mut now = Instant::now();
     // Spawns asked for and not answered yet: the actor answers each with Spawned or SpawnFailed.
@@ -265,6 +266,10 @@ pub fn protocol(data: &[u8]) {
             .count();
         if actions.contains(&Action::Finish) {
             return;
+        }
+        // The actor answers a look for quiet at once: nothing open (Quiet), or nothing (busy).
+        if actions.contains(&Action::CheckQuiet) && arg & 2 == 0 {
+            fsm.on_event(Event::Quiet, now);
         }
     }
 }

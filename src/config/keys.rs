@@ -527,6 +527,71 @@ mod tests {
     }
 
     #[test]
+    fn prewarm() {
+        const BASE: &str = "[emperor]\non-demand = true\nidle = 1\nidle-action = pause\n";
+        assert!(!ok(BASE).prewarm, "off by default");
+        let c = ok(&format!("{BASE}prewarm = yes\n"));
+        assert!(c.prewarm && c.on_demand);
+        assert!(!ok(&format!("{BASE}prewarm = false\n")).prewarm);
+        // Order in the file does not matter; Docker vassals take it too.
+        assert!(ok("[emperor]\nprewarm = 1\nidle-action = pause\nidle = 3\non-demand = true\n").prewarm);
+        assert!(
+            ok(&with_image(
+                "on-demand = true\nidle = 1\nidle-action = pause\nprewarm = true"
+            ))
+            .prewarm
+        );
+        // Off, it needs nothing.
+        assert!(!ok("[emperor]\nprewarm = no\n").prewarm);
+    }
+
+    #[test]
+    fn prewarm_invalid() {
+        let why = "a prewarmed vassal is started before its first connection and waits for it paused";
+        for (text, line, needs) in [
+            ("on-demand = true\nidle = 1\nprewarm = true\n", 4, "idle-action = pause"),
+            (
+                "on-demand = true\nidle = 1\nidle-action = stop\nprewarm = true\n",
+                5,
+                "idle-action = pause",
+            ),
+            ("prewarm = true\nidle = 1\nidle-action = pause\n", 2, "on-demand = true"),
+            (
+                "on-demand = false\nidle = 1\nidle-action = pause\nprewarm = true\n",
+                5,
+                "on-demand = true",
+            ),
+            (
+                "socket = /run/a.sock\nprewarm = true\n",
+                3,
+                "on-demand = true and idle-action = pause",
+            ),
+        ] {
+            let e = err(&format!("[emperor]\n{text}"));
+            let message = format!("needs {needs}: {why}");
+            assert_eq!(
+                problems(&e),
+                vec![(Some(line), Some("prewarm"), message.as_str())],
+                "{text}"
+            );
+        }
+        let e = err("[emperor]\nprewarm = sometimes\n");
+        assert_eq!(
+            problems(&e),
+            vec![(Some(2), Some("prewarm"), "expected true, false, 1, 0, yes or no")]
+        );
+        // A key that is there but invalid has its own problem; prewarm adds none for it.
+        let e = err("[emperor]\non-demand = maybe\nidle = 1\nidle-action = pause\nprewarm = true\n");
+        assert_eq!(
+            problems(&e),
+            vec![(Some(2), Some("on-demand"), "expected true, false, 1, 0, yes or no")]
+        );
+        let e = err("[emperor]\non-demand = true\nidle-action = pause\nprewarm = true\n");
+        let keys: Vec<_> = problems(&e).into_iter().map(|(_, key, _)| key).collect();
+        assert_eq!(keys, vec![Some("idle-action")], "only its \"needs idle\": {e}");
+    }
+
+    #[test]
     fn logto_and_log_maxsize() {
         let c = ok("[emperor]\nexec = app\n");
         assert_eq!((c.logto, c.log_maxsize), (None, None));

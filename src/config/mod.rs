@@ -107,6 +107,10 @@ pub struct VassalConfig {
     pub idle: Option<Duration>,
     /// `idle-action = stop|pause` (default stop); needs `idle`.
     pub idle_action: IdleAction,
+    /// `prewarm = true|false|...` (default false; needs `on-demand = true` and `idle-action = pause`):
+    /// start the vassal without waiting for a connection and freeze it as soon as it waits for
+    /// connections, so that even the first request is a wake from pause, not a cold start.
+    pub prewarm: bool,
     /// `domains = <host> <host> ...` and `domain = <host> [socket=<name>]`, in file order: the
     /// Host names nginx routes to this vassal (see `emperor/routes.rs`). Hosts are lowercase, and
     /// no two overlap within a vassal; a vassal with routes has at least one socket, and every

@@ -2,10 +2,10 @@
 //!
 //! Problems are collected, never returned early: a broken file gets one message listing everything
 //! wrong with it, so fixing it takes one round. Checks that relate two keys (`idle-action` needs
-//! `idle`, a route needs a socket, `docker-swap` against `docker-memory`) run once every line is read,
-//! so the order of lines in the file is free.
+//! `idle`, `prewarm` needs `on-demand` and `idle-action = pause`, a route needs a socket, `docker-swap`
+//! against `docker-memory`) run once every line is read, so the order of lines in the file is free.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use super::accept::AcceptKeys;
@@ -53,6 +53,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "docker-precreate",
     "idle",
     "idle-action",
+    "prewarm",
     "domains",
     "domain",
     "reload-overlap",
@@ -95,6 +96,7 @@ const EMPEROR_ONLY_KEYS: &[&str] = &[
     "docker-precreate",
     "idle",
     "idle-action",
+    "prewarm",
     "domains",
     "domain",
     "reload-overlap",
@@ -139,9 +141,11 @@ struct Builder<'a> {
     /// The line of each key that may be given once, for "given twice (first on line N)".
     first_seen: HashMap<&'a str, Option<usize>>,
     socket_lines: HashMap<SocketAddrSpec, Option<usize>>,
-    /// An invalid socket line may be the one a route names; no route check then, only its problem.
-    socket_invalid: bool,
+    /// Keys with a line whose value was refused: a check across keys says nothing more about them (an
+    /// invalid socket line may be the one a route names; an invalid `on-demand` line is not "missing").
+    failed: HashSet<&'a str>,
     idle_action_entry: Option<&'a RawEntry>,
+    prewarm_entry: Option<&'a RawEntry>,
     log_maxsize_entry: Option<&'a RawEntry>,
     problems: Vec<Problem>,
 }
@@ -171,8 +175,9 @@ impl<'a> Builder<'a> {
             accept: AcceptKeys::default(),
             first_seen: HashMap::new(),
             socket_lines: HashMap::new(),
-            socket_invalid: false,
+            failed: HashSet::new(),
             idle_action_entry: None,
+            prewarm_entry: None,
             log_maxsize_entry: None,
             problems: Vec::new(),
         }
@@ -184,9 +189,7 @@ impl<'a> Builder<'a> {
             return;
         }
         if let Err(message) = self.apply(entry) {
-            if matches!(entry.key.as_str(), "socket" | "docker-socket") {
-                self.socket_invalid = true;
-            }
+            self.failed.insert(entry.key.as_str());
             self.problems.push(Problem::for_entry(entry, message));
         }
     }
@@ -252,6 +255,10 @@ impl<'a> Builder<'a> {
                 c.idle_action = a;
                 self.idle_action_entry = Some(entry);
             }),
+            "prewarm" => parse_bool(value).map(|b| {
+                c.prewarm = b;
+                self.prewarm_entry = Some(entry);
+            }),
             "domains" => {
                 // Its problems (one per bad host) are pushed as they are found.
                 self.routes.add_hosts(entry, &mut self.problems);
@@ -277,6 +284,28 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    /// `prewarm = true` starts an on-demand vassal early and pauses it until its first connection: without
+    /// `on-demand` it would start anyway, and without `idle-action = pause` it could not wait paused.
+    fn check_prewarm(&mut self, entry: &RawEntry) {
+        let missing: Vec<&str> = [
+            (!self.config.on_demand && !self.failed.contains("on-demand")).then_some("on-demand = true"),
+            (self.config.idle_action != IdleAction::Pause && !self.failed.contains("idle-action"))
+                .then_some("idle-action = pause"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !missing.is_empty() {
+            self.problems.push(Problem::for_entry(
+                entry,
+                format!(
+                    "needs {}: a prewarmed vassal is started before its first connection and waits for it paused",
+                    missing.join(" and ")
+                ),
+            ));
+        }
+    }
+
     /// The checks across keys, once every line is known, and the finished config.
     fn finish(mut self) -> (VassalConfig, Vec<Problem>) {
         if let Some(entry) = self.idle_action_entry
@@ -288,6 +317,9 @@ impl<'a> Builder<'a> {
                 "needs idle: the action is taken after \"idle = <seconds>\" without a connection",
             ));
         }
+        if let Some(entry) = self.prewarm_entry.filter(|_| self.config.prewarm) {
+            self.check_prewarm(entry);
+        }
         if let Some(entry) = self.log_maxsize_entry
             && !self.first_seen.contains_key("logto")
         {
@@ -296,7 +328,7 @@ impl<'a> Builder<'a> {
                 "needs logto: only a vassal's own log file is rotated (Docker's copy is bounded already)",
             ));
         }
-        if !self.socket_invalid {
+        if !self.failed.contains("socket") && !self.failed.contains("docker-socket") {
             self.routes.check_targets(&self.config.sockets, &mut self.problems);
         }
         self.config.routes = self.routes.into_routes();
@@ -335,6 +367,7 @@ fn empty_config(name: &str, path: &Path, text: &str) -> VassalConfig {
         precreate: true,
         idle: None,
         idle_action: IdleAction::Stop,
+        prewarm: false,
         routes: Vec::new(),
         reload_overlap: true,
         ready_delay: None,
@@ -415,6 +448,7 @@ mod tests {
                 "on-demand" => "true",
                 "idle" => "30",
                 "idle-action" => "pause",
+                "prewarm" => "yes",
                 "reload-overlap" => "false",
                 "docker-precreate" => "no",
                 "ready-delay" => "0.5",
@@ -427,6 +461,8 @@ mod tests {
                 ("docker-image = img\n", 3)
             } else if *key == "idle-action" {
                 ("idle = 1\n", 3)
+            } else if *key == "prewarm" {
+                ("on-demand = true\nidle = 1\nidle-action = pause\n", 5)
             } else if *key == "log-maxsize" {
                 ("logto = a.log\n", 3)
             } else if *key == "max-connections" {
@@ -554,6 +590,7 @@ mod tests {
             "on-demand = true\n",
             "idle = 5\n",
             "idle = 5\nidle-action = pause\n",
+            "on-demand = true\nidle = 5\nidle-action = pause\nprewarm = true\n",
             "logto = a.log\n",
             "logto = /var/log/b.log\nlog-maxsize = 10m\n",
         ]

@@ -1,6 +1,6 @@
 //! Seeing from the kernel that a new instance waits for connections on the vassal's sockets, so an
-//! overlapping reload retires the old instance as soon as the new one can serve, also for an app that
-//! does not speak the uWSGI protocol.
+//! overlapping reload retires the old instance as soon as the new one can serve, and a prewarmed
+//! instance is paused as soon as it could serve, also for an app that does not speak the uWSGI protocol.
 //!
 //! Both instances accept from the same listening socket, so connections cannot tell them apart; but a
 //! process that waits for connections is blocked in a system call whose arguments name the listener,
@@ -68,8 +68,9 @@ pub fn waiting(root: i32, listeners: &Listeners) -> bool {
         .any(|pid| tasks(pid).into_iter().any(|tid| task_waits(pid, tid, listeners)))
 }
 
-/// `root` and its descendants, breadth first, at most [`MAX_PROCS`].
-fn tree(root: i32) -> Vec<i32> {
+/// `root` and its descendants, breadth first, at most [`MAX_PROCS`] (also what `vassal/freeze.rs` checks
+/// for a stopped process group).
+pub(crate) fn tree(root: i32) -> Vec<i32> {
     const MAX_PROCS: usize = 4096;
     let mut out = vec![root];
     let mut i = 0;
@@ -85,7 +86,8 @@ fn tree(root: i32) -> Vec<i32> {
     out
 }
 
-fn tasks(pid: i32) -> Vec<i32> {
+/// The thread ids of `pid` (none once it is gone).
+pub(crate) fn tasks(pid: i32) -> Vec<i32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| {
             d.flatten()

@@ -2,11 +2,53 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::util::docker::{DockerSweep, inspect, testapp_vassal, unique_name};
-use crate::util::{Harness, LONG, alive, http_get_unix, proc_state};
+use crate::util::{EMPEROR, Harness, LONG, alive, http_get_unix, kill, now_ns, proc_state};
+
+/// The `[emperor]` lines of a prewarmed vassal.
+const PREWARM: &str = "on-demand = true\nidle = 1\nidle-action = pause\nprewarm = true\n";
+
+/// A testapp process vassal `<name>.ini` with `extra` `[emperor]` lines and testapp `args`.
+fn app_vassal(h: &Harness, name: &str, args: &str, extra: &str) {
+    h.write_vassal(
+        &format!("{name}.ini"),
+        &h.app_ini(name, args)
+            .replace("[emperor]\n", &format!("[emperor]\n{extra}")),
+    );
+}
+
+/// A Docker testapp vassal (a unique name from `prefix`) with `extra` `[emperor]` lines, on an emperor
+/// started for it: the sweep (kept until the end of the test), the harness, the vassal's name, its file
+/// and its socket.
+fn docker_vassal(test: &str, prefix: &str, extra: &str) -> (DockerSweep, Harness, String, String, PathBuf) {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new(test);
+    let name = unique_name(prefix);
+    let file = format!("{name}.ini");
+    let sock = h.sock(&format!("{name}.sock"));
+    h.write_vassal(&file, &testapp_vassal(&h, &name, extra));
+    let args = sweep.emperor_args();
+    h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    (sweep, h, name, file, sock)
+}
+
+/// One GET on `sock`, which the process `pid` must answer (20 s at most: it may have to start first).
+fn check_served_by(h: &Harness, sock: &Path, pid: i32, what: &str) {
+    let r = http_get_unix(sock, Duration::from_secs(20));
+    h.check(
+        r.as_ref().is_ok_and(|r| r.contains(&format!("pid={pid}\n"))),
+        format!("{what}: {r:?}"),
+    );
+}
+
+/// Waits until the process `pid` is stopped (SIGSTOP: every thread of it, as a pause does).
+fn wait_stopped(h: &Harness, pid: i32, what: &str) {
+    h.wait_for(|| proc_state(pid) == Some('T'), LONG, what);
+}
 
 /// Proves a negative: nothing happened during `d` (a bounded wait, on purpose).
 fn quiet(d: Duration) {
@@ -16,11 +58,7 @@ fn quiet(d: Duration) {
 #[test]
 fn on_demand_process_starts_on_the_first_connection_and_stops_when_idle() {
     let mut h = Harness::new("od_process");
-    h.write_vassal(
-        "od.ini",
-        &h.app_ini("od", "")
-            .replace("[emperor]\n", "[emperor]\non-demand = true\nidle = 1\n"),
-    );
+    app_vassal(&h, "od", "", "on-demand = true\nidle = 1\n");
     h.start(&[]);
     h.wait_vlog("od.ini", "waiting for a connection", LONG);
     let sock = h.sock("od.sock");
@@ -60,11 +98,7 @@ fn on_demand_process_starts_on_the_first_connection_and_stops_when_idle() {
 #[test]
 fn an_open_connection_keeps_an_idle_vassal_alive() {
     let mut h = Harness::new("od_open");
-    h.write_vassal(
-        "ws.ini",
-        &h.app_ini("ws", "--keep-alive")
-            .replace("[emperor]\n", "[emperor]\nidle = 1\n"),
-    );
+    app_vassal(&h, "ws", "--keep-alive", "idle = 1\n");
     h.start(&[]);
     let pid = h.wait_starts("ws", 1, LONG)[0].pid();
     // A long-lived connection (like a websocket): connected and kept open, nothing sent.
@@ -85,10 +119,7 @@ fn an_open_connection_keeps_an_idle_vassal_alive() {
 #[test]
 fn short_connections_accepted_at_once_keep_an_idle_vassal_alive() {
     let mut h = Harness::new("od_short");
-    h.write_vassal(
-        "short.ini",
-        &h.app_ini("short", "").replace("[emperor]\n", "[emperor]\nidle = 2\n"),
-    );
+    app_vassal(&h, "short", "", "idle = 2\n");
     h.start(&[]);
     let pid = h.wait_starts("short", 1, LONG)[0].pid();
     let sock = h.sock("short.sock");
@@ -114,11 +145,7 @@ fn short_connections_accepted_at_once_keep_an_idle_vassal_alive() {
 #[test]
 fn a_failing_on_demand_vassal_closes_its_queued_clients_and_deleting_it_unlinks_the_socket() {
     let mut h = Harness::new("od_fail");
-    h.write_vassal(
-        "bad.ini",
-        &h.app_ini("bad", "--crash")
-            .replace("[emperor]\n", "[emperor]\non-demand = true\n"),
-    );
+    app_vassal(&h, "bad", "--crash", "on-demand = true\n");
     h.start(&["--emperor-throttle", "5000"]);
     h.wait_vlog("bad.ini", "waiting for a connection", LONG);
     let mut c = UnixStream::connect(h.sock("bad.sock")).unwrap();
@@ -146,11 +173,7 @@ fn a_failing_on_demand_vassal_closes_its_queued_clients_and_deleting_it_unlinks_
 #[test]
 fn idle_pause_freezes_a_process_vassal_and_a_connection_thaws_it() {
     let mut h = Harness::new("od_pause");
-    h.write_vassal(
-        "pz.ini",
-        &h.app_ini("pz", "")
-            .replace("[emperor]\n", "[emperor]\nidle = 1\nidle-action = pause\n"),
-    );
+    app_vassal(&h, "pz", "", "idle = 1\nidle-action = pause\n");
     h.start(&[]);
     let pid = h.wait_starts("pz", 1, LONG)[0].pid();
     h.wait_for(
@@ -168,17 +191,8 @@ fn idle_pause_freezes_a_process_vassal_and_a_connection_thaws_it() {
 
 #[test]
 fn on_demand_docker_vassal_starts_one_container_for_20_connections_and_pauses_when_idle() {
-    let sweep = DockerSweep::new();
-    let mut h = Harness::new("od_docker");
-    let name = unique_name("odd");
-    let file = format!("{name}.ini");
-    let sock = h.sock(&format!("{name}.sock"));
-    h.write_vassal(
-        &file,
-        &testapp_vassal(&h, &name, "on-demand = true\nidle = 1\nidle-action = pause\n"),
-    );
-    let args = sweep.emperor_args();
-    h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (_sweep, h, name, file, sock) =
+        docker_vassal("od_docker", "odd", "on-demand = true\nidle = 1\nidle-action = pause\n");
     h.wait_vlog(&file, "waiting for a connection", LONG);
     // Created ahead of time, not started: the first connection waits for `docker start` only.
     h.wait_for(
@@ -275,4 +289,122 @@ fn containers_created_ahead_of_time_are_renewed_after_an_idle_stop_and_removed_w
         sweep.containers().is_empty(),
         format!("no container left after SIGTERM: {:?}", sweep.containers()),
     );
+}
+
+/// The first request after boot is a wake from pause: the prewarmed vassal starts with the emperor, is
+/// stopped (SIGSTOP) as soon as it waits for connections, before any client came, and the first request
+/// is served by that same process; idle again, it is paused again.
+#[test]
+fn prewarm_process_vassal_is_paused_at_boot_and_the_first_request_wakes_that_same_process() {
+    let mut h = Harness::new("od_prewarm");
+    app_vassal(&h, "pw", "", PREWARM);
+    let stats = h.root.join("stats.sock");
+    let stats_s = stats.to_str().unwrap().to_owned();
+    h.start(&["--emperor-stats", &stats_s]);
+    let pid = h.wait_starts("pw", 1, LONG)[0].pid();
+    wait_stopped(&h, pid, "the prewarmed process to be stopped before any connection");
+    h.wait_vlog("pw.ini", "prewarmed: pausing", LONG);
+    let out = std::process::Command::new(EMPEROR)
+        .args(["status", "--stats", &stats_s])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    h.check(
+        table
+            .lines()
+            .any(|l| l.starts_with("pw.ini") && l.contains("paused") && l.contains(&pid.to_string())),
+        format!("emperor status shows it paused:\n{table}"),
+    );
+
+    let from = h.stderr().len();
+    check_served_by(
+        &h,
+        &h.sock("pw.sock"),
+        pid,
+        "the first request is served by the prewarmed process",
+    );
+    h.wait_vlog_after(from, "pw.ini", "resuming", LONG);
+    h.wait_vlog_after(from, "pw.ini", "idle: pausing", LONG);
+    wait_stopped(&h, pid, "the idle vassal to be paused again");
+    h.check(h.starts("pw").len() == 1, "one process all along");
+}
+
+#[test]
+fn prewarm_docker_vassal_is_paused_at_boot_and_the_first_request_wakes_that_same_container() {
+    let (_sweep, h, name, file, sock) = docker_vassal("od_prewarm_docker", "pwd", PREWARM);
+    let paused = || inspect(&file, "{{.State.Paused}}").is_some_and(|s| s.trim() == "true");
+    h.wait_for(
+        paused,
+        LONG,
+        "the prewarmed container to be paused before any connection",
+    );
+    h.wait_vlog(&file, "prewarmed: pausing", LONG);
+    let id = inspect(&file, "{{.Id}}").unwrap_or_default();
+    let app = h.wait_starts(&name, 1, LONG)[0].pid();
+
+    let from = h.stderr().len();
+    check_served_by(&h, &sock, app, "the first request is served by the prewarmed app");
+    h.check(
+        inspect(&file, "{{.Id}}").unwrap_or_default() == id,
+        "the same container, not a new one",
+    );
+    h.wait_vlog_after(from, &file, "idle: pausing", LONG);
+    h.wait_for(paused, LONG, "the idle container to be paused again");
+    h.check(h.starts(&name).len() == 1, "one app start all along");
+    h.check(
+        h.stderr().matches("spawned bridge pid").count() == 1,
+        "one bridge all along",
+    );
+}
+
+/// A connection that comes while the prewarmed instance is still starting waits in the backlog and is
+/// served; the instance is not paused under it (only idle pauses it, afterwards).
+#[test]
+fn a_connection_while_a_prewarmed_vassal_starts_is_served_and_it_is_not_paused_under_it() {
+    let mut h = Harness::new("od_prewarm_early");
+    // The app takes 3 s before it waits for connections (it records "serving" then).
+    app_vassal(&h, "pwe", "--accept-delay 3000", PREWARM);
+    h.start(&[]);
+    let pid = h.wait_starts("pwe", 1, LONG)[0].pid();
+    let connected = now_ns();
+    check_served_by(&h, &h.sock("pwe.sock"), pid, "the early client is served");
+    let serving = h.records("pwe").into_iter().find(|r| r.kind == "serving");
+    h.check(
+        serving.is_some_and(|s| s.t_ns() > connected),
+        "the client connected before the app waited for connections (else this test proves nothing)",
+    );
+    h.wait_vlog("pwe.ini", "not pausing", LONG);
+    h.wait_vlog("pwe.ini", "idle: pausing", LONG);
+    wait_stopped(&h, pid, "the idle vassal to be paused");
+    h.check(
+        !h.vlog_after(0, "pwe.ini", "prewarmed: pausing"),
+        "never paused as a prewarmed instance: a client came first",
+    );
+    h.check(h.starts("pwe").len() == 1, "one process");
+}
+
+/// A touch replaces the prewarmed instance by a new one that is prewarmed too; a crash of the paused
+/// instance (it was not loyal yet: throttled) is followed by a new prewarmed one, with no connection.
+#[test]
+fn a_prewarmed_vassal_is_prewarmed_again_after_a_touch_and_after_a_crash() {
+    let mut h = Harness::new("od_prewarm_again");
+    app_vassal(&h, "pwa", "", PREWARM);
+    h.start(&[]);
+    let first = h.wait_starts("pwa", 1, LONG)[0].pid();
+    wait_stopped(&h, first, "the first instance to be paused");
+
+    h.touch_vassal("pwa.ini");
+    let second = h.wait_starts("pwa", 2, LONG)[1].pid();
+    h.wait_dead(first, LONG, "the old instance, retired by the reload");
+    wait_stopped(&h, second, "the new instance to be paused without a connection");
+
+    kill(second, libc::SIGKILL);
+    let third = h.wait_starts("pwa", 3, LONG)[2].pid();
+    wait_stopped(
+        &h,
+        third,
+        "the instance after the crash to be paused without a connection",
+    );
+    check_served_by(&h, &h.sock("pwa.sock"), third, "served by the third instance");
+    h.check(h.starts("pwa").len() == 3, "three processes: boot, touch, crash");
 }

@@ -13,7 +13,7 @@
 //! | `Reloading`  | byte 1 sent (in-place reload), waiting for the vassal to accept again |
 //! | `Stopping`   | stop requested; `then` says what follows the exit (restart, wait, finish) |
 //! | `Throttled`  | died before it was loyal; restarts at `until` (an on-demand vassal then waits) |
-//! | `Paused`     | frozen while idle (`idle-action = pause`); a connection thaws it |
+//! | `Paused`     | frozen while idle (`idle-action = pause`), or prewarmed and ready (`prewarm`); a connection thaws it |
 //! | `Held`       | stopped by `emperor stop`: sockets bound (clients queue), nothing starts it, not even a connection, until `emperor start` or a file change |
 //! | `Invalid`    | the file has never been valid, or Docker rejected it; nothing runs until it changes |
 //! | `Done`       | final; the actor releases its sockets and ends |
@@ -22,9 +22,9 @@
 //! | from                      | event                          | to                         | actions |
 //! |---------------------------|--------------------------------|----------------------------|---------|
 //! | Done                      | any                            | Done                       | |
-//! | Waiting, Invalid          | Start, Reload                  | Waiting                    | Spawn, or nothing if on demand |
+//! | Waiting, Invalid          | Start, Reload                  | Waiting                    | Spawn, or nothing if on demand (unless prewarm) |
 //! | Waiting                   | Activated (a connection waits) | (same)                     | Spawn |
-//! | Waiting, Invalid          | Spawned{speaks}                | Starting if speaks, else Running | |
+//! | Waiting, Invalid          | Spawned{speaks}                | Starting if speaks, else Running | (prewarm: an instance no connection started) |
 //! | Waiting, Throttled, Held, Invalid | [`Fsm::invalid`] (the actor: the file is not valid) | Invalid | |
 //! | Waiting, Invalid          | SpawnFailed                    | Throttled(attempt+1)       | DrainQueue if on demand; an overlap's old instance stays `previous`, retired once a later start is ready |
 //! | Starting, Running         | Idle                           | Stopping{then: Wait}, or Paused | stop, or Pause |
@@ -40,23 +40,26 @@
 //! | Starting, Running         | Msg voluntary shutdown         | Stopping{then: Wait}       | stop |
 //! | Starting, Running         | Timer: heartbeat overdue       | Running (any Timer ends Starting) | KillGroup |
 //! | Starting, Running         | Timer: loyalty time reached    | Running{loyal}             | attempts = 0 |
-//! | Starting, Running, Reloading | Reload{in place}, speaks    | Reloading                  | Send(1) |
+//! | Starting, Running, Reloading | Reload{in place}, speaks    | Reloading (prewarm, on a prewarm vassal) | Send(1) |
 //! | Starting, Running, Reloading | Reload{restart} or silent, overlap | Waiting, previous = old | Overlap (spawn beside) |
 //! | Starting, Running, Reloading | Reload{restart} or silent, no overlap | Stopping{then: Restart} | stop |
 //! | Starting, Running (new)   | ready (byte 1/5/17, Listening, or ready-delay) with a previous | (same) | RetirePrevious |
+//! | Starting, Running, Reloading (prewarm) | ready (byte 1/5/17, Listening, ready-delay; a reload's timer) | Running, prewarm over | (after any RetirePrevious) CheckQuiet |
+//! | Starting, Running, Reloading (prewarm) | Activated (a connection came first) | (same), prewarm over | |
+//! | Starting, Running         | Quiet (the answer to CheckQuiet) | Paused                   | Pause |
 //! | Starting, Running, Reloading (new) | Exited with a previous | Running(previous)        | RestorePrevious |
 //! | any                       | PreviousExited                 | (same), `previous` = none (nothing to restore) | |
 //! | Reloading                 | Msg ready/accepting/loyal      | Running                    | |
 //! | Reloading                 | Timer                          | Running                    | (warn) |
-//! | Starting, Running, Reloading | Exited, loyal               | Waiting                    | Spawn (at once; on demand: wait) |
+//! | Starting, Running, Reloading | Exited, loyal               | Waiting                    | Spawn (at once; on demand: wait, unless prewarm) |
 //! | Starting, Running, Reloading | Exited, not loyal           | Throttled(attempt+1)       | DrainQueue if on demand |
 //! | Stopping                  | Exited                         | per `then`: Waiting+Spawn, Waiting, Done | |
 //! | Stopping                  | Rejected                       | as Exited                  | |
 //! | Starting, Running, Reloading | Rejected (bridge: bad config) | Invalid                  | |
 //! | Stopping                  | Timer (not yet killed)         | Stopping{killed}           | KillGroup |
 //! | Stopping                  | Reload, Start                  | Stopping{then: Restart}    | |
-//! | Throttled                 | Timer                          | Waiting                    | Spawn (on demand: wait) |
-//! | Throttled                 | ClearThrottle, Reload, Start   | Waiting                    | attempts = 0; Spawn (on demand: wait) |
+//! | Throttled                 | Timer                          | Waiting                    | Spawn (on demand: wait, unless prewarm) |
+//! | Throttled                 | ClearThrottle, Reload, Start   | Waiting                    | attempts = 0; Spawn (on demand: wait, unless prewarm) |
 //! | any other                 | ClearThrottle                  | (same)                     | attempts = 0 |
 //! | any with a process        | Remove, Shutdown               | Stopping{then: Finish}     | stop |
 //! | Waiting, Throttled, Invalid | Remove, Shutdown             | Done                       | Finish |
@@ -65,7 +68,7 @@
 //! | Stopping{then: Restart, Wait} | Hold                       | Stopping{then: Hold}       | |
 //! | Waiting, Throttled, Invalid | Hold                         | Held                       | |
 //! | Stopping                  | Exited, then: Hold             | Held                       | |
-//! | Held                      | Release (`emperor start`), Start, Reload (file changed) | Waiting | Spawn (on demand: wait) |
+//! | Held                      | Release (`emperor start`), Start, Reload (file changed) | Waiting | Spawn (on demand: wait, unless prewarm) |
 //! | Stopping{then: Hold}      | Release                        | Stopping{then: Restart}    | |
 //! | Held                      | Activated, Timer, ClearThrottle | Held                      | (a connection queues; nothing starts) |
 //! | Held                      | Remove, Shutdown               | Done                       | Finish |
@@ -75,6 +78,12 @@
 //!
 //! SIGHUP (the actor's `Command::Reload`) skips a held vassal: only `emperor start` or a change of its
 //! file releases it.
+//!
+//! Prewarm: every instance a connection did not start (at start-up, after a crash or its throttle, on a
+//! reload, on `emperor start` or `restart`) is spawned with `prewarm` set, and an in-place reload sets it
+//! again; the first of "ready" and "a connection came" clears it. Ready, it is frozen if the actor finds
+//! nothing open or queued on the sockets; otherwise it just runs and `idle` pauses it later. Only a
+//! voluntary shutdown (byte 22) leaves a prewarm vassal waiting: the app asked to stop.
 //!
 //! "stop" means: byte 2 (graceful stop) to a vassal that speaks the uWSGI protocol, the vassal's
 //! stop signal to one that does not; `KillGroup` follows when `stop_timeout` runs out.
@@ -103,6 +112,9 @@ pub struct Params {
     pub bridged: bool,
     /// On idle, freeze the vassal instead of stopping it (`idle-action = pause`).
     pub idle_pause: bool,
+    /// Start instances without waiting for a connection and freeze each as soon as it is ready
+    /// (`prewarm`; the config allows it only with `on_demand` and `idle_pause`).
+    pub prewarm: bool,
     /// Start the new instance beside the old one on a reload (`reload-overlap`).
     pub overlap: bool,
     /// How long a new silent instance must be up to count as ready (`ready-delay`).
@@ -121,6 +133,9 @@ pub struct Instance {
     pub accepting: bool,
     /// Armed by the first heartbeat, as in uWSGI.
     pub last_heartbeat: Option<Instant>,
+    /// Started (or reloaded in place) with no connection waiting, on a prewarm vassal: frozen as soon as it
+    /// is ready, unless a connection comes first. Cleared by either.
+    pub prewarm: bool,
 }
 
 /// What follows a requested stop.
@@ -231,8 +246,10 @@ pub enum Event {
     /// `emperor restart`: a new process now, whatever the throttle says.
     Restart,
     /// The kernel shows the current instance waiting for connections on the vassal's sockets
-    /// (`listening.rs`); looked for only while an overlapping reload waits for it.
+    /// (`listening.rs`); looked for only while an overlapping reload or a prewarmed instance waits for it.
     Listening,
+    /// Nothing is open or queued on the vassal's sockets: the actor's answer to [`Action::CheckQuiet`].
+    Quiet,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +271,9 @@ pub enum Action {
     RetirePrevious,
     /// The new instance failed before it was ready: the previous one is current again.
     RestorePrevious,
+    /// A prewarmed instance is ready: look whether a connection is open or queued on the vassal's
+    /// sockets. None: the actor answers [`Event::Quiet`] and it is frozen; any: it serves, and `idle` applies.
+    CheckQuiet,
     Finish,
     Log(log::Level, String),
 }
@@ -271,6 +291,9 @@ pub struct Fsm {
     started_once: bool,
     /// The instance still serving while its replacement starts (an overlapping reload).
     previous: Option<Instance>,
+    /// The instance being spawned is to be prewarmed ([`Instance::prewarm`]): set with every
+    /// [`Action::Spawn`] and [`Action::Overlap`], read by the `Spawned` that answers it.
+    spawn_prewarm: bool,
 }
 
 impl Fsm {
@@ -282,6 +305,7 @@ impl Fsm {
             restarts: 0,
             started_once: false,
             previous: None,
+            spawn_prewarm: false,
         }
     }
 
@@ -325,6 +349,12 @@ impl Fsm {
         self.previous.as_ref()
     }
 
+    /// Whether the instance about to be spawned is to be prewarmed (the actor watches its sockets more
+    /// closely from the start).
+    pub fn spawning_prewarm(&self) -> bool {
+        self.spawn_prewarm
+    }
+
     /// A new valid config's knobs; they apply from the next event on.
     pub fn set_params(&mut self, params: Params) {
         self.params = params;
@@ -346,7 +376,7 @@ impl Fsm {
             State::Starting(i) | State::Running(i) => {
                 let hb = i.last_heartbeat.map(|t| t + self.params.heartbeat);
                 let loyalty = (!i.loyal).then(|| i.started + self.params.loyalty_time);
-                let ready = self.previous.as_ref().map(|_| self.ready_at(i));
+                let ready = (self.previous.is_some() || i.prewarm).then(|| self.ready_at(i));
                 [hb, loyalty, ready].into_iter().flatten().min()
             }
             _ => None,
@@ -408,17 +438,34 @@ impl Fsm {
         };
     }
 
+    /// Starts an instance that no connection waits for: prewarmed, if the vassal says so.
     fn spawn(&mut self, acts: &mut Vec<Action>) {
+        self.spawn_with(self.params.prewarm, acts);
+    }
+
+    /// Starts an instance, to be frozen once ready if `prewarm` ([`Instance::prewarm`]).
+    fn spawn_with(&mut self, prewarm: bool, acts: &mut Vec<Action>) {
         self.state = State::Waiting;
+        self.spawn_prewarm = prewarm;
         acts.push(Action::Spawn);
     }
 
-    /// Start now, or, for an on-demand vassal, wait for a connection.
+    /// Start now, or, for an on-demand vassal that is not prewarmed, wait for a connection.
     fn start_or_wait(&mut self, acts: &mut Vec<Action>) {
-        if self.params.on_demand {
+        if self.params.on_demand && !self.params.prewarm {
             self.state = State::Waiting;
         } else {
             self.spawn(acts);
+        }
+    }
+
+    /// The current instance is ready: a prewarmed one is frozen now, unless a connection is open or queued
+    /// (the actor looks, and answers [`Event::Quiet`] if none is). Call with `self.state` already set.
+    fn prewarm_ready(&mut self, acts: &mut Vec<Action>) {
+        if let Some(inst) = self.state.instance_mut()
+            && std::mem::take(&mut inst.prewarm)
+        {
+            acts.push(Action::CheckQuiet);
         }
     }
 
@@ -485,7 +532,7 @@ impl Fsm {
             Event::Exited(_) | Event::Rejected => self.on_exit(st, ev, now, a),
             Event::Remove | Event::Shutdown | Event::Hold => self.on_stop_like(st, ev, now, a),
             Event::Restart => self.on_restart(st, now, a),
-            Event::Activated | Event::Idle | Event::Listening => self.on_sockets(st, ev, now, a),
+            Event::Activated | Event::Idle | Event::Listening | Event::Quiet => self.on_sockets(st, ev, now, a),
             Event::ClearThrottle => {
                 self.attempts = 0;
                 if matches!(st, State::Throttled { .. }) {
@@ -540,9 +587,11 @@ impl Fsm {
         if inst.speaks && !restart {
             acts.push(Action::Log(log::Level::Info, "reloading (in place)".into()));
             acts.push(Action::Send(EmperorMsg::Reload));
+            // After the reload it is ready anew, and a prewarm vassal's is frozen again (no connection waits).
             let inst = Instance {
                 ready: false,
                 accepting: false,
+                prewarm: self.params.prewarm,
                 ..inst
             };
             self.state = State::Reloading {
@@ -558,6 +607,7 @@ impl Fsm {
             ));
             self.previous = Some(inst);
             self.state = State::Waiting;
+            self.spawn_prewarm = self.params.prewarm;
             acts.push(Action::Overlap);
         } else {
             acts.push(Action::Log(log::Level::Info, "reloading (new process)".into()));
@@ -584,6 +634,7 @@ impl Fsm {
                     ready: false,
                     accepting: false,
                     last_heartbeat: None,
+                    prewarm: self.spawn_prewarm,
                 };
                 self.state = if speaks {
                     State::Starting(inst)
@@ -607,6 +658,7 @@ impl Fsm {
                     "did not confirm its reload in time; treating it as running".into(),
                 ));
                 self.state = State::Running(inst);
+                self.prewarm_ready(acts);
             }
             State::Stopping {
                 inst,
@@ -645,7 +697,8 @@ impl Fsm {
             acts.push(Action::KillGroup);
             inst.last_heartbeat = None;
         }
-        if self.previous.is_some() && now >= self.ready_at(&inst) {
+        let ready = now >= self.ready_at(&inst);
+        if ready {
             self.retire_previous(acts);
         }
         if !inst.loyal && now >= inst.started + self.params.loyalty_time {
@@ -654,6 +707,9 @@ impl Fsm {
             acts.push(Action::Log(log::Level::Debug, "up long enough: loyal".into()));
         }
         self.state = State::Running(inst);
+        if ready {
+            self.prewarm_ready(acts);
+        }
     }
 
     /// The process exited (`Exited`), or its bridge did, saying Docker rejected the file (`Rejected`).
@@ -762,8 +818,9 @@ impl Fsm {
         }
     }
 
-    /// What the actor sees on the vassal's sockets: a connection waits (`Activated`), none came for
-    /// `idle` seconds (`Idle`), the new instance of an overlap waits for connections (`Listening`).
+    /// What the actor sees on the vassal's sockets: a connection waits or came (`Activated`), none came for
+    /// `idle` seconds (`Idle`), the new instance of an overlap or a prewarmed one waits for connections
+    /// (`Listening`), nothing is open or queued for a prewarmed instance that is ready (`Quiet`).
     fn on_sockets(&mut self, st: State, ev: Event, now: Instant, acts: &mut Vec<Action>) {
         match (st, ev) {
             (State::Waiting, Event::Activated) => {
@@ -771,7 +828,7 @@ impl Fsm {
                     log::Level::Info,
                     "a connection is waiting: starting".into(),
                 ));
-                self.spawn(acts);
+                self.spawn_with(false, acts);
             }
             (State::Paused(inst), Event::Activated) => {
                 acts.push(Action::Log(
@@ -779,6 +836,25 @@ impl Fsm {
                     "a connection is waiting: resuming".into(),
                 ));
                 self.resume(inst, now, acts);
+            }
+            // A connection came before the prewarmed instance was ready: it serves instead of being frozen.
+            (State::Starting(_) | State::Running(_) | State::Reloading { .. }, Event::Activated) => {
+                if let Some(inst) = self.state.instance_mut()
+                    && std::mem::take(&mut inst.prewarm)
+                {
+                    acts.push(Action::Log(
+                        log::Level::Info,
+                        "a connection came before it was ready: serving, not pausing".into(),
+                    ));
+                }
+            }
+            (State::Starting(inst) | State::Running(inst), Event::Quiet) => {
+                acts.push(Action::Log(
+                    log::Level::Info,
+                    "prewarmed: pausing until the first connection".into(),
+                ));
+                acts.push(Action::Pause);
+                self.state = State::Paused(inst);
             }
             (State::Starting(inst) | State::Running(inst), Event::Idle) => {
                 if self.params.idle_pause {
@@ -792,7 +868,10 @@ impl Fsm {
             }
             // The new instance is ready, as if it had said so (an app that does not speak the protocol
             // need not wait out ready-delay).
-            (State::Starting(_) | State::Running(_), Event::Listening) => self.retire_previous(acts),
+            (State::Starting(_) | State::Running(_), Event::Listening) => {
+                self.retire_previous(acts);
+                self.prewarm_ready(acts);
+            }
             _ => {}
         }
     }
@@ -858,8 +937,12 @@ impl Fsm {
             State::Starting(inst) | State::Running(inst) if announces => {
                 self.state = State::Running(inst);
                 self.retire_previous(acts);
+                self.prewarm_ready(acts);
             }
-            State::Reloading { inst, .. } if announces => self.state = State::Running(inst),
+            State::Reloading { inst, .. } if announces => {
+                self.state = State::Running(inst);
+                self.prewarm_ready(acts);
+            }
             other => self.state = other,
         }
     }

@@ -15,7 +15,31 @@ fn params() -> Params {
         idle_pause: false,
         overlap: false,
         ready_delay: Duration::from_secs(1),
+        prewarm: false,
     }
+}
+
+/// An on-demand vassal that pauses when idle and is prewarmed.
+fn prewarm_params() -> Params {
+    Params {
+        on_demand: true,
+        idle_pause: true,
+        prewarm: true,
+        ..params()
+    }
+}
+
+/// A prewarm vassal whose first instance (pid 1, speaking the protocol or not) was just spawned at `t0`.
+fn prewarming(speaks: bool) -> (Fsm, Instant) {
+    let t0 = Instant::now();
+    let mut f = Fsm::new(prewarm_params());
+    assert_eq!(f.on_event(Event::Start, t0), vec![Action::Spawn], "started at once");
+    f.on_event(Event::Spawned { pid: 1, speaks }, t0);
+    (f, t0)
+}
+
+fn has_check(acts: &[Action]) -> bool {
+    acts.contains(&Action::CheckQuiet)
 }
 
 fn running(speaks: bool) -> (Fsm, Instant) {
@@ -624,4 +648,148 @@ fn a_lost_container_restarts_at_once_and_a_new_bridge_keeps_the_instance() {
         !f.rebridged(10, 11),
         "a stopping instance's container is removed, not carried on"
     );
+}
+
+#[test]
+fn prewarm_starts_at_once_and_pauses_once_ready_and_quiet() {
+    let (mut f, t0) = prewarming(false);
+    assert_eq!(f.state.name(), "running");
+    assert!(f.state.instance().unwrap().prewarm);
+    assert_eq!(f.deadline(), Some(t0 + secs(1)), "ready-delay at the latest");
+    // Seen waiting for connections: the actor is asked to look; quiet, it is frozen.
+    let acts = f.on_event(Event::Listening, t0 + Duration::from_millis(30));
+    assert_eq!(acts, vec![Action::CheckQuiet]);
+    assert!(!f.state.instance().unwrap().prewarm, "asked once");
+    let acts = f.on_event(Event::Quiet, t0 + Duration::from_millis(30));
+    assert!(acts.contains(&Action::Pause), "{acts:?}");
+    assert_eq!(f.state.name(), "paused");
+    assert_eq!(f.deadline(), None);
+    // The first connection thaws the same instance; idle again, it pauses again, as today.
+    assert!(f.on_event(Event::Activated, t0 + secs(5)).contains(&Action::Resume));
+    assert_eq!(f.state.instance().map(|i| (i.pid, i.prewarm)), Some((1, false)));
+    assert!(f.on_event(Event::Idle, t0 + secs(10)).contains(&Action::Pause));
+    assert!(f.on_event(Event::Activated, t0 + secs(11)).contains(&Action::Resume));
+    assert_eq!(f.restarts(), 0);
+
+    // Not seen (an app that waits otherwise): ready after ready-delay.
+    let (mut f, t0) = prewarming(false);
+    assert!(has_check(&f.on_event(Event::Timer, t0 + secs(1))));
+    assert!(f.on_event(Event::Quiet, t0 + secs(1)).contains(&Action::Pause));
+}
+
+#[test]
+fn a_connection_before_a_prewarmed_instance_is_ready_keeps_it_running() {
+    let (mut f, t0) = prewarming(false);
+    let acts = f.on_event(Event::Activated, t0);
+    assert!(matches!(acts[..], [Action::Log(log::Level::Info, _)]), "{acts:?}");
+    assert_eq!(f.state.name(), "running");
+    assert!(!f.state.instance().unwrap().prewarm);
+    // Ready later: not frozen, whichever way it is seen; idle rules apply.
+    assert!(!has_check(&f.on_event(Event::Listening, t0)));
+    assert!(!has_check(&f.on_event(Event::Timer, t0 + secs(1))));
+    assert_eq!(f.state.name(), "running");
+    assert!(f.on_event(Event::Idle, t0 + secs(10)).contains(&Action::Pause));
+    // Ready while a connection is open (the actor finds one and answers nothing): it keeps running.
+    let (mut f, t0) = prewarming(false);
+    assert!(has_check(&f.on_event(Event::Listening, t0)));
+    assert_eq!(f.state.name(), "running");
+    assert!(!has_check(&f.on_event(Event::Timer, t0 + secs(1))), "looked once only");
+}
+
+#[test]
+fn a_prewarmed_uwsgi_vassal_is_ready_when_it_says_so() {
+    let (mut f, t0) = prewarming(true);
+    assert_eq!(f.state.name(), "starting");
+    assert!(!has_check(&f.on_event(Event::Msg(VassalMsg::Heartbeat), t0)));
+    assert!(has_check(&f.on_event(Event::Msg(VassalMsg::Accepting), t0)));
+    f.on_event(Event::Quiet, t0);
+    assert_eq!(f.state.name(), "paused");
+    // Silent about it: taken as ready after the stop timeout (as an overlap's new instance is).
+    let (mut f, t0) = prewarming(true);
+    assert_eq!(f.deadline(), Some(t0 + secs(5)));
+    assert!(has_check(&f.on_event(Event::Timer, t0 + secs(5))));
+    // An in-place reload (byte 1) of the paused instance: thawed, reloaded, frozen again once it accepts.
+    f.on_event(Event::Quiet, t0 + secs(5));
+    let acts = f.on_event(Event::Reload { restart: false }, t0 + secs(6));
+    assert_eq!(acts[0], Action::Resume);
+    assert!(acts.contains(&Action::Send(EmperorMsg::Reload)));
+    assert!(has_check(&f.on_event(Event::Msg(VassalMsg::Accepting), t0 + secs(7))));
+    f.on_event(Event::Quiet, t0 + secs(7));
+    assert_eq!(f.state.instance().map(|i| i.pid), Some(1));
+    assert_eq!(f.state.name(), "paused");
+}
+
+#[test]
+fn a_prewarmed_vassal_is_prewarmed_again_after_a_crash_a_reload_and_a_release() {
+    let pause = |f: &mut Fsm, t: Instant| {
+        assert!(has_check(&f.on_event(Event::Listening, t)), "{:?}", f.state);
+        f.on_event(Event::Quiet, t);
+        assert_eq!(f.state.name(), "paused");
+    };
+    let (mut f, t0) = prewarming(false);
+    pause(&mut f, t0);
+    // Killed while frozen, before it was loyal: throttled, then started and prewarmed again by itself.
+    assert!(
+        f.on_event(Event::Exited(Exit::Signal(Signal::SIGKILL)), t0 + secs(2))
+            .contains(&Action::DrainQueue)
+    );
+    assert_eq!(f.state.name(), "throttled");
+    assert_eq!(f.on_event(Event::Timer, t0 + secs(3)), vec![Action::Spawn]);
+    f.on_event(Event::Spawned { pid: 2, speaks: false }, t0 + secs(3));
+    pause(&mut f, t0 + secs(3));
+    // A loyal one that dies is replaced at once, prewarmed.
+    f.on_event(Event::Activated, t0 + secs(20));
+    f.on_event(Event::Timer, t0 + secs(20));
+    assert!(f.state.instance().unwrap().loyal);
+    assert!(
+        f.on_event(Event::Exited(Exit::Code(1)), t0 + secs(21))
+            .contains(&Action::Spawn)
+    );
+    f.on_event(Event::Spawned { pid: 3, speaks: false }, t0 + secs(21));
+    pause(&mut f, t0 + secs(21));
+    // A touch: thawed, a new instance beside it, which is frozen once ready (after the old one retires).
+    let f = &mut Fsm::new(Params {
+        overlap: true,
+        ..prewarm_params()
+    });
+    f.on_event(Event::Start, t0);
+    f.on_event(Event::Spawned { pid: 4, speaks: false }, t0);
+    pause(f, t0);
+    let acts = f.on_event(Event::Reload { restart: true }, t0 + secs(1));
+    assert_eq!(acts[0], Action::Resume);
+    assert!(acts.contains(&Action::Overlap), "{acts:?}");
+    f.on_event(Event::Spawned { pid: 5, speaks: false }, t0 + secs(1));
+    let acts = f.on_event(Event::Listening, t0 + secs(1));
+    let retire = acts.iter().position(|a| *a == Action::RetirePrevious);
+    let check = acts.iter().position(|a| *a == Action::CheckQuiet);
+    assert!(retire.is_some() && retire < check, "{acts:?}");
+    f.on_event(Event::Quiet, t0 + secs(1));
+    assert_eq!(f.state.instance().map(|i| i.pid), Some(5));
+    assert_eq!(f.state.name(), "paused");
+    // `emperor stop`, then `emperor start`: started at once, prewarmed.
+    f.on_event(Event::Hold, t0 + secs(2));
+    f.on_event(Event::Exited(Exit::Code(0)), t0 + secs(2));
+    assert_eq!(f.state, State::Held);
+    assert!(f.on_event(Event::Release, t0 + secs(3)).contains(&Action::Spawn));
+    f.on_event(Event::Spawned { pid: 6, speaks: false }, t0 + secs(3));
+    pause(f, t0 + secs(3));
+}
+
+#[test]
+fn a_prewarm_vassal_that_shuts_down_by_itself_waits_and_a_connection_start_is_not_prewarmed() {
+    let (mut f, t0) = prewarming(true);
+    f.on_event(Event::Msg(VassalMsg::VoluntaryShutdown), t0);
+    f.on_event(Event::Exited(Exit::Code(0)), t0);
+    assert_eq!(f.state, State::Waiting, "it asked to stop: it waits for a connection");
+    assert!(f.on_event(Event::Activated, t0).contains(&Action::Spawn));
+    f.on_event(Event::Spawned { pid: 2, speaks: false }, t0);
+    assert!(!f.state.instance().unwrap().prewarm, "a connection waits for this one");
+    assert!(!has_check(&f.on_event(Event::Listening, t0)));
+    // Without prewarm nothing changes: an on-demand vassal waits.
+    let mut f = Fsm::new(Params {
+        prewarm: false,
+        ..prewarm_params()
+    });
+    assert_eq!(f.on_event(Event::Start, t0), vec![]);
+    assert_eq!(f.state, State::Waiting);
 }

@@ -11,8 +11,9 @@
 //!
 //! | component | file | state | active while | wakes the actor with |
 //! |---|---|---|---|---|
-//! | connection watch | `watch.rs` | readiness watches, arrival signals, `IdleCheck` | `Waiting` on demand, `Paused` (activation); `Starting`/`Running` with `idle` (idle looks) | `Activated`; `Idle` after a look |
-//! | readiness looks | `ready.rs` | next look, look in flight, count | an overlapping reload is pending, the new instance is silent and no `ready-delay` is set | `Listening` |
+//! | connection watch | `watch.rs` | readiness watches, arrival signals, `IdleCheck` | `Waiting` on demand, `Paused` (activation); `Starting`/`Running` with `idle` (idle looks; a prewarmed instance not ready yet counts busy) | `Activated` (also for a prewarmed instance not ready yet); `Idle` after a look |
+//! | readiness looks | `ready.rs` | next look, look in flight, count | an overlapping reload is pending or a prewarmed instance is not ready yet, the instance is silent and no `ready-delay` is set | `Listening` |
+//! | freezer | `freeze.rs` | Docker pause/unpause in flight, a pause to confirm | a pause was asked for | once it took effect: `Activated` if a connection is open or queued after all |
 //! | creation ahead of time | `precreate.rs` | generation, creation in flight, ready container, tried, activation pending | `Waiting` on demand with `docker-image` and `docker-precreate` | `Activated` once a creation a connection waited for ends |
 //! | retiring instances | `retire.rs` | background stops | an old instance is stopping (overlap, rollback) | SIGUSR1 to the bridge when the old container's name is free |
 //!
@@ -20,6 +21,7 @@
 //! fake launcher and paused time (tests below).
 
 mod error;
+mod freeze;
 mod launch;
 mod messages;
 mod precreate;
@@ -96,7 +98,7 @@ fn start_with(
         launcher,
         ready: ready::ReadyLook::default(),
         precreate: precreate::Precreate::default(),
-        freezer: None,
+        freezer: freeze::Freezer::default(),
         retiring: retire::Retiring::default(),
         track: Track::default(),
         reports,
@@ -126,6 +128,7 @@ fn params_for(opts: &EmperorOptions, cfg: Option<&VassalConfig>) -> Params {
         on_demand: cfg.is_some_and(|c| c.on_demand),
         bridged: cfg.is_some_and(|c| c.docker.is_some()),
         idle_pause: cfg.is_some_and(|c| c.idle_action == crate::config::IdleAction::Pause),
+        prewarm: cfg.is_some_and(|c| c.prewarm),
         overlap: cfg.is_some_and(|c| c.reload_overlap),
         ready_delay: cfg
             .and_then(|c| c.ready_delay)
@@ -154,8 +157,8 @@ struct Actor {
     watch: watch::Watch,
     ready: ready::ReadyLook,
     precreate: precreate::Precreate,
-    /// The last pause/resume still in flight, so the next one runs after it.
-    freezer: Option<tokio::task::JoinHandle<()>>,
+    /// Pauses and resumes, in order, and the confirmation that a pause took effect.
+    freezer: freeze::Freezer,
     retiring: retire::Retiring,
     /// Times and outcomes for the stats document.
     track: Track,
@@ -185,6 +188,8 @@ enum Wake {
     ListenCheck,
     /// A look has finished: whether the new instance waits for connections.
     Listened(bool),
+    /// A pause has taken effect.
+    Frozen,
 }
 
 impl Actor {
@@ -231,6 +236,7 @@ impl Actor {
             _ = sleep_until(listen_at) => Wake::ListenCheck,
             seen = self.ready.answer() => Wake::Listened(seen),
             _ = sleep_until(idle_at) => Wake::IdleCheck,
+            _ = self.freezer.frozen() => Wake::Frozen,
         }
     }
 
@@ -255,6 +261,7 @@ impl Actor {
             }
             Wake::Timer => vec![Event::Timer],
             Wake::Seen => self.seen(),
+            Wake::Frozen => self.frozen(),
             Wake::IdleCheck => self.idle_check(),
             Wake::ListenCheck => self.listen_check(),
             Wake::Listened(seen) => {
@@ -394,11 +401,40 @@ impl Actor {
                 vec![]
             }
             State::Waiting | State::Paused(_) => vec![Event::Activated],
+            // A prewarmed instance that is not frozen yet is not to be: it serves.
+            st if st.instance().is_some_and(|i| i.prewarm) => {
+                self.watch.busy_now();
+                vec![Event::Activated]
+            }
             _ => {
                 self.watch.busy_now();
                 vec![]
             }
         }
+    }
+
+    /// A pause has taken effect: a connection that came between the decision and the freeze (an app in
+    /// `accept` takes it at once) thaws the instance again, or its client would wait for the next one.
+    fn frozen(&mut self) -> Vec<Event> {
+        if !matches!(self.fsm.state(), State::Paused(_)) {
+            return vec![];
+        }
+        match self.open_connections() {
+            0 => vec![],
+            n => {
+                info!("[{}] {n} connection(s) came as it was paused: resuming", self.name);
+                vec![Event::Activated]
+            }
+        }
+    }
+
+    /// How many connections are open or queued on the vassal's sockets; an error counts as one (busy).
+    fn open_connections(&self) -> usize {
+        let specs: Vec<_> = self.sockets.iter().map(|s| &s.spec.addr).collect();
+        conns::open_connections(&specs).unwrap_or_else(|e| {
+            warn!("[{}] cannot count its connections: {e}", self.name);
+            1
+        })
     }
 
     /// Keeps the components in line with the FSM's state after every wake-up.
@@ -431,12 +467,14 @@ impl Actor {
             });
         }
 
-        // Look for the new instance of an overlapping reload waiting for connections, unless it speaks the
-        // protocol (then it says when it is ready) or an explicit ready-delay is the user's word for it.
-        let pending = self.fsm.previous().is_some()
+        // Look for the new instance of an overlapping reload, or a prewarmed one, waiting for connections,
+        // unless it speaks the protocol (then it says when it is ready) or an explicit ready-delay is the
+        // user's word for it.
+        let inst = self.fsm.state().instance();
+        let pending = (self.fsm.previous().is_some() || inst.is_some_and(|i| i.prewarm))
             && self.proc.is_some()
             && cfg.as_ref().is_some_and(|c| c.ready_delay.is_none())
-            && self.fsm.state().instance().is_some_and(|i| !i.speaks);
+            && inst.is_some_and(|i| !i.speaks);
         self.ready.sync(pending, now());
     }
 
@@ -469,13 +507,11 @@ impl Actor {
         let Some(idle) = self.config.as_ref().and_then(|c| c.idle) else {
             return vec![];
         };
-        let specs: Vec<_> = self.sockets.iter().map(|s| &s.spec.addr).collect();
-        let open = match conns::open_connections(&specs) {
-            Ok(n) => n,
-            Err(e) => {
-                warn!("[{}] cannot count its connections: {e}", self.name);
-                1
-            }
+        // A prewarmed instance still starting counts as busy: frozen mid-start by a short `idle`, its first
+        // client would wait for the rest of its start. It is paused once ready instead.
+        let open = match self.fsm.state().instance() {
+            Some(i) if i.prewarm => 1,
+            _ => self.open_connections(),
         };
         if self.watch.look(idle, open, &self.sockets) {
             vec![Event::Idle]
@@ -548,32 +584,14 @@ impl Actor {
     /// otherwise. Docker calls run in order, one after the other.
     fn freeze(&mut self, pause: bool) {
         let Some(p) = &self.proc else { return };
-        let docker_name = self
-            .config
-            .as_ref()
-            .and_then(|c| c.docker.as_ref())
-            .map(|d| d.container_name.clone());
-        match docker_name {
-            None => p
-                .child
-                .signal_group(if pause { Signal::SIGSTOP } else { Signal::SIGCONT }),
-            Some(container) => {
-                let prev = self.freezer.take();
-                let name = self.name.clone();
-                let socket = self.opts.docker_daemon_socket.clone();
-                self.freezer = Some(tokio::task::spawn_local(async move {
-                    if let Some(prev) = prev {
-                        let _ = prev.await;
-                    }
-                    if let Err(e) = docker_freeze(socket.as_deref(), &container, pause).await {
-                        warn!(
-                            "[{name}] cannot {} container {container}: {e}",
-                            if pause { "pause" } else { "unpause" }
-                        );
-                    }
-                }));
-            }
-        }
+        let target = match self.config.as_ref().and_then(|c| c.docker.as_ref()) {
+            None => freeze::Target::Group(p.child.as_ref()),
+            Some(d) => freeze::Target::Container {
+                daemon: self.opts.docker_daemon_socket.clone(),
+                container: d.container_name.clone(),
+            },
+        };
+        self.freezer.set(&self.name, target, pause);
     }
 
     /// Feeds an event and runs the resulting actions, which may produce further events (a spawn's outcome).
@@ -659,7 +677,14 @@ impl Actor {
             if let Err(e) = self.reconcile_sockets(&cfg) {
                 error!("[{}] {e}", self.name);
             }
-            info!("[{}] on demand: waiting for a connection", self.name);
+            if cfg.prewarm {
+                info!(
+                    "[{}] on demand, prewarmed: starting now, paused once it waits for connections",
+                    self.name
+                );
+            } else {
+                info!("[{}] on demand: waiting for a connection", self.name);
+            }
         }
         let tenant = cfg.run_as.map(|r| crate::sys::tenant::Tenant::of(r.uid, r.gid));
         self.log.configure(cfg.logto.as_deref(), cfg.log_maxsize, tenant);
@@ -719,6 +744,16 @@ impl Actor {
                 self.freeze(true);
                 None
             }
+            Action::CheckQuiet => match self.open_connections() {
+                0 => Some(Event::Quiet),
+                n => {
+                    info!(
+                        "[{}] ready with {n} connection(s) open or waiting: serving, not pausing",
+                        self.name
+                    );
+                    None
+                }
+            },
             Action::Overlap => {
                 self.previous = self.proc.take();
                 self.act(Action::Spawn)
@@ -796,6 +831,11 @@ impl Actor {
         let forked_at = now();
         let cfg = self.config.clone().ok_or(VassalError::NoConfig)?;
         self.reconcile_sockets(&cfg)?;
+        // Watched from before the fork, not from the next sync: a connection that comes while a prewarmed
+        // instance starts must be seen, however late this thread runs again.
+        if let Some(idle) = cfg.idle {
+            self.watch.starting(idle, &self.sockets, self.fsm.spawning_prewarm());
+        }
         // A bridge starts or replaces the container created ahead of time; a creation still running must not
         // take the bridge's container for a stale one of its own.
         self.precreate.bridge_starts();
@@ -898,17 +938,6 @@ fn without_ids(reason: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-async fn docker_freeze(socket: Option<&std::path::Path>, container: &str, pause: bool) -> Result<(), VassalError> {
-    let docker = crate::docker::daemon::client(socket, crate::docker::daemon::EMPEROR_TIMEOUT)
-        .map_err(|e| VassalError::Docker(e.to_string()))?;
-    let r = if pause {
-        docker.pause_container(container).await
-    } else {
-        docker.unpause_container(container).await
-    };
-    r.map_err(|e| VassalError::Docker(e.to_string()))
 }
 
 /// The actor's clock: tokio's, as a `std` instant for the FSM, so that tests can run the actor on paused time.

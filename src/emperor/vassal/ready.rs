@@ -1,6 +1,6 @@
-//! Is the new instance of an overlapping reload ready? For an app that does not speak the emperor
-//! protocol, the emperor looks whether it waits for connections on the vassal's sockets
-//! (`listening.rs`), and retires the old instance once it does.
+//! Is the new instance of an overlapping reload, or a prewarmed instance, ready? For an app that does
+//! not speak the emperor protocol, the emperor looks whether it waits for connections on the vassal's
+//! sockets (`listening.rs`), and retires the old instance (or pauses the prewarmed one) once it does.
 //!
 //! The looks run on the blocking pool: reading another process's /proc can block (its memory may be
 //! behind userfaultfd or FUSE), and the actor's thread runs every vassal. They come every 25 ms for

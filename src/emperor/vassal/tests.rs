@@ -167,30 +167,85 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-#[test]
-fn a_crash_before_loyalty_is_throttled_then_restarted() {
-    paused(async || {
-        let s = Setup::new(&["--emperor-throttle", "1000"]);
+/// One actor on the fake launcher, started with a vassal file.
+struct Driven {
+    s: Setup,
+    fake: Fake,
+    set: JoinSet<String>,
+    h: VassalHandle,
+}
+
+impl Driven {
+    /// Starts the actor with `args` and gives it `text` as its file, `{sock}` standing for [`Driven::sock`].
+    async fn start(args: &[&str], text: &str) -> Driven {
+        let s = Setup::new(args);
         let fake = Fake::default();
         let mut set = JoinSet::new();
         let h = s.start(&fake, &mut set);
-        h.tx.send(Command::Update(Ok(s.config("[emperor]\nexec = /app\n"))))
-            .unwrap();
+        let d = Driven { s, fake, set, h };
+        d.update(text);
         settle().await;
-        assert_eq!(fake.0.borrow().len(), 1);
-        let t0 = fake.0.borrow()[0].at;
-        fake.0.borrow()[0].exit.send(Exit::Code(1)).unwrap();
+        d
+    }
+
+    /// A new version of the file.
+    fn update(&self, text: &str) {
+        let text = text.replace("{sock}", &self.sock().display().to_string());
+        self.h.tx.send(Command::Update(Ok(self.s.config(&text)))).unwrap();
+    }
+
+    fn sock(&self) -> std::path::PathBuf {
+        self.s.dir.join("v.sock")
+    }
+
+    /// How many instances were launched.
+    fn launched(&self) -> usize {
+        self.fake.0.borrow().len()
+    }
+
+    /// When the `i`-th instance was launched.
+    fn at(&self, i: usize) -> Instant {
+        self.fake.0.borrow()[i].at
+    }
+
+    /// The signals the `i`-th instance got, with when.
+    fn signals(&self, i: usize) -> Vec<(Instant, Signal)> {
+        self.fake.0.borrow()[i].signals.borrow().clone()
+    }
+
+    /// Shuts the actor down; the name it returns once it has released everything.
+    async fn shutdown(mut self) -> String {
+        self.h.tx.send(Command::Shutdown).unwrap();
+        self.set.join_next().await.unwrap().unwrap()
+    }
+}
+
+/// Waits (real time through the reactor, as readiness needs) until `cond`.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(ms(5)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[test]
+fn a_crash_before_loyalty_is_throttled_then_restarted() {
+    paused(async || {
+        let d = Driven::start(&["--emperor-throttle", "1000"], "[emperor]\nexec = /app\n").await;
+        assert_eq!(d.launched(), 1);
+        let t0 = d.at(0);
+        d.fake.0.borrow()[0].exit.send(Exit::Code(1)).unwrap();
         tokio::time::sleep(ms(900)).await;
-        assert_eq!(fake.0.borrow().len(), 1, "still throttled 0.9 s later");
+        assert_eq!(d.launched(), 1, "still throttled 0.9 s later");
         tokio::time::sleep(ms(200)).await;
         settle().await;
-        {
-            let l = fake.0.borrow();
-            assert_eq!(l.len(), 2, "restarted once the throttle ran out");
-            assert_eq!(l[1].at - t0, ms(1000));
-        }
-        h.tx.send(Command::Shutdown).unwrap();
-        assert_eq!(set.join_next().await.unwrap().unwrap(), "v.ini");
+        assert_eq!(d.launched(), 2, "restarted once the throttle ran out");
+        assert_eq!(d.at(1) - t0, ms(1000));
+        let fake = d.fake.clone();
+        assert_eq!(d.shutdown().await, "v.ini");
         assert_eq!(
             fake.0.borrow()[1].signals.borrow().last().map(|s| s.1),
             Some(Signal::SIGTERM)
@@ -201,105 +256,129 @@ fn a_crash_before_loyalty_is_throttled_then_restarted() {
 #[test]
 fn an_idle_vassal_is_stopped_once_nothing_happened_for_idle() {
     paused(async || {
-        let s = Setup::new(&[]);
-        let sock = s.dir.join("v.sock");
-        let fake = Fake::default();
-        let mut set = JoinSet::new();
-        let h = s.start(&fake, &mut set);
-        let text = format!("[emperor]\nexec = /app\nsocket = {}\nidle = 2\n", sock.display());
-        h.tx.send(Command::Update(Ok(s.config(&text)))).unwrap();
-        settle().await;
-        let t0 = fake.0.borrow()[0].at;
+        let d = Driven::start(&[], "[emperor]\nexec = /app\nsocket = {sock}\nidle = 2\n").await;
+        let t0 = d.at(0);
         // Counted busy until the first look (a quarter of idle), idle 2 s after it: stopped at 2.5 s.
         tokio::time::sleep(ms(2400)).await;
-        assert!(
-            fake.0.borrow()[0].signals.borrow().is_empty(),
-            "not stopped before idle"
-        );
+        assert!(d.signals(0).is_empty(), "not stopped before idle");
         tokio::time::sleep(ms(200)).await;
         settle().await;
-        let signals = fake.0.borrow()[0].signals.borrow().clone();
+        let signals = d.signals(0);
         assert_eq!(signals.len(), 1, "{signals:?}");
         assert_eq!((signals[0].0 - t0, signals[0].1), (ms(2500), Signal::SIGTERM));
         // Not on demand: it waits for its file (or SIGHUP) and is not started again by itself.
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(fake.0.borrow().len(), 1);
-        h.tx.send(Command::Reload).unwrap();
+        assert_eq!(d.launched(), 1);
+        d.h.tx.send(Command::Reload).unwrap();
         settle().await;
-        assert_eq!(fake.0.borrow().len(), 2, "SIGHUP starts it again");
-        h.tx.send(Command::Shutdown).unwrap();
-        set.join_next().await.unwrap().unwrap();
+        assert_eq!(d.launched(), 2, "SIGHUP starts it again");
+        d.shutdown().await;
     });
 }
 
 #[test]
 fn an_on_demand_vassal_starts_on_the_first_connection() {
     paused(async || {
-        let s = Setup::new(&[]);
-        let sock = s.dir.join("od.sock");
-        let fake = Fake::default();
-        let mut set = JoinSet::new();
-        let h = s.start(&fake, &mut set);
-        let text = format!(
-            "[emperor]\nexec = /app\nsocket = {}\non-demand = true\n",
-            sock.display()
-        );
-        h.tx.send(Command::Update(Ok(s.config(&text)))).unwrap();
-        settle().await;
+        let d = Driven::start(&[], "[emperor]\nexec = /app\nsocket = {sock}\non-demand = true\n").await;
         tokio::time::sleep(Duration::from_secs(60)).await;
-        assert!(fake.0.borrow().is_empty(), "nothing runs before a connection");
-        let _client = std::os::unix::net::UnixStream::connect(&sock).unwrap();
-        // Readiness comes through the reactor: give it real time to see the connection.
-        for _ in 0..200 {
-            if !fake.0.borrow().is_empty() {
-                break;
-            }
-            tokio::time::sleep(ms(5)).await;
-        }
-        assert_eq!(fake.0.borrow().len(), 1, "started by the connection");
-        h.tx.send(Command::Shutdown).unwrap();
-        set.join_next().await.unwrap().unwrap();
+        assert_eq!(d.launched(), 0, "nothing runs before a connection");
+        let _client = std::os::unix::net::UnixStream::connect(d.sock()).unwrap();
+        until("the connection starts it", || d.launched() == 1).await;
+        d.shutdown().await;
     });
 }
 
 #[test]
 fn an_overlapping_reload_retires_the_old_instance_after_ready_delay() {
     paused(async || {
-        let s = Setup::new(&[]);
-        let fake = Fake::default();
-        let mut set = JoinSet::new();
-        let h = s.start(&fake, &mut set);
-        h.tx.send(Command::Update(Ok(
-            s.config("[emperor]\nexec = /app\nready-delay = 1\n")
-        )))
-        .unwrap();
-        settle().await;
+        let d = Driven::start(&[], "[emperor]\nexec = /app\nready-delay = 1\n").await;
         // A new [emperor] section: a new instance beside the old one.
-        h.tx.send(Command::Update(Ok(
-            s.config("[emperor]\nexec = /app --v2\nready-delay = 1\n")
-        )))
-        .unwrap();
+        d.update("[emperor]\nexec = /app --v2\nready-delay = 1\n");
         settle().await;
-        let t1 = {
-            let l = fake.0.borrow();
-            assert_eq!(l.len(), 2, "the new instance runs beside the old one");
-            assert!(l[0].signals.borrow().is_empty(), "the old one still serves");
-            l[1].at
-        };
+        assert_eq!(d.launched(), 2, "the new instance runs beside the old one");
+        assert!(d.signals(0).is_empty(), "the old one still serves");
+        let t1 = d.at(1);
         tokio::time::sleep(ms(1100)).await;
         settle().await;
-        {
-            let l = fake.0.borrow();
-            let old = l[0].signals.borrow().clone();
-            assert_eq!(old.len(), 1, "{old:?}");
-            assert_eq!(
-                (old[0].0 - t1, old[0].1),
-                (ms(1000), Signal::SIGTERM),
-                "retired after ready-delay"
-            );
-            assert!(l[1].signals.borrow().is_empty(), "the new one is untouched");
-        }
-        h.tx.send(Command::Shutdown).unwrap();
-        set.join_next().await.unwrap().unwrap();
+        let old = d.signals(0);
+        assert_eq!(old.len(), 1, "{old:?}");
+        assert_eq!(
+            (old[0].0 - t1, old[0].1),
+            (ms(1000), Signal::SIGTERM),
+            "retired after ready-delay"
+        );
+        assert!(d.signals(1).is_empty(), "the new one is untouched");
+        d.shutdown().await;
+    });
+}
+
+/// A prewarm vassal whose instance counts as ready 0.5 s after its start (`ready-delay`: the fake does not
+/// wait for connections anywhere /proc could show).
+const PREWARM: &str = "[emperor]\nexec = /app\nsocket = {sock}\non-demand = true\nidle = 2\nidle-action = pause\n\
+                       prewarm = true\nready-delay = 0.5\n";
+
+#[test]
+fn a_prewarmed_vassal_starts_at_once_and_is_paused_once_ready() {
+    paused(async || {
+        let d = Driven::start(&[], PREWARM).await;
+        assert_eq!(d.launched(), 1, "started without a connection");
+        let t0 = d.at(0);
+        tokio::time::sleep(ms(450)).await;
+        assert!(d.signals(0).is_empty(), "not paused before it is ready");
+        tokio::time::sleep(ms(100)).await;
+        settle().await;
+        assert_eq!(d.signals(0), vec![(t0 + ms(500), Signal::SIGSTOP)], "paused once ready");
+        // Paused until the first connection, however long that takes; it thaws the same instance.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(d.signals(0).len(), 1);
+        let _client = std::os::unix::net::UnixStream::connect(d.sock()).unwrap();
+        until("the connection thaws it", || d.signals(0).len() == 2).await;
+        assert_eq!(d.signals(0)[1].1, Signal::SIGCONT);
+        assert_eq!(d.launched(), 1, "no second start");
+        d.shutdown().await;
+    });
+}
+
+#[test]
+fn a_connection_while_a_prewarmed_vassal_starts_keeps_it_running() {
+    paused(async || {
+        let d = Driven::start(&[], PREWARM).await;
+        tokio::time::sleep(ms(100)).await;
+        // Queued in the backlog before the instance is ready (the fake never accepts it).
+        let _client = std::os::unix::net::UnixStream::connect(d.sock()).unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        settle().await;
+        assert!(
+            d.signals(0).is_empty(),
+            "never paused while a connection waits: {:?}",
+            d.signals(0)
+        );
+        assert_eq!(d.launched(), 1);
+        d.shutdown().await;
+    });
+}
+
+#[test]
+fn a_prewarmed_vassal_slower_to_start_than_idle_is_paused_once_ready_not_by_idle() {
+    paused(async || {
+        let slow = PREWARM
+            .replace("idle = 2\n", "idle = 1\n")
+            .replace("ready-delay = 0.5", "ready-delay = 4");
+        let d = Driven::start(&[], &slow).await;
+        let t0 = d.at(0);
+        tokio::time::sleep(ms(3900)).await;
+        assert!(
+            d.signals(0).is_empty(),
+            "not paused while it starts: {:?}",
+            d.signals(0)
+        );
+        tokio::time::sleep(ms(200)).await;
+        settle().await;
+        assert_eq!(
+            d.signals(0),
+            vec![(t0 + ms(4000), Signal::SIGSTOP)],
+            "paused once ready"
+        );
+        d.shutdown().await;
     });
 }

@@ -126,6 +126,18 @@ impl Watch {
         }
     }
 
+    /// An instance is about to start with `idle` set: its idle check begins and its sockets are watched from
+    /// now on rather than from the next sync. For a prewarmed one (`queued`) readiness is watched as well, so
+    /// that a connection already waiting in the backlog counts as one that came (arrival signals report
+    /// only new ones).
+    pub fn starting(&mut self, idle: Duration, sockets: &[BoundSocket], queued: bool) {
+        self.check.get_or_insert_with(|| IdleCheck::start(super::now(), idle));
+        self.arm_idle(sockets);
+        if queued && self.arrival.is_some() {
+            self.arm_readable(sockets);
+        }
+    }
+
     /// Stops watching (a connection was seen, or the vassal went idle); the next sync or look re-arms.
     pub fn disarm(&mut self) {
         self.readable.clear();
