@@ -339,8 +339,8 @@ impl<'a> Builder<'a> {
                 .finish(self.name, image_entry, memory_given, &mut self.problems);
             self.config.docker = Some(docker);
         }
-        self.accept
-            .finish(&mut self.config, self.socket_invalid, &mut self.problems);
+        let socket_invalid = self.failed.contains("socket") || self.failed.contains("docker-socket");
+        self.accept.finish(&mut self.config, socket_invalid, &mut self.problems);
         (self.config, self.problems)
     }
 }
