@@ -93,6 +93,25 @@ pub trait Launcher: std::fmt::Debug {
     fn adopt(&mut self, l: Launch<'_>, container: &str) -> Result<(Box<dyn Instance>, OwnedFd), VassalError>;
 }
 
+/// A process vassal's command line, and whether it speaks the uWSGI protocol: its `exec` (under this binary's
+/// accept role with `accept = true`, which runs the command once per connection), else the wrapper with `--ini`.
+fn process_command(cfg: &VassalConfig, opts: &EmperorOptions) -> (Vec<String>, bool) {
+    match &cfg.exec {
+        Some(a) => match cfg.accept {
+            Some(max) => (crate::accept::command(&own_exe(), max, a), false),
+            None => (a.clone(), false),
+        },
+        None => (
+            vec![
+                opts.wrapper.to_string_lossy().into_owned(),
+                "--ini".into(),
+                cfg.name.clone(),
+            ],
+            true,
+        ),
+    }
+}
+
 /// The real thing: fork+exec of the vassal's command, or of a bridge for a Docker vassal.
 #[derive(Debug, Default)]
 pub struct System;
@@ -148,24 +167,7 @@ impl Launcher for System {
         } else {
             config_theirs = None;
             lifeline_r = None;
-            match &cfg.exec {
-                Some(a) => {
-                    // accept = true: this binary's accept role runs the command once per connection.
-                    argv = match cfg.accept {
-                        Some(max) => crate::accept::command(&own_exe(), max, a),
-                        None => a.clone(),
-                    };
-                    speaks = false;
-                }
-                None => {
-                    argv = vec![
-                        l.opts.wrapper.to_string_lossy().into_owned(),
-                        "--ini".into(),
-                        cfg.name.clone(),
-                    ];
-                    speaks = true;
-                }
-            }
+            (argv, speaks) = process_command(cfg, l.opts);
             env = tyrant_env.iter().cloned().chain(cfg.env.iter().cloned()).collect();
             // A uWSGI vassal (run through the wrapper) gets its first socket as fd 0, uWSGI's own
             // convention for emperor-owned sockets and the only place a socket survives its reload.
