@@ -38,6 +38,8 @@
 //!   `<text>` with `echo <text>\n` until the line `quit` (answered `bye\n`) or EOF, and record `end pid=<pid>`; a
 //!   SIGTERM (unless `--ignore-term`) makes it write `bye: stopping\n`, record `term pid=<pid>` and exit 0.
 //!   `--show-env` shows what it got (`REMOTE_ADDR`, `LISTEN_FDNAMES`, ...); `stdin=` in the start line is `-`.
+//! - `--work <ms>`: take that long over each answer (a sleep after the request head, before the answer): with one
+//!   connection at a time per socket, a slow single-threaded app (the replicas tests and benchmark).
 //! - `--keep-alive`: HTTP/1.1 keep-alive: each accepted connection gets its own thread, which answers request after
 //!   request on it (`Connection: keep-alive`) until the client closes it, sends `Connection: close`, speaks HTTP/1.0
 //!   without `Connection: keep-alive`, or stays idle for 60 s. Without it: one connection at a time per socket,
@@ -80,6 +82,9 @@ struct Opts {
     keep_alive: bool,
     inetd: bool,
 }
+
+/// `--work`: milliseconds each answer takes.
+static WORK_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn usage(msg: &str) -> ! {
     eprintln!("testapp: {msg}");
@@ -144,6 +149,10 @@ fn parse_args() -> Opts {
             "--spawn-child" => o.spawn_child = true,
             "--bind-unix" => o.bind_unix.push(val("--bind-unix")),
             "--keep-alive" => o.keep_alive = true,
+            "--work" => WORK_MS.store(
+                val("--work").parse().unwrap_or_else(|_| usage("bad --work")),
+                Ordering::Relaxed,
+            ),
             "--inetd" => o.inetd = true,
             other => usage(&format!("unknown argument {other:?}")),
         }
@@ -593,6 +602,10 @@ fn serve<S: Read + Write>(mut s: S, body: &str, on_served: &dyn Fn()) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
+    }
+    match WORK_MS.load(Ordering::Relaxed) {
+        0 => {}
+        ms => thread::sleep(Duration::from_millis(ms)),
     }
     let resp = format!(
         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -162,6 +162,9 @@ pub struct BridgeArgs {
     /// applies what it forces on the container ([`crate::policy::admit`]).
     #[arg(long, value_name = "PATH|builtin")]
     pub policy: Option<String>,
+    /// Replica `K` (from 1) of a vassal with `replicas`: its container is `<name>.r<K>`, beside the first's `<name>`.
+    #[arg(long, value_name = "K")]
+    pub replica: Option<u32>,
 }
 
 impl BridgeArgs {
@@ -212,6 +215,10 @@ impl BridgeArgs {
         if let Some(p) = &self.policy {
             argv.push("--policy".into());
             argv.push(p.clone());
+        }
+        if let Some(k) = self.replica {
+            argv.push("--replica".into());
+            argv.push(k.to_string());
         }
         if self.docker_debug {
             argv.push("--docker-debug".into());
@@ -743,6 +750,7 @@ mod tests {
             run_as: Some(crate::config::RunAs { uid: 1000, gid: 100 }),
             owner: Some(crate::config::RunAs { uid: 1001, gid: 101 }),
             policy: Some("builtin".into()),
+            replica: Some(3),
         };
         assert_eq!(bridge_args(full.to_argv()), full);
         let bare = BridgeArgs {
@@ -754,6 +762,7 @@ mod tests {
             run_as: None,
             owner: None,
             policy: None,
+            replica: None,
             ..full.clone()
         };
         assert_eq!(bridge_args(bare.to_argv()), bare);
@@ -789,6 +798,8 @@ mod tests {
                 "1001:101",
                 "--policy",
                 "builtin",
+                "--replica",
+                "3",
                 "--docker-debug",
                 "--label",
                 "team=web",

@@ -407,6 +407,13 @@ impl Bridge {
             Some(spec) => self.admit(spec, cfg)?,
             None => cfg,
         };
+        let mut cfg = cfg;
+        // Replica K of a vassal with `replicas` is a container of its own beside the first; the cidfile
+        // holds the first's id only (one file cannot name several containers).
+        if let (Some(k), Some(d)) = (self.args.replica, cfg.docker.as_mut()) {
+            d.container_name = format!("{}.r{k}", d.container_name);
+            d.cidfile = None;
+        }
         let d = cfg.docker.clone().ok_or(Fail::NotDocker)?;
         let create_name = if self.args.overlap {
             format!("{}.next-{}", d.container_name, std::process::id())

@@ -147,6 +147,26 @@ fn table(doc: &Value, now: u64) -> String {
             },
             next,
         ]);
+        // A vassal with replicas: one indented row per instance.
+        for r in v["replicas"]["instances"].as_array().unwrap_or(&empty) {
+            let pid = match r["pid"].as_i64() {
+                Some(p) if p > 0 => p.to_string(),
+                _ => "-".into(),
+            };
+            let outdated = if r["outdated"].as_bool() == Some(true) { " (old config)" } else { "" };
+            rows.push([
+                format!("  #{}", s(&r["index"])),
+                String::new(),
+                format!("{}{outdated}", s(&r["state"])),
+                String::new(),
+                pid,
+                String::new(),
+                r["usage"]["memory"]["bytes"].as_u64().map_or("-".into(), bytes),
+                r["usage"]["cpu_usec"].as_u64().map_or("-".into(), cpu),
+                String::new(),
+                String::new(),
+            ]);
+        }
     }
     let mut widths = [0usize; 10];
     for r in &rows {

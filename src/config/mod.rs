@@ -19,6 +19,7 @@ mod accept;
 mod docker;
 mod keys;
 mod raw;
+mod replicas;
 mod routes;
 mod socket;
 #[cfg(test)]
@@ -32,6 +33,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 pub use docker::DockerConfig;
+pub use replicas::Replicas;
 pub(crate) use keys::parse_size;
 pub use keys::{Owner, parse_owner};
 pub use routes::{Route, claims, parse_host};
@@ -111,6 +113,9 @@ pub struct VassalConfig {
     /// start the vassal without waiting for a connection and freeze it as soon as it waits for
     /// connections, so that even the first request is a wake from pause, not a cold start.
     pub prewarm: bool,
+    /// `replicas = N | MIN..MAX` with `replicas-up` / `replicas-down` (default 1): how many instances share
+    /// the vassal's sockets ([`replicas`]).
+    pub replicas: Replicas,
     /// `domains = <host> <host> ...` and `domain = <host> [socket=<name>]`, in file order: the
     /// Host names nginx routes to this vassal (see `emperor/routes.rs`). Hosts are lowercase, and
     /// no two overlap within a vassal; a vassal with routes has at least one socket, and every

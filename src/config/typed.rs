@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use super::accept::AcceptKeys;
+use super::replicas::ReplicaKeys;
 use super::docker::DockerKeys;
 use super::keys::{
     parse_backlog, parse_bool, parse_chdir, parse_env, parse_exec, parse_host_path, parse_idle_action,
@@ -17,7 +18,7 @@ use super::keys::{
 use super::raw::{RawEntry, RawVassal};
 use super::routes::RouteKeys;
 use super::socket::{SocketSpec, parse_socket};
-use super::{IdleAction, KeyLine, Problem, SocketAddrSpec, VassalConfig};
+use super::{IdleAction, KeyLine, Problem, Replicas, SocketAddrSpec, VassalConfig};
 
 /// The `[emperor]` keys accepted today. Adding one means: add it here, parse it in
 /// `Builder::apply` (or `DockerKeys::add`), add a field to [`VassalConfig`], and test it.
@@ -54,6 +55,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "idle",
     "idle-action",
     "prewarm",
+    "replicas",
+    "replicas-up",
+    "replicas-down",
     "domains",
     "domain",
     "reload-overlap",
@@ -97,6 +101,9 @@ const EMPEROR_ONLY_KEYS: &[&str] = &[
     "idle",
     "idle-action",
     "prewarm",
+    "replicas",
+    "replicas-up",
+    "replicas-down",
     "domains",
     "domain",
     "reload-overlap",
@@ -138,6 +145,7 @@ struct Builder<'a> {
     docker: DockerKeys<'a>,
     routes: RouteKeys<'a>,
     accept: AcceptKeys<'a>,
+    replicas: ReplicaKeys<'a>,
     /// The line of each key that may be given once, for "given twice (first on line N)".
     first_seen: HashMap<&'a str, Option<usize>>,
     socket_lines: HashMap<SocketAddrSpec, Option<usize>>,
@@ -173,6 +181,7 @@ impl<'a> Builder<'a> {
             docker: DockerKeys::new(name),
             routes: RouteKeys::default(),
             accept: AcceptKeys::default(),
+            replicas: ReplicaKeys::default(),
             first_seen: HashMap::new(),
             socket_lines: HashMap::new(),
             failed: HashSet::new(),
@@ -241,6 +250,7 @@ impl<'a> Builder<'a> {
             "chown-socket" => parse_owner(value).map(|o| c.chown_socket = Some(o)),
             "listen" => parse_backlog(value).map(|n| c.listen = Some(n)),
             "accept" | "max-connections" => self.accept.add(entry),
+            "replicas" | "replicas-up" | "replicas-down" => self.replicas.add(entry),
             "on-demand" => parse_bool(value).map(|b| c.on_demand = b),
             "docker-precreate" => parse_bool(value).map(|b| c.precreate = b),
             "reload-overlap" => parse_bool(value).map(|b| c.reload_overlap = b),
@@ -341,6 +351,7 @@ impl<'a> Builder<'a> {
         }
         let socket_invalid = self.failed.contains("socket") || self.failed.contains("docker-socket");
         self.accept.finish(&mut self.config, socket_invalid, &mut self.problems);
+        self.replicas.finish(&mut self.config, &mut self.problems);
         (self.config, self.problems)
     }
 }
@@ -368,6 +379,7 @@ fn empty_config(name: &str, path: &Path, text: &str) -> VassalConfig {
         idle: None,
         idle_action: IdleAction::Stop,
         prewarm: false,
+        replicas: Replicas::default(),
         routes: Vec::new(),
         reload_overlap: true,
         ready_delay: None,
@@ -449,6 +461,9 @@ mod tests {
                 "idle" => "30",
                 "idle-action" => "pause",
                 "prewarm" => "yes",
+                "replicas" => "1",
+                "replicas-up" => "1",
+                "replicas-down" => "1",
                 "reload-overlap" => "false",
                 "docker-precreate" => "no",
                 "ready-delay" => "0.5",
@@ -467,6 +482,8 @@ mod tests {
                 ("logto = a.log\n", 3)
             } else if *key == "max-connections" {
                 ("accept = false\n", 3)
+            } else if key.starts_with("replicas-") {
+                ("socket = /run/a.sock\nreplicas = 1..2\n", 4)
             } else {
                 ("", 2)
             };

@@ -52,6 +52,26 @@ pub fn open_connections(sockets: &[&SocketAddrSpec]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// How many connections wait in the accept queues of the given listeners (each with the inode of its fd),
+/// from one sock_diag dump per address family present: what auto-scaling replicas look at several times a
+/// second, so it reads no `/proc/net` table.
+pub fn queued(listeners: &[(&SocketAddrSpec, u64)]) -> Result<usize, String> {
+    let mut unix = None;
+    let mut tcp = None;
+    let mut n = 0;
+    for (addr, inode) in listeners {
+        let table = match addr {
+            SocketAddrSpec::Tcp(_) => tcp.get_or_insert_with(diag::tcp_listeners),
+            SocketAddrSpec::Unix(_) | SocketAddrSpec::Abstract(_) => unix.get_or_insert_with(diag::unix_listeners),
+        };
+        match table {
+            Ok(m) => n += m.get(inode).map_or(0, |l| l.queued as usize),
+            Err(e) => return Err(e.clone()),
+        }
+    }
+    Ok(n)
+}
+
 /// One read of the kernel's socket tables, for the stats document: many sockets are measured from it
 /// without reading `/proc/net/*` or asking sock_diag once per socket.
 pub struct Tables {

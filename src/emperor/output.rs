@@ -40,9 +40,10 @@ pub fn pipe() -> std::io::Result<(tokio::net::unix::pipe::Receiver, OwnedFd)> {
 
 /// Where one vassal's lines go. Shared by every instance of the vassal (an overlapping reload runs
 /// two), so they append to one file with one size count; the actor changes the target when its
-/// config changes, which takes effect at the next line.
+/// config changes, which takes effect at the next line. A replica's handle ([`Log::replica`]) shares the
+/// sink and tags each of its lines with `#<k>`.
 #[derive(Debug, Clone)]
-pub struct Log(Rc<RefCell<Sink>>);
+pub struct Log(Rc<RefCell<Sink>>, Option<u32>);
 
 #[derive(Debug)]
 struct Sink {
@@ -63,7 +64,8 @@ struct Sink {
 
 impl Log {
     pub fn new(name: &str) -> Log {
-        Log(Rc::new(RefCell::new(Sink {
+        Log(
+            Rc::new(RefCell::new(Sink {
             name: name.to_owned(),
             path: None,
             max: None,
@@ -71,7 +73,15 @@ impl Log {
             failed: false,
             tenant: None,
             pending: Vec::new(),
-        })))
+            })),
+            None,
+        )
+    }
+
+    /// The same sink, for replica `k` of a vassal that runs several: its lines read `[name#k] ...` on stdout and
+    /// `[#k] ...` in `logto`.
+    pub fn replica(&self, k: u32) -> Log {
+        Log(Rc::clone(&self.0), Some(k))
     }
 
     /// Applies `logto` / `log-maxsize`; a new path is opened at the next line.
@@ -111,11 +121,11 @@ pub async fn forward(log: Log, mut rx: tokio::net::unix::pipe::Receiver) {
         let mut sink = log.0.borrow_mut();
         let mut start = 0;
         while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
-            sink.line(&buf[start..start + pos]);
+            sink.line(&buf[start..start + pos], log.1);
             start += pos + 1;
         }
         while buf.len() - start >= MAX_LINE {
-            sink.line(&buf[start..start + MAX_LINE]);
+            sink.line(&buf[start..start + MAX_LINE], log.1);
             start += MAX_LINE;
         }
         sink.flush();
@@ -123,20 +133,29 @@ pub async fn forward(log: Log, mut rx: tokio::net::unix::pipe::Receiver) {
     }
     if !buf.is_empty() {
         let mut sink = log.0.borrow_mut();
-        sink.line(&buf);
+        sink.line(&buf, log.1);
         sink.flush();
     }
 }
 
 impl Sink {
-    fn line(&mut self, line: &[u8]) {
+    fn line(&mut self, line: &[u8], replica: Option<u32>) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let tag = replica.map(|k| format!("#{k}")).unwrap_or_default();
         if self.path.is_some() && !self.failed {
-            self.file_line(line);
+            let tagged;
+            self.file_line(match replica {
+                Some(_) => {
+                    tagged = [b"[", tag.as_bytes(), b"] ", line].concat();
+                    &tagged
+                }
+                None => line,
+            });
         }
         if self.path.is_none() || self.failed {
             self.pending.extend_from_slice(b"[");
             self.pending.extend_from_slice(self.name.as_bytes());
+            self.pending.extend_from_slice(tag.as_bytes());
             self.pending.extend_from_slice(b"] ");
             self.pending.extend_from_slice(line);
             self.pending.push(b'\n');

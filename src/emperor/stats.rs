@@ -58,6 +58,18 @@ pub struct VassalStats {
     pub throttle: Option<(Duration, u64)>,
     pub error: Option<String>,
     pub track: Track,
+    /// A vassal with `replicas` (max > 1): its range, how many run now, and instances 1.. (0 is the above).
+    pub replicas: Option<ReplicaSet>,
+}
+
+/// The `replicas` of a vassal.
+#[derive(Debug, Clone)]
+pub struct ReplicaSet {
+    pub min: u32,
+    pub max: u32,
+    pub count: u32,
+    /// Instances 1.., each with its bridge's record (Docker).
+    pub others: Vec<(crate::emperor::vassal::ReplicaStat, Option<PathBuf>)>,
 }
 
 /// One of the vassal's listening sockets.
@@ -321,8 +333,11 @@ impl Sources {
         let leaders: HashSet<i32> = vassals
             .iter()
             .filter_map(|v| v.as_ref().ok())
-            .filter(|v| v.kind == "process" && v.pid > 0)
-            .map(|v| v.pid)
+            .filter(|v| v.kind == "process")
+            .flat_map(|v| {
+                let others = v.replicas.iter().flat_map(|r| r.others.iter().map(|(o, _)| o.pid));
+                std::iter::once(v.pid).chain(others).filter(|p| *p > 0)
+            })
             .collect();
         Sources {
             uid,
@@ -390,7 +405,47 @@ impl Sources {
             "cpu_usec": usage.and_then(|u| u.cpu_usec),
             "last_start_ms": last_start.map(|(ms, _)| ms),
             "last_start_until": last_start.map(|(_, until)| until),
+            "replicas": v.replicas.as_ref().map(|r| self.replicas(v, r, usage)),
         })
+    }
+
+    /// `replicas`: the range, the count, and one entry per instance with its own pid, state and usage (replica 0
+    /// repeats the vassal's own).
+    fn replicas(&mut self, v: &VassalStats, r: &ReplicaSet, first: Option<usage::Usage>) -> Value {
+        let usage_json = |u: Option<usage::Usage>| {
+            json!({
+                "memory": u.and_then(|u| u.memory.map(|m| json!({ "bytes": m, "source": u.source }))),
+                "cpu_usec": u.and_then(|u| u.cpu_usec),
+            })
+        };
+        let mut list = vec![json!({
+            "index": 0,
+            "pid": v.pid,
+            "state": v.state,
+            "container": v.container,
+            "outdated": false,
+            "usage": usage_json(first),
+        })];
+        for (o, record) in &r.others {
+            let usage = match record {
+                _ if o.pid <= 0 => None,
+                Some(record) => crate::docker::record::Info::read(record).and_then(|b| {
+                    self.cgroups
+                        .get_or_insert_with(usage::Cgroups::load)
+                        .usage_of(b.init_pid)
+                }),
+                None => self.groups.usage_of(o.pid),
+            };
+            list.push(json!({
+                "index": o.index,
+                "pid": o.pid,
+                "state": o.state,
+                "container": v.container.as_ref().map(|c| format!("{c}.r{}", o.index)),
+                "outdated": o.outdated,
+                "usage": usage_json(usage),
+            }));
+        }
+        json!({ "min": r.min, "max": r.max, "count": r.count, "instances": list })
     }
 
     /// The vassal's listening sockets, each with its load.

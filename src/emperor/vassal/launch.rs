@@ -80,6 +80,8 @@ pub struct Launch<'a> {
     pub overlap: bool,
     /// Where the instance's output goes.
     pub log: &'a output::Log,
+    /// Replica `K` (from 1) of a vassal with `replicas`; `None` for the first (the state machine's).
+    pub replica: Option<u32>,
 }
 
 /// Starts instances. `Err` is the reason for the log ("cannot execute ..."); the vassal is then throttled.
@@ -150,7 +152,7 @@ impl Launcher for System {
         let (stdin, listen): (Option<_>, &[BoundSocket]) = if bridged {
             // The bridge gets every socket as LISTEN_FDS; the shim places them inside the container.
             speaks = crate::docker::is_uwsgi(cfg);
-            argv = bridge_argv(cfg, l.opts, l.overlap, None);
+            argv = bridge_argv(cfg, l.opts, l.overlap, None, l.replica);
             env = bridge_env(cfg, l.opts);
             if speaks {
                 let (ours, t) = channel().map_err(|e| VassalError::create("config channel")(e.into()))?;
@@ -203,14 +205,15 @@ impl Launcher for System {
         l.log.reopen();
         tokio::task::spawn_local(output::forward(l.log.clone(), out_rx));
         let pid = child.pid().as_raw();
+        let tag = l.replica.map(|k| format!("#{k}")).unwrap_or_default();
         if bridged {
             info!(
-                "[{}] spawned bridge pid {pid} for image {}",
+                "[{}{tag}] spawned bridge pid {pid} for image {}",
                 l.name,
                 cfg.docker.as_ref().map_or("", |d| &d.image)
             );
         } else {
-            info!("[{}] spawned pid {pid}: {}", l.name, argv.join(" "));
+            info!("[{}{tag}] spawned pid {pid}: {}", l.name, argv.join(" "));
         }
         Ok(Proc {
             child: Box::new(child),
@@ -225,7 +228,7 @@ impl Launcher for System {
         let (out_rx, out_w) = output::pipe().map_err(VassalError::create("output pipe"))?;
         let (lifeline_r, lifeline) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| VassalError::create("bridge's lifeline")(e.into()))?;
-        let argv = bridge_argv(l.cfg, l.opts, false, Some(container));
+        let argv = bridge_argv(l.cfg, l.opts, false, Some(container), l.replica);
         let stderr = std::io::stderr();
         let req = SpawnRequest {
             argv: &argv,
@@ -284,7 +287,13 @@ fn bridge_env(cfg: &VassalConfig, opts: &EmperorOptions) -> Vec<(String, String)
 
 /// The bridge's command line: `argv[0]` is what `ps` shows; the program itself is /proc/self/exe (see
 /// `launch`), which still works after the binary was replaced on disk (an upgrade in place, a rebuild).
-fn bridge_argv(cfg: &VassalConfig, opts: &EmperorOptions, overlap: bool, adopt: Option<&str>) -> Vec<String> {
+fn bridge_argv(
+    cfg: &VassalConfig,
+    opts: &EmperorOptions,
+    overlap: bool,
+    adopt: Option<&str>,
+    replica: Option<u32>,
+) -> Vec<String> {
     let exe = own_exe();
     let args = crate::cli::BridgeArgs {
         name: cfg.name.clone(),
@@ -306,6 +315,7 @@ fn bridge_argv(cfg: &VassalConfig, opts: &EmperorOptions, overlap: bool, adopt: 
             Some(p) => Some(p.to_string_lossy().into_owned()),
             None => opts.tyrant.then(|| "builtin".to_string()),
         },
+        replica,
     };
     std::iter::once(exe).chain(args.to_argv()).collect()
 }

@@ -16,6 +16,7 @@
 //! | freezer | `freeze.rs` | Docker pause/unpause in flight, a pause to confirm | a pause was asked for | once it took effect: `Activated` if a connection is open or queued after all |
 //! | creation ahead of time | `precreate.rs` | generation, creation in flight, ready container, tried, activation pending | `Waiting` on demand with `docker-image` and `docker-precreate` | `Activated` once a creation a connection waited for ends |
 //! | retiring instances | `retire.rs` | background stops | an old instance is stopping (overlap, rollback) | SIGUSR1 to the bridge when the old container's name is free |
+//! | replicas | `replicas.rs` | instances 1.. of `replicas`, their supervisors, the scaling count | the vassal has an instance (not prewarmed, not paused) or is restarting one | a supervisor's report; a look at the accept queue or a throttled start is due |
 //!
 //! How instances start is behind the [`launch::Launcher`] seam, so the actor's timing is tested with a
 //! fake launcher and paused time (tests below).
@@ -26,6 +27,7 @@ mod launch;
 mod messages;
 mod precreate;
 mod ready;
+mod replicas;
 mod report;
 mod retire;
 mod watch;
@@ -40,10 +42,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 pub use messages::{Command, StateReport, VassalHandle};
+pub use replicas::ReplicaStat;
 
 use super::arrivals::{self, Arrivals};
 use super::conns;
-use super::fsm::{Action, Event, Fsm, Params, State};
+use super::fsm::{Action, AfterStop, Event, Fsm, Params, State};
 use super::listening;
 use super::output;
 use super::prepare;
@@ -84,6 +87,7 @@ fn start_with(
     let (tx, rx) = mpsc::unbounded_channel();
     let params = params_for(&opts, None);
     let actor = Actor {
+        replicas: replicas::Replicas::new(&name),
         log: output::Log::new(&name),
         watch: watch::Watch::new(&name, arrivals),
         name,
@@ -160,6 +164,8 @@ struct Actor {
     /// Pauses and resumes, in order, and the confirmation that a pause took effect.
     freezer: freeze::Freezer,
     retiring: retire::Retiring,
+    /// Instances 1.. of a vassal with `replicas`.
+    replicas: replicas::Replicas,
     /// Times and outcomes for the stats document.
     track: Track,
     /// Where state changes are reported.
@@ -190,6 +196,10 @@ enum Wake {
     Listened(bool),
     /// A pause has taken effect.
     Frozen,
+    /// A replica's supervisor reported.
+    Replica(replicas::Report),
+    /// A look at the accept queue, or a throttled replica's start, is due.
+    Replicas,
 }
 
 impl Actor {
@@ -208,6 +218,7 @@ impl Actor {
         if let Some(id) = self.precreate.leftover().await {
             self.discard(id);
         }
+        self.replicas.finish().await;
         self.retiring.finish().await;
         for s in self.sockets.drain(..) {
             s.release();
@@ -224,6 +235,7 @@ impl Actor {
         let idle_at = self.watch.check.map(|i| i.next);
         let listen_at = self.ready.due();
         let previous = self.previous.as_mut().map(|p| &mut p.child);
+        let replicas_at = self.replicas.deadline();
         tokio::select! {
             _ = wait_child(previous) => Wake::PreviousExited,
             bridged = self.retiring.exited() => Wake::Retired(bridged),
@@ -237,10 +249,24 @@ impl Actor {
             seen = self.ready.answer() => Wake::Listened(seen),
             _ = sleep_until(idle_at) => Wake::IdleCheck,
             _ = self.freezer.frozen() => Wake::Frozen,
+            report = self.replicas.report() => Wake::Replica(report),
+            _ = sleep_until(replicas_at) => Wake::Replicas,
         }
     }
 
     fn on_wake(&mut self, wake: Wake) -> Vec<Event> {
+        let events = self.on_wake_inner(wake);
+        // Whatever reloads the vassal (its file, SIGHUP, `emperor restart`) replaces its other replicas too.
+        if events
+            .iter()
+            .any(|e| matches!(e, Event::Reload { .. } | Event::Restart))
+        {
+            self.replicas.reload();
+        }
+        events
+    }
+
+    fn on_wake_inner(&mut self, wake: Wake) -> Vec<Event> {
         match wake {
             Wake::Command(Some(cmd)) => self.command(cmd),
             // The main loop is gone: behave as on shutdown.
@@ -260,6 +286,11 @@ impl Actor {
                 bytes.into_iter().map(|b| Event::Msg(VassalMsg::from(b))).collect()
             }
             Wake::Timer => vec![Event::Timer],
+            Wake::Replica(report) => {
+                self.replicas.on_report(report, self.fsm.params(), now());
+                vec![]
+            }
+            Wake::Replicas => vec![],
             Wake::Seen => self.seen(),
             Wake::Frozen => self.frozen(),
             Wake::IdleCheck => self.idle_check(),
@@ -368,7 +399,8 @@ impl Actor {
                 opts: &self.opts,
                 sockets: &self.sockets,
                 overlap: false,
-                log: &self.log,
+                log: &self.first_log(&cfg),
+                replica: None,
             },
             &container.id,
         );
@@ -476,6 +508,41 @@ impl Actor {
             && cfg.as_ref().is_some_and(|c| c.ready_delay.is_none())
             && inst.is_some_and(|i| !i.speaks);
         self.ready.sync(pending, now());
+        self.sync_replicas();
+    }
+
+    /// Starts, stops, replaces and scales instances 1.. of a vassal with `replicas`: they run while the vassal
+    /// has an instance that serves or is on its way (not a prewarmed one, not paused, held or stopping for good).
+    fn sync_replicas(&mut self) {
+        let Some(cfg) = self.config.clone() else { return };
+        let state = self.fsm.state();
+        let active = match state {
+            _ if state.instance().is_some_and(|i| i.prewarm) => false,
+            State::Starting(_) | State::Running(_) | State::Reloading { .. } | State::Throttled { .. } => true,
+            State::Stopping {
+                then: AfterStop::Restart,
+                ..
+            } => true,
+            State::Waiting => self.fsm.previous().is_some() || !self.fsm.params().on_demand,
+            _ => false,
+        };
+        let serving = matches!(state, State::Running(_)) && self.fsm.previous().is_none();
+        let params = self.fsm.params().clone();
+        self.replicas.sync(
+            replicas::Want {
+                cfg: &cfg,
+                active,
+                serving,
+                sockets: &self.sockets,
+            },
+            replicas::Start {
+                launcher: self.launcher.as_mut(),
+                opts: &self.opts,
+                log: &self.log,
+                params: &params,
+            },
+            now(),
+        );
     }
 
     /// Starts a look, on the blocking pool, whether the new instance waits for connections.
@@ -846,13 +913,24 @@ impl Actor {
             sockets: &self.sockets,
             // The old container still holds the vassal's name.
             overlap: self.previous.as_ref().is_some_and(|p| p.bridged),
-            log: &self.log,
+            log: &self.first_log(&cfg),
+            replica: None,
         })?;
         let (pid, speaks) = (proc.child.pid().as_raw(), proc.speaks);
         self.proc = Some(proc);
         self.push_config();
         self.track.spawned(pid, forked_at);
         Ok(Event::Spawned { pid, speaks })
+    }
+
+    /// Where the output of the state machine's instance goes: tagged `#0` when the vassal may run replicas, as
+    /// each of the others is tagged with its own number.
+    fn first_log(&self, cfg: &VassalConfig) -> output::Log {
+        if cfg.replicas.max > 1 {
+            self.log.replica(0)
+        } else {
+            self.log.clone()
+        }
     }
 
     /// Sends the vassal file over the config channel, if the vassal has one.

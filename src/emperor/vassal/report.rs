@@ -94,6 +94,24 @@ impl Actor {
                 _ => self.track.config_error.clone(),
             },
             track: self.track.clone(),
+            replicas: cfg.filter(|c| c.replicas.max > 1).map(|c| {
+                let bridged = c.docker.is_some();
+                stats::ReplicaSet {
+                    min: c.replicas.min,
+                    max: c.replicas.max,
+                    count: self.replicas.count(),
+                    others: self
+                        .replicas
+                        .stats(now())
+                        .into_iter()
+                        .map(|o| {
+                            let record = (bridged && o.pid > 0)
+                                .then(|| crate::docker::record::path(&self.opts.run_dir, &self.opts.instance, o.pid));
+                            (o, record)
+                        })
+                        .collect(),
+                }
+            }),
         }
     }
 
@@ -110,8 +128,14 @@ impl Actor {
             State::Invalid { error } => format!(" error={:?}", error.lines().next().unwrap_or("")),
             _ => String::new(),
         };
+        let replicas: String = self
+            .replicas
+            .stats(now())
+            .iter()
+            .map(|r| format!(" #{}={}:{}", r.index, r.state, r.pid))
+            .collect();
         info!(
-            "[{}] status: state={} pid={pid} loyal={} restarts={} throttle_attempts={}{next}",
+            "[{}] status: state={} pid={pid} loyal={} restarts={} throttle_attempts={}{next}{replicas}",
             self.name,
             self.fsm.state().name(),
             u8::from(inst.is_some_and(|i| i.loyal)),

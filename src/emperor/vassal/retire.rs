@@ -38,26 +38,7 @@ impl Retiring {
         self.tasks.retain(|t| !t.is_finished());
         self.tasks.push(tokio::task::spawn_local(async move {
             // The whole Proc lives until the end: a bridge reads EOF on its lifeline as "the emperor is gone".
-            let old = &mut old;
-            match &old.control {
-                Some(c) if old.speaks && !old.bridged => {
-                    let _ = write_all_now(c, &[EmperorMsg::GracefulStop.byte()]);
-                }
-                _ => old
-                    .child
-                    .signal(if old.bridged { Signal::SIGTERM } else { stop_signal }),
-            }
-            let exit = match tokio::time::timeout(stop_timeout, old.child.wait()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    warn!(
-                        "[{name}] the old instance did not stop within {:.1}s; killing it",
-                        stop_timeout.as_secs_f64()
-                    );
-                    old.child.kill_group();
-                    old.child.wait().await
-                }
-            };
+            let exit = stop(&name, "the old instance", &mut old, stop_timeout, stop_signal).await;
             match exit {
                 Ok(e) => info!("[{name}] the old instance (pid {}) exited {e}", old.child.pid()),
                 Err(e) => warn!("[{name}] cannot wait for the old instance: {e}"),
@@ -85,6 +66,35 @@ impl Retiring {
     pub async fn finish(&mut self) {
         for task in self.tasks.drain(..) {
             let _ = task.await;
+        }
+    }
+}
+
+/// Stops `p` and waits for it: byte 2 to a speaker, SIGTERM to a bridge (which hands the vassal's own stop
+/// signal to `docker stop`), `stop_signal` otherwise; its process group is killed when `stop_timeout` runs out.
+/// `what` names it in the log line of that kill. Shared with the replicas' supervisors (`replicas.rs`).
+pub async fn stop(
+    name: &str,
+    what: &str,
+    p: &mut Proc,
+    stop_timeout: Duration,
+    stop_signal: Signal,
+) -> std::io::Result<crate::emperor::spawn::Exit> {
+    match &p.control {
+        Some(c) if p.speaks && !p.bridged => {
+            let _ = write_all_now(c, &[EmperorMsg::GracefulStop.byte()]);
+        }
+        _ => p.child.signal(if p.bridged { Signal::SIGTERM } else { stop_signal }),
+    }
+    match tokio::time::timeout(stop_timeout, p.child.wait()).await {
+        Ok(r) => r,
+        Err(_) => {
+            warn!(
+                "[{name}] {what} did not stop within {:.1}s; killing it",
+                stop_timeout.as_secs_f64()
+            );
+            p.child.kill_group();
+            p.child.wait().await
         }
     }
 }
