@@ -165,9 +165,12 @@ impl Bridge {
             .list_containers(Some(list))
             .await
             .map_err(|e| Fail::docker("list stale containers", &e))?;
+        let replica = self.args.replica.map(|k| k.to_string());
         for c in found {
             let Some(id) = c.id else { continue };
-            if keep == Some(id.as_str()) {
+            // A sibling replica's container serves: only this replica's own are stale.
+            let theirs = c.labels.as_ref().and_then(|l| l.get(docker::LABEL_REPLICA));
+            if keep == Some(id.as_str()) || theirs != replica.as_ref() {
                 continue;
             }
             info!("[{}] bridge: removing stale container {}", self.args.name, short(&id));

@@ -153,7 +153,11 @@ fn table(doc: &Value, now: u64) -> String {
                 Some(p) if p > 0 => p.to_string(),
                 _ => "-".into(),
             };
-            let outdated = if r["outdated"].as_bool() == Some(true) { " (old config)" } else { "" };
+            let outdated = if r["outdated"].as_bool() == Some(true) {
+                " (old config)"
+            } else {
+                ""
+            };
             rows.push([
                 format!("  #{}", s(&r["index"])),
                 String::new(),

@@ -33,9 +33,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 pub use docker::DockerConfig;
-pub use replicas::Replicas;
 pub(crate) use keys::parse_size;
 pub use keys::{Owner, parse_owner};
+pub use replicas::Replicas;
 pub use routes::{Route, claims, parse_host};
 pub use socket::{SocketAddrSpec, SocketSpec};
 pub(crate) use typed::closest_key;

@@ -145,7 +145,9 @@ mod tests {
         let c = ok(&format!("{BASE}replicas = 4\n"));
         assert_eq!((c.replicas.min, c.replicas.max), (4, 4));
         assert!(!c.replicas.scales());
-        let c = ok(&format!("{BASE}replicas = 1..4\nreplicas-up = 0.5\nreplicas-down = 3\n"));
+        let c = ok(&format!(
+            "{BASE}replicas = 1..4\nreplicas-up = 0.5\nreplicas-down = 3\n"
+        ));
         assert_eq!((c.replicas.min, c.replicas.max), (1, 4));
         assert!(c.replicas.scales());
         assert_eq!(c.replicas.up, Duration::from_millis(500));
@@ -169,9 +171,21 @@ mod tests {
             ("replicas = many", "replicas", "expected a count such as 4"),
             ("replicas = 4..2", "replicas", "the range 4..2 is empty"),
             ("replicas = 1..", "replicas", "expected a count such as 4"),
-            ("replicas = 1..4\nreplicas-up = 0", "replicas-up", "must be greater than 0"),
-            ("replicas = 1..4\nreplicas-down = soon", "replicas-down", "expected seconds"),
-            ("replicas = 3\nreplicas-up = 2", "replicas-up", "needs replicas = MIN..MAX"),
+            (
+                "replicas = 1..4\nreplicas-up = 0",
+                "replicas-up",
+                "must be greater than 0",
+            ),
+            (
+                "replicas = 1..4\nreplicas-down = soon",
+                "replicas-down",
+                "expected seconds",
+            ),
+            (
+                "replicas = 3\nreplicas-up = 2",
+                "replicas-up",
+                "needs replicas = MIN..MAX",
+            ),
             ("replicas-down = 2", "replicas-down", "needs replicas = MIN..MAX"),
         ];
         for (lines, key, message) in cases {

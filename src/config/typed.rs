@@ -9,13 +9,13 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use super::accept::AcceptKeys;
-use super::replicas::ReplicaKeys;
 use super::docker::DockerKeys;
 use super::keys::{
     parse_backlog, parse_bool, parse_chdir, parse_env, parse_exec, parse_host_path, parse_idle_action,
     parse_log_maxsize, parse_mode, parse_owner, parse_seconds, parse_signal, parse_timeout,
 };
 use super::raw::{RawEntry, RawVassal};
+use super::replicas::ReplicaKeys;
 use super::routes::RouteKeys;
 use super::socket::{SocketSpec, parse_socket};
 use super::{IdleAction, KeyLine, Problem, Replicas, SocketAddrSpec, VassalConfig};

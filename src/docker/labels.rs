@@ -17,6 +17,9 @@ pub const LABEL_FINGERPRINT: &str = "emperor.fingerprint";
 /// container (its bridge, the next bridge replacing a stale one, the emperor reaping an orphan) removes the
 /// file with it ([`forget_cidfile`]).
 pub const LABEL_CIDFILE: &str = "emperor.cidfile";
+/// Replica `K` (from 1) of a vassal with `replicas`; the first (`K` = 0) has no such label. A bridge replaces
+/// stale containers of its own replica only, never a sibling that serves.
+pub const LABEL_REPLICA: &str = "emperor.replica";
 
 /// Removes the cidfile a removed container's labels name, if it still holds that container's id (an
 /// overlapping reload's new container may have written its own id there). A symlink there is removed

@@ -20,5 +20,5 @@ pub mod plan;
 pub mod record;
 
 pub use daemon::{is_conflict, is_not_found, message, remove, short, status};
-pub use labels::{LABEL_INSTANCE, LABEL_VASSAL};
+pub use labels::{LABEL_INSTANCE, LABEL_REPLICA, LABEL_VASSAL};
 pub use plan::{Inputs, PROXY_DIR, Plan, ProxyPaths, SHIM_PATH, is_uwsgi, make_proxy_dir, plan, reusable};

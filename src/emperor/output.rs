@@ -66,13 +66,13 @@ impl Log {
     pub fn new(name: &str) -> Log {
         Log(
             Rc::new(RefCell::new(Sink {
-            name: name.to_owned(),
-            path: None,
-            max: None,
-            file: None,
-            failed: false,
-            tenant: None,
-            pending: Vec::new(),
+                name: name.to_owned(),
+                path: None,
+                max: None,
+                file: None,
+                failed: false,
+                tenant: None,
+                pending: Vec::new(),
             })),
             None,
         )

@@ -15,6 +15,7 @@ mod mail;
 mod nginx;
 mod on_demand;
 mod pg_schema;
+mod replicas;
 mod routes;
 mod shell;
 mod shim;

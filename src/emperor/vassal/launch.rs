@@ -301,7 +301,12 @@ fn bridge_argv(
         vassals_dir: opts.vassals_dir.clone(),
         instance: opts.instance.clone(),
         run_dir: opts.run_dir.clone(),
-        labels: opts.docker_labels.clone(),
+        labels: opts
+            .docker_labels
+            .iter()
+            .cloned()
+            .chain(replica.map(|k| (crate::docker::LABEL_REPLICA.to_string(), k.to_string())))
+            .collect(),
         docker_debug: opts.docker_debug,
         wrapper: opts.wrapper.to_string_lossy().into_owned(),
         handshake_timeout: opts.docker_connect_timeout,

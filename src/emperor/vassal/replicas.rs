@@ -201,10 +201,7 @@ impl Replicas {
                     place.slot = Slot::Empty { retry_at: None };
                 } else {
                     place.attempts += 1;
-                    let delay = params
-                        .throttle
-                        .saturating_mul(place.attempts)
-                        .min(params.max_throttle);
+                    let delay = params.throttle.saturating_mul(place.attempts).min(params.max_throttle);
                     warn!(
                         "[{tag}] exited {exit} before it was loyal; throttled: next start in {:.1}s (attempt {})",
                         delay.as_secs_f64(),
@@ -322,10 +319,10 @@ impl Replicas {
                 self.count += 1;
                 self.busy_since = None;
                 info!(
-                    "[{}] connections kept waiting ({queued} now) for {:.1}s: scaling up to {} replicas",
+                    "[{}] connections kept waiting ({queued} now) for {:.1}s: scaling up to {}",
                     self.name,
                     self.range.up.as_secs_f64(),
-                    self.count
+                    instances(self.count)
                 );
             }
             return;
@@ -346,10 +343,10 @@ impl Replicas {
             self.count -= 1;
             self.spare_since = None;
             info!(
-                "[{}] no connection waited and a replica had nothing to do for {:.1}s: scaling down to {} replicas",
+                "[{}] no connection waited and a replica had nothing to do for {:.1}s: scaling down to {}",
                 self.name,
                 self.range.down.as_secs_f64(),
-                self.count
+                instances(self.count)
             );
         }
     }
@@ -460,6 +457,15 @@ impl Replicas {
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
+    }
+}
+
+/// "1 replica", "3 replicas".
+fn instances(n: u32) -> String {
+    if n == 1 {
+        "1 replica".into()
+    } else {
+        format!("{n} replicas")
     }
 }
 
