@@ -163,6 +163,17 @@ fn fixed_replicas_share_one_socket_and_a_touch_replaces_them_one_by_one() {
         "the replicas are replaced one by one",
     );
 
+    // Only the count changes: the highest replica stops, nothing else restarts.
+    let text = std::fs::read_to_string(h.vassal("rep.ini")).unwrap();
+    h.write_vassal("rep.ini", &text.replace("replicas = 3\n", "replicas = 2\n"));
+    h.wait_vlog("rep.ini", "only replicas changed", LONG);
+    h.wait_for(
+        || new.iter().filter(|p| alive(**p)).count() == 2,
+        LONG,
+        "one replica stopped after replicas = 2",
+    );
+    h.check(h.starts("rep").len() == 6, "no new process for a new count");
+
     // The file goes: every replica goes, and the socket.
     h.remove_vassal("rep.ini");
     for pid in &new {

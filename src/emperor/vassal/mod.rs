@@ -758,8 +758,16 @@ impl Actor {
         if let Some(id) = self.precreate.file_changed(cfg.docker.is_none()) {
             self.discard(id);
         }
+        let rescaled = self
+            .config
+            .as_ref()
+            .is_some_and(|old| old.replicas != cfg.replicas && without_replicas(old) == without_replicas(&cfg));
         self.config = Some(cfg);
-        if first {
+        if rescaled {
+            // Only the replica count changed: the replicas follow it at the next sync; nothing reloads.
+            info!("[{}] only replicas changed: applied without a reload", self.name);
+            vec![]
+        } else if first {
             vec![Event::Start]
         } else {
             vec![Event::Reload { restart }]
@@ -996,6 +1004,23 @@ impl Actor {
         }
         result
     }
+}
+
+/// The vassal file's text without its `replicas*` lines: equal before and after a change means only the count
+/// (or when it scales) changed, which needs no reload.
+fn without_replicas(cfg: &VassalConfig) -> Vec<&str> {
+    let skip: std::collections::HashSet<usize> = cfg
+        .lines
+        .iter()
+        .filter(|l| l.key.starts_with("replicas"))
+        .filter_map(|l| l.line)
+        .collect();
+    cfg.text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| !skip.contains(&(i + 1)))
+        .map(|(_, l)| l)
+        .collect()
 }
 
 /// Can the vassal's process keep all its sockets through an in-place reload (byte 1)? uWSGI 2.0 keeps

@@ -116,10 +116,7 @@ pub struct Replicas {
     count: u32,
     /// The range last seen, to notice a new one.
     range: Range,
-    /// Since when connections have waited at every look (scale up after `replicas-up`).
-    busy_since: Option<Instant>,
-    /// Since when none has waited and a replica had nothing open (scale down after `replicas-down`).
-    spare_since: Option<Instant>,
+    scaling: Scaling,
     next_look: Option<Instant>,
     /// A failed look was logged (once, until one works again).
     look_failed: bool,
@@ -135,8 +132,7 @@ impl Replicas {
             generation: 0,
             count: 1,
             range: Range::default(),
-            busy_since: None,
-            spare_since: None,
+            scaling: Scaling::default(),
             next_look: None,
             look_failed: false,
             reports: mpsc::unbounded_channel(),
@@ -272,13 +268,11 @@ impl Replicas {
     fn follow_range(&mut self, range: Range, active: bool) {
         if range != self.range {
             self.range = range;
-            self.busy_since = None;
-            self.spare_since = None;
+            self.scaling = Scaling::default();
         }
         if !active {
             self.count = range.min;
-            self.busy_since = None;
-            self.spare_since = None;
+            self.scaling = Scaling::default();
         }
         self.count = self.count.clamp(range.min, range.max);
     }
@@ -307,41 +301,30 @@ impl Replicas {
                 .iter()
                 .take(self.count as usize - 1)
                 .all(|p| matches!(p.slot, Slot::Live { ready: true, .. }));
-        if queued > 0 {
-            self.spare_since = None;
-            // A replica still starting is capacity on its way: wait for it before judging.
-            if !all_ready || self.count >= self.range.max {
-                self.busy_since = None;
-                return;
-            }
-            let since = *self.busy_since.get_or_insert(now);
-            if now.duration_since(since) >= self.range.up {
-                self.count += 1;
-                self.busy_since = None;
-                info!(
-                    "[{}] connections kept waiting ({queued} now) for {:.1}s: scaling up to {}",
-                    self.name,
-                    self.range.up.as_secs_f64(),
-                    instances(self.count)
-                );
-            }
-            return;
-        }
-        self.busy_since = None;
-        if self.count <= self.range.min {
-            self.spare_since = None;
-            return;
-        }
-        let addrs: Vec<_> = sockets.iter().map(|s| &s.spec.addr).collect();
-        let open = conns::open_connections(&addrs).unwrap_or(usize::MAX);
-        if open >= self.count as usize {
-            self.spare_since = None;
-            return;
-        }
-        let since = *self.spare_since.get_or_insert(now);
-        if now.duration_since(since) >= self.range.down {
-            self.count -= 1;
-            self.spare_since = None;
+        // Open connections matter only when scaling down is possible (a /proc/net read).
+        let open = || {
+            let addrs: Vec<_> = sockets.iter().map(|s| &s.spec.addr).collect();
+            conns::open_connections(&addrs).unwrap_or(usize::MAX)
+        };
+        let seen = Seen {
+            queued,
+            open: if queued == 0 && self.count > self.range.min {
+                open()
+            } else {
+                0
+            },
+            all_ready,
+        };
+        let before = self.count;
+        self.count = self.scaling.step(self.range, self.count, seen, now);
+        if self.count > before {
+            info!(
+                "[{}] connections kept waiting ({queued} now) for {:.1}s: scaling up to {}",
+                self.name,
+                self.range.up.as_secs_f64(),
+                instances(self.count)
+            );
+        } else if self.count < before {
             info!(
                 "[{}] no connection waited and a replica had nothing to do for {:.1}s: scaling down to {}",
                 self.name,
@@ -457,6 +440,59 @@ impl Replicas {
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
+    }
+}
+
+/// What one look at a scaling vassal saw.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// Connections waiting in the accept queues.
+    queued: usize,
+    /// Connections open or queued on the sockets (looked at only when nothing waited and the count may go down).
+    open: usize,
+    /// Every replica of the count runs and is ready (replica 0 serves).
+    all_ready: bool,
+}
+
+/// The scaling decision, as a pure function of what each look saw: the windows of `replicas-up` and
+/// `replicas-down`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Scaling {
+    /// Since when connections have waited at every look, with every replica ready.
+    busy_since: Option<Instant>,
+    /// Since when none has waited and fewer connections than replicas were open, at every look.
+    spare_since: Option<Instant>,
+}
+
+impl Scaling {
+    /// The count after a look that saw `seen` at `now`: one more after `range.up` of waiting connections (a
+    /// replica still starting is capacity on its way: the window waits for it), one fewer after `range.down`
+    /// with nothing waiting and a replica to spare; each change starts the windows over.
+    fn step(&mut self, range: Range, count: u32, seen: Seen, now: Instant) -> u32 {
+        if seen.queued > 0 {
+            self.spare_since = None;
+            if !seen.all_ready || count >= range.max {
+                self.busy_since = None;
+                return count;
+            }
+            let since = *self.busy_since.get_or_insert(now);
+            if now.duration_since(since) >= range.up {
+                self.busy_since = None;
+                return count + 1;
+            }
+            return count;
+        }
+        self.busy_since = None;
+        if count <= range.min || seen.open >= count as usize {
+            self.spare_since = None;
+            return count;
+        }
+        let since = *self.spare_since.get_or_insert(now);
+        if now.duration_since(since) >= range.down {
+            self.spare_since = None;
+            return count - 1;
+        }
+        count
     }
 }
 
@@ -584,5 +620,98 @@ impl Supervisor {
         })
         .await
         .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(min: u32, max: u32) -> Range {
+        Range {
+            min,
+            max,
+            up: Duration::from_secs(1),
+            down: Duration::from_secs(3),
+        }
+    }
+
+    const BUSY: Seen = Seen {
+        queued: 5,
+        open: 9,
+        all_ready: true,
+    };
+    const QUIET: Seen = Seen {
+        queued: 0,
+        open: 0,
+        all_ready: true,
+    };
+
+    /// Feeds one look every 250 ms for `secs`, starting at `t`; returns the count and the time after.
+    fn looks(s: &mut Scaling, r: Range, mut count: u32, seen: Seen, t: &mut Instant, secs: f64) -> u32 {
+        let end = *t + Duration::from_secs_f64(secs);
+        while *t < end {
+            count = s.step(r, count, seen, *t);
+            *t += LOOK;
+        }
+        count
+    }
+
+    #[test]
+    fn waiting_connections_add_one_replica_per_window_up_to_max() {
+        let (r, mut s, mut t) = (range(1, 4), Scaling::default(), Instant::now());
+        assert_eq!(looks(&mut s, r, 1, BUSY, &mut t, 0.9), 1, "not before replicas-up");
+        assert_eq!(looks(&mut s, r, 1, BUSY, &mut t, 0.2), 2, "one more after 1 s");
+        assert_eq!(looks(&mut s, r, 2, BUSY, &mut t, 0.9), 2, "the window starts over");
+        assert_eq!(looks(&mut s, r, 2, BUSY, &mut t, 10.0), 4, "at most MAX");
+    }
+
+    #[test]
+    fn a_replica_still_starting_holds_the_window() {
+        let (r, mut s, mut t) = (range(1, 4), Scaling::default(), Instant::now());
+        let starting = Seen {
+            all_ready: false,
+            ..BUSY
+        };
+        assert_eq!(looks(&mut s, r, 2, starting, &mut t, 5.0), 2);
+        assert_eq!(
+            looks(&mut s, r, 2, BUSY, &mut t, 0.9),
+            2,
+            "the window starts once all are ready"
+        );
+        // A look without waiting connections in between starts it over too.
+        assert_eq!(s.step(r, 2, QUIET, t), 2);
+        assert_eq!(looks(&mut s, r, 2, BUSY, &mut t, 0.9), 2);
+    }
+
+    #[test]
+    fn quiet_replicas_go_one_per_window_down_to_min() {
+        let (r, mut s, mut t) = (range(2, 4), Scaling::default(), Instant::now());
+        assert_eq!(looks(&mut s, r, 4, QUIET, &mut t, 2.9), 4, "not before replicas-down");
+        assert_eq!(looks(&mut s, r, 4, QUIET, &mut t, 0.2), 3);
+        assert_eq!(looks(&mut s, r, 3, QUIET, &mut t, 20.0), 2, "never below MIN");
+    }
+
+    #[test]
+    fn busy_replicas_are_not_scaled_down() {
+        let (r, mut s, mut t) = (range(1, 4), Scaling::default(), Instant::now());
+        // Nothing waits, but four connections are open on four replicas: none is spare.
+        let full = Seen {
+            queued: 0,
+            open: 4,
+            all_ready: true,
+        };
+        assert_eq!(looks(&mut s, r, 4, full, &mut t, 20.0), 4);
+        // One waiting connection in the window starts it over.
+        assert_eq!(looks(&mut s, r, 4, QUIET, &mut t, 2.0), 4);
+        assert_eq!(s.step(r, 4, BUSY, t), 4);
+        assert_eq!(looks(&mut s, r, 4, QUIET, &mut t, 2.9), 4);
+    }
+
+    #[test]
+    fn a_fixed_count_never_moves() {
+        let (r, mut s, mut t) = (range(3, 3), Scaling::default(), Instant::now());
+        assert_eq!(looks(&mut s, r, 3, BUSY, &mut t, 10.0), 3);
+        assert_eq!(looks(&mut s, r, 3, QUIET, &mut t, 10.0), 3);
     }
 }
