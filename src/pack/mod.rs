@@ -49,6 +49,9 @@ pub struct PackArgs {
     /// An empty directory in the image (root's, mode 755; missing parents too). Repeatable.
     #[arg(long, value_name = "DIR")]
     pub mkdir: Vec<PathBuf>,
+    /// A `KEY=VALUE` label on the image (besides `emperor.pack.binary`, which names BINARY). Repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::cli::parse_label)]
+    pub labels: Vec<(String, String)>,
     /// Print what the image would hold, one path per line, and make no image.
     #[arg(long)]
     pub dry_run: bool,
@@ -105,13 +108,16 @@ fn run(args: PackArgs) -> Result<(), String> {
     }
     let mut command = vec![binary.to_string_lossy().into_owned()];
     command.extend(args.args.iter().cloned());
-    let changes = vec![
-        format!("CMD {}", serde_json::Value::from(command)),
-        format!(
-            "LABEL emperor.pack.binary={}",
-            serde_json::Value::from(binary.to_string_lossy())
-        ),
-    ];
+    let mut changes = vec![format!("CMD {}", serde_json::Value::from(command))];
+    let binary_label = ("emperor.pack.binary".to_string(), binary.to_string_lossy().into_owned());
+    for (k, v) in std::iter::once(&binary_label).chain(&args.labels) {
+        // Quoted as JSON strings, which the Dockerfile parser reads back as they were.
+        changes.push(format!(
+            "LABEL {}={}",
+            serde_json::Value::from(k.as_str()),
+            serde_json::Value::from(v.as_str())
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
