@@ -47,7 +47,7 @@ impl Elf {
 pub fn inspect(path: &Path) -> Result<Option<Elf>, String> {
     let mut file = File::options()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut magic = [0u8; 4];

@@ -86,7 +86,11 @@ impl Packed {
 
 impl Drop for Packed {
     fn drop(&mut self) {
-        let _ = docker(&["image", "rm", "-f", &self.tag]);
+        match docker(&["image", "rm", "-f", &self.tag]) {
+            Ok(o) if o.success || o.stderr.contains("No such image") => {}
+            Ok(o) => eprintln!("cannot remove the test image {}: {}", self.tag, o.stderr.trim()),
+            Err(e) => eprintln!("cannot remove the test image {}: {e}", self.tag),
+        }
     }
 }
 
@@ -241,6 +245,8 @@ fn run_image(sweep: &DockerSweep, image: &str, args: &[&str]) -> (Option<i32>, S
 
 #[test]
 fn pack_a_dynamic_binary_its_libraries_and_added_files_and_run_it() {
+    // Declared before the sweep, so dropped after it: an image still used by a container is only untagged.
+    let image = Packed::new("id");
     let sweep = DockerSweep::new();
     let h = Harness::new("pack_id");
     // Files to --add: a directory with a subdirectory, a relative symlink out of it, a dangling one.
@@ -255,7 +261,6 @@ fn pack_a_dynamic_binary_its_libraries_and_added_files_and_run_it() {
     std::os::unix::fs::symlink("nowhere", tree.join("conf/dangling")).unwrap();
     let empty = format!("/srv/{}", unique_name("empty"));
 
-    let image = Packed::new("id");
     let conf = tree.join("conf");
     let out = image.pack_ok(&[
         "--add",
@@ -334,9 +339,9 @@ fn pack_a_dynamic_binary_its_libraries_and_added_files_and_run_it() {
 
 #[test]
 fn pack_a_static_binary_and_refuse_what_cannot_be_packed() {
+    let image = Packed::new("static");
     let sweep = DockerSweep::new();
     let h = Harness::new("pack_static");
-    let image = Packed::new("static");
     let out = image.pack_ok(&[EMPEROR, "--version"]);
     assert!(out.contains("static: no loader"), "{out}");
     let files = image.files(&sweep);
@@ -410,6 +415,7 @@ fn packed_nginx_conf(sock: &Path, port: u16, html: &Path) -> String {
 
 #[test]
 fn packed_nginx_serves_as_an_on_demand_docker_vassal_with_network_none() {
+    let image = Packed::new("nginx");
     let sweep = DockerSweep::new();
     let mut h = Harness::new("pack_nginx");
     let name = unique_name("nano-nginx");
@@ -423,7 +429,6 @@ fn packed_nginx_serves_as_an_on_demand_docker_vassal_with_network_none() {
 
     // As the README's example: the config and content, mime.types, the module; Debian's built-in paths
     // (the pid file in /run, temp files in /var/lib/nginx) as empty directories.
-    let image = Packed::new("nginx");
     let out = image.pack_ok(&[
         "--add",
         site.to_str().unwrap(),
