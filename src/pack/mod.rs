@@ -94,7 +94,7 @@ fn run(args: PackArgs) -> Result<(), String> {
     for path in &args.add {
         tree.add(&absolute(path)?).map_err(|e| format!("--add {e}"))?;
     }
-    let loaders = add_libraries(&mut tree, &binary, main_elf.interp.as_deref())?;
+    let loaders = add_libraries(&mut tree, main_elf.interp.as_deref())?;
     for dir in &args.mkdir {
         tree.mkdir(&absolute(dir)?, 0o755).map_err(|e| format!("--mkdir {e}"))?;
     }
@@ -152,7 +152,7 @@ fn absolute(path: &Path) -> Result<PathBuf, String> {
 /// Adds what the loader maps for every ELF file of the tree that needs it, until nothing new comes.
 /// Returns the loaders used. A shared object has no `PT_INTERP`: it is listed by BINARY's loader (or
 /// the first other one met).
-fn add_libraries(tree: &mut Rootfs, binary: &Path, interp: Option<&Path>) -> Result<Vec<PathBuf>, String> {
+fn add_libraries(tree: &mut Rootfs, interp: Option<&Path>) -> Result<Vec<PathBuf>, String> {
     let mut loaders: Vec<PathBuf> = interp.map(Path::to_path_buf).into_iter().collect();
     let mut checked = std::collections::HashSet::new();
     loop {
@@ -176,8 +176,6 @@ fn add_libraries(tree: &mut Rootfs, binary: &Path, interp: Option<&Path>) -> Res
                 todo.push((file, elf));
             }
         }
-        // BINARY first: its loader lists the shared objects that name none.
-        todo.sort_by_key(|(f, _)| f != binary);
         for (file, elf) in todo {
             let loader = elf.interp.as_ref().or(loaders.first()).ok_or_else(|| {
                 format!(
