@@ -42,7 +42,8 @@ emperor [OPTIONS] <VASSALS_DIR>          (or --emperor <DIR>, or \"pg://<conninf
        emperor shell [--docker-daemon-socket <PATH>] <VASSAL> [COMMAND [ARG]...]
        emperor check [--policy <FILE>] [--tyrant] [--tyrant-nofollow] <FILE>...
        emperor front --redis <URL> --nginx-map <PATH> [--nginx-reload <COMMAND>]
-                     [--routes-prefix <PREFIX>] [--reread <S>]";
+                     [--routes-prefix <PREFIX>] [--reread <S>]
+       emperor pack --tag <NAME[:TAG]> [--add <PATH>]... [--mkdir <DIR>]... <BINARY> [ARGS]...";
 
 /// The command line: the emperor's options, or one of the other roles of the binary.
 #[derive(Debug, Parser)]
@@ -77,6 +78,9 @@ pub enum Role {
     /// Keep an nginx include file in step with every host's routes in Redis: one nginx in front of a
     /// fleet of emperors. Runs until SIGTERM or SIGINT, and leaves the file as it is then.
     Front(FrontArgs),
+    /// Make a FROM scratch image of one program, the libraries its loader maps, and the files named
+    /// (each at its host path), through the Docker daemon, offline.
+    Pack(crate::pack::PackArgs),
     /// PID 1 inside a Docker vassal's container: receives the sockets over the proxy socket, then runs
     /// the vassal's command.
     #[command(hide = true)]
@@ -245,7 +249,7 @@ fn parse_name_prefix(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),

@@ -12,6 +12,7 @@ mod emperor;
 mod exit;
 mod fleet;
 pub mod fuzzing;
+mod pack;
 mod policy;
 mod protocol;
 mod proxy_socket;
@@ -40,6 +41,7 @@ pub fn main() -> ExitCode {
         Some(cli::Role::Shell(args)) => client::shell::main(args),
         Some(cli::Role::Check(args)) => client::check::main(args),
         Some(cli::Role::Front(args)) => fleet::front::main(args),
+        Some(cli::Role::Pack(args)) => pack::main(args),
         Some(cli::Role::Shim(args)) => shim::main(args),
         Some(cli::Role::Bridge(args)) => bridge::main(args),
         Some(cli::Role::Accept(args)) => accept::main(args),

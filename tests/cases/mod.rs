@@ -14,6 +14,7 @@ mod logs;
 mod mail;
 mod nginx;
 mod on_demand;
+mod pack;
 mod pg_schema;
 mod replicas;
 mod routes;
