@@ -4,6 +4,9 @@
 //! operator moving from a uWSGI emperor keeps their muscle memory. Values are validated here, once, into
 //! [`EmperorOptions`]; nothing below `main` sees raw strings.
 
+mod ini;
+
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -37,6 +40,7 @@ Vassal file keys, logs, stats and systemd: README.md (scripts/install puts it in
 /// is about (`emperor <VASSALS_DIR>` when the directory is missing) and not the subcommands' forms.
 const USAGE: &str = "\
 emperor [OPTIONS] <VASSALS_DIR>          (or --emperor <DIR>, or \"pg://<conninfo>[;<query>]\")
+       emperor --ini <FILE[:SECTION]> [OPTIONS] [<VASSALS_DIR>]
        emperor status [--stats <ADDR>] [--json]
        emperor restart|stop|start <VASSAL> [--control <PATH>]
        emperor shell [--docker-daemon-socket <PATH>] <VASSAL> [COMMAND [ARG]...]
@@ -49,6 +53,9 @@ emperor [OPTIONS] <VASSALS_DIR>          (or --emperor <DIR>, or \"pg://<conninf
 #[command(name = "emperor", version, about = ABOUT, long_about = LONG_ABOUT)]
 #[command(after_help = AFTER_HELP, override_usage = USAGE)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+// An option given twice takes the last value, as in uWSGI: that is also how the command line overrides an
+// --ini file, whose options go first (`parse`).
+#[command(args_override_self = true)]
 pub struct Cli {
     /// A role other than the emperor: `status` is for operators; the hidden ones only the emperor starts.
     /// A vassals directory literally named like a subcommand is given as `./status` or `--emperor status`.
@@ -383,8 +390,14 @@ pub struct ShimArgs {
 pub struct EmperorArgs {
     /// Directory holding the vassal files (`<name>.ini`), or `pg://<conninfo>[;<query>]`: vassals are the
     /// rows of a PostgreSQL query (uWSGI's pg imperial monitor; README "A fleet of emperors").
-    #[arg(value_name = "VASSALS_DIR", required_unless_present = "emperor")]
+    #[arg(value_name = "VASSALS_DIR", required_unless_present_any = ["emperor", "ini"])]
     pub vassals_dir: Option<PathBuf>,
+
+    /// Read these options from the [uwsgi] section (or SECTION) of a uWSGI emperor file, with uWSGI's
+    /// names (`emperor = DIR`, `emperor-wrapper`, `emperor-docker-required`, ...; README "Running from a
+    /// uWSGI emperor file"). Options on the command line override the file's.
+    #[arg(long, value_name = "FILE[:SECTION]")]
+    pub ini: Option<String>,
 
     /// Same as VASSALS_DIR (uWSGI's spelling).
     #[arg(long = "emperor", value_name = "DIR", conflicts_with = "vassals_dir")]
@@ -656,6 +669,60 @@ impl EmperorArgs {
             routes,
         })
     }
+}
+
+/// Why the command line could not be taken.
+#[derive(Debug)]
+pub enum Refusal {
+    /// clap's own error (bad or missing flags, `--help`, `--version`): clap prints and exits.
+    Usage(clap::Error),
+    /// The `--ini` file: one problem per line, each naming the file, line and key.
+    Ini(String),
+}
+
+/// The command line, with an `--ini` file's options in front of it (so the command line's win), and the
+/// file's one info line about keys that change nothing here. A bare `<FILE>.ini` that is a regular file
+/// stands for `--ini <FILE>.ini`, as in uWSGI (a vassals directory named `x.ini` stays a directory).
+pub fn parse(argv: Vec<OsString>) -> Result<(Cli, Option<String>), Refusal> {
+    // Found before the real parse, which needs the file's options: --nginx-reload on the command line is
+    // valid when the file has nginx-map.
+    let Some((spec, bare)) = ini_spec(&argv) else {
+        return Ok((Cli::try_parse_from(argv).map_err(Refusal::Usage)?, None));
+    };
+    let file = ini::load(&spec).map_err(Refusal::Ini)?;
+    let mut merged = argv;
+    let rest = merged.split_off(1.min(merged.len()));
+    merged.extend(file.args);
+    merged.extend(rest);
+    let mut cli = Cli::try_parse_from(merged).map_err(Refusal::Usage)?;
+    if bare {
+        cli.emperor.vassals_dir = None;
+    }
+    if cli.emperor.vassals_dir.is_none() && cli.emperor.emperor.is_none() {
+        match file.source {
+            Some(dir) => cli.emperor.emperor = Some(dir),
+            None => {
+                return Err(Refusal::Ini(format!(
+                    "{spec}: no `emperor = <vassals directory>` in the file, and none on the command line"
+                )));
+            }
+        }
+    }
+    Ok((cli, file.note))
+}
+
+/// The emperor's `--ini` value, or a bare `<FILE>.ini` (then `true`), from a lenient look at `argv`.
+fn ini_spec(argv: &[OsString]) -> Option<(String, bool)> {
+    use clap::CommandFactory;
+    let matches = Cli::command().ignore_errors(true).try_get_matches_from(argv).ok()?;
+    if matches.subcommand().is_some() {
+        return None;
+    }
+    if let Ok(Some(spec)) = matches.try_get_one::<String>("ini") {
+        return Some((spec.clone(), false));
+    }
+    let dir = matches.try_get_one::<PathBuf>("vassals_dir").ok()??;
+    (dir.extension().is_some_and(|e| e == "ini") && dir.is_file()).then(|| (dir.to_string_lossy().into_owned(), true))
 }
 
 /// A command line split as `exec =` is: shell-like quoting, no shell.
