@@ -961,6 +961,113 @@ mod tests {
         assert!(Cli::try_parse_from(["emperor", "./front"]).unwrap().role.is_none());
     }
 
+    /// A scratch directory for files the command line names.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("emperor-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("vassals")).unwrap();
+        dir
+    }
+
+    fn parsed(args: &[&str]) -> Result<(Cli, Option<String>), String> {
+        let argv = std::iter::once("emperor")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        parse(argv).map_err(|e| match e {
+            Refusal::Usage(e) => e.to_string(),
+            Refusal::Ini(e) => e,
+        })
+    }
+
+    fn ini_options(args: &[&str]) -> Result<EmperorOptions, String> {
+        parsed(args)?.0.emperor.into_options()
+    }
+
+    #[test]
+    fn an_ini_file_sets_the_emperor_and_the_command_line_overrides_it() {
+        let dir = scratch("ini");
+        let file = dir.join("emperor.ini");
+        let vassals = dir.join("vassals");
+        std::fs::write(
+            &file,
+            "[uwsgi]\nplugin = docker\nemperor = %dvassals/*.ini\nemperor-docker-required = true\n\
+             emperor-wrapper = /usr/bin/uwsgi\nchmod-socket = 660\nemperor-throttle = 500\ndocker-label = a=1\n\
+             nginx-map = %dmap.conf\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let (cli, note) = parsed(&["--ini", f]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            note.as_deref(),
+            Some(&*format!(
+                "{f}: ignored plugin (line 2): only uWSGI's master process or its plugins read them (Docker support is built in)"
+            ))
+        );
+        let o = cli.emperor.into_options().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.vassals_dir, vassals);
+        assert!(o.docker && o.docker_required);
+        assert_eq!(o.wrapper, PathBuf::from("/usr/bin/uwsgi"));
+        assert_eq!(o.chmod_socket, Some(0o660));
+        assert_eq!(o.throttle, Duration::from_millis(500));
+        assert_eq!(o.docker_labels, [("a".to_owned(), "1".to_owned())]);
+        assert_eq!(o.nginx_map, Some(dir.join("map.conf")));
+
+        // The command line wins: a value, the directory (positional or --emperor); lists add up.
+        let elsewhere = dir.join("elsewhere");
+        let e = elsewhere.to_str().unwrap();
+        let o = ini_options(&[
+            "--ini",
+            f,
+            "--chmod-socket",
+            "600",
+            "--docker-label",
+            "b=2",
+            "--emperor-throttle=7",
+            e,
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((o.chmod_socket, o.throttle), (Some(0o600), Duration::from_millis(7)));
+        assert_eq!(o.vassals_dir, elsewhere);
+        assert_eq!(o.docker_labels.len(), 2);
+        assert_eq!(
+            ini_options(&["--emperor", e, "--ini", f]).map(|o| o.vassals_dir),
+            Ok(elsewhere.clone())
+        );
+        // --nginx-reload needs --nginx-map, which the file gives.
+        let o = ini_options(&["--ini", f, "--nginx-reload", "nginx -s reload"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.nginx_reload.map(|c| c.len()), Some(3));
+        // A bare FILE.ini is --ini FILE.ini, as in uWSGI; a directory named *.ini is still a directory.
+        assert_eq!(ini_options(&[f]).map(|o| o.vassals_dir), Ok(vassals.clone()));
+        std::fs::create_dir_all(dir.join("dir.ini")).unwrap();
+        let d = dir.join("dir.ini");
+        assert_eq!(
+            ini_options(&[d.to_str().unwrap()]).map(|o| o.vassals_dir),
+            Ok(d.clone())
+        );
+        // Another section.
+        std::fs::write(&file, "[uwsgi]\nemperor = /a\n[prod]\nemperor = /b\n").unwrap();
+        assert_eq!(
+            ini_options(&["--ini", &format!("{f}:prod")]).map(|o| o.vassals_dir),
+            Ok(PathBuf::from("/b"))
+        );
+        // Without a directory anywhere.
+        std::fs::write(&file, "[uwsgi]\nemperor-throttle = 5\n").unwrap();
+        assert_eq!(
+            parsed(&["--ini", f]).err(),
+            Some(format!(
+                "{f}: no `emperor = <vassals directory>` in the file, and none on the command line"
+            ))
+        );
+        assert!(
+            parsed(&["--ini", &dir.join("missing.ini").display().to_string()])
+                .is_err_and(|e| e.contains("cannot read"))
+        );
+        // Subcommands do not read it.
+        assert!(parsed(&["status", "--json"]).is_ok_and(|(c, n)| c.role.is_some() && n.is_none()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn status_subcommand_and_a_dir_named_status() {
         let cli = Cli::try_parse_from(["emperor", "status", "--json", "--stats", "127.0.0.1:1"]).unwrap();

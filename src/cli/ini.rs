@@ -778,3 +778,439 @@ fn note(name: &str, ignored: &[(&'static str, String, usize)], docker_plugin: bo
     };
     Some(format!("{}: ignored {}{docker}", printable(name), groups.join("; ")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The magic variables of `/srv/emperor/uwsgi.ini` read from `/root` (no such file: nothing resolves).
+    fn magic() -> Magic {
+        Magic::of(Path::new("/srv/emperor/uwsgi.ini"), Path::new("/root"))
+    }
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "VASSALS" => Some("/srv/vassals".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    fn from(text: &str) -> Result<FromFile, String> {
+        read("e.ini", text, "uwsgi", &magic(), &env)
+    }
+
+    fn args(text: &str) -> Vec<String> {
+        from(text)
+            .unwrap_or_else(|e| panic!("{text:?}: {e}"))
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn source(text: &str) -> Result<PathBuf, String> {
+        from(text).map(|f| f.source.unwrap_or_else(|| panic!("no source in {text:?}")))
+    }
+
+    /// uwsgi-docker's README, "And now we can finally run the Emperor" (unbit/uwsgi-docker README.md).
+    const README_EMPEROR: &str = "[uwsgi]\nplugin = path_to/docker_plugin.so\nemperor = dir:///etc/uwsgi\n; once the \
+        plugin is loaded, docker support is optional\n; this option disallow running vassals without docker\n\
+        emperor-docker-required = true\n; use /usr/bin/uwsgi as the container entry point (the path coudl be \
+        different from the Emperor one, so we force it)\nemperor-wrapper = /usr/bin/uwsgi\n\n";
+
+    #[test]
+    fn uwsgi_docker_readme_emperor_file() {
+        let f = from(README_EMPEROR).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.source, Some(PathBuf::from("/etc/uwsgi")));
+        assert_eq!(
+            f.args,
+            ["--emperor-docker-required", "--emperor-wrapper=/usr/bin/uwsgi"]
+        );
+        assert_eq!(
+            f.note.as_deref(),
+            Some(
+                "e.ini: ignored plugin (line 2): only uWSGI's master process or its plugins read them (Docker support \
+                 is built in)"
+            )
+        );
+    }
+
+    #[test]
+    fn uwsgi_docker_test_emperor_file_with_its_magic_variable() {
+        // unbit/uwsgi-docker t/emperor.ini, as published.
+        let text = "[uwsgi]\nplugin = ./docker_plugin.so\nemperor = dir:///%d/Emperor\n; Just loading the plugin does \
+                    not force Docker support.\n; This option disallows running vassals without Docker.\n\
+                    emperor-docker-required = true\n; Use /usr/bin/uwsgi as the container entry point (the path could \
+                    be different from the Emperor one, so we force it)\nemperor-wrapper = /usr/bin/uwsgi\n";
+        let magic = Magic::of(Path::new("t/emperor.ini"), Path::new("/src/uwsgi-docker"));
+        let f = read("t/emperor.ini", text, "uwsgi", &magic, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.source, Some(PathBuf::from("/src/uwsgi-docker/t/Emperor")));
+        assert_eq!(
+            f.args,
+            ["--emperor-docker-required", "--emperor-wrapper=/usr/bin/uwsgi"]
+        );
+    }
+
+    #[test]
+    fn every_option_maps_to_the_emperors_flag() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "emperor-wrapper = /usr/bin/uwsgi",
+                &["--emperor-wrapper=/usr/bin/uwsgi"],
+            ),
+            ("emperor-throttle = 500", &["--emperor-throttle=500"]),
+            ("emperor-max-throttle = 60000", &["--emperor-max-throttle=60000"]),
+            ("emperor-required-heartbeat = 40", &["--emperor-required-heartbeat=40"]),
+            ("reload-mercy = 8", &["--reload-mercy=8"]),
+            ("emperor-curse-tolerance = 9", &["--reload-mercy=9"]),
+            ("emperor-freq = 3", &["--emperor-freq=3"]),
+            ("emperor-loyalty-time = 20", &["--emperor-loyalty-time=20"]),
+            ("chmod-socket = 660", &["--chmod-socket=660"]),
+            ("chmod-socket", &["--chmod-socket=666"]),
+            ("chmod-socket = 1", &["--chmod-socket=666"]),
+            ("chmod = 640", &["--chmod-socket=640"]),
+            (
+                "chown-socket = www-data:www-data",
+                &["--chown-socket=www-data:www-data"],
+            ),
+            ("emperor-docker = true", &["--emperor-docker"]),
+            ("docker-emperor", &["--emperor-docker"]),
+            ("emperor-docker-required = 1", &["--emperor-docker-required"]),
+            ("docker-emperor-required = yes", &["--emperor-docker-required"]),
+            (
+                "docker-daemon-socket = /run/d.sock",
+                &["--docker-daemon-socket=/run/d.sock"],
+            ),
+            ("docker-debug = on", &["--docker-debug"]),
+            (
+                "docker-label = team=web\ndocker-label = env=prod",
+                &["--docker-label=team=web", "--docker-label=env=prod"],
+            ),
+            ("docker-connect-timeout = 5", &["--docker-connect-timeout=5"]),
+            ("docker-name-prefix = t1-", &["--docker-name-prefix=t1-"]),
+            ("emperor-run-dir = /run/e", &["--emperor-run-dir=/run/e"]),
+            ("nginx-map = /etc/nginx/m.conf", &["--nginx-map=/etc/nginx/m.conf"]),
+            ("nginx-reload = nginx -s reload", &["--nginx-reload=nginx -s reload"]),
+            ("emperor-stats = 127.0.0.1:9191", &["--emperor-stats=127.0.0.1:9191"]),
+            ("emperor-stats-server = /run/s.sock", &["--emperor-stats=/run/s.sock"]),
+            ("emperor-control = /run/c.sock", &["--emperor-control=/run/c.sock"]),
+            ("mail-auth = 127.0.0.1:9000", &["--mail-auth=127.0.0.1:9000"]),
+            (
+                "emperor-policy = /etc/emperor/policy.ini",
+                &["--emperor-policy=/etc/emperor/policy.ini"],
+            ),
+            ("emperor-tyrant = true", &["--emperor-tyrant"]),
+            ("emperor-tyrant-nofollow", &["--emperor-tyrant-nofollow"]),
+            (
+                "routes-redis = redis://127.0.0.1/0",
+                &["--routes-redis=redis://127.0.0.1/0"],
+            ),
+            ("routes-address = 127.0.0.1", &["--routes-address=127.0.0.1"]),
+            ("routes-prefix = /r/", &["--routes-prefix=/r/"]),
+            ("routes-ttl = 30", &["--routes-ttl=30"]),
+            ("routes-drain = 2", &["--routes-drain=2"]),
+            ("routes-handoff-timeout = 9", &["--routes-handoff-timeout=9"]),
+        ];
+        for (lines, want) in cases {
+            assert_eq!(args(&format!("[uwsgi]\n{lines}\n")), *want, "{lines}");
+        }
+        // Every long option of the emperor is a key (uWSGI: every option is a config key), and the table
+        // above covers them all.
+        let cmd = crate::cli::Cli::command();
+        for arg in settable(&cmd) {
+            let long = arg
+                .get_long()
+                .unwrap_or_else(|| panic!("{:?} has no long name", arg.get_id()));
+            assert!(
+                matches!(kind(&cmd, long, &[]), Kind::Option(l, _) if l == long),
+                "{long}"
+            );
+            assert!(
+                cases
+                    .iter()
+                    .any(|(_, want)| want.iter().any(|w| w.starts_with(&format!("--{long}")))),
+                "--{long} is not tested above"
+            );
+        }
+    }
+
+    #[test]
+    fn booleans_and_repeated_keys_follow_uwsgi() {
+        for off in ["false", "FALSE", "off", "No", "0"] {
+            assert!(args(&format!("[uwsgi]\nemperor-tyrant = {off}\n")).is_empty(), "{off}");
+        }
+        for on in ["true", "1", "yes", "", "anything"] {
+            assert_eq!(
+                args(&format!("[uwsgi]\nemperor-tyrant = {on}\n")),
+                ["--emperor-tyrant"],
+                "{on}"
+            );
+        }
+        // The last line wins for an option with one value; a repeatable one keeps every line.
+        assert_eq!(
+            args("[uwsgi]\nemperor-throttle = 1\nemperor-throttle = 2\n"),
+            ["--emperor-throttle=2"]
+        );
+        assert!(args("[uwsgi]\nemperor-docker = true\nemperor-docker = false\n").is_empty());
+        assert_eq!(
+            args("[uwsgi]\nemperor-tyrant = 0\nemperor-throttle = 5\nemperor-tyrant = on\n"),
+            ["--emperor-tyrant", "--emperor-throttle=5"]
+        );
+    }
+
+    #[test]
+    fn the_grammar_is_uwsgis() {
+        let text = "\u{feff}; comment\n# comment\n[other]\nemperor-throttle = 1\n[uwsgi]\r\n  emperor-freq=4  \r\n\
+                    \tmaster\n[other]\nemperor-throttle = 2\n[uwsgi]\nemperor-throttle = a=b\n";
+        let entries = section_lines(text, "uwsgi").unwrap_or_else(|(l, m)| panic!("{l}: {m}"));
+        let got: Vec<_> = entries
+            .iter()
+            .map(|e| (e.line, e.key.as_str(), e.value.as_str()))
+            .collect();
+        // Two [uwsgi] sections read as one; a key without `=` is a flag; the value runs to the end of the
+        // line (only the first `=` splits); no inline comments, quotes or escapes.
+        assert_eq!(
+            got,
+            [
+                (6, "emperor-freq", "4"),
+                (7, "master", ""),
+                (11, "emperor-throttle", "a=b")
+            ]
+        );
+        let got = section_lines("[uwsgi]\nx = \"a\" ; b \\\n", "uwsgi").unwrap_or_else(|(l, m)| panic!("{l}: {m}"));
+        assert_eq!(got[0].value, "\"a\" ; b \\");
+        // Another section with --ini FILE:SECTION.
+        let got = section_lines(text, "other").unwrap_or_else(|(l, m)| panic!("{l}: {m}"));
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            section_lines("[uwsgi] ; the emperor\nemperor = /v\n", "uwsgi").err(),
+            Some((
+                1,
+                "[uwsgi] ; the emperor: a section header ends the line with ]".to_owned()
+            ))
+        );
+        assert_eq!(
+            from("[emperor]\nsocket = /x\n").err().as_deref(),
+            Some(
+                "e.ini: no [uwsgi] section with options (a uWSGI emperor file has `emperor = <dir>` under [uwsgi]; \
+                 another section is read with --ini FILE:SECTION)"
+            )
+        );
+    }
+
+    #[test]
+    fn the_emperor_key_takes_uwsgis_monitors() {
+        let dir = |v: &str| source(&format!("[uwsgi]\nemperor = {v}\n"));
+        for (value, want) in [
+            ("/etc/uwsgi/vassals", "/etc/uwsgi/vassals"),
+            ("/etc/uwsgi/vassals/", "/etc/uwsgi/vassals"),
+            ("dir:///etc/uwsgi", "/etc/uwsgi"),
+            ("dir:////srv//t//Emperor", "/srv/t/Emperor"),
+            ("/etc/uwsgi/vassals/*.ini", "/etc/uwsgi/vassals"),
+            ("glob:///etc/uwsgi/vassals/*.ini", "/etc/uwsgi/vassals"),
+            ("/etc/uwsgi/vassals/*", "/etc/uwsgi/vassals"),
+            ("vassals/*.ini", "vassals"),
+            ("*.ini", "."),
+            ("/*.ini", "/"),
+            ("vassals", "vassals"),
+            ("./vassals", "./vassals"),
+            (
+                "pg://dbname=e;SELECT name,config,ts FROM v",
+                "pg://dbname=e;SELECT name,config,ts FROM v",
+            ),
+        ] {
+            assert_eq!(dir(value), Ok(PathBuf::from(want)), "{value}");
+        }
+        assert_eq!(
+            source("[uwsgi]\nemperor = $(VASSALS)\n"),
+            Ok(PathBuf::from("/srv/vassals"))
+        );
+        for (value, why) in [
+            ("/srv/*/vassals/*.ini", "only a glob of one directory's *.ini files"),
+            ("/srv/vassals/app-*.ini", "only a glob of one directory's *.ini files"),
+            ("/srv/vassals/*.xml", "only a glob of one directory's *.ini files"),
+            ("zmq://tcp://127.0.0.1:5252", "the zmq:// monitor is not supported"),
+            ("mongodb://127.0.0.1/e", "the mongodb:// monitor is not supported"),
+            ("dir://", "dir:// needs a directory"),
+            ("", "needs the vassals directory"),
+        ] {
+            let e = dir(value).unwrap_err();
+            assert!(e.contains(why), "{value}: {e}");
+        }
+        // One source: uWSGI ran a monitor per line, this emperor watches one directory.
+        let e = from("[uwsgi]\nemperor = /a\nemperor = /b\n").unwrap_err();
+        assert_eq!(
+            e,
+            "e.ini:3: [uwsgi] emperor = \"/b\": a second vassals directory (the first: /a): this emperor watches one"
+        );
+        assert_eq!(
+            source("[uwsgi]\nemperor = /a\nemperor = dir:///a/\n"),
+            Ok(PathBuf::from("/a"))
+        );
+    }
+
+    #[test]
+    fn magic_variables() {
+        let m = magic();
+        let ex = |v: &str| expand_magic(v, &m);
+        assert_eq!(ex("%d").as_deref(), Ok("/srv/emperor/"));
+        assert_eq!(ex("%dvassals").as_deref(), Ok("/srv/emperor/vassals"));
+        assert_eq!(
+            ex("%p %s %n %e %c %o").as_deref(),
+            Ok("/srv/emperor/uwsgi.ini uwsgi.ini uwsgi ini emperor /srv/emperor/uwsgi.ini")
+        );
+        assert_eq!(ex("%D%N %0/%1/%2.").as_deref(), Ok("/srv/emperor/uwsgi srv/emperor/."));
+        assert_eq!(ex("%v").as_deref(), Ok("/root"));
+        assert_eq!(ex("100%% %(x) 5%").as_deref(), Ok("100% %(x) 5%"));
+        assert_eq!(
+            ex("%u:%g").unwrap(),
+            format!("{}:{}", nix::unistd::geteuid(), nix::unistd::getegid())
+        );
+        assert!(ex("%t").unwrap().parse::<u64>().is_ok_and(|t| t > 1_600_000_000));
+        assert!(ex("%z").unwrap_err().starts_with("unknown magic variable %z"));
+        // A relative path is taken from the working directory; a name without a dot has an empty %n (uWSGI).
+        let m = Magic::of(Path::new("conf/emperor"), Path::new("/etc"));
+        assert_eq!(
+            expand_magic("%p|%d|%n|%e|%c", &m).as_deref(),
+            Ok("/etc/conf/emperor|/etc/conf/|||conf")
+        );
+        // In a file: the error names the line and key.
+        assert_eq!(
+            from("[uwsgi]\nemperor = %dvassals\nemperor-stats = %q.sock\n").unwrap_err(),
+            "e.ini:3: [uwsgi] emperor-stats = \"%q.sock\": unknown magic variable %q (known: %d %p %s %n %e %c %o \
+             %v %h %t %T %k %u %g %0-%9, upper-case twins, %%)"
+        );
+        assert_eq!(
+            source("[uwsgi]\nemperor = %dvassals\n"),
+            Ok(PathBuf::from("/srv/emperor/vassals"))
+        );
+    }
+
+    #[test]
+    fn environment_variables() {
+        let ex = |v: &str| expand_env(v, &env);
+        assert_eq!(ex("$(VASSALS)/a").as_deref(), Ok("/srv/vassals/a"));
+        assert_eq!(
+            ex("$(UNSET:-/d) $(EMPTY:-e) $(EMPTY-f) $(UNSET-g)").as_deref(),
+            Ok("/d e  g")
+        );
+        assert_eq!(ex("$ $( x").as_deref(), Ok("$ $( x"));
+        assert_eq!(
+            ex("$(UNSET)").unwrap_err(),
+            "the environment variable UNSET is not set (a default: $(UNSET:-DEFAULT))"
+        );
+        assert!(ex("@(/etc/hostname)").unwrap_err().contains("@(FILE) is not supported"));
+    }
+
+    #[test]
+    fn placeholders() {
+        // A key used as %(key) is a placeholder, defined before or after its use; the first value counts.
+        let text = "[uwsgi]\nemperor = %(base)/vassals\nbase = /srv/%(site)\nsite = one\nsite = two\n\
+                    set-ph = stats=%(base)/stats.sock\nemperor-stats = %(stats)\nemperor-throttle = %(emperor-freq)0\n\
+                    emperor-freq = 5\n";
+        let f = from(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.source, Some(PathBuf::from("/srv/one/vassals")));
+        assert_eq!(
+            f.args,
+            [
+                "--emperor-stats=/srv/one/stats.sock",
+                "--emperor-throttle=50",
+                "--emperor-freq=5"
+            ]
+        );
+        assert_eq!(
+            args("[uwsgi]\nset-placeholder = d=/x\nemperor-run-dir = %(d)\n"),
+            ["--emperor-run-dir=/x"]
+        );
+        for (text, why) in [
+            ("[uwsgi]\nemperor = %(nope)\n", "unknown placeholder %(nope)"),
+            (
+                "[uwsgi]\na = %(b)\nb = %(a)\nemperor = %(a)\n",
+                "placeholders refer to each other in a cycle",
+            ),
+            (
+                "[uwsgi]\nn = 1\nemperor-freq = %(n + 1)\n",
+                "placeholder arithmetic is not supported",
+            ),
+            ("[uwsgi]\nset-ph = nonsense\n", "expected NAME=VALUE"),
+        ] {
+            let e = from(text).unwrap_err();
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key_and_suggest() {
+        let text = "[uwsgi]\nemperor = /v\nemperor-throtle = 500\nemperor-freq = soon\nuid = www-data\n\
+                    logto = /var/log/e.log\nvassals-inherit = base.ini\nzzz = 1\nemperor-stats\n";
+        assert_eq!(
+            from(text).unwrap_err(),
+            "e.ini:3: [uwsgi] emperor-throtle = \"500\": unknown key; did you mean \"emperor-throttle\"?\n\
+             e.ini:4: [uwsgi] emperor-freq = \"soon\": invalid value (<S>): invalid digit found in string\n\
+             e.ini:5: [uwsgi] uid = \"www-data\": not supported: the emperor does not change its user: run it as \
+             that user (systemd's User=), or set emperor-tyrant to run each vassal as its file's owner\n\
+             e.ini:6: [uwsgi] logto = \"/var/log/e.log\": not supported: the emperor logs to stderr and vassal output \
+             to stdout: redirect them (systemd: StandardOutput=append:FILE)\n\
+             e.ini:7: [uwsgi] vassals-inherit = \"base.ini\": not supported: options for every vassal are not \
+             supported: put them in the vassal files\n\
+             e.ini:8: [uwsgi] zzz = \"1\": unknown key (README \"Running from a uWSGI emperor file\" lists the keys)\n\
+             e.ini:9: [uwsgi] emperor-stats = \"\": needs a value"
+        );
+        for (line, want) in [
+            ("procesess = 4", "did you mean \"processes\"?"),
+            (
+                "emperor-docker-requried = true",
+                "did you mean \"emperor-docker-required\"?",
+            ),
+            ("emperor_throttle = 5", "did you mean \"emperor-throttle\"?"),
+            ("chmod-socket = 888", "\"888\" is not an octal file mode such as 660"),
+            ("docker-name-prefix = -x", "cannot start a container name"),
+            ("routes-address = localhost", "invalid value (<IP>)"),
+            (
+                "emperor-on-demand-directory = /run/od",
+                "on-demand is set per vassal here",
+            ),
+        ] {
+            let e = from(&format!("[uwsgi]\nemperor = /v\n{line}\n")).unwrap_err();
+            assert!(e.starts_with("e.ini:3: [uwsgi] ") && e.contains(want), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_info_line_lists_what_changes_nothing() {
+        let f =
+            from("[uwsgi]\nemperor = /v\nmaster = true\nprocesses = 4\nemperor-graceful-shutdown\nplugins = python3\n")
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            f.note.as_deref(),
+            Some(
+                "e.ini: ignored master (line 3), processes (line 4), plugins (line 6): only uWSGI's master process or \
+                 its plugins read them; emperor-graceful-shutdown (line 5): this emperor does that anyway"
+            )
+        );
+        assert_eq!(from("[uwsgi]\nemperor = /v\n").map(|f| f.note), Ok(None));
+    }
+
+    #[test]
+    fn file_and_section() {
+        assert_eq!(split_spec("e.ini"), (PathBuf::from("e.ini"), "uwsgi".to_owned()));
+        assert_eq!(split_spec("e.ini:prod"), (PathBuf::from("e.ini"), "prod".to_owned()));
+        assert_eq!(split_spec("e.ini:"), (PathBuf::from("e.ini"), "uwsgi".to_owned()));
+        assert_eq!(
+            split_spec("/srv/a:b/e.ini"),
+            (PathBuf::from("/srv/a:b/e.ini"), "uwsgi".to_owned())
+        );
+        assert_eq!(
+            read(
+                "e.ini",
+                "[uwsgi]\nemperor = /a\n[prod]\nemperor = /b\n",
+                "prod",
+                &magic(),
+                &env
+            )
+            .map(|f| f.source),
+            Ok(Some(PathBuf::from("/b")))
+        );
+    }
+}
