@@ -33,6 +33,7 @@ every host's routes in Redis.";
 /// The `--help` text's tail.
 const AFTER_HELP: &str = "\
 Signals: SIGTERM, SIGINT, SIGQUIT stop every vassal and exit; SIGHUP reloads every vassal.
+A uWSGI emperor file runs as it is: --ini FILE (its keys: README, Running from a uWSGI emperor file).
 Vassal file keys, logs, stats and systemd: README.md (scripts/install puts it in
 <prefix>/share/doc/emperor/).";
 
