@@ -63,15 +63,6 @@ fn start(h: &mut Harness, sweep: &DockerSweep, args: &[&str]) {
     h.start_role(&refs);
 }
 
-/// Log lines (stderr) containing `needle`.
-fn lines_with(h: &Harness, needle: &str) -> Vec<String> {
-    h.stderr()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(String::from)
-        .collect()
-}
-
 /// The uWSGI Docker vassal `file` answers on `sock`, and its container runs the file's emperor-wrapper.
 fn check_docker_vassal(h: &Harness, file: &str, sock: &Path) {
     let r = wait_answer(h, sock, "cfg=ini", START);
@@ -104,7 +95,7 @@ fn the_uwsgi_docker_readme_emperor_file_runs_a_docker_vassal() {
     h.wait_vlog("plain.ini", "--emperor-docker-required", LONG);
     h.check(h.starts("plain").is_empty(), "the process vassal is not started");
     // One info line, about the plugin.
-    let ignored = lines_with(&h, "ignored");
+    let ignored = h.log_lines("ignored");
     h.check(
         ignored.len() == 1
             && ignored[0].contains(" INFO ")
@@ -174,7 +165,7 @@ fn uwsgi_habits_in_an_emperor_file_run_process_vassals() {
         out.status.success() && doc.contains("\"app.ini\""),
         format!("emperor status reads the file's stats socket: {doc}"),
     );
-    let ignored = lines_with(&h, "ignored");
+    let ignored = h.log_lines("ignored");
     h.check(
         ignored.len() == 1 && ignored[0].contains("master (line 5), processes (line 6)"),
         format!("one info line naming master and processes: {ignored:?}"),
@@ -199,7 +190,7 @@ fn the_command_line_overrides_the_file() {
         format!("socket mode {mode:o}, want 600 (--chmod-socket)"),
     );
     h.check(
-        lines_with(&h, "ignored").is_empty(),
+        h.log_lines("ignored").is_empty(),
         "no info line: every key is the emperor's",
     );
 }
