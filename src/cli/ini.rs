@@ -262,6 +262,8 @@ fn read(
             }),
         }
     }
+    // A value that could not be expanded has had its say: no second problem about the same line.
+    entries.retain(|e| !problems.iter().any(|p| p.line == e.line));
     let (mut from_file, ignored) = map(&entries, &referenced, &mut problems);
     if problems.is_empty() {
         let docker_plugin = entries.iter().any(|e| {
@@ -1138,6 +1140,12 @@ mod tests {
             let e = from(text).unwrap_err();
             assert!(e.contains(why), "{text:?}: {e}");
         }
+        // One problem per line: the option's own parser does not see the unexpanded value.
+        assert_eq!(
+            from("[uwsgi]\nemperor-freq = %(freq)\n").unwrap_err(),
+            "e.ini:2: [uwsgi] emperor-freq = \"%(freq)\": unknown placeholder %(freq): define it with `freq = ...` or \
+             `set-placeholder = freq=...`"
+        );
     }
 
     #[test]

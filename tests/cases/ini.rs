@@ -222,5 +222,7 @@ fn a_bad_emperor_file_is_refused_with_every_problem() {
             format!("the error names file, line and key: {want}"),
         );
     }
+    let problems = h.log_lines(&format!("{path}:"));
+    h.check(problems.len() == 3, format!("one line per problem: {problems:?}"));
     h.check(h.starts("app").is_empty(), "nothing was started");
 }
