@@ -4,6 +4,9 @@
 //! operator moving from a uWSGI emperor keeps their muscle memory. Values are validated here, once, into
 //! [`EmperorOptions`]; nothing below `main` sees raw strings.
 
+mod ini;
+
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,6 +33,7 @@ every host's routes in Redis.";
 /// The `--help` text's tail.
 const AFTER_HELP: &str = "\
 Signals: SIGTERM, SIGINT, SIGQUIT stop every vassal and exit; SIGHUP reloads every vassal.
+A uWSGI emperor file runs as it is: --ini FILE (its keys: README, Running from a uWSGI emperor file).
 Vassal file keys, logs, stats and systemd: README.md (scripts/install puts it in
 <prefix>/share/doc/emperor/).";
 
@@ -37,6 +41,7 @@ Vassal file keys, logs, stats and systemd: README.md (scripts/install puts it in
 /// is about (`emperor <VASSALS_DIR>` when the directory is missing) and not the subcommands' forms.
 const USAGE: &str = "\
 emperor [OPTIONS] <VASSALS_DIR>          (or --emperor <DIR>, or \"pg://<conninfo>[;<query>]\")
+       emperor --ini <FILE[:SECTION]> [OPTIONS] [<VASSALS_DIR>]
        emperor status [--stats <ADDR>] [--json]
        emperor restart|stop|start <VASSAL> [--control <PATH>]
        emperor shell [--docker-daemon-socket <PATH>] <VASSAL> [COMMAND [ARG]...]
@@ -50,6 +55,9 @@ emperor [OPTIONS] <VASSALS_DIR>          (or --emperor <DIR>, or \"pg://<conninf
 #[command(name = "emperor", version, about = ABOUT, long_about = LONG_ABOUT)]
 #[command(after_help = AFTER_HELP, override_usage = USAGE)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+// An option given twice takes the last value, as in uWSGI: that is also how the command line overrides an
+// --ini file, whose options go first (`parse`).
+#[command(args_override_self = true)]
 pub struct Cli {
     /// A role other than the emperor: `status` is for operators; the hidden ones only the emperor starts.
     /// A vassals directory literally named like a subcommand is given as `./status` or `--emperor status`.
@@ -394,8 +402,14 @@ pub struct ShimArgs {
 pub struct EmperorArgs {
     /// Directory holding the vassal files (`<name>.ini`), or `pg://<conninfo>[;<query>]`: vassals are the
     /// rows of a PostgreSQL query (uWSGI's pg imperial monitor; README "A fleet of emperors").
-    #[arg(value_name = "VASSALS_DIR", required_unless_present = "emperor")]
+    #[arg(value_name = "VASSALS_DIR", required_unless_present_any = ["emperor", "ini"])]
     pub vassals_dir: Option<PathBuf>,
+
+    /// Read these options from the [uwsgi] section (or SECTION) of a uWSGI emperor file, with uWSGI's
+    /// names (`emperor = DIR`, `emperor-wrapper`, `emperor-docker-required`, ...; README "Running from a
+    /// uWSGI emperor file"). Options on the command line override the file's.
+    #[arg(long, value_name = "FILE[:SECTION]")]
+    pub ini: Option<String>,
 
     /// Same as VASSALS_DIR (uWSGI's spelling).
     #[arg(long = "emperor", value_name = "DIR", conflicts_with = "vassals_dir")]
@@ -669,6 +683,60 @@ impl EmperorArgs {
     }
 }
 
+/// Why the command line could not be taken.
+#[derive(Debug)]
+pub enum Refusal {
+    /// clap's own error (bad or missing flags, `--help`, `--version`): clap prints and exits.
+    Usage(clap::Error),
+    /// The `--ini` file: one problem per line, each naming the file, line and key.
+    Ini(String),
+}
+
+/// The command line, with an `--ini` file's options in front of it (so the command line's win), and the
+/// file's one info line about keys that change nothing here. A bare `<FILE>.ini` that is a regular file
+/// stands for `--ini <FILE>.ini`, as in uWSGI (a vassals directory named `x.ini` stays a directory).
+pub fn parse(argv: Vec<OsString>) -> Result<(Cli, Option<String>), Refusal> {
+    // Found before the real parse, which needs the file's options: --nginx-reload on the command line is
+    // valid when the file has nginx-map.
+    let Some((spec, bare)) = ini_spec(&argv) else {
+        return Ok((Cli::try_parse_from(argv).map_err(Refusal::Usage)?, None));
+    };
+    let file = ini::load(&spec).map_err(Refusal::Ini)?;
+    let mut merged = argv;
+    let rest = merged.split_off(1.min(merged.len()));
+    merged.extend(file.args);
+    merged.extend(rest);
+    let mut cli = Cli::try_parse_from(merged).map_err(Refusal::Usage)?;
+    if bare {
+        cli.emperor.vassals_dir = None;
+    }
+    if cli.emperor.vassals_dir.is_none() && cli.emperor.emperor.is_none() {
+        match file.source {
+            Some(dir) => cli.emperor.emperor = Some(dir),
+            None => {
+                return Err(Refusal::Ini(format!(
+                    "{spec}: no `emperor = <vassals directory>` in the file, and none on the command line"
+                )));
+            }
+        }
+    }
+    Ok((cli, file.note))
+}
+
+/// The emperor's `--ini` value, or a bare `<FILE>.ini` (then `true`), from a lenient look at `argv`.
+fn ini_spec(argv: &[OsString]) -> Option<(String, bool)> {
+    use clap::CommandFactory;
+    let matches = Cli::command().ignore_errors(true).try_get_matches_from(argv).ok()?;
+    if matches.subcommand().is_some() {
+        return None;
+    }
+    if let Ok(Some(spec)) = matches.try_get_one::<String>("ini") {
+        return Some((spec.clone(), false));
+    }
+    let dir = matches.try_get_one::<PathBuf>("vassals_dir").ok()??;
+    (dir.extension().is_some_and(|e| e == "ini") && dir.is_file()).then(|| (dir.to_string_lossy().into_owned(), true))
+}
+
 /// A command line split as `exec =` is: shell-like quoting, no shell.
 fn split_command(s: &str) -> Result<Vec<String>, String> {
     if s.contains('\0') {
@@ -907,6 +975,113 @@ mod tests {
         assert!(front(&["--redis", "redis://127.0.0.1/0"]).is_err());
         // A vassals directory named front is ./front.
         assert!(Cli::try_parse_from(["emperor", "./front"]).unwrap().role.is_none());
+    }
+
+    /// A scratch directory for files the command line names.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("emperor-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("vassals")).unwrap();
+        dir
+    }
+
+    fn parsed(args: &[&str]) -> Result<(Cli, Option<String>), String> {
+        let argv = std::iter::once("emperor")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        parse(argv).map_err(|e| match e {
+            Refusal::Usage(e) => e.to_string(),
+            Refusal::Ini(e) => e,
+        })
+    }
+
+    fn ini_options(args: &[&str]) -> Result<EmperorOptions, String> {
+        parsed(args)?.0.emperor.into_options()
+    }
+
+    #[test]
+    fn an_ini_file_sets_the_emperor_and_the_command_line_overrides_it() {
+        let dir = scratch("ini");
+        let file = dir.join("emperor.ini");
+        let vassals = dir.join("vassals");
+        std::fs::write(
+            &file,
+            "[uwsgi]\nplugin = docker\nemperor = %dvassals/*.ini\nemperor-docker-required = true\n\
+             emperor-wrapper = /usr/bin/uwsgi\nchmod-socket = 660\nemperor-throttle = 500\ndocker-label = a=1\n\
+             nginx-map = %dmap.conf\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let (cli, note) = parsed(&["--ini", f]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            note.as_deref(),
+            Some(&*format!(
+                "{f}: ignored plugin (line 2): only uWSGI's master process or its plugins read them (Docker support is built in)"
+            ))
+        );
+        let o = cli.emperor.into_options().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.vassals_dir, vassals);
+        assert!(o.docker && o.docker_required);
+        assert_eq!(o.wrapper, PathBuf::from("/usr/bin/uwsgi"));
+        assert_eq!(o.chmod_socket, Some(0o660));
+        assert_eq!(o.throttle, Duration::from_millis(500));
+        assert_eq!(o.docker_labels, [("a".to_owned(), "1".to_owned())]);
+        assert_eq!(o.nginx_map, Some(dir.join("map.conf")));
+
+        // The command line wins: a value, the directory (positional or --emperor); lists add up.
+        let elsewhere = dir.join("elsewhere");
+        let e = elsewhere.to_str().unwrap();
+        let o = ini_options(&[
+            "--ini",
+            f,
+            "--chmod-socket",
+            "600",
+            "--docker-label",
+            "b=2",
+            "--emperor-throttle=7",
+            e,
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((o.chmod_socket, o.throttle), (Some(0o600), Duration::from_millis(7)));
+        assert_eq!(o.vassals_dir, elsewhere);
+        assert_eq!(o.docker_labels.len(), 2);
+        assert_eq!(
+            ini_options(&["--emperor", e, "--ini", f]).map(|o| o.vassals_dir),
+            Ok(elsewhere.clone())
+        );
+        // --nginx-reload needs --nginx-map, which the file gives.
+        let o = ini_options(&["--ini", f, "--nginx-reload", "nginx -s reload"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.nginx_reload.map(|c| c.len()), Some(3));
+        // A bare FILE.ini is --ini FILE.ini, as in uWSGI; a directory named *.ini is still a directory.
+        assert_eq!(ini_options(&[f]).map(|o| o.vassals_dir), Ok(vassals.clone()));
+        std::fs::create_dir_all(dir.join("dir.ini")).unwrap();
+        let d = dir.join("dir.ini");
+        assert_eq!(
+            ini_options(&[d.to_str().unwrap()]).map(|o| o.vassals_dir),
+            Ok(d.clone())
+        );
+        // Another section.
+        std::fs::write(&file, "[uwsgi]\nemperor = /a\n[prod]\nemperor = /b\n").unwrap();
+        assert_eq!(
+            ini_options(&["--ini", &format!("{f}:prod")]).map(|o| o.vassals_dir),
+            Ok(PathBuf::from("/b"))
+        );
+        // Without a directory anywhere.
+        std::fs::write(&file, "[uwsgi]\nemperor-throttle = 5\n").unwrap();
+        assert_eq!(
+            parsed(&["--ini", f]).err(),
+            Some(format!(
+                "{f}: no `emperor = <vassals directory>` in the file, and none on the command line"
+            ))
+        );
+        assert!(
+            parsed(&["--ini", &dir.join("missing.ini").display().to_string()])
+                .is_err_and(|e| e.contains("cannot read"))
+        );
+        // Subcommands do not read it.
+        assert!(parsed(&["status", "--json"]).is_ok_and(|(c, n)| c.role.is_some() && n.is_none()));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -22,17 +22,27 @@ mod sys;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
-
-/// Parses the command line and hands over to a role.
+/// Parses the command line (and an `--ini` file) and hands over to a role.
 pub fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("EMPEROR_LOG", "info"))
         .format(|buf, record| {
             let ts = buf.timestamp_millis();
             writeln!(buf, "{ts} {:<5} {}", record.level(), record.args())
         })
         .init();
+    let cli = match cli::parse(std::env::args_os().collect()) {
+        Ok((cli, note)) => {
+            if let Some(note) = note {
+                log::info!("{note}");
+            }
+            cli
+        }
+        Err(cli::Refusal::Usage(e)) => e.exit(),
+        Err(cli::Refusal::Ini(e)) => {
+            log::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.role {
         Some(cli::Role::Status(args)) => client::status::main(args),
         Some(cli::Role::Restart(args)) => client::control::main("restart", args),

@@ -398,8 +398,9 @@ fn suggest(key: &str) -> Option<&'static str> {
 }
 
 /// The entry of `known` closest to `key` (Jaro-Winkler), if it is close enough to be a plausible typo.
-/// Shared with the policy file's rules (`policy/parse.rs`), so both files suggest alike.
-pub(crate) fn closest_key(key: &str, known: &[&'static str]) -> Option<&'static str> {
+/// Shared with the policy file's rules (`policy/parse.rs`) and the emperor's `--ini` file (`cli/ini.rs`), so
+/// all suggest alike.
+pub(crate) fn closest_key<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
     known
         .iter()
         .map(|known| (*known, strsim::jaro_winkler(key, known)))

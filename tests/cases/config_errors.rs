@@ -5,11 +5,7 @@ use std::thread;
 use std::time::Duration;
 
 fn error_lines(h: &Harness, needle: &str) -> Vec<String> {
-    h.stderr()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(String::from)
-        .collect()
+    h.log_lines(needle)
 }
 
 #[test]

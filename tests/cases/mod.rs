@@ -8,6 +8,7 @@ mod docker;
 mod faults;
 mod fleet;
 mod front;
+mod ini;
 mod install;
 mod lifecycle;
 mod logs;

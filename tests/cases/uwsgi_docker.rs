@@ -49,7 +49,7 @@ fn require_image() {
 }
 
 /// A DockerSweep plus the image check.
-fn sweep() -> DockerSweep {
+pub(crate) fn sweep() -> DockerSweep {
     let s = DockerSweep::new();
     require_image();
     s
@@ -91,7 +91,7 @@ fn vassal(emperor_extra: &str, uwsgi_extra: &str) -> String {
 
 /// GETs over the unix socket until the answer is the app's and contains `want`; panics with the tail after
 /// `deadline`. Returns the answer.
-fn wait_answer(h: &Harness, sock: &Path, want: &str, deadline: Duration) -> String {
+pub(crate) fn wait_answer(h: &Harness, sock: &Path, want: &str, deadline: Duration) -> String {
     let start = Instant::now();
     loop {
         let last = match http_get_unix(sock, Duration::from_secs(5)) {

@@ -432,6 +432,15 @@ impl Harness {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The emperor's log lines (stderr) that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.stderr()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(String::from)
+            .collect()
+    }
+
     /// The emperor's `spawned pid` log lines: one per process vassal it started.
     pub fn spawned(&self) -> Vec<String> {
         self.stderr()
