@@ -81,10 +81,10 @@ def one(args, kind, label, extra):
             common.wait_for(lambda: open(run.log_path, errors="replace").read().count("spawned") >= n, 60,
                             f"{n} replicas spawned", interval=0.05)
             time.sleep(1)
-        t0_wall = time.time()
+        t0_wall, t0 = time.time(), time.monotonic()
         answers = load(sock, args.clients, args.seconds)
         t_end_wall = time.time()
-        res = {"answers": answers, "seconds": args.seconds}
+        res = {"answers": answers, "t0": t0}
         if label.startswith("auto"):
             res["to4"] = log_time(run, r"scaling up to 4 replicas", t0_wall)
             try:
@@ -104,7 +104,9 @@ def summary(kind, results):
         a = r["answers"]
         ok = [ms for _, good, ms in a if good]
         failed = len(a) - len(ok)
-        rate = len(ok) / r["seconds"]
+        # Over the time the answers took: requests still in flight when the load stopped end later.
+        span = max(t for t, _, _ in a) - r["t0"]
+        rate = len(ok) / span
         base = base or rate
         line = (f"  replicas {label:<10} {rate:6.1f} answers/s  x{rate / base:4.2f}  p50 {common.percentile(ok, 50):7.1f} ms"
                 f"  p99 {common.percentile(ok, 99):7.1f} ms  failed {failed}")

@@ -72,6 +72,53 @@ pub fn queued(listeners: &[(&SocketAddrSpec, u64)]) -> Result<usize, String> {
     Ok(n)
 }
 
+/// The inodes of the connections open on the given listening sockets (accepted or still queued): a process
+/// holding one of them serves the vassal (`vassal/replicas.rs` takes that as "ready" for a replica that is
+/// never seen waiting in `accept` because the queue always has a connection for it).
+pub fn connection_inodes(sockets: &[SocketAddrSpec]) -> std::io::Result<HashSet<u64>> {
+    let mut out = HashSet::new();
+    let paths: HashSet<String> = sockets
+        .iter()
+        .filter_map(|s| match s {
+            SocketAddrSpec::Unix(p) => Some(p.to_string_lossy().into_owned()),
+            SocketAddrSpec::Abstract(name) => Some(format!("@{name}")),
+            SocketAddrSpec::Tcp(_) => None,
+        })
+        .collect();
+    if !paths.is_empty() {
+        for line in std::fs::read_to_string("/proc/net/unix")?.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(flags), Some(inode), Some(path)) = (cols.get(3), cols.get(6), cols.get(7)) else {
+                continue;
+            };
+            let listener = u32::from_str_radix(flags, 16).is_ok_and(|f| f & SO_ACCEPTCON != 0);
+            if !listener && paths.contains(*path) {
+                out.extend(inode.parse::<u64>().ok());
+            }
+        }
+    }
+    let tcp: Vec<SocketAddr> = sockets
+        .iter()
+        .filter_map(|s| match s {
+            SocketAddrSpec::Tcp(a) => Some(*a),
+            _ => None,
+        })
+        .collect();
+    if !tcp.is_empty() {
+        for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let Ok(text) = std::fs::read_to_string(file) else {
+                continue;
+            };
+            for (port, row) in tcp_rows(&text) {
+                if row.inode != 0 && tcp.iter().any(|l| l.port() == port && row.holds_connection_of(l)) {
+                    out.insert(row.inode);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// One read of the kernel's socket tables, for the stats document: many sockets are measured from it
 /// without reading `/proc/net/*` or asking sock_diag once per socket.
 pub struct Tables {
@@ -190,6 +237,8 @@ struct TcpRow {
     state: u8,
     /// For a listener, its accept queue (the kernel prints `sk_ack_backlog` there).
     rx_queue: usize,
+    /// The socket's inode (0 for a connection no process holds any more).
+    inode: u64,
 }
 
 /// LISTEN, TIME_WAIT and CLOSE: states in which no connection is held.
@@ -219,6 +268,8 @@ fn tcp_rows(text: &str) -> impl Iterator<Item = (u16, TcpRow)> + '_ {
             .next()
             .and_then(|q| usize::from_str_radix(q.split_once(':')?.1, 16).ok())
             .unwrap_or(0);
+        // tr:tm->when retrnsmt uid timeout inode
+        let inode = cols.nth(4).and_then(|i| i.parse().ok()).unwrap_or(0);
         let (ip_hex, port_hex) = local.split_once(':')?;
         let port = u16::from_str_radix(port_hex, 16).ok()?;
         Some((
@@ -227,6 +278,7 @@ fn tcp_rows(text: &str) -> impl Iterator<Item = (u16, TcpRow)> + '_ {
                 ip_hex: ip_hex.to_owned(),
                 state,
                 rx_queue,
+                inode,
             },
         ))
     })
@@ -292,6 +344,15 @@ mod tests {
             (m.get("/run/a.sock"), m.get("/run/b.sock"), m.get("@abs")),
             (Some(&1), Some(&1), Some(&1))
         );
+    }
+
+    #[test]
+    fn tcp_rows_carry_the_socket_inode() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+            0: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4711 1 0000000000000000 20 4 30 10 -1\n";
+        let rows: Vec<_> = tcp_rows(text).collect();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].0, rows[0].1.inode, rows[0].1.state), (8080, 4711, 1));
     }
 
     #[test]

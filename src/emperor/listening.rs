@@ -68,6 +68,21 @@ pub fn waiting(root: i32, listeners: &Listeners) -> bool {
         .any(|pid| tasks(pid).into_iter().any(|tid| task_waits(pid, tid, listeners)))
 }
 
+/// Whether `root` or a descendant holds one of `sockets` (by inode) among its fds: it took a connection from the
+/// vassal's listeners, so it serves.
+pub fn holds_any(root: i32, sockets: &HashSet<u64>) -> bool {
+    if sockets.is_empty() || root <= 0 {
+        return false;
+    }
+    tree(root).into_iter().any(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+                .any(|fd| fd_inode(pid, fd).is_some_and(|i| sockets.contains(&i)))
+        })
+    })
+}
+
 /// `root` and its descendants, breadth first, at most [`MAX_PROCS`] (also what `vassal/freeze.rs` checks
 /// for a stopped process group).
 pub(crate) fn tree(root: i32) -> Vec<i32> {

@@ -382,6 +382,7 @@ impl Replicas {
         } else {
             Readiness::Look {
                 listeners: listening::Listeners::of(want.sockets.iter().map(|s| s.fd())),
+                addrs: want.sockets.iter().map(|s| s.spec.addr.clone()).collect(),
                 record: proc
                     .bridged
                     .then(|| crate::docker::record::path(&start.opts.run_dir, &start.opts.instance, pid)),
@@ -525,6 +526,9 @@ enum Readiness {
     /// connections on the vassal's sockets (`listening.rs`).
     Look {
         listeners: listening::Listeners,
+        /// The sockets' addresses: a replica that holds a connection from them serves (under load it is
+        /// rarely caught in `accept`, since the queue always has a connection for it).
+        addrs: Vec<crate::config::SocketAddrSpec>,
         /// A bridge's record, which names the container's init process.
         record: Option<std::path::PathBuf>,
     },
@@ -594,8 +598,9 @@ impl Supervisor {
                 _ = sleep_until(wake) => {
                     let now = tokio::time::Instant::now();
                     now_ready = now >= tokio::time::Instant::from_std(self.ready_by);
-                    if let Readiness::Look { listeners, record } = &self.readiness {
-                        now_ready = now_ready || self.waiting(listeners.clone(), record.clone(), pid).await;
+                    if let Readiness::Look { listeners, addrs, record } = &self.readiness {
+                        let look = (listeners.clone(), addrs.clone(), record.clone());
+                        now_ready = now_ready || self.serves(look, pid).await;
                         next_look = tokio::time::Instant::now() + READY_LOOK;
                     } else if matches!(self.readiness, Readiness::After(_)) {
                         now_ready = true;
@@ -609,14 +614,23 @@ impl Supervisor {
         }
     }
 
-    /// Whether the replica waits for connections, looked at off the actor's thread.
-    async fn waiting(&self, listeners: listening::Listeners, record: Option<std::path::PathBuf>, pid: i32) -> bool {
+    /// Whether the replica waits for connections or holds one, looked at off the actor's thread.
+    async fn serves(
+        &self,
+        (listeners, addrs, record): (
+            listening::Listeners,
+            Vec<crate::config::SocketAddrSpec>,
+            Option<std::path::PathBuf>,
+        ),
+        pid: i32,
+    ) -> bool {
         tokio::task::spawn_blocking(move || {
             let root = match record {
                 Some(r) => crate::docker::record::Info::read(&r).map_or(0, |i| i32::try_from(i.init_pid).unwrap_or(0)),
                 None => pid,
             };
             listening::waiting(root, &listeners)
+                || conns::connection_inodes(&addrs).is_ok_and(|held| listening::holds_any(root, &held))
         })
         .await
         .unwrap_or(false)
