@@ -251,6 +251,11 @@ fn the_nginx_example_reloads_on_touch_without_failing_a_request() {
     h.start(&["--reload-mercy", "20"]);
     let r = h.wait_http_unix(&sock, LONG);
     h.check(r.contains("Hello from nginx"), format!("nginx answers: {r:?}"));
+    let master = spawned_pid(&h, "nginx.ini");
+    h.check(
+        nonblocking(master, 3) == Some(true) && nonblocking(master, 4) == Some(true),
+        "nginx holds its sockets at fds 3 and 4 with O_NONBLOCK (socket-nonblocking = true)",
+    );
     let tcp = crate::util::http_get_tcp(port.parse().unwrap(), LONG).unwrap_or_default();
     h.check(
         tcp.contains("Hello from nginx"),
@@ -285,6 +290,50 @@ fn the_nginx_example_reloads_on_touch_without_failing_a_request() {
     h.signal(libc::SIGTERM);
     let st = h.wait_exit(Duration::from_secs(30));
     h.check(st.code() == Some(0), format!("emperor exit status {st:?}"));
+}
+
+/// Whether `pid`'s `fd` has `O_NONBLOCK`, from `/proc/<pid>/fdinfo/<fd>` (`flags:` is octal); None if unreadable.
+fn nonblocking(pid: i32, fd: i32) -> Option<bool> {
+    let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+    let flags = i64::from_str_radix(flags.trim(), 8).ok()?;
+    Some(flags & i64::from(libc::O_NONBLOCK) != 0)
+}
+
+/// The pid of the first process the emperor logged spawning for `file`.
+fn spawned_pid(h: &Harness, file: &str) -> i32 {
+    let tag = format!("[{file}] spawned pid ");
+    h.stderr()
+        .lines()
+        .find_map(|l| l.split(&tag).nth(1)?.split(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no spawned pid for {file}{}", h.tail()))
+}
+
+/// `socket-nonblocking = true` hands the sockets over with `O_NONBLOCK`; without it they are blocking (systemd's
+/// default).
+#[test]
+fn socket_nonblocking_sets_o_nonblocking_on_the_vassals_sockets() {
+    let mut h = Harness::new("nginx_nonblock");
+    for (file, extra) in [("nb.ini", "socket-nonblocking = true\n"), ("b.ini", "")] {
+        h.write_vassal(
+            file,
+            &format!(
+                "[emperor]\nsocket = {}\nexec = sleep 600\n{extra}",
+                h.sock(&format!("{file}.sock")).display()
+            ),
+        );
+    }
+    h.start(&[]);
+    h.wait_for(|| h.spawned().len() == 2, LONG, "both vassals to start");
+    let (nb, b) = (spawned_pid(&h, "nb.ini"), spawned_pid(&h, "b.ini"));
+    h.check(
+        nonblocking(nb, 3) == Some(true),
+        format!("O_NONBLOCK with the key (pid {nb})"),
+    );
+    h.check(
+        nonblocking(b, 3) == Some(false),
+        format!("blocking without it (pid {b})"),
+    );
 }
 
 /// A process vassal gets `NGINX` as a Docker vassal does: one `<fd>;` per socket, the last one too.
@@ -363,7 +412,7 @@ fn a_docker_nginx_vassal_stops_with_its_images_stopsignal_and_reloads_without_fa
         &file,
         &format!(
             "[emperor]\ndocker-image = {NGINX_IMAGE}\ndocker-network-mode = none\nsocket = {}\n\
-             docker-mount = {}:/etc/nginx/sites:ro\n",
+             docker-mount = {}:/etc/nginx/sites:ro\nsocket-nonblocking = true\n",
             sock.display(),
             site.display()
         ),
@@ -373,6 +422,15 @@ fn a_docker_nginx_vassal_stops_with_its_images_stopsignal_and_reloads_without_fa
     h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let r = h.wait_http_unix(&sock, LONG);
     h.check(r.contains("nginx in docker"), format!("nginx answers: {r:?}"));
+    // The socket reached nginx in the container through the bridge and the shim, non-blocking.
+    let pid: i32 = inspect(&file, "{{.State.Pid}}")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let nginx_master = crate::util::descendants(pid).into_iter().next().unwrap_or(0);
+    h.check(
+        nonblocking(nginx_master, 3) == Some(true),
+        format!("nginx (pid {nginx_master}) holds its socket at fd 3 with O_NONBLOCK"),
+    );
     let signal = inspect(&file, "{{.Config.StopSignal}}").unwrap_or_default();
     h.check(signal == "SIGQUIT", format!("the container's StopSignal: {signal:?}"));
     let old = inspect(&file, "{{.Id}}").unwrap_or_default();
