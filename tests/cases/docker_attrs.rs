@@ -16,29 +16,23 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::util::docker::{DockerSweep, inspect, unique_name, wait_no_container};
-use crate::util::{EMPEROR, Harness, LONG};
-
-/// Lines of the emperor's stdout (vassal output) for `file`, prefix removed.
-fn output(h: &Harness, file: &str) -> Vec<String> {
-    let tag = format!("[{file}] ");
-    h.stdout()
-        .lines()
-        .filter_map(|l| l.strip_prefix(&tag).map(|s| s.trim_end_matches('\r').to_string()))
-        .collect()
-}
+use crate::util::{Harness, LONG, ctl_ok};
 
 /// The `key=value` fields of the vassal's first output line starting with `attrs `.
 fn attrs(h: &Harness, file: &str) -> std::collections::HashMap<String, String> {
     h.wait_for(
-        || output(h, file).iter().any(|l| l.starts_with("attrs ")),
+        || h.vassal_output(file).iter().any(|l| l.starts_with("attrs ")),
         LONG,
         &format!("the attrs line of {file}"),
     );
-    let line = output(h, file).into_iter().find(|l| l.starts_with("attrs ")).unwrap();
+    let line = h
+        .vassal_output(file)
+        .into_iter()
+        .find(|l| l.starts_with("attrs "))
+        .unwrap();
     line.split_whitespace()
         .skip(1)
         .filter_map(|kv| kv.split_once('='))
@@ -137,22 +131,6 @@ fn docker_workdir_hostname_memory_and_swap_reach_the_container() {
     );
 }
 
-fn ctl(control: &Path, args: &[&str]) {
-    let out = Command::new(EMPEROR)
-        .args(args)
-        .arg("--control")
-        .arg(control)
-        .env_remove("EMPEROR_CONTROL")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "emperor {args:?}: {:?} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// What the cidfile holds now ("" when it is missing).
 fn cid_text(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_default()
@@ -206,10 +184,10 @@ fn the_cidfile_follows_its_container_through_stop_reload_and_shutdown() {
     );
 
     // `emperor stop`: the container goes, and its cidfile with it; `emperor start` writes the next one's.
-    ctl(&control, &["stop", &file]);
+    ctl_ok(&h, &control, &["stop", &file]);
     h.check(wait_no_container(&file, LONG), "the container is removed on stop");
     h.wait_for(|| !cid.exists(), LONG, "the cidfile removed with the stopped container");
-    ctl(&control, &["start", &file]);
+    ctl_ok(&h, &control, &["start", &file]);
     h.wait_starts(&name, 3, LONG);
     let id3 = id();
     h.wait_for(

@@ -181,15 +181,6 @@ fn reload_under_load(h: &Harness, file: &str, sock: &Path) -> usize {
     off
 }
 
-/// Lines of the emperor's stdout (vassal output) for `file`, prefix removed.
-fn output(h: &Harness, file: &str) -> Vec<String> {
-    let tag = format!("[{file}] ");
-    h.stdout()
-        .lines()
-        .filter_map(|l| l.strip_prefix(&tag).map(|s| s.trim_end_matches('\r').to_string()))
-        .collect()
-}
-
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
@@ -270,7 +261,7 @@ fn the_nginx_example_reloads_on_touch_without_failing_a_request() {
     // The old master's own words: the graceful stop, not the fast one.
     h.wait_for(
         || {
-            output(&h, "nginx.ini")
+            h.vassal_output("nginx.ini")
                 .iter()
                 .any(|l| l.contains("signal 3 (SIGQUIT) received"))
         },
@@ -278,7 +269,7 @@ fn the_nginx_example_reloads_on_touch_without_failing_a_request() {
         "the old nginx to log its SIGQUIT",
     );
     h.check(
-        !output(&h, "nginx.ini")
+        !h.vassal_output("nginx.ini")
             .iter()
             .any(|l| l.contains("signal 15 (SIGTERM)")),
         "no SIGTERM",
@@ -386,25 +377,21 @@ fn require_nginx_image() {
     }
 }
 
-/// nginx in a container, with the image's own command and no `stop-signal`: the container is stopped with the
-/// image's STOPSIGNAL (SIGQUIT), so a `touch` under load fails no request.
-#[test]
-fn a_docker_nginx_vassal_stops_with_its_images_stopsignal_and_reloads_without_failing_a_request() {
-    let sweep = DockerSweep::new();
+/// Starts an emperor with one Docker vassal running emperor-test/nginx's own command on one unix socket, its server
+/// block (`site/site.conf`, mounted at /etc/nginx/sites) holding `locations` and answering `/` with
+/// `nginx in docker <pid>`, and `extra` lines in `[emperor]`; waits for an answer. The vassal's file and socket.
+fn start_docker_nginx(h: &mut Harness, sweep: &DockerSweep, locations: &str, extra: &str) -> (String, PathBuf) {
     require_nginx_image();
-    let mut h = Harness::new("nginx_docker_vassal");
     let name = unique_name("ngx");
     let file = format!("{name}.ini");
     let sock = h.sock(&format!("{name}.sock"));
     let site = h.root.join("site");
     fs::create_dir(&site).unwrap();
-    fs::write(site.join("blob"), vec![b'x'; BLOB_LEN]).unwrap();
     fs::write(
         site.join("site.conf"),
         format!(
-            "server {{\n    listen unix:{};\n    {}    location / {{ return 200 \"nginx in docker $pid\\n\"; }}\n}}\n",
+            "server {{\n    listen unix:{};\n    {locations}    location / {{ return 200 \"nginx in docker $pid\\n\"; }}\n}}\n",
             sock.display(),
-            blob_location("/etc/nginx/sites")
         ),
     )
     .unwrap();
@@ -412,7 +399,7 @@ fn a_docker_nginx_vassal_stops_with_its_images_stopsignal_and_reloads_without_fa
         &file,
         &format!(
             "[emperor]\ndocker-image = {NGINX_IMAGE}\ndocker-network-mode = none\nsocket = {}\n\
-             docker-mount = {}:/etc/nginx/sites:ro\nsocket-nonblocking = true\n",
+             docker-mount = {}:/etc/nginx/sites:ro\n{extra}",
             sock.display(),
             site.display()
         ),
@@ -422,6 +409,22 @@ fn a_docker_nginx_vassal_stops_with_its_images_stopsignal_and_reloads_without_fa
     h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let r = h.wait_http_unix(&sock, LONG);
     h.check(r.contains("nginx in docker"), format!("nginx answers: {r:?}"));
+    (file, sock)
+}
+
+/// nginx in a container, with the image's own command and no `stop-signal`: the container is stopped with the
+/// image's STOPSIGNAL (SIGQUIT), so a `touch` under load fails no request.
+#[test]
+fn a_docker_nginx_vassal_stops_with_its_images_stopsignal_and_reloads_without_failing_a_request() {
+    let sweep = DockerSweep::new();
+    let mut h = Harness::new("nginx_docker_vassal");
+    let (file, sock) = start_docker_nginx(
+        &mut h,
+        &sweep,
+        &blob_location("/etc/nginx/sites"),
+        "socket-nonblocking = true\n",
+    );
+    fs::write(h.root.join("site").join("blob"), vec![b'x'; BLOB_LEN]).unwrap();
     // The socket reached nginx in the container through the bridge and the shim, non-blocking.
     let pid: i32 = inspect(&file, "{{.State.Pid}}")
         .and_then(|p| p.parse().ok())
@@ -446,7 +449,7 @@ fn a_docker_nginx_vassal_stops_with_its_images_stopsignal_and_reloads_without_fa
     );
     h.wait_for(
         || {
-            output(&h, &file)
+            h.vassal_output(&file)
                 .iter()
                 .any(|l| l.contains("signal 3 (SIGQUIT) received"))
         },
@@ -454,7 +457,7 @@ fn a_docker_nginx_vassal_stops_with_its_images_stopsignal_and_reloads_without_fa
         "the old nginx to log its SIGQUIT",
     );
     h.check(
-        !output(&h, &file).iter().any(|l| l.contains("signal 15 (SIGTERM)")),
+        !h.vassal_output(&file).iter().any(|l| l.contains("signal 15 (SIGTERM)")),
         "no SIGTERM",
     );
     h.wait_for(
@@ -468,34 +471,8 @@ fn a_docker_nginx_vassal_stops_with_its_images_stopsignal_and_reloads_without_fa
 #[test]
 fn a_docker_vassals_own_stop_signal_wins_over_its_images() {
     let sweep = DockerSweep::new();
-    require_nginx_image();
     let mut h = Harness::new("nginx_docker_sigterm");
-    let name = unique_name("ngxterm");
-    let file = format!("{name}.ini");
-    let sock = h.sock(&format!("{name}.sock"));
-    let site = h.root.join("site");
-    fs::create_dir(&site).unwrap();
-    fs::write(
-        site.join("site.conf"),
-        format!(
-            "server {{ listen unix:{}; location / {{ return 200 \"ok\\n\"; }} }}\n",
-            sock.display()
-        ),
-    )
-    .unwrap();
-    h.write_vassal(
-        &file,
-        &format!(
-            "[emperor]\ndocker-image = {NGINX_IMAGE}\ndocker-network-mode = none\nsocket = {}\n\
-             docker-mount = {}:/etc/nginx/sites:ro\nstop-signal = SIGTERM\n",
-            sock.display(),
-            site.display()
-        ),
-    );
-    let mut args = sweep.emperor_args();
-    args.extend(["--reload-mercy", "20"].map(String::from));
-    h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    h.wait_http_unix(&sock, LONG);
+    let (file, _) = start_docker_nginx(&mut h, &sweep, "", "stop-signal = SIGTERM\n");
     let signal = inspect(&file, "{{.Config.StopSignal}}").unwrap_or_default();
     h.check(signal == "SIGTERM", format!("the container's StopSignal: {signal:?}"));
     let off = h.stderr().len();
@@ -503,7 +480,7 @@ fn a_docker_vassals_own_stop_signal_wins_over_its_images() {
     h.wait_vlog_after(off, &file, "with SIGTERM (stop-signal)", LONG);
     h.wait_for(
         || {
-            output(&h, &file)
+            h.vassal_output(&file)
                 .iter()
                 .any(|l| l.contains("signal 15 (SIGTERM) received"))
         },
