@@ -298,11 +298,8 @@ impl Plan {
             .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
             .collect();
         let mut set = |k: &str, v: String| env.push(format!("{k}={v}").into_bytes());
-        if n > 0 {
-            set("LISTEN_FDS", n.to_string());
-            set("LISTEN_FDNAMES", names.join(":"));
-            set("LISTEN_PID", fork::blank_pid());
-            set("NGINX", (3..3 + n).map(|fd| format!("{fd};")).collect());
+        for (k, v) in fork::socket_env(&names) {
+            set(k, v);
         }
         set("UWSGI_EMPEROR_FD", control_at.to_string());
         if let Some(at) = config_at {

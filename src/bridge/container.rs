@@ -132,9 +132,21 @@ impl Bridge {
         Ok(record)
     }
 
-    /// `docker stop` with the vassal's stop signal and timeout (Docker SIGKILLs after it).
+    /// `docker stop` with the vassal's stop signal and timeout (Docker SIGKILLs after it). Without
+    /// `stop-signal`, the daemon sends the container's own, which the plan took from the image.
     pub(super) async fn stop(&self, docker: &Docker, id: &str, cfg: &VassalConfig) {
         let t = i32::try_from(self.args.stop_timeout).unwrap_or(i32::MAX);
+        let why = match (&cfg.stop_signal, &self.stop_signal) {
+            (Some(_), _) => "stop-signal",
+            (None, Some(_)) => "the image's STOPSIGNAL",
+            (None, None) => "Docker's default",
+        };
+        info!(
+            "[{}] bridge: stopping container {} with {} ({why}), forced after {t} s",
+            self.args.name,
+            short(id),
+            self.stop_signal.as_deref().unwrap_or("SIGTERM"),
+        );
         let opts = StopContainerOptions {
             t: Some(t),
             signal: cfg.stop_signal.map(|s| s.as_str().to_string()),

@@ -96,6 +96,9 @@ struct Bridge {
     shim_copy: Option<PathBuf>,
     /// The `docker-cidfile` this bridge wrote, and the id in it; removed with the container.
     cidfile: Option<(PathBuf, String)>,
+    /// The container's stop signal as it was created (the vassal's `stop-signal`, else the image's
+    /// STOPSIGNAL; `None`: Docker's SIGTERM), for the log line of a stop.
+    stop_signal: Option<String>,
     /// Where the container's id, init pid and hand-over time are written for the stats ([`record`]).
     info_path: PathBuf,
     /// The task copying the container's output to stdout.
@@ -111,6 +114,7 @@ impl Bridge {
             proxy_dir: None,
             shim_copy: None,
             cidfile: None,
+            stop_signal: None,
             info_path,
             output: None,
         }
@@ -290,8 +294,9 @@ impl Bridge {
             return Err(not("it is not this vassal's"));
         }
         self.container = Some(id.to_string());
+        self.stop_signal = c.config.as_ref().and_then(|c| c.stop_signal.clone());
         if let Some(cid) = &t.d.cidfile
-            && std::fs::read_to_string(cid).is_ok_and(|text| text.trim() == id)
+            && crate::sys::cidfile::holds(cid, id)
         {
             self.cidfile = Some((cid.clone(), id.to_string()));
         }
@@ -381,6 +386,7 @@ impl Bridge {
             fingerprint,
         } = self.plan(target, &image, &shim_host, has_config)?;
         let ready_made = self.clear_the_name(docker, target, &fingerprint).await?;
+        self.stop_signal.clone_from(&body.stop_signal);
         let listener = self.bind_proxy(&proxy)?;
         if self.args.docker_debug {
             info!(
@@ -527,18 +533,12 @@ impl Bridge {
         Ok(listener)
     }
 
-    /// Writes the container's id to `docker-cidfile`; in tyrant mode as the vassal's owner could
-    /// ([`crate::sys::tenant`]): never through a symlink, never into a file the owner may not write.
+    /// Writes the container's id to `docker-cidfile` ([`crate::sys::cidfile`]): never through a symlink,
+    /// never over a file that is not a cidfile; in tyrant mode only where the vassal's owner could.
     fn write_cidfile(&mut self, d: &DockerConfig, run_as: Option<config::RunAs>, id: &str) {
-        use std::io::Write;
         let Some(cid) = &d.cidfile else { return };
-        let written = match run_as {
-            Some(r) => crate::sys::tenant::Place::of(cid)
-                .and_then(|p| p.open_for(&crate::sys::tenant::Tenant::of(r.uid, r.gid), false, cid))
-                .and_then(|mut f| f.write_all(format!("{id}\n").as_bytes())),
-            None => std::fs::write(cid, format!("{id}\n")),
-        };
-        match written {
+        let tenant = run_as.map(|r| crate::sys::tenant::Tenant::of(r.uid, r.gid));
+        match crate::sys::cidfile::write(cid, id, tenant.as_ref()) {
             Ok(()) => self.cidfile = Some((cid.clone(), id.to_owned())),
             Err(e) => warn!(
                 "[{}] bridge: cannot write docker-cidfile {}: {e}",
@@ -552,9 +552,13 @@ impl Bridge {
     /// names another container by now: the new container of an overlapping reload has written its own id.
     fn remove_cidfile(&mut self) {
         if let Some((path, id)) = self.cidfile.take()
-            && std::fs::read_to_string(&path).is_ok_and(|text| text.trim() == id)
+            && let Err(e) = crate::sys::cidfile::remove(&path, &id)
         {
-            let _ = std::fs::remove_file(&path);
+            debug!(
+                "[{}] bridge: cannot remove docker-cidfile {}: {e}",
+                self.args.name,
+                path.display()
+            );
         }
     }
 }

@@ -57,6 +57,11 @@ impl<'a> AcceptKeys<'a> {
         if config.docker.as_ref().is_some_and(|d| !d.shim) {
             needs("the shim (docker-shim = true): it runs the program once per connection inside the container");
         }
+        if config.socket_nonblocking {
+            needs(
+                "blocking sockets (no socket-nonblocking = true): the accept role waits in accept for the next client",
+            );
+        }
         config.accept = Some(self.max.and_then(|(_, n)| n).unwrap_or(DEFAULT_MAX_CONNECTIONS));
     }
 }
@@ -132,6 +137,13 @@ mod tests {
                 4,
                 "accept",
                 "needs the shim (docker-shim = true): it runs the program once per connection inside the container",
+            ),
+            (
+                &format!("[emperor]\n{sock}exec = cat\nsocket-nonblocking = true\naccept = true\n"),
+                5,
+                "accept",
+                "needs blocking sockets (no socket-nonblocking = true): the accept role waits in accept for the next \
+                 client",
             ),
             (
                 &format!("[emperor]\n{sock}exec = cat\nmax-connections = 4\n"),

@@ -350,6 +350,9 @@ mod tests {
             }),
             ("listen = 1", |c| c.listen == Some(1)),
             ("listen = 65535", |c| c.listen == Some(65535)),
+            ("socket-nonblocking = true", |c| c.socket_nonblocking),
+            ("socket-nonblocking = no", |c| !c.socket_nonblocking),
+            ("listen = 10", |c| !c.socket_nonblocking),
             ("chdir = /abs/dir", |c| c.chdir == Some(PathBuf::from("/abs/dir"))),
             ("chdir = ./rel", |c| {
                 c.chdir == Some(PathBuf::from("/srv/vassals.d/rel"))
@@ -404,6 +407,7 @@ mod tests {
             ("listen = 65536", "expected a number from 1 to 65535"),
             ("listen = -5", "expected a number from 1 to 65535"),
             ("listen = many", "expected a number from 1 to 65535"),
+            ("socket-nonblocking = often", "expected true, false, 1, 0, yes or no"),
             (
                 "socket = garbage",
                 "not a unix socket path (containing '/' or ending in .sock), @abstract name or host:port",

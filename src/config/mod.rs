@@ -80,6 +80,11 @@ pub struct VassalConfig {
     pub chown_socket: Option<Owner>,
     /// Listen backlog for the sockets the emperor binds.
     pub listen: Option<u32>,
+    /// `socket-nonblocking = true|false` (default false, systemd's `NonBlocking=`): the vassal's sockets are
+    /// handed over with `O_NONBLOCK` set. nginx needs it: it never sets the flag on a socket it inherits, and a
+    /// worker that loses a connection to another then blocks in `accept`, its other clients stalled until the
+    /// next connection comes.
+    pub socket_nonblocking: bool,
     /// `accept = true`: the vassal's process is the emperor's accept role, which runs the command once
     /// per connection (`crate::accept`); the value is `max-connections`, the most served at once.
     pub accept: Option<u32>,

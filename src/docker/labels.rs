@@ -22,12 +22,12 @@ pub const LABEL_CIDFILE: &str = "emperor.cidfile";
 pub const LABEL_REPLICA: &str = "emperor.replica";
 
 /// Removes the cidfile a removed container's labels name, if it still holds that container's id (an
-/// overlapping reload's new container may have written its own id there). A symlink there is removed
-/// itself, never its target.
+/// overlapping reload's new container may have written its own id there); what else is there (a symlink,
+/// a FIFO, another file) is left alone ([`crate::sys::cidfile`]).
 pub fn forget_cidfile(labels: &std::collections::HashMap<String, String>, id: &str) {
     if let Some(path) = labels.get(LABEL_CIDFILE)
-        && std::fs::read_to_string(path).is_ok_and(|text| text.trim() == id)
+        && let Err(e) = crate::sys::cidfile::remove(std::path::Path::new(path), id)
     {
-        let _ = std::fs::remove_file(path);
+        log::debug!("cannot remove docker-cidfile {path}: {e}");
     }
 }

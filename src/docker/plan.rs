@@ -163,6 +163,7 @@ pub fn plan(cfg: &VassalConfig, d: &DockerConfig, image: &ImageInspect, inputs: 
         proxy_host_dir: &proxy.host_dir,
         proxy_container_path: &proxy.container_sock,
         image_command: image_command(image),
+        image_stop_signal: image.config.as_ref().and_then(|c| c.stop_signal.clone()),
         wrapper: inputs.wrapper,
         socket_names: inputs.socket_names,
         has_config: inputs.has_config,
@@ -220,6 +221,8 @@ struct Context<'a> {
     pub proxy_container_path: &'a str,
     /// The image's own Entrypoint + Cmd, used when the vassal sets no `exec`.
     pub image_command: Vec<String>,
+    /// The image's `STOPSIGNAL`, used when the vassal sets no `stop-signal`.
+    pub image_stop_signal: Option<String>,
     /// Program run for `[uwsgi]` vassals inside the container (`--emperor-wrapper`).
     pub wrapper: &'a str,
     /// Names of the listening sockets, in fd order.
@@ -326,7 +329,13 @@ fn container_body(cfg: &VassalConfig, d: &DockerConfig, ctx: &Context<'_>) -> Co
         // Tyrant mode: the file's owner, whatever the image says (a docker-user naming anyone else is refused
         // before anything is created).
         user: cfg.run_as.map(|r| r.to_string()).or_else(|| d.user.clone()),
-        stop_signal: cfg.stop_signal.map(|s| s.as_str().to_string()),
+        // `docker stop` sends this to the shim, which passes it on. Without `stop-signal`, the image's
+        // STOPSIGNAL (nginx's images: SIGQUIT, its graceful stop), as `docker run` would take it; said here
+        // rather than left to the daemon's create-time merge, so the bridge knows what it sends.
+        stop_signal: cfg
+            .stop_signal
+            .map(|s| s.as_str().to_string())
+            .or_else(|| ctx.image_stop_signal.clone()),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         host_config: Some(HostConfig {
             mounts: Some(mounts),
@@ -366,6 +375,7 @@ mod tests {
             proxy_host_dir: dir,
             proxy_container_path: "/.emperor/proxy/vassal.sock",
             image_command: vec!["/app".into(), "--serve".into()],
+            image_stop_signal: None,
             wrapper: "/usr/bin/uwsgi",
             socket_names: vec!["web".into()],
             has_config: false,
@@ -579,6 +589,22 @@ mod tests {
             [SHIM_PATH, "accept", "--max-connections", "4", "--", "/app", "--serve"],
             "the image's own command, once per connection"
         );
+    }
+
+    #[test]
+    fn the_images_stopsignal_unless_the_vassal_names_one() {
+        let (shim, dir) = (PathBuf::from("/e"), PathBuf::from("/d"));
+        let mut image_ctx = ctx(&shim, &dir, &[]);
+        image_ctx.image_stop_signal = Some("SIGQUIT".into());
+        let signal = |text: &str, ctx: &Context<'_>| {
+            let c = cfg(text);
+            container_body(&c, c.docker.as_ref().unwrap(), ctx).stop_signal
+        };
+        let plain = "[emperor]\ndocker-image = img\n";
+        let own = "[emperor]\ndocker-image = img\nstop-signal = INT\n";
+        assert_eq!(signal(plain, &image_ctx).as_deref(), Some("SIGQUIT"), "the image's");
+        assert_eq!(signal(own, &image_ctx).as_deref(), Some("SIGINT"), "the vassal's wins");
+        assert_eq!(signal(plain, &ctx(&shim, &dir, &[])), None, "neither: Docker's SIGTERM");
     }
 
     #[test]

@@ -111,6 +111,31 @@ fn finish(sock: BoundSocket, backlog: Backlog) -> io::Result<BoundSocket> {
     Ok(sock)
 }
 
+/// Sets or clears `O_NONBLOCK` on the vassal's sockets before an instance gets them (`socket-nonblocking`). The
+/// flag belongs to the socket, which every instance of the vassal shares (also the old one of an overlapping
+/// reload): the latest start decides.
+pub fn set_nonblocking(sockets: &[BoundSocket], on: bool) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    for s in sockets {
+        let ctx = |e: nix::errno::Errno| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("socket {}: cannot set socket-nonblocking: {e}", s.spec.addr),
+            )
+        };
+        let flags = OFlag::from_bits_retain(fcntl(s.fd(), FcntlArg::F_GETFL).map_err(ctx)?);
+        let want = if on {
+            flags | OFlag::O_NONBLOCK
+        } else {
+            flags - OFlag::O_NONBLOCK
+        };
+        if want != flags {
+            fcntl(s.fd(), FcntlArg::F_SETFL(want)).map_err(ctx)?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes the socket file at `path`, live or not, so that the emperor's own servers (control, stats)
 /// take their path over from a previous emperor. Anything that is not a socket stays, and binding then
 /// fails with a clear error.

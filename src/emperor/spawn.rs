@@ -37,7 +37,8 @@ pub struct SpawnRequest<'a> {
     pub env: Vec<(String, String)>,
     /// Working directory of the vassal.
     pub cwd: &'a Path,
-    /// Listening sockets, placed at fd 3, 4, ... and announced with `LISTEN_FDS`/`LISTEN_FDNAMES`.
+    /// Listening sockets, placed at fd 3, 4, ... and announced with `LISTEN_FDS`/`LISTEN_FDNAMES` and `NGINX`
+    /// ([`fork::socket_env`]).
     pub sockets: Vec<(BorrowedFd<'a>, String)>,
     /// Further fds placed right after the sockets, each announced in the named variable
     /// (`UWSGI_EMPEROR_FD`, `UWSGI_EMPEROR_FD_CONFIG`).
@@ -122,17 +123,9 @@ pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Child> {
         env.retain(|(ek, _)| ek != k.as_bytes());
         env.push((k.as_bytes().to_vec(), v.into_bytes()));
     };
-    if !req.sockets.is_empty() {
-        set("LISTEN_FDS", req.sockets.len().to_string());
-        set(
-            "LISTEN_FDNAMES",
-            req.sockets
-                .iter()
-                .map(|(_, n)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(":"),
-        );
-        set("LISTEN_PID", fork::blank_pid());
+    let names: Vec<&str> = req.sockets.iter().map(|(_, n)| n.as_str()).collect();
+    for (k, v) in fork::socket_env(&names) {
+        set(k, v);
     }
     for (i, (_, var)) in req.extra_fds.iter().enumerate() {
         set(var, (first_extra + i).to_string());

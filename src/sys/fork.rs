@@ -101,6 +101,25 @@ pub fn blank_pid() -> String {
     " ".repeat(PID_SLOT)
 }
 
+/// The variables that announce listening sockets placed at fd 3, 4, ..., one per name, in every convention
+/// a vassal may read: systemd's (`LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID` as a [`blank_pid`] slot the
+/// child fills in) and nginx's (`NGINX=3;4;`). nginx reads `NGINX` as fd numbers each *followed* by `;` or
+/// `:` (its binary upgrade writes `3;4;`), and ignores a last number without one, with a notice: hence the
+/// trailing `;`. The emperor (process vassals) and the shim (containers) both announce sockets with this, so
+/// a vassal cannot tell them apart. Nothing when there is no socket.
+pub fn socket_env(names: &[&str]) -> Vec<(&'static str, String)> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let nginx = (3..3 + names.len()).map(|fd| format!("{fd};")).collect();
+    vec![
+        ("LISTEN_FDS", names.len().to_string()),
+        ("LISTEN_FDNAMES", names.join(":")),
+        ("LISTEN_PID", blank_pid()),
+        ("NGINX", nginx),
+    ]
+}
+
 const LISTEN_PID: &[u8] = b"LISTEN_PID=";
 
 /// Forks; the child gets its own process group (see [`Exec::own_group`]), places its fds, gets default signal handling and an
@@ -306,6 +325,17 @@ unsafe fn child_exec(plan: ChildPlan<'_>) -> ! {
 mod tests {
     use super::*;
     use nix::sys::wait::{WaitStatus, waitpid};
+
+    #[test]
+    fn sockets_are_announced_to_systemd_apps_and_to_nginx() {
+        assert!(socket_env(&[]).is_empty());
+        let env = socket_env(&["web", "admin"]);
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("LISTEN_FDS"), Some("2"));
+        assert_eq!(get("LISTEN_FDNAMES"), Some("web:admin"));
+        assert_eq!(get("LISTEN_PID"), Some(blank_pid().as_str()));
+        assert_eq!(get("NGINX"), Some("3;4;"), "each fd followed by ';', the last one too");
+    }
 
     fn run(program: &str, argv: &[&str], env: &[String], fds: &[RawFd]) -> Result<i32, Error> {
         let program = CString::new(program).unwrap();

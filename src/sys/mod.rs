@@ -7,9 +7,12 @@
 //! async-signal-safety rules, instead of two copies that drift. The roles keep their policy (which
 //! fds, which environment, what to do with a failure); this module only does the mechanics.
 //!
+//! `cidfile` and `tenant` are here because they are the files root writes where a vassal file says.
+//!
 //! `hash` is here because it is the one helper every role shares and it has no better home.
 
 pub mod child;
+pub mod cidfile;
 pub mod fd;
 pub mod fork;
 pub mod hash;

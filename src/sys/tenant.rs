@@ -1,5 +1,5 @@
 //! Files the root emperor opens or creates on a tenant's behalf (tyrant mode): `logto` and its rotation,
-//! `docker-cidfile`.
+//! `docker-cidfile` (whose own rules are in [`super::cidfile`]).
 //!
 //! A tenant names these paths in its vassal file, and the emperor writes them as root. Opened naively, a
 //! tenant would aim them at `/etc/shadow` through a symlink, a symlinked directory, or a hard link. The rule
@@ -79,12 +79,22 @@ fn no_symlinks(e: nix::errno::Errno, path: &Path) -> io::Error {
 impl Place {
     /// The directory holding `path` (absolute), reached without following a symlink.
     pub fn of(path: &Path) -> io::Result<Place> {
+        Place::open(path, ResolveFlag::RESOLVE_NO_SYMLINKS)
+    }
+
+    /// The directory holding `path` (absolute), reached as `open` would, following symlinks on the way: for
+    /// a path an admin names, of which the caller then never follows the last component.
+    pub fn following(path: &Path) -> io::Result<Place> {
+        Place::open(path, ResolveFlag::empty())
+    }
+
+    fn open(path: &Path, resolve: ResolveFlag) -> io::Result<Place> {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return Err(refuse(path, "not a file path"));
         };
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+            .resolve(resolve);
         let dir = openat2(nix::fcntl::AT_FDCWD, parent, how).map_err(|e| no_symlinks(e, path))?;
         Ok(Place {
             dir,

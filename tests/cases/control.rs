@@ -16,16 +16,6 @@ fn control_path(h: &Harness) -> PathBuf {
     h.root.join("control.sock")
 }
 
-fn ctl(control: &Path, args: &[&str]) -> Output {
-    Command::new(EMPEROR)
-        .args(args)
-        .arg("--control")
-        .arg(control)
-        .env_remove("EMPEROR_CONTROL")
-        .output()
-        .unwrap()
-}
-
 fn ok(h: &Harness, out: &Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     h.check(

@@ -313,17 +313,6 @@ fn systemd_notify() {
     assert!(st.success(), "emperor exit: {st:?}\n{}", logged());
 }
 
-fn ctl(h: &Harness, control: &std::path::Path, args: &[&str]) {
-    let out = Command::new(EMPEROR)
-        .args(args)
-        .arg("--control")
-        .arg(control)
-        .env_remove("EMPEROR_CONTROL")
-        .output()
-        .unwrap();
-    h.check(out.status.success(), format!("emperor {args:?}: {out:?}"));
-}
-
 fn socket_of<'a>(v: &'a Value, addr: &str) -> &'a Value {
     v["sockets"]
         .as_array()
@@ -357,7 +346,7 @@ fn accept_queues_of_a_held_vassal() {
     ]);
     h.wait_starts("q", 1, LONG);
     h.wait_for(|| stats.exists(), LONG, "stats socket");
-    ctl(&h, &control, &["stop", "q.ini"]);
+    ctl_ok(&h, &control, &["stop", "q.ini"]);
     wait_doc(
         &h,
         || fetch_unix(&stats),
@@ -401,7 +390,7 @@ fn accept_queues_of_a_held_vassal() {
     );
 
     // Released, the app serves them all: the queues empty and every client gets its answer.
-    ctl(&h, &control, &["start", "q.ini"]);
+    ctl_ok(&h, &control, &["start", "q.ini"]);
     for c in &mut clients {
         let mut answer = String::new();
         c.read_to_string(&mut answer).unwrap();

@@ -115,19 +115,10 @@ pub(crate) fn wait_answer(h: &Harness, sock: &Path, want: &str, deadline: Durati
     }
 }
 
-/// Lines of the emperor's stdout (vassal output) with the `[file] ` prefix, prefix removed.
-fn vassal_output(h: &Harness, file: &str) -> Vec<String> {
-    let tag = format!("[{file}] ");
-    h.stdout()
-        .lines()
-        .filter_map(|l| l.strip_prefix(&tag).map(|s| s.trim_end_matches('\r').to_string()))
-        .collect()
-}
-
 /// Waits until `count` lines of the vassal's output contain `needle`.
 fn wait_output(h: &Harness, file: &str, needle: &str, count: usize, deadline: Duration) {
     h.wait_for(
-        || vassal_output(h, file).iter().filter(|l| l.contains(needle)).count() >= count,
+        || h.vassal_output(file).iter().filter(|l| l.contains(needle)).count() >= count,
         deadline,
         &format!("{count} line(s) of [{file}] output containing {needle:?}"),
     );
@@ -135,7 +126,7 @@ fn wait_output(h: &Harness, file: &str, needle: &str, count: usize, deadline: Du
 
 /// The pids in uWSGI's `spawned uWSGI master process (pid: N)` lines, in order.
 fn master_pids(h: &Harness, file: &str) -> Vec<String> {
-    vassal_output(h, file)
+    h.vassal_output(file)
         .iter()
         .filter_map(|l| l.split_once("spawned uWSGI master process (pid: "))
         .map(|(_, rest)| rest.trim_end_matches(')').to_string())
@@ -194,7 +185,7 @@ fn uwsgi_in_docker_reads_its_config_from_the_pipe_and_speaks_the_protocol() {
     wait_output(&h, &file, "getting INI configuration from emperor://", 1, LONG);
     wait_output(&h, &file, "spawned uWSGI worker 1", 1, LONG);
     wait_output(&h, &file, "announcing my loyalty to the Emperor", 1, LONG);
-    let out = vassal_output(&h, &file).join("\n");
+    let out = h.vassal_output(&file).join("\n");
     h.check(
         out.contains(&format!("emperor://{file}")),
         format!("uWSGI read emperor://{file}:\n{out}"),
@@ -257,7 +248,7 @@ fn uwsgi_section_change_reloads_in_the_same_container_emperor_change_replaces_it
         );
     }
     let r = wait_answer(&h, &sock, "cfg=3", LONG);
-    let out = vassal_output(&h, &file).join("\n");
+    let out = h.vassal_output(&file).join("\n");
     h.check(
         out.contains("gracefully") && out.contains("binary reloading uWSGI"),
         format!("uWSGI's log shows a graceful reload:\n{out}"),
@@ -515,7 +506,7 @@ fn uwsgi_docker_without_shim_connects_to_the_proxy_itself() {
         format!("no shim, uWSGI is the command: {ep}"),
     );
     wait_output(&h, &file, "spawned uWSGI master process (pid: 1)", 1, LONG);
-    let out = vassal_output(&h, &file).join("\n");
+    let out = h.vassal_output(&file).join("\n");
     h.check(
         out.contains(&format!("emperor://{file}")),
         format!("uWSGI read its config from the pipe:\n{out}"),

@@ -453,6 +453,16 @@ impl Harness {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// The vassal `file`'s output lines (the emperor's stdout with the `[file] ` prefix), prefix and a tty's `\r`
+    /// removed.
+    pub fn vassal_output(&self, file: &str) -> Vec<String> {
+        let tag = format!("[{file}] ");
+        self.stdout()
+            .lines()
+            .filter_map(|l| l.strip_prefix(&tag).map(|s| s.trim_end_matches('\r').to_string()))
+            .collect()
+    }
+
     /// Last lines of the emperor's output, for failure messages.
     pub fn tail(&self) -> String {
         fn last(s: &str, n: usize) -> String {
@@ -641,6 +651,23 @@ impl Harness {
         }
         pids
     }
+}
+
+/// `emperor <args> --control <control>` (restart, stop, start): its output.
+pub fn ctl(control: &Path, args: &[&str]) -> Output {
+    Command::new(EMPEROR)
+        .args(args)
+        .arg("--control")
+        .arg(control)
+        .env_remove("EMPEROR_CONTROL")
+        .output()
+        .unwrap()
+}
+
+/// [`ctl`], checked to succeed.
+pub fn ctl_ok(h: &Harness, control: &Path, args: &[&str]) {
+    let out = ctl(control, args);
+    h.check(out.status.success(), format!("emperor {args:?}: {out:?}"));
 }
 
 pub fn write_atomic(path: &Path, content: &str) {

@@ -185,6 +185,7 @@ impl Launcher for System {
             extra_fds.push((fd.as_fd(), crate::cli::ENV_LIFELINE_FD));
         }
         let cwd = cfg.chdir.clone().unwrap_or_else(|| l.opts.vassals_dir.clone());
+        crate::emperor::sockets::set_nonblocking(l.sockets, cfg.socket_nonblocking).map_err(VassalError::Socket)?;
         let stderr = std::io::stderr();
         let req = SpawnRequest {
             argv: &argv,
