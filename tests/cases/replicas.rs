@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::util::docker::{DockerSweep, testapp_vassal, unique_name};
-use crate::util::{Harness, LONG, alive, http_get_unix};
+use crate::util::{EMPEROR, Harness, LONG, alive, http_get_unix};
 
 /// What one request of a [`Load`] got: when it ended, and the answering pid or the error.
 type Answer = (Instant, Result<i32, String>);
@@ -78,6 +78,14 @@ impl Drop for Load {
     }
 }
 
+fn pids_of(records: &[crate::util::Record]) -> HashSet<i32> {
+    records.iter().map(|r| r.pid()).collect()
+}
+
+fn pids_i64(pids: &HashSet<i32>) -> HashSet<i64> {
+    pids.iter().map(|p| i64::from(*p)).collect()
+}
+
 fn pid_of(body: &str) -> Option<i32> {
     body.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok()
 }
@@ -108,7 +116,8 @@ fn fixed_replicas_share_one_socket_and_a_touch_replaces_them_one_by_one() {
             h.sock("talk.sock").display()
         ),
     );
-    h.start(&[]);
+    let stats = h.root.join("stats.sock");
+    h.start(&["--emperor-stats", stats.to_str().unwrap()]);
     let first = h.wait_starts("rep", 3, LONG);
     let pids: HashSet<i32> = first.iter().map(|r| r.pid()).collect();
     h.check(pids.len() == 3, format!("three processes: {pids:?}"));
@@ -121,6 +130,41 @@ fn fixed_replicas_share_one_socket_and_a_touch_replaces_them_one_by_one() {
         LONG,
         "answers from all three replicas",
     );
+    // The stats document and `emperor status` show each replica.
+    let status = |json: bool| {
+        let mut cmd = std::process::Command::new(EMPEROR);
+        cmd.args(["status", "--stats", stats.to_str().unwrap()]);
+        if json {
+            cmd.arg("--json");
+        }
+        String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+    };
+    h.wait_for(
+        || {
+            let doc: serde_json::Value = serde_json::from_str(&status(true)).unwrap_or_default();
+            let v = doc["vassals"]
+                .as_array()
+                .and_then(|l| l.iter().find(|v| v["id"] == "rep.ini"))
+                .cloned();
+            v.is_some_and(|v| {
+                let r = &v["replicas"];
+                let pids: HashSet<i64> = r["instances"]
+                    .as_array()
+                    .map(|l| l.iter().filter_map(|i| i["pid"].as_i64()).collect())
+                    .unwrap_or_default();
+                r["count"] == 3 && r["min"] == 3 && pids == pids_i64(&pids_of(&first))
+            })
+        },
+        LONG,
+        "the stats document's replicas: count 3 and the three pids",
+    );
+    let table = status(false);
+    for k in 0..3 {
+        h.check(
+            table.contains(&format!("  #{k}")),
+            format!("status row for #{k}:\n{table}"),
+        );
+    }
     // Each replica's output is tagged with its number.
     for k in 0..2 {
         h.wait_for(
