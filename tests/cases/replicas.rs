@@ -62,6 +62,22 @@ impl Load {
             .collect()
     }
 
+    /// Stops the clients and returns every answer, once the harness checked that none failed.
+    fn finish_without_failures(self, h: &Harness) -> Vec<Answer> {
+        let answers = self.finish();
+        let failed: Vec<&String> = answers.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+        h.check(
+            failed.is_empty(),
+            format!(
+                "{} of {} requests failed: {:?}",
+                failed.len(),
+                answers.len(),
+                failed.first()
+            ),
+        );
+        answers
+    }
+
     /// Stops the clients and returns every answer.
     fn finish(mut self) -> Vec<Answer> {
         self.stop.store(true, Ordering::SeqCst);
@@ -88,10 +104,6 @@ fn pids_i64(pids: &HashSet<i32>) -> HashSet<i64> {
 
 fn pid_of(body: &str) -> Option<i32> {
     body.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok()
-}
-
-fn failures(answers: &[Answer]) -> Vec<&String> {
-    answers.iter().filter_map(|(_, r)| r.as_ref().err()).collect()
 }
 
 /// A testapp process vassal `<name>.ini` taking `work_ms` over each answer, one connection at a time, with
@@ -189,17 +201,7 @@ fn fixed_replicas_share_one_socket_and_a_touch_replaces_them_one_by_one() {
         LONG,
         "answers from each new replica, and only from them",
     );
-    let answers = load.finish();
-    let failed = failures(&answers);
-    h.check(
-        failed.is_empty(),
-        format!(
-            "{} of {} requests failed: {:?}",
-            failed.len(),
-            answers.len(),
-            failed.first()
-        ),
-    );
+    let answers = load.finish_without_failures(&h);
     h.check(answers.len() > before, "requests were served during the reload");
     // The log names the one-by-one replacement.
     h.check(
@@ -254,17 +256,7 @@ fn auto_scaling_follows_the_accept_queue_up_to_max_and_back_to_min() {
     h.touch_vassal("auto.ini");
     h.wait_starts("auto", 8, Duration::from_secs(40));
     h.wait_vlog_after(touched_at, "auto.ini#3", "spawned pid", LONG);
-    let answers = load.finish();
-    let failed = failures(&answers);
-    h.check(
-        failed.is_empty(),
-        format!(
-            "{} of {} requests failed: {:?}",
-            failed.len(),
-            answers.len(),
-            failed.first()
-        ),
-    );
+    let answers = load.finish_without_failures(&h);
     let first_pid = answers.iter().find_map(|(_, r)| r.as_ref().ok().copied()).unwrap();
     let (t0, mut t_second) = (answers[0].0, None);
     let mut at_one = 0usize;
@@ -345,17 +337,7 @@ fn docker_replicas_are_containers_named_after_the_first() {
     );
     let at = load.served();
     h.wait_for(|| load.served() > at + 20, LONG, "requests after the touch");
-    let answers = load.finish();
-    let failed = failures(&answers);
-    h.check(
-        failed.is_empty(),
-        format!(
-            "{} of {} requests failed: {:?}",
-            failed.len(),
-            answers.len(),
-            failed.first()
-        ),
-    );
+    load.finish_without_failures(&h);
     h.check(
         names() == want,
         format!("the same names after the touch: {:?}", names()),
