@@ -287,6 +287,16 @@ impl Actor {
             }
             Wake::Timer => vec![Event::Timer],
             Wake::Replica(report) => {
+                // A replica's bridge that gave up left its reason, as replica 0's does (usually the same image and
+                // daemon, so replica 0's error line says it too); the file goes.
+                if let replicas::Report::Exited { k, pid, .. } = &report
+                    && self.config.as_ref().is_some_and(|c| c.docker.is_some())
+                {
+                    let path = crate::docker::record::verdict_path(&self.opts.run_dir, &self.opts.instance, *pid);
+                    if let Some(reason) = crate::docker::record::take_verdict(&path) {
+                        info!("[{}#{k}] bridge: {}", self.name, crate::config::printable(&reason));
+                    }
+                }
                 self.replicas.on_report(report, self.fsm.params(), now());
                 vec![]
             }
