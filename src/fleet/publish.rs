@@ -116,11 +116,21 @@ impl Publisher {
         );
         async move {
             let deadline = Instant::now() + within;
+            // One connection for every poll (a multiplexed one is cheap to clone), made again after an error.
+            let mut con = None;
             loop {
-                if let Ok(Ok(found)) = tokio::time::timeout(TIMEOUT, successor(&client, &prefix, &own, &domains)).await
-                    && found
-                {
-                    return true;
+                let polled = tokio::time::timeout(TIMEOUT, async {
+                    let c = match &con {
+                        Some(c) => c,
+                        None => con.insert(connect(&client).await?),
+                    };
+                    successor(c.clone(), &prefix, &own, &domains).await
+                })
+                .await;
+                match polled {
+                    Ok(Ok(true)) => return true,
+                    Ok(Ok(false)) => {}
+                    _ => con = None,
                 }
                 if Instant::now() + HANDOFF_POLL > deadline {
                     return false;
@@ -152,8 +162,12 @@ pub fn glob_escape(s: &str) -> String {
 }
 
 /// Does a host other than `own` publish one of `domains`?
-async fn successor(client: &redis::Client, prefix: &str, own: &str, domains: &[String]) -> redis::RedisResult<bool> {
-    let con = connect(client).await?;
+async fn successor(
+    con: redis::aio::MultiplexedConnection,
+    prefix: &str,
+    own: &str,
+    domains: &[String],
+) -> redis::RedisResult<bool> {
     for (_, value) in super::store::read_routes(con, prefix.to_owned()).await? {
         let Some(routes) = std::str::from_utf8(&value).ok().and_then(|v| beachhead::decode(v).ok()) else {
             continue;
