@@ -28,6 +28,11 @@ use crate::fleet::beachhead;
 use crate::fleet::publish::{Publisher, Wanted};
 
 /// States in which a vassal's actor holds its sockets and can take connections (queued until it serves).
+/// Whether a vassal in `state` has its routes published.
+pub fn publishable(state: &str) -> bool {
+    PUBLISHABLE.contains(&state)
+}
+
 const PUBLISHABLE: &[&str] = &["waiting", "starting", "running", "reloading", "paused", "held"];
 
 /// The next step of a hand-over, sent by its task to the main loop.

@@ -680,8 +680,12 @@ impl Emperor {
     /// An actor's state changed: the status line is due, no sooner than [`notify::STATUS_INTERVAL`]
     /// after the last one.
     fn on_report(&mut self, (name, state): StateReport) {
-        self.states.insert(name, state);
-        self.fleet.sync(&self.good, &self.states);
+        let was = self.states.insert(name, state);
+        // The routes follow only whether a vassal is published: most reports (starting → running, a pause) leave
+        // that alone, and rebuilding the route table for each made a fleet's start quadratic.
+        if was.is_none_or(|w| fleet::publishable(w) != fleet::publishable(state)) {
+            self.fleet.sync(&self.good, &self.states);
+        }
         if self.notify.is_some() && self.status.due.is_none() {
             self.status.due = Some(Instant::now().max(self.status.sent_at + notify::STATUS_INTERVAL));
         }
