@@ -18,6 +18,8 @@ use super::*;
 #[derive(Debug)]
 struct Launched {
     at: Instant,
+    /// `Launch::replica`: `None` for the state machine's instance.
+    replica: Option<u32>,
     signals: Rc<RefCell<Vec<(Instant, Signal)>>>,
     exit: mpsc::UnboundedSender<Exit>,
 }
@@ -44,7 +46,7 @@ impl Launcher for Fake {
         )))
     }
 
-    fn launch(&mut self, _: Launch<'_>) -> Result<Proc, super::error::VassalError> {
+    fn launch(&mut self, l: Launch<'_>) -> Result<Proc, super::error::VassalError> {
         let (exit, exited) = mpsc::unbounded_channel();
         let signals = Rc::new(RefCell::new(Vec::new()));
         let mut launched = self.0.borrow_mut();
@@ -52,6 +54,7 @@ impl Launcher for Fake {
         let pid = 4_000_000 + launched.len() as i32;
         launched.push(Launched {
             at: now(),
+            replica: l.replica,
             signals: signals.clone(),
             exit: exit.clone(),
         });
@@ -229,6 +232,52 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(ms(5)).await;
     }
     panic!("never: {what}");
+}
+
+#[test]
+fn replicas_start_with_the_vassal_restart_alone_and_follow_a_new_count_without_a_reload() {
+    paused(async || {
+        let text = "[emperor]\nexec = /app\nsocket = {sock}\nreplicas = 3\n";
+        let d = Driven::start(&["--emperor-throttle", "1000"], text).await;
+        let replicas = |d: &Driven| d.fake.0.borrow().iter().map(|l| l.replica).collect::<Vec<_>>();
+        assert_eq!(replicas(&d), [None, Some(1), Some(2)]);
+        // Replica 1 dies before it is loyal: it alone is throttled, then restarted in its place.
+        let t0 = now();
+        d.fake.0.borrow()[1].exit.send(Exit::Code(1)).unwrap();
+        tokio::time::sleep(ms(900)).await;
+        assert_eq!(d.launched(), 3, "still throttled 0.9 s later");
+        tokio::time::sleep(ms(200)).await;
+        settle().await;
+        assert_eq!(replicas(&d), [None, Some(1), Some(2), Some(1)]);
+        assert_eq!(d.at(3) - t0, ms(1000));
+        assert!(
+            d.signals(0).is_empty() && d.signals(2).is_empty(),
+            "the others untouched"
+        );
+        // Only the count changes: the two replicas stop, nothing reloads or starts.
+        d.update(&text.replace("replicas = 3", "replicas = 1"));
+        until("both replicas asked to stop", || {
+            d.signals(2).iter().any(|s| s.1 == Signal::SIGTERM) && d.signals(3).iter().any(|s| s.1 == Signal::SIGTERM)
+        })
+        .await;
+        settle().await;
+        assert_eq!(d.launched(), 4, "nothing started");
+        assert!(d.signals(0).is_empty(), "replica 0 kept running");
+        // Back to 2: replica 1 starts again, in its place.
+        d.update(&text.replace("replicas = 3", "replicas = 2"));
+        settle().await;
+        assert_eq!(replicas(&d)[4], Some(1));
+        let fake = d.fake.clone();
+        assert_eq!(d.shutdown().await, "v.ini");
+        let stopped = |i: usize| {
+            fake.0.borrow()[i]
+                .signals
+                .borrow()
+                .iter()
+                .any(|s| s.1 == Signal::SIGTERM)
+        };
+        assert!(stopped(0) && stopped(4), "the vassal's end stops every replica");
+    });
 }
 
 #[test]
