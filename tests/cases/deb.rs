@@ -401,7 +401,11 @@ fn run_the_unit(h: &Harness, root: &Root, unit: &str) {
     args.extend([mainpid.as_str(), root.name.as_str()]);
     args.extend(reload.iter().map(String::as_str));
     let o = docker(&args).unwrap();
-    assert!(o.success, "ExecReload {reload:?}: {}", o.stderr);
+    assert!(
+        o.success,
+        "ExecReload {reload:?} failed ({:?}): {}{}",
+        o.code, o.stdout, o.stderr
+    );
     let rec = root.out.join("hello.rec");
     wait_until("the vassal reloads on ExecReload", LONG, || {
         fs::read_to_string(&rec)
