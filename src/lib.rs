@@ -22,6 +22,12 @@ mod sys;
 use std::io::Write;
 use std::process::ExitCode;
 
+/// The command line's definition, for the man pages (`examples/manpage.rs`, run by `scripts/build-deb`).
+#[doc(hidden)]
+pub fn command() -> clap::Command {
+    <cli::Cli as clap::CommandFactory>::command()
+}
+
 /// Parses the command line (and an `--ini` file) and hands over to a role.
 pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("EMPEROR_LOG", "info"))

@@ -30,6 +30,12 @@ pub struct Held {
 impl Drop for Held {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        // The instance directory too, once nothing else is in it (its bridges' proxy directories are removed
+        // before): under systemd's RuntimeDirectoryPreserve=yes, /run/emperor would otherwise collect one empty
+        // directory per vassals directory ever run until the next boot.
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -103,6 +109,16 @@ mod tests {
         );
         drop(held);
         assert_eq!(alive(&run, "abc"), None, "released and removed");
+        assert!(!run.join("abc").exists(), "the empty instance directory is removed too");
+
+        // A directory that still holds something (a live bridge's proxy directory) stays.
+        let held = hold(&run, "abc", Path::new("/srv/vassals")).unwrap();
+        std::fs::create_dir(run.join("abc").join("proxy")).unwrap();
+        drop(held);
+        assert!(
+            run.join("abc/proxy").is_dir(),
+            "a non-empty instance directory is left alone"
+        );
         let _ = std::fs::remove_dir_all(&run);
     }
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use crate::util::{EMPEROR, Harness};
 
-fn manifest_dir() -> &'static Path {
+pub(super) fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -67,13 +67,15 @@ fn verify(unit: &Path) -> Result<(), String> {
 }
 
 /// The value of every `key=` line of a unit file.
-fn values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+pub(super) fn values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
     unit.lines()
         .filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
         .collect()
 }
 
-fn one<'a>(unit: &'a str, key: &str) -> &'a str {
+/// The value of the one `key=` line of a unit file.
+#[track_caller]
+pub(super) fn one<'a>(unit: &'a str, key: &str) -> &'a str {
     match values(unit, key)[..] {
         [v] => v,
         ref vs => panic!("expected one {key}= line in the unit, found {vs:?}:\n{unit}"),

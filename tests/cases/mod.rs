@@ -4,6 +4,7 @@ mod accept;
 mod check;
 mod config_errors;
 mod control;
+mod deb;
 mod docker;
 mod docker_attrs;
 mod faults;
