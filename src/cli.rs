@@ -498,6 +498,11 @@ pub struct EmperorArgs {
     #[arg(long, alias = "emperor-stats-server", value_name = "ADDR")]
     pub emperor_stats: Option<String>,
 
+    /// Serve Prometheus metrics over HTTP (`GET /metrics`) on this unix socket path, @abstract name or
+    /// IP:port: the stats document's figures, a cold-start histogram per vassal, and the emperor's own.
+    #[arg(long, value_name = "ADDR")]
+    pub emperor_metrics: Option<String>,
+
     /// Serve `emperor restart|stop|start` on this unix socket (mode 0600; only root and the emperor's
     /// own uid are served, checked with SO_PEERCRED). Off unless given.
     #[arg(long, value_name = "PATH")]
@@ -590,6 +595,8 @@ pub struct EmperorOptions {
     pub nginx_reload: Option<Vec<String>>,
     /// `--emperor-stats`.
     pub stats: Option<String>,
+    /// `--emperor-metrics`.
+    pub metrics: Option<String>,
     /// `--emperor-control`.
     pub control: Option<PathBuf>,
     /// `--mail-auth`: the address nginx's `auth_http` points at.
@@ -672,6 +679,7 @@ impl EmperorArgs {
             nginx_map: self.nginx_map,
             nginx_reload,
             stats: self.emperor_stats,
+            metrics: self.emperor_metrics,
             control: self.emperor_control,
             mail_auth: self.mail_auth,
             policy: self.emperor_policy,

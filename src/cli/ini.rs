@@ -896,6 +896,10 @@ mod tests {
             ("nginx-reload = nginx -s reload", &["--nginx-reload=nginx -s reload"]),
             ("emperor-stats = 127.0.0.1:9191", &["--emperor-stats=127.0.0.1:9191"]),
             ("emperor-stats-server = /run/s.sock", &["--emperor-stats=/run/s.sock"]),
+            (
+                "emperor-metrics = 127.0.0.1:9100",
+                &["--emperor-metrics=127.0.0.1:9100"],
+            ),
             ("emperor-control = /run/c.sock", &["--emperor-control=/run/c.sock"]),
             ("mail-auth = 127.0.0.1:9000", &["--mail-auth=127.0.0.1:9000"]),
             (

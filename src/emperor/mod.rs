@@ -29,6 +29,8 @@
 //!   with a copy of every actor's sender, to a task that asks each actor for a snapshot (bounded by a
 //!   short deadline) and writes the document. Actors report each state change on one channel; the main
 //!   loop keeps the state names for the systemd `STATUS=` line (`notify.rs`), sent at most once a second.
+//!   `--emperor-metrics` (`stats/metrics.rs`) is served the same way from the same snapshots, over HTTP,
+//!   with a bounded number of clients at once.
 //! * **Manual control.** `--emperor-control` (`control.rs`) is served the same way: the main loop accepts,
 //!   a task checks the client (SO_PEERCRED), reads its one line and asks the named actor.
 
@@ -39,6 +41,7 @@ mod daemon_watch;
 mod fatal;
 mod fleet;
 pub mod fsm;
+mod http;
 mod listening;
 pub(crate) mod mail_auth;
 mod notify;
@@ -296,6 +299,7 @@ struct Inputs {
     rows: Option<mpsc::UnboundedReceiver<crate::fleet::pg::Rows>>,
     control: Option<control::Listener>,
     stats: Option<stats::Listener>,
+    metrics: Option<stats::metrics::Server>,
 }
 
 /// The systemd `STATUS=` line: sent when a state changes, at most once per [`notify::STATUS_INTERVAL`].
@@ -412,6 +416,9 @@ impl Emperor {
                 conn = wait::or_never(inputs.stats.as_ref().map(stats::Listener::accept)), if up => {
                     self.on_stats_client(conn);
                 }
+                (slot, conn) = wait::or_never(inputs.metrics.as_ref().map(stats::metrics::Server::accept)), if up => {
+                    self.on_metrics_client(slot, conn);
+                }
                 Some(report) = self.reports.1.recv() => self.on_report(report),
                 _ = wait::sleep_until(self.status.due), if self.status.due.is_some() => self.on_status_due(),
                 sig = inputs.signals.recv(self.shutting_down) => self.on_signal(sig),
@@ -485,12 +492,22 @@ impl Emperor {
             }
             None => None,
         };
+        let metrics = match &self.opts.metrics {
+            Some(addr) => {
+                let l = stats::Listener::bind(addr, self.opts.chmod_socket)
+                    .map_err(flag("--emperor-metrics", addr.clone()))?;
+                info!("metrics on {addr} (GET /metrics)");
+                Some(stats::metrics::Server::new(l))
+            }
+            None => None,
+        };
         Ok(Inputs {
             signals,
             events,
             rows,
             control,
             stats,
+            metrics,
         })
     }
 
@@ -674,6 +691,16 @@ impl Emperor {
                 tokio::task::spawn_local(stats::serve(conn, self.opts.vassals_dir.clone(), self.senders()));
             }
             Err(e) => warn!("stats: cannot accept: {e}"),
+        }
+    }
+
+    fn on_metrics_client(&mut self, slot: tokio::sync::OwnedSemaphorePermit, conn: std::io::Result<stats::Conn>) {
+        match conn {
+            Ok(conn) => {
+                let dir = self.opts.vassals_dir.clone();
+                tokio::task::spawn_local(stats::metrics::serve(conn, slot, dir, self.senders()));
+            }
+            Err(e) => warn!("metrics: cannot accept: {e}"),
         }
     }
 

@@ -12,6 +12,8 @@
 //! Memory and CPU time are read once per document too (`usage.rs`): one pass over /proc for the
 //! process vassals, a few cgroup files per Docker vassal.
 
+mod exposition;
+pub mod metrics;
 mod usage;
 
 use std::collections::HashSet;
@@ -110,6 +112,19 @@ pub struct Track {
     spawn: Option<Spawn>,
     /// Milliseconds from the last spawn until the process said `ready` or `accepting`, and which.
     start: Option<(u64, &'static str)>,
+    /// Every start's time, for `--emperor-metrics`.
+    pub starts: StartTimes,
+}
+
+/// How long starts took, per milestone: each spawn is counted once in each milestone it reached.
+#[derive(Debug, Clone, Default)]
+pub struct StartTimes {
+    /// Until the process said `ready` (byte 1).
+    pub ready: exposition::Histogram,
+    /// Until it said `accepting` (byte 5).
+    pub accepting: exposition::Histogram,
+    /// Until a bridge handed the container its sockets (Docker).
+    pub handover: exposition::Histogram,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -117,8 +132,12 @@ struct Spawn {
     pid: i32,
     at: Instant,
     unix_ms: u64,
+    /// It said `ready`.
+    ready: bool,
     /// It said `accepting`: nothing later moves the figure.
     settled: bool,
+    /// Its hand-over was counted.
+    handover: bool,
 }
 
 /// UNIX seconds now.
@@ -180,7 +199,9 @@ impl Track {
             pid,
             at,
             unix_ms: crate::docker::record::unix_ms().saturating_sub(at.elapsed().as_millis() as u64),
+            ready: false,
             settled: false,
+            handover: false,
         });
         self.start = None;
     }
@@ -189,24 +210,46 @@ impl Track {
     /// (uWSGI sends both; `accepting` means a worker takes connections, so it wins). Only the process
     /// that was spawned counts: after a failed overlapping reload the old one is current again, and
     /// its flags are not this start's.
+    /// Each milestone is counted once per spawn in [`Track::starts`].
     fn time_start(&mut self, inst: Option<&super::fsm::Instance>) {
         let (Some(sp), Some(i)) = (self.spawn.as_mut(), inst) else {
             return;
         };
-        if sp.settled || i.pid != sp.pid {
+        if i.pid != sp.pid {
             return;
         }
-        let until = if i.accepting {
-            "accepting"
-        } else if i.ready {
-            "ready"
-        } else {
-            return;
-        };
-        if self.start.is_none_or(|(_, u)| u != until) {
-            self.start = Some((sp.at.elapsed().as_millis() as u64, until));
-            sp.settled = until == "accepting";
+        let took = sp.at.elapsed();
+        let ms = took.as_millis() as u64;
+        if i.ready && !sp.ready {
+            sp.ready = true;
+            self.starts.ready.observe(took);
+            if !sp.settled {
+                self.start = Some((ms, "ready"));
+            }
         }
+        if i.accepting && !sp.settled {
+            sp.settled = true;
+            self.starts.accepting.observe(took);
+            self.start = Some((ms, "accepting"));
+        }
+    }
+
+    /// The last spawn's hand-over is not counted yet.
+    pub fn awaits_handover(&self) -> bool {
+        self.spawn.is_some_and(|s| !s.handover)
+    }
+
+    /// The last spawned bridge handed its container the sockets at `handover_ms` (UNIX milliseconds,
+    /// from its record): counted once per spawn.
+    pub fn handed_over(&mut self, handover_ms: u64) {
+        let Some(sp) = self.spawn.as_mut() else { return };
+        if sp.handover || handover_ms < sp.unix_ms {
+            return;
+        }
+        sp.handover = true;
+        self.starts
+            .handover
+            .observe(Duration::from_millis(handover_ms - sp.unix_ms));
     }
 
     /// When the last process was spawned (UNIX milliseconds).
@@ -291,7 +334,8 @@ pub fn document(vassals_dir: &std::path::Path, vassals: &[Result<VassalStats, St
         match v {
             Ok(v) => {
                 blacklist.extend(blacklist_entry(v));
-                list.push(sources.entry(v));
+                let m = sources.measure(v);
+                list.push(sources.entry(v, &m));
             }
             Err(name) => list.push(json!({ "id": name, "state": "unresponsive" })),
         }
@@ -310,7 +354,8 @@ pub fn document(vassals_dir: &std::path::Path, vassals: &[Result<VassalStats, St
     })
 }
 
-/// What every vassal's entry is measured against, read once per document.
+/// What every vassal's entry is measured against, read once per document (the JSON document and the
+/// metrics alike, so that both show the same figures).
 struct Sources {
     uid: u32,
     gid: u32,
@@ -322,6 +367,20 @@ struct Sources {
     groups: usage::Groups,
     /// The cgroups of Docker vassals, read when the first one needs them.
     cgroups: Option<usage::Cgroups>,
+}
+
+/// What a document measured about one vassal, beyond its snapshot.
+struct Measured {
+    /// The current bridge's record (Docker), if it is this spawn's.
+    bridge: Option<crate::docker::record::Info>,
+    /// Of the current process or container.
+    usage: Option<usage::Usage>,
+    /// How long the last start took, and until what ([`Track::last_start`]).
+    last_start: Option<(u64, &'static str)>,
+    /// Each of `sockets`' loads; `None` when the kernel's tables could not be read.
+    sockets: Vec<Option<conns::SocketLoad>>,
+    /// The usage of each of `replicas.others`.
+    replicas: Vec<Option<usage::Usage>>,
 }
 
 impl Sources {
@@ -349,8 +408,7 @@ impl Sources {
         }
     }
 
-    /// One vassal's entry in `vassals`.
-    fn entry(&mut self, v: &VassalStats) -> Value {
+    fn measure(&mut self, v: &VassalStats) -> Measured {
         let t = &v.track;
         // A bridge's record from before the last spawn belongs to an earlier bridge with the same pid.
         let bridge = v
@@ -359,14 +417,40 @@ impl Sources {
             .and_then(crate::docker::record::Info::read)
             .filter(|i| t.spawned_ms().is_some_and(|s| i.started_ms >= s));
         let usage = match &bridge {
-            Some(b) => self
-                .cgroups
-                .get_or_insert_with(usage::Cgroups::load)
-                .usage_of(b.init_pid),
+            Some(b) => self.container_usage(b.init_pid),
             None if v.kind == "process" && v.pid > 0 => self.groups.usage_of(v.pid),
             None => None,
         };
-        let last_start = t.last_start(bridge.as_ref().and_then(|b| b.handover_ms));
+        let others = v.replicas.iter().flat_map(|r| r.others.iter());
+        let replicas = others
+            .map(|(o, record)| match record {
+                _ if o.pid <= 0 => None,
+                Some(record) => {
+                    crate::docker::record::Info::read(record).and_then(|b| self.container_usage(b.init_pid))
+                }
+                None => self.groups.usage_of(o.pid),
+            })
+            .collect();
+        Measured {
+            last_start: t.last_start(bridge.as_ref().and_then(|b| b.handover_ms)),
+            bridge,
+            usage,
+            sockets: v
+                .sockets
+                .iter()
+                .map(|s| self.tables.as_ref().map(|t| t.measure(&s.spec.addr, s.inode)))
+                .collect(),
+            replicas,
+        }
+    }
+
+    fn container_usage(&mut self, init_pid: i64) -> Option<usage::Usage> {
+        self.cgroups.get_or_insert_with(usage::Cgroups::load).usage_of(init_pid)
+    }
+
+    /// One vassal's entry in `vassals`.
+    fn entry(&self, v: &VassalStats, m: &Measured) -> Value {
+        let t = &v.track;
         let throttle = v
             .throttle
             .map(|(_, next)| json!({ "attempts": v.attempts, "next_start": next }));
@@ -395,75 +479,66 @@ impl Sources {
             "state_since": t.state_since,
             "kind": v.kind,
             "container": v.container,
-            "container_id": bridge.as_ref().map(|b| b.id.clone()),
-            "sockets": self.sockets(v),
+            "container_id": m.bridge.as_ref().map(|b| b.id.clone()),
+            "sockets": sockets_json(v, m),
             "restarts": v.respawns,
             "last_exit": t.last_exit,
             "throttle": throttle,
             "error": v.error,
-            "memory": usage.and_then(|u| u.memory.map(|m| json!({ "bytes": m, "source": u.source }))),
-            "cpu_usec": usage.and_then(|u| u.cpu_usec),
-            "last_start_ms": last_start.map(|(ms, _)| ms),
-            "last_start_until": last_start.map(|(_, until)| until),
-            "replicas": v.replicas.as_ref().map(|r| self.replicas(v, r, usage)),
+            "memory": memory_json(m.usage),
+            "cpu_usec": m.usage.and_then(|u| u.cpu_usec),
+            "last_start_ms": m.last_start.map(|(ms, _)| ms),
+            "last_start_until": m.last_start.map(|(_, until)| until),
+            "replicas": v.replicas.as_ref().map(|r| replicas_json(v, r, m)),
         })
     }
+}
 
-    /// `replicas`: the range, the count, and one entry per instance with its own pid, state and usage (replica 0
-    /// repeats the vassal's own).
-    fn replicas(&mut self, v: &VassalStats, r: &ReplicaSet, first: Option<usage::Usage>) -> Value {
-        let usage_json = |u: Option<usage::Usage>| {
+fn memory_json(u: Option<usage::Usage>) -> Value {
+    json!(u.and_then(|u| u.memory.map(|m| json!({ "bytes": m, "source": u.source }))))
+}
+
+/// `replicas`: the range, the count, and one entry per instance with its own pid, state and usage (replica 0
+/// repeats the vassal's own).
+fn replicas_json(v: &VassalStats, r: &ReplicaSet, m: &Measured) -> Value {
+    let usage_json =
+        |u: Option<usage::Usage>| json!({ "memory": memory_json(u), "cpu_usec": u.and_then(|u| u.cpu_usec) });
+    let mut list = vec![json!({
+        "index": 0,
+        "pid": v.pid,
+        "state": v.state,
+        "container": v.container,
+        "outdated": false,
+        "usage": usage_json(m.usage),
+    })];
+    for ((o, _), usage) in r.others.iter().zip(&m.replicas) {
+        list.push(json!({
+            "index": o.index,
+            "pid": o.pid,
+            "state": o.state,
+            "container": v.container.as_ref().map(|c| format!("{c}.r{}", o.index)),
+            "outdated": o.outdated,
+            "usage": usage_json(*usage),
+        }));
+    }
+    json!({ "min": r.min, "max": r.max, "count": r.count, "instances": list })
+}
+
+/// The vassal's listening sockets, each with its load.
+fn sockets_json(v: &VassalStats, m: &Measured) -> Vec<Value> {
+    v.sockets
+        .iter()
+        .zip(&m.sockets)
+        .map(|(s, load)| {
             json!({
-                "memory": u.and_then(|u| u.memory.map(|m| json!({ "bytes": m, "source": u.source }))),
-                "cpu_usec": u.and_then(|u| u.cpu_usec),
+                "addr": s.spec.addr.to_string(),
+                "name": s.spec.name,
+                "queue": load.and_then(|l| l.queue),
+                "backlog": load.and_then(|l| l.backlog),
+                "connections": load.map(|l| l.connections),
             })
-        };
-        let mut list = vec![json!({
-            "index": 0,
-            "pid": v.pid,
-            "state": v.state,
-            "container": v.container,
-            "outdated": false,
-            "usage": usage_json(first),
-        })];
-        for (o, record) in &r.others {
-            let usage = match record {
-                _ if o.pid <= 0 => None,
-                Some(record) => crate::docker::record::Info::read(record).and_then(|b| {
-                    self.cgroups
-                        .get_or_insert_with(usage::Cgroups::load)
-                        .usage_of(b.init_pid)
-                }),
-                None => self.groups.usage_of(o.pid),
-            };
-            list.push(json!({
-                "index": o.index,
-                "pid": o.pid,
-                "state": o.state,
-                "container": v.container.as_ref().map(|c| format!("{c}.r{}", o.index)),
-                "outdated": o.outdated,
-                "usage": usage_json(usage),
-            }));
-        }
-        json!({ "min": r.min, "max": r.max, "count": r.count, "instances": list })
-    }
-
-    /// The vassal's listening sockets, each with its load.
-    fn sockets(&self, v: &VassalStats) -> Vec<Value> {
-        v.sockets
-            .iter()
-            .map(|s| {
-                let load = self.tables.as_ref().map(|t| t.measure(&s.spec.addr, s.inode));
-                json!({
-                    "addr": s.spec.addr.to_string(),
-                    "name": s.spec.name,
-                    "queue": load.and_then(|l| l.queue),
-                    "backlog": load.and_then(|l| l.backlog),
-                    "connections": load.map(|l| l.connections),
-                })
-            })
-            .collect()
-    }
+        })
+        .collect()
 }
 
 /// The vassal's entry in `blacklist`, while it is throttled.

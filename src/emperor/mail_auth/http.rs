@@ -21,19 +21,14 @@
 //! then lets the client try again; without it nginx closes the session. nginx reads at most 1 KiB of
 //! answer, and ignores the status line and any body.
 //!
-//! Bounds: the request head is at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] lines; anything that is
-//! not such a request gets `400` and the connection is closed. Nothing here panics on any input.
+//! Bounds: the request head is at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] lines (the shared
+//! `emperor::http`); anything that is not such a request gets `400` and the connection is closed.
+//! Nothing here panics on any input.
 
 use std::net::SocketAddr;
 
-/// The longest request head read, blank line included. nginx's own requests are far shorter: the
-/// login and password come from a client line of at most `*_client_buffer` (4 or 8 KiB) and are at
-/// most tripled by escaping only in the worst case; a client certificate (`auth_http_pass_client_cert`)
-/// is the one thing that could exceed it, and is not needed here.
-pub const MAX_HEAD: usize = 16 * 1024;
-
-/// The most header lines read.
-pub const MAX_HEADERS: usize = 64;
+pub use crate::emperor::http::{MAX_HEAD, MAX_HEADERS, head_end};
+use crate::emperor::http::{header, lines, request_line};
 
 /// What a request asks, as far as routing a login needs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -52,23 +47,6 @@ pub struct Request {
     pub client_ip: String,
 }
 
-/// The index just past the head's blank line, if `buf` holds a whole head (lines may end in CRLF or
-/// LF alone, as nginx's own parser allows).
-pub fn head_end(buf: &[u8]) -> Option<usize> {
-    let mut start = 0;
-    for (i, b) in buf.iter().enumerate() {
-        if *b != b'\n' {
-            continue;
-        }
-        let line = &buf[start..i];
-        if line.is_empty() || line == b"\r" {
-            return Some(i + 1);
-        }
-        start = i + 1;
-    }
-    None
-}
-
 /// Reads a request head (up to and including its blank line). The error is a short reason, for the
 /// debug log.
 pub fn parse(head: &[u8]) -> Result<Request, &'static str> {
@@ -76,9 +54,7 @@ pub fn parse(head: &[u8]) -> Result<Request, &'static str> {
         return Err("request head too long");
     }
     let end = head_end(head).ok_or("no blank line after the headers")?;
-    let mut lines = head[..end]
-        .split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = lines(&head[..end]);
     request_line(lines.next().unwrap_or_default())?;
     let mut req = Request {
         method: "plain".into(),
@@ -88,12 +64,6 @@ pub fn parse(head: &[u8]) -> Result<Request, &'static str> {
     let mut seen: Vec<&'static str> = Vec::new();
     let mut count = 0;
     for line in lines {
-        if line.is_empty() {
-            return match seen.contains(&"auth-protocol") {
-                true => Ok(req),
-                false => Err("no Auth-Protocol header"),
-            };
-        }
         count += 1;
         if count > MAX_HEADERS {
             return Err("too many header lines");
@@ -116,8 +86,10 @@ pub fn parse(head: &[u8]) -> Result<Request, &'static str> {
             _ => req.client_ip = text,
         }
     }
-    // Not reached: `head_end` found the blank line. An error rather than a panic all the same.
-    Err("no blank line after the headers")
+    match seen.contains(&"auth-protocol") {
+        true => Ok(req),
+        false => Err("no Auth-Protocol header"),
+    }
 }
 
 /// The headers read, lowercase.
@@ -129,40 +101,6 @@ const KNOWN: [&str; 6] = [
     "auth-login-attempt",
     "client-ip",
 ];
-
-/// `METHOD SP target SP HTTP/1.x`: any method and target (nginx sends `GET` and `auth_http`'s path).
-fn request_line(line: &[u8]) -> Result<(), &'static str> {
-    let mut parts = line.split(|b| *b == b' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("not an HTTP request line");
-    };
-    let token = |s: &[u8]| !s.is_empty() && s.iter().all(|b| b.is_ascii_graphic());
-    if !token(method) || !token(target) || !version.starts_with(b"HTTP/1.") || version.len() != 8 {
-        return Err("not an HTTP/1.x request line");
-    }
-    Ok(())
-}
-
-/// `Name: value`, the value without the blanks around it.
-fn header(line: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
-    let colon = line
-        .iter()
-        .position(|b| *b == b':')
-        .ok_or("a header line without a colon")?;
-    let (name, value) = (&line[..colon], &line[colon + 1..]);
-    if name.is_empty()
-        || !name
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-    {
-        return Err("a header name that is not a token");
-    }
-    let blank = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = value.iter().position(|b| !blank(b)).unwrap_or(value.len());
-    let end = value.iter().rposition(|b| !blank(b)).map_or(start, |i| i + 1);
-    Ok((name, &value[start..end]))
-}
 
 /// Undoes nginx's escaping of `Auth-User` (`%XX`); a `%` not followed by two hex digits stays.
 fn unescape(value: &[u8]) -> String {
@@ -260,14 +198,6 @@ mod tests {
         let none = parse(NGINX_NONE).unwrap();
         assert_eq!((none.method.as_str(), none.user.as_str()), ("none", ""));
         assert_eq!(none.smtp_to, "rcpt TO:<rcpt@bar.test>");
-    }
-
-    #[test]
-    fn heads_end_at_a_blank_line_with_or_without_cr() {
-        assert_eq!(head_end(b"GET / HTTP/1.0\r\nA: b\r\n"), None);
-        assert_eq!(head_end(b"GET / HTTP/1.0\nA: b\n\nbody"), Some(21));
-        assert_eq!(head_end(b"\r\n"), Some(2));
-        assert_eq!(head_end(b""), None);
     }
 
     #[test]

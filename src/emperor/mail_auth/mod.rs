@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use log::{debug, info, warn};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, watch};
 
 use super::routes::{ProblemLog, Resolved};
@@ -136,7 +136,7 @@ async fn serve(listener: Listener, mut answers: watch::Receiver<Current>) {
 
 /// One client: one request, one answer, closed.
 async fn handle(mut conn: Conn, answers: watch::Receiver<Current>) {
-    let answer = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut conn)).await {
+    let answer = match tokio::time::timeout(READ_TIMEOUT, crate::emperor::http::read_head(&mut conn)).await {
         Ok(Ok(head)) => {
             let current = answers.borrow().clone();
             let (answer, log) = respond(current.as_deref(), &head);
@@ -167,34 +167,8 @@ async fn handle(mut conn: Conn, answers: watch::Receiver<Current>) {
         return;
     }
     if answer == Answer::BadRequest {
-        // What it sent may not all be read: closing now would reset the connection, and the client
-        // could lose the answer. Read on until it closes (bounded), as HTTP servers linger.
-        let mut sink = [0u8; 2048];
-        let drain = async { while conn.read(&mut sink).await.is_ok_and(|n| n > 0) {} };
-        let _ = tokio::time::timeout(LINGER, drain).await;
-    }
-}
-
-/// Reads up to the blank line after the headers, at most [`http::MAX_HEAD`] bytes; a longer head is
-/// returned as it is, for [`http::parse`] to refuse.
-async fn read_head(conn: &mut Conn) -> std::io::Result<Vec<u8>> {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    loop {
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        head.extend_from_slice(&chunk[..n]);
-        // From the start each time: a line split across reads is whole only now (at most a few
-        // scans of 16 KiB).
-        if let Some(end) = http::head_end(&head) {
-            head.truncate(end);
-            return Ok(head);
-        }
-        if head.len() > http::MAX_HEAD {
-            return Ok(head);
-        }
+        // What it sent may not all be read.
+        crate::emperor::http::linger(&mut conn, LINGER).await;
     }
 }
 
@@ -395,32 +369,6 @@ mod tests {
         // Error codes are SMTP's only.
         let (answer, _) = decide(None, &req("pop3", "plain", "foo@foo.test", 1));
         assert!(matches!(answer, Answer::Refuse { code: None, .. }));
-    }
-
-    #[tokio::test]
-    async fn a_head_is_read_whole_however_it_is_split() {
-        let head = b"GET / HTTP/1.0\r\nAuth-Protocol: smtp\r\nAuth-User: a@foo.test\r\n\r\n";
-        // Every split point, also between the \r and the \n of a line: the head ends at its blank line.
-        for at in 1..head.len() {
-            let (client, server) = tokio::io::duplex(64);
-            let mut server: Conn = Box::new(server);
-            let mut client = client;
-            let writer = async {
-                client.write_all(&head[..at]).await.unwrap();
-                tokio::task::yield_now().await;
-                client.write_all(&head[at..]).await.unwrap();
-                client.write_all(b"ignored").await.unwrap();
-            };
-            let (read, ()) = tokio::join!(read_head(&mut server), writer);
-            assert_eq!(read.unwrap(), head, "split at {at}");
-        }
-        // A client that stops early: an error, no answer.
-        let (client, server) = tokio::io::duplex(64);
-        let mut server: Conn = Box::new(server);
-        let mut client = client;
-        client.write_all(b"GET / HTTP/1.0\r\n").await.unwrap();
-        drop(client);
-        assert!(read_head(&mut server).await.is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Memory and CPU time of each vassal, for the stats document.
+//! Memory and CPU time of each vassal, for the stats document and the metrics; and the emperor's own
+//! figures, for the metrics.
 //!
 //! **Docker vassals** are measured by their container's cgroup, the kernel's own account of
 //! everything the container runs, including page cache and processes that left the shim's process
@@ -193,18 +194,82 @@ struct Stat {
     rss: u64,
 }
 
+/// Field `n` (1-based, as proc(5) numbers them) of `/proc/<pid>/stat` as a number.
 /// `pid (comm) state ppid pgrp ...`: comm may hold spaces and parentheses, so fields are counted
 /// after its last `)`.
-fn parse_stat(text: &str) -> Option<Stat> {
+fn stat_field(text: &str, n: usize) -> Option<u64> {
     let (_, rest) = text.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state): field n is f[n - 3].
-    let num = |n: usize| f.get(n - 3)?.parse::<u64>().ok();
+    // rest's first word is field 3 (state).
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
+fn parse_stat(text: &str) -> Option<Stat> {
+    let num = |n| stat_field(text, n);
     Some(Stat {
-        pgrp: f.get(5 - 3)?.parse().ok()?,
+        pgrp: i32::try_from(num(5)?).ok()?,
         ticks: num(14)? + num(15)? + num(16)? + num(17)?,
         rss: num(24)?,
     })
+}
+
+/// The emperor's own figures (for `--emperor-metrics`), as the Prometheus client libraries' process
+/// collectors report them; each `None` when it cannot be read.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Own {
+    /// User and system CPU time of the emperor itself (not of the vassals it reaped).
+    pub cpu_seconds: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub vsize_bytes: Option<u64>,
+    /// When it started, UNIX seconds.
+    pub start_time: Option<f64>,
+    pub open_fds: Option<u64>,
+    /// The soft limit on open files.
+    pub max_fds: Option<u64>,
+}
+
+impl Own {
+    pub fn read() -> Own {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let btime = std::fs::read_to_string("/proc/stat").ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+        });
+        Own::from(
+            &stat,
+            btime,
+            sysconf(nix::unistd::SysconfVar::PAGE_SIZE, 4096),
+            sysconf(nix::unistd::SysconfVar::CLK_TCK, 100),
+        )
+        .with_fds()
+    }
+
+    /// From `/proc/self/stat`'s text, the boot time (`btime` of `/proc/stat`), the page size and the clock tick.
+    fn from(stat: &str, btime: Option<u64>, page: u64, hz: u64) -> Own {
+        let num = |n| stat_field(stat, n);
+        let hz = hz.max(1) as f64;
+        Own {
+            cpu_seconds: num(14).zip(num(15)).map(|(u, s)| (u + s) as f64 / hz),
+            rss_bytes: num(24).map(|p| p * page),
+            vsize_bytes: num(23),
+            start_time: num(22).zip(btime).map(|(t, b)| b as f64 + t as f64 / hz),
+            open_fds: None,
+            max_fds: None,
+        }
+    }
+
+    fn with_fds(mut self) -> Own {
+        self.open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64);
+        self.max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|t| max_open_files(&t));
+        self
+    }
+}
+
+/// The soft limit of `Max open files` in `/proc/<pid>/limits` (`None` when unlimited).
+fn max_open_files(limits: &str) -> Option<u64> {
+    let rest = limits.lines().find_map(|l| l.strip_prefix("Max open files"))?;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// Sums per process group, from one pass over /proc.
@@ -340,6 +405,46 @@ mod tests {
             })
         );
         assert_eq!(parse_stat("garbage"), None);
+        // The emperor's own: utime 7 + stime 3 ticks, started 100 ticks after boot, 1000000 bytes of
+        // address space, 250 pages resident.
+        let own = Own::from(line, Some(1_700_000_000), 4096, 100);
+        assert_eq!(
+            own,
+            Own {
+                cpu_seconds: Some(0.1),
+                rss_bytes: Some(250 * 4096),
+                vsize_bytes: Some(1_000_000),
+                start_time: Some(1_700_000_001.0),
+                open_fds: None,
+                max_fds: None,
+            }
+        );
+        assert_eq!(Own::from("garbage", None, 4096, 100), Own::default());
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             unlimited            unlimited            processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(max_open_files(limits), Some(1024));
+        assert_eq!(max_open_files("Max open files unlimited unlimited files\n"), None);
+    }
+
+    #[test]
+    fn the_emperor_reads_its_own_figures() {
+        let own = Own::read();
+        assert!(own.rss_bytes.is_some_and(|b| b > 1024 * 1024), "{own:?}");
+        assert!(
+            own.open_fds.is_some_and(|n| n >= 3) && own.max_fds.is_some_and(|n| n >= 3),
+            "{own:?}"
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            own.start_time
+                .is_some_and(|t| t <= now + 1.0 && t > now - 86400.0 * 365.0),
+            "{own:?}"
+        );
+        assert!(own.cpu_seconds.is_some(), "{own:?}");
     }
 
     #[test]

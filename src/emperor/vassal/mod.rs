@@ -727,6 +727,7 @@ impl Actor {
                 vec![]
             }
             Command::Snapshot(tx) => {
+                self.look_for_handover();
                 let _ = tx.send(self.snapshot());
                 vec![]
             }

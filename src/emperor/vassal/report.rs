@@ -50,6 +50,24 @@ impl Actor {
         }
     }
 
+    /// A Docker vassal's start is timed until its container received its sockets, which only the bridge's
+    /// record tells: read here, before each snapshot, until this spawn's hand-over is counted.
+    pub(super) fn look_for_handover(&mut self) {
+        let bridged = self.config.as_deref().is_some_and(|c| c.docker.is_some());
+        let Some(inst) = self
+            .fsm
+            .state()
+            .instance()
+            .filter(|_| bridged && self.track.awaits_handover())
+        else {
+            return;
+        };
+        let record = crate::docker::record::path(&self.opts.run_dir, &self.opts.instance, inst.pid);
+        if let Some(ms) = crate::docker::record::Info::read(&record).and_then(|i| i.handover_ms) {
+            self.track.handed_over(ms);
+        }
+    }
+
     pub(super) fn snapshot(&self) -> VassalStats {
         let inst = self.fsm.state().instance();
         let cfg = self.config.as_deref();
