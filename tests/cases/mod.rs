@@ -15,6 +15,7 @@ mod install;
 mod lifecycle;
 mod logs;
 mod mail;
+mod metrics;
 mod nginx;
 mod nginx_vassal;
 mod on_demand;
