@@ -334,6 +334,72 @@ pub fn mail_auth(data: &[u8]) {
     }
 }
 
+/// A request on `--emperor-metrics`, up to its answer; and the same bytes as a vassal's name and a
+/// socket's address in a sample of the text format, which must read back whole and stay on its line.
+pub fn metrics(data: &[u8]) {
+    use crate::emperor::stats::exposition::{Def, Exposition, Kind};
+    use crate::emperor::stats::metrics::{Reply, respond};
+    let reply = respond(data);
+    let doc = "# HELP x y\n# TYPE x gauge\nx 1\n";
+    let text = String::from_utf8(reply.render(doc)).expect("an answer is UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an answer ends its head");
+    assert!(
+        head.split("\r\n")
+            .all(|line| !line.is_empty() && !line.chars().any(char::is_control)),
+        "a header line split or smuggled: {text:?}"
+    );
+    let length: usize = head
+        .split("\r\n")
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|n| n.parse().ok())
+        .expect("a Content-Length");
+    match reply {
+        Reply::Metrics { head: true } => assert!(body.is_empty() && length == doc.len(), "{text:?}"),
+        _ => assert_eq!(body.len(), length, "{text:?}"),
+    }
+
+    const SAMPLE: Def = Def {
+        name: "emperor_fuzz",
+        kind: Kind::Gauge,
+        help: "A sample.",
+    };
+    let name = String::from_utf8_lossy(data);
+    let mut e = Exposition::new(&[&SAMPLE]);
+    e.add(&SAMPLE, &[("vassal", &name), ("socket", &name)], 1.0);
+    let text = e.render();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "one sample is one line: {text:?}");
+    let mut rest = lines[2]
+        .strip_prefix("emperor_fuzz{")
+        .and_then(|r| r.strip_suffix("} 1"))
+        .unwrap_or_else(|| panic!("a sample's shape: {:?}", lines[2]));
+    for key in ["vassal", "socket"] {
+        rest = rest
+            .strip_prefix(key)
+            .and_then(|r| r.strip_prefix("=\""))
+            .unwrap_or_else(|| panic!("label {key}: {:?}", lines[2]));
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars
+                .next()
+                .unwrap_or_else(|| panic!("an unterminated value: {:?}", lines[2]))
+            {
+                (_, '\\') => match chars.next().map(|(_, c)| c) {
+                    Some('n') => value.push('\n'),
+                    Some(c @ ('\\' | '"')) => value.push(c),
+                    other => panic!("a bad escape {other:?}: {:?}", lines[2]),
+                },
+                (i, '"') => break i,
+                (_, c) => value.push(c),
+            }
+        };
+        assert_eq!(value, name, "the label reads back whole");
+        rest = rest[end + 1..].strip_prefix(',').unwrap_or(&rest[end + 1..]);
+    }
+    assert!(rest.is_empty(), "{:?}", lines[2]);
+}
+
 /// What `emperor status` received from the stats socket, rendered as its table.
 pub fn stats(data: &[u8]) {
     for now in [0, 1_700_000_000, u64::MAX] {

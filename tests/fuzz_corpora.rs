@@ -66,3 +66,8 @@ fn stats() {
 fn mail_auth() {
     replay("mail_auth", emperor::fuzzing::mail_auth);
 }
+
+#[test]
+fn metrics() {
+    replay("metrics", emperor::fuzzing::metrics);
+}

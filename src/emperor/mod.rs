@@ -53,7 +53,7 @@ mod scan;
 pub use scan::is_vassal_name;
 mod sockets;
 pub mod spawn;
-mod stats;
+pub(crate) mod stats;
 pub use stats::unix_now;
 mod vassal;
 mod wait;

@@ -11,8 +11,11 @@
 //!
 //! Memory and CPU time are read once per document too (`usage.rs`): one pass over /proc for the
 //! process vassals, a few cgroup files per Docker vassal.
+//!
+//! `--emperor-metrics` (`metrics.rs`) shows the same figures to Prometheus: it collects the snapshots
+//! the same way and measures them through the same [`Sources::measure`], so the two never disagree.
 
-mod exposition;
+pub mod exposition;
 pub mod metrics;
 mod usage;
 

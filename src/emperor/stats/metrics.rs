@@ -387,10 +387,10 @@ pub async fn serve(
     let document = match reply {
         Reply::Metrics { .. } => document(&vassals_dir, &super::collect(actors).await),
         Reply::Status(code, _) => {
-            debug!(
-                "metrics: answered {code} to {:?}",
-                String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or_default()).trim_end()
-            );
+            // The request line, at most 200 bytes of it: enough to tell what a client asked.
+            let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+            let line = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
+            debug!("metrics: answered {code} to {:?}", line.trim_end());
             String::new()
         }
     };
