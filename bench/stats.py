@@ -21,11 +21,14 @@ import time
 import common
 
 
-def fetch(path):
+def fetch(path, request=b""):
+    """Connects, sends `request` (none for the stats socket), reads to EOF; returns (ns, bytes)."""
     t0 = time.perf_counter_ns()
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
     s.connect(path)
+    if request:
+        s.sendall(request)
     chunks = []
     while True:
         b = s.recv(65536)
@@ -37,19 +40,7 @@ def fetch(path):
 
 
 def scrape(path):
-    t0 = time.perf_counter_ns()
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(path)
-    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    chunks = []
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        chunks.append(b)
-    s.close()
-    return time.perf_counter_ns() - t0, b"".join(chunks)
+    return fetch(path, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
 
 
 def main():
