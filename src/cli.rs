@@ -177,6 +177,9 @@ pub struct BridgeArgs {
     /// Replica `K` (from 1) of a vassal with `replicas`: its container is `<name>.r<K>`, beside the first's `<name>`.
     #[arg(long, value_name = "K")]
     pub replica: Option<u32>,
+    /// `docker-build`: the image the emperor built from the vassal's context (`emperor/<repository>:<hash>`).
+    #[arg(long, value_name = "TAG")]
+    pub image: Option<String>,
 }
 
 impl BridgeArgs {
@@ -231,6 +234,10 @@ impl BridgeArgs {
         if let Some(k) = self.replica {
             argv.push("--replica".into());
             argv.push(k.to_string());
+        }
+        if let Some(image) = &self.image {
+            argv.push("--image".into());
+            argv.push(image.clone());
         }
         if self.docker_debug {
             argv.push("--docker-debug".into());
@@ -831,6 +838,7 @@ mod tests {
             owner: Some(crate::config::RunAs { uid: 1001, gid: 101 }),
             policy: Some("builtin".into()),
             replica: Some(3),
+            image: Some("emperor/app.ini:0123456789abcdef".into()),
         };
         assert_eq!(bridge_args(full.to_argv()), full);
         let bare = BridgeArgs {
@@ -843,6 +851,7 @@ mod tests {
             owner: None,
             policy: None,
             replica: None,
+            image: None,
             ..full.clone()
         };
         assert_eq!(bridge_args(bare.to_argv()), bare);
@@ -880,6 +889,8 @@ mod tests {
                 "builtin",
                 "--replica",
                 "3",
+                "--image",
+                "emperor/app.ini:0123456789abcdef",
                 "--docker-debug",
                 "--label",
                 "team=web",

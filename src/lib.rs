@@ -4,6 +4,7 @@
 
 mod accept;
 mod bridge;
+mod build;
 mod cli;
 mod client;
 mod config;

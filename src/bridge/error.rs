@@ -21,6 +21,8 @@ pub enum Fail {
     Config(#[from] crate::config::ConfigError),
     #[error("the vassal has no docker-image")]
     NotDocker,
+    #[error("the vassal has docker-build, and the emperor named no image it built (--image)")]
+    NotBuilt,
     #[error("the policy: {0}")]
     Policy(String),
     #[error("image {0:?} has no Entrypoint or Cmd; set exec")]
@@ -130,9 +132,12 @@ impl Fail {
 
     fn verdict(&self) -> Verdict {
         match self {
-            Fail::NoVassalText | Fail::Config(_) | Fail::NotDocker | Fail::NothingToRun(_) | Fail::Policy(_) => {
-                Verdict::BadConfig
-            }
+            Fail::NoVassalText
+            | Fail::Config(_)
+            | Fail::NotDocker
+            | Fail::NotBuilt
+            | Fail::NothingToRun(_)
+            | Fail::Policy(_) => Verdict::BadConfig,
             Fail::Unreachable(_) | Fail::NoAnswer { .. } => Verdict::DockerUnavailable,
             Fail::ImageMissing(_) => Verdict::ImageMissing,
             Fail::NoHandshake { .. } => Verdict::NoHandshake,

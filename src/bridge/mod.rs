@@ -420,6 +420,10 @@ impl Bridge {
             d.container_name = format!("{}.r{k}", d.container_name);
             d.cidfile = None;
         }
+        // `docker-build`: the emperor built the image before it started this bridge, and names it.
+        if let Some(d) = cfg.docker.as_mut().filter(|d| d.build.is_some()) {
+            d.image = self.args.image.clone().ok_or(Fail::NotBuilt)?;
+        }
         let d = cfg.docker.clone().ok_or(Fail::NotDocker)?;
         let create_name = if self.args.overlap {
             format!("{}.next-{}", d.container_name, std::process::id())

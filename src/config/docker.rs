@@ -27,8 +27,13 @@ const HOST_NAME_MAX: usize = 64;
 /// the container are checked to be absolute and kept as written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DockerConfig {
-    /// `docker-image`: a name, `name:tag`, `name@digest` or an id; not pulled, so it must exist.
+    /// `docker-image`: a name, `name:tag`, `name@digest` or an id; not pulled, so it must exist. With
+    /// `docker-build` it is empty as parsed, and the emperor sets it to the tag it built
+    /// (`emperor/<repository>:<hash>`, `docker/build.rs`) before anything starts.
     pub image: String,
+    /// `docker-build = <context dir>` (relative to the vassals dir): the image is built by the daemon from
+    /// the directory's `Dockerfile` (`emperor/build.rs`). Excludes `docker-image`.
+    pub build: Option<PathBuf>,
     /// The vassal name, checked against Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
     pub container_name: String,
     /// `docker-port = [hostip:]hostport:containerport[/tcp|/udp]`, repeatable (uwsgi-docker's
@@ -107,6 +112,8 @@ pub(super) struct DockerKeys<'a> {
     mount_lines: HashMap<String, Option<usize>>,
     /// Checked against `docker-memory` once every line is read.
     swap_entry: Option<&'a RawEntry>,
+    /// The `docker-image` or `docker-build` line read first: the two exclude each other.
+    source_line: Option<(&'static str, Option<usize>)>,
 }
 
 impl<'a> DockerKeys<'a> {
@@ -116,6 +123,7 @@ impl<'a> DockerKeys<'a> {
             port_lines: HashMap::new(),
             mount_lines: HashMap::new(),
             swap_entry: None,
+            source_line: None,
         }
     }
 
@@ -125,7 +133,14 @@ impl<'a> DockerKeys<'a> {
         let d = &mut self.config;
         let value = entry.value.as_str();
         match entry.key.as_str() {
-            "docker-image" => parse_image(value).map(|image| d.image = image),
+            "docker-image" => self
+                .one_source("docker-image", entry.line)
+                .and_then(|()| parse_image(value))
+                .map(|image| self.config.image = image),
+            "docker-build" => self
+                .one_source("docker-build", entry.line)
+                .and_then(|()| parse_host_path(value, vassals_dir))
+                .map(|dir| self.config.build = Some(dir)),
             "docker-port" => parse_port_map(value).and_then(|port| self.add_port(port, entry.line)),
             "docker-workdir" => parse_container_path(value, "working directory").map(|w| d.workdir = Some(w)),
             "docker-mount" => parse_mount(value, vassals_dir).and_then(|mount| self.add_mount(mount, entry.line)),
@@ -147,6 +162,24 @@ impl<'a> DockerKeys<'a> {
             "docker-shim" => parse_bool(value).map(|b| d.shim = b),
             // KNOWN_KEYS lists a key that has no parser: a bug here, reported rather than ignored.
             _ => Err("known key without a parser (emperor bug)".to_owned()),
+        }
+    }
+
+    /// Where the image comes from is said once: `docker-image` names it, `docker-build` builds it (and names it
+    /// `emperor/<repository>:<hash>` itself, so that only what the emperor made is ever pruned).
+    fn one_source(&mut self, key: &'static str, line: Option<usize>) -> Result<(), String> {
+        match self.source_line {
+            Some((other, at)) if other != key => Err(match at {
+                Some(n) => format!(
+                    "docker-image and docker-build exclude each other ({other} is on line {n}); a built image is \
+                     tagged emperor/<vassal>:<hash>"
+                ),
+                None => format!("docker-image and docker-build exclude each other ({other} is given too)"),
+            }),
+            _ => {
+                self.source_line = Some((key, line));
+                Ok(())
+            }
         }
     }
 
@@ -221,6 +254,7 @@ impl<'a> DockerKeys<'a> {
 pub(super) fn empty_docker(name: &str) -> DockerConfig {
     DockerConfig {
         image: String::new(),
+        build: None,
         container_name: name.to_owned(),
         ports: Vec::new(),
         workdir: None,
@@ -537,6 +571,7 @@ mod tests {
             c.docker,
             Some(DockerConfig {
                 image: "registry.example:5000/team/app:1.2@sha256:abc".into(),
+                build: None,
                 container_name: "app.ini".into(),
                 ports: vec![
                     PortMap {
@@ -985,6 +1020,47 @@ mod tests {
     }
 
     #[test]
+    fn docker_build_is_a_docker_vassal_whose_image_is_built() {
+        let c = ok("[emperor]\ndocker-build = app\ndocker-network-mode = none\n");
+        let d = c.docker.expect("docker-build makes a Docker vassal");
+        assert_eq!(d.build, Some(Path::new(DIR).join("app")));
+        assert_eq!(d.image, "", "the emperor names the image once it is built");
+        assert_eq!(d.network_mode.as_deref(), Some("none"));
+        let d = ok("[emperor]\ndocker-build = /srv/app\n").docker.unwrap();
+        assert_eq!(d.build.as_deref(), Some(Path::new("/srv/app")));
+        // Both, in either order: the second line is the one refused, and it names the first.
+        for (text, line, key, other) in [
+            (
+                "[emperor]\ndocker-image = a\ndocker-build = /b\n",
+                3,
+                "docker-build",
+                "docker-image",
+            ),
+            (
+                "[emperor]\ndocker-build = /b\n\ndocker-image = a\n",
+                4,
+                "docker-image",
+                "docker-build",
+            ),
+        ] {
+            let e = err(text);
+            let got = problems(&e);
+            assert_eq!(got.len(), 1, "{e}");
+            assert_eq!((got[0].0, got[0].1), (Some(line), Some(key)));
+            assert!(
+                got[0].2.starts_with(&format!(
+                    "docker-image and docker-build exclude each other ({other} is on line 2)"
+                )),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            problems(&err("[emperor]\ndocker-build = a\u{1}b\n"))[0].1,
+            Some("docker-build")
+        );
+    }
+
+    #[test]
     fn docker_keys_need_docker_image() {
         let keys = [
             "docker-socket = /run/a.sock",
@@ -1014,15 +1090,15 @@ mod tests {
             let expected = if i == keys.len() - 1 {
                 "given twice (first on line 12)"
             } else {
-                "needs docker-image"
+                "needs docker-image or docker-build"
             };
             assert_eq!(message, expected, "{}", keys[i]);
         }
-        // Every docker-* key in KNOWN_KEYS except docker-image is covered.
+        // Every docker-* key in KNOWN_KEYS except docker-image and docker-build is covered.
         let covered: Vec<&str> = keys.iter().filter_map(|k| k.split_once(' ').map(|(k, _)| k)).collect();
         for key in KNOWN_KEYS
             .iter()
-            .filter(|k| k.starts_with("docker-") && **k != "docker-image")
+            .filter(|k| k.starts_with("docker-") && !["docker-image", "docker-build"].contains(k))
         {
             assert!(covered.contains(key), "{key}");
         }

@@ -37,6 +37,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "accept",
     "max-connections",
     "docker-image",
+    "docker-build",
     "docker-socket",
     "docker-port",
     "docker-workdir",
@@ -140,7 +141,7 @@ struct Builder<'a> {
     name: &'a str,
     vassals_dir: &'a Path,
     config: VassalConfig,
-    /// The first `docker-image` line makes this a Docker vassal, even if its value is invalid: the
+    /// The first `docker-image` (or `docker-build`) line makes this a Docker vassal, even if its value is invalid: the
     /// other keys are then checked as Docker keys, which gives the most useful messages.
     image_entry: Option<&'a RawEntry>,
     docker: DockerKeys<'a>,
@@ -161,7 +162,10 @@ struct Builder<'a> {
 
 impl<'a> Builder<'a> {
     fn new(name: &'a str, path: &Path, text: &str, vassals_dir: &'a Path, raw: &'a RawVassal) -> Builder<'a> {
-        let image_entry = raw.entries.iter().find(|e| e.key == "docker-image");
+        let image_entry = raw
+            .entries
+            .iter()
+            .find(|e| e.key == "docker-image" || e.key == "docker-build");
         let mut config = empty_config(name, path, text);
         config.uwsgi_section = raw.uwsgi_section;
         config.lines = raw
@@ -225,7 +229,7 @@ impl<'a> Builder<'a> {
             self.first_seen.insert(key, entry.line);
         }
         if self.image_entry.is_none() && key.starts_with("docker-") {
-            return Some("needs docker-image".to_owned());
+            return Some("needs docker-image or docker-build".to_owned());
         }
         if entry.value.is_empty() {
             return Some("empty value".to_owned());
@@ -453,6 +457,7 @@ mod tests {
                 "accept" => "false",
                 "max-connections" => "8",
                 "docker-image" => "img",
+                "docker-build" => "app",
                 "docker-workdir" => "/srv",
                 "docker-network-mode" => "none",
                 "docker-hostname" => "h",
@@ -477,7 +482,7 @@ mod tests {
                 other => panic!("add a value for {other}"),
             };
             // Other docker-* keys need a docker-image line first, idle-action needs idle.
-            let (prefix, first) = if key.starts_with("docker-") && *key != "docker-image" {
+            let (prefix, first) = if key.starts_with("docker-") && !["docker-image", "docker-build"].contains(key) {
                 ("docker-image = img\n", 3)
             } else if *key == "idle-action" {
                 ("idle = 1\n", 3)

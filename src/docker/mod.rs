@@ -11,8 +11,10 @@
 //! - [`plan`]: the container a vassal gets, and its fingerprint;
 //! - [`owner`]: whether the emperor that labelled a container is still running;
 //! - [`record`]: what a bridge leaves on disk for the emperor (its container, its reason for giving up);
-//! - [`daemon`]: the one client constructor and the reading of the daemon's refusals.
+//! - [`daemon`]: the one client constructor and the reading of the daemon's refusals;
+//! - [`body`]: a request body written by a thread (an image's archive, a build context).
 
+pub mod body;
 pub mod daemon;
 pub mod labels;
 pub mod owner;

@@ -35,6 +35,7 @@
 //!   a task checks the client (SO_PEERCRED), reads its one line and asks the named actor.
 
 mod arrivals;
+mod build;
 mod conns;
 pub mod control;
 mod daemon_watch;

@@ -97,6 +97,14 @@ impl Log {
         sink.max = max;
     }
 
+    /// Writes one line of the emperor's own where the vassal's lines go (its build's output): with the
+    /// vassal's `[name]` prefix on stdout, as it is in `logto`.
+    pub fn emit(&self, line: &str) {
+        let mut sink = self.0.borrow_mut();
+        sink.line(line.as_bytes(), self.1);
+        sink.flush();
+    }
+
     /// Closes the file so the next line reopens it (a restart: the file may have been moved away),
     /// and retries a path that failed.
     pub fn reopen(&self) {

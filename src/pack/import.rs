@@ -6,26 +6,20 @@
 //! no build cache and nothing pulled. The command and labels come as import's `changes` (Dockerfile
 //! lines the daemon applies to the image's config).
 //!
-//! The archive is written by a thread into a bounded channel that is the request's body, so memory stays
+//! The archive is written by a thread into the request's body ([`crate::docker::body`]), so memory stays
 //! small however big the image. A failure while writing (a file that changed) ends the body early; the
 //! writer's error is the one reported, since the daemon can only say that the stream broke.
 
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 use std::time::Duration;
 
 use bollard::query_parameters::CreateImageOptions;
-use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 
 use super::archive::{self, Totals};
 use super::rootfs::Rootfs;
 
-/// Bytes per body chunk.
-const CHUNK: usize = 256 * 1024;
-/// Chunks buffered between the writer and the request.
-const DEPTH: usize = 8;
 /// How long the whole import may take (a big image on a slow disk).
 const IMPORT_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -40,20 +34,7 @@ pub async fn import(
         .await
         .map_err(|e| e.to_string())?
         .with_timeout(IMPORT_TIMEOUT);
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(DEPTH);
-    let writer = std::thread::spawn(move || {
-        let mut out = ChunkWriter {
-            tx,
-            buf: Vec::with_capacity(CHUNK),
-        };
-        let written = archive::write(&rootfs, &mut out);
-        if let Err(e) = &written {
-            // The request sees the stream fail; the daemon then drops the half-made image.
-            let _ = out.tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
-        }
-        written
-    });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let (body, writer) = crate::docker::body::from_writer(move |out| archive::write(&rootfs, out));
     let options = CreateImageOptions {
         from_src: Some("-".into()),
         repo: Some(tag.to_string()),
@@ -84,37 +65,4 @@ pub async fn import(
     };
     let id = id.ok_or_else(|| format!("the Docker daemon did not say which image it made for {tag}"))?;
     Ok((id.trim().to_string(), totals))
-}
-
-/// The archive writer's end of the body: fills chunks and sends each full one.
-struct ChunkWriter {
-    tx: mpsc::Sender<io::Result<Bytes>>,
-    buf: Vec<u8>,
-}
-
-impl ChunkWriter {
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the Docker daemon stopped reading the image"))
-    }
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK {
-            self.send()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.send()
-    }
 }

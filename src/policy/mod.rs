@@ -118,6 +118,8 @@ impl PortRange {
 pub struct Policy {
     image: Rule<Vec<Pattern>>,
     mount_root: Rule<Vec<Pattern>>,
+    /// Directories `docker-build` contexts may lie under; none: no building.
+    build_root: Rule<Vec<Pattern>>,
     network: Rule<Vec<Pattern>>,
     publish: Rule<Vec<PortRange>>,
     socket_port: Rule<Vec<PortRange>>,
@@ -146,6 +148,7 @@ impl Policy {
         Policy {
             image: Rule::bare("image", Vec::new()),
             mount_root: Rule::bare("mount-root", Vec::new()),
+            build_root: Rule::bare("build-root", Vec::new()),
             network: Rule::bare("network", Vec::new()),
             publish: Rule::bare("publish", Vec::new()),
             socket_port: Rule::bare("socket-port", Vec::new()),
@@ -225,10 +228,19 @@ impl Policy {
             c.refuse(line, self.image.cite(), None);
         }
 
+        // A build reads the context as root for the owner: only under a build root, checked resolved.
+        let mut build_context = None;
+        if let (Some(dir), Some(line)) = (&d.build, c.line("docker-build")) {
+            match self.check_host_path(&self.build_root, dir, owner) {
+                Ok(resolved) => build_context = Some((dir.clone(), resolved)),
+                Err((rule, detail)) => c.refuse(line, rule, detail),
+            }
+        }
+
         let mut mount_sources = Vec::new();
         let mount_lines: Vec<&KeyLine> = c.lines(&["docker-mount"]).collect();
         for (mount, line) in d.mounts.iter().zip(mount_lines) {
-            match self.check_host_path(&mount.host, owner) {
+            match self.check_host_path(&self.mount_root, &mount.host, owner) {
                 Ok(resolved) => mount_sources.push((mount.host.clone(), resolved)),
                 Err((rule, detail)) => c.refuse(line, rule, detail),
             }
@@ -237,7 +249,7 @@ impl Policy {
         if let (Some(proxy), Some(line)) = (&d.proxy, c.line("docker-proxy")) {
             // The socket's directory is what gets bind-mounted.
             let dir = proxy.host.parent().unwrap_or(Path::new("/")).to_path_buf();
-            match self.check_host_path(&dir, owner) {
+            match self.check_host_path(&self.mount_root, &dir, owner) {
                 Ok(resolved) => proxy_dir = Some((dir, resolved)),
                 Err((rule, detail)) => c.refuse(
                     line,
@@ -318,6 +330,7 @@ impl Policy {
             network_mode,
             mount_sources,
             proxy_dir,
+            build_context,
         }
     }
 
@@ -377,10 +390,15 @@ impl Policy {
         }
     }
 
-    /// A host path that gets bind-mounted, resolved: under a mount root (resolved too) and none of what
-    /// is never mounted. The error is the rule to cite and, when it helps, what the path resolved to.
-    fn check_host_path(&self, written: &Path, owner: &Owner) -> Result<PathBuf, (RuleRef, Option<String>)> {
-        let rule = &self.mount_root;
+    /// A host path that gets bind-mounted (or read as a build context), resolved: under a root of `rule`
+    /// (resolved too) and none of what is never mounted. The error is the rule to cite and, when it helps,
+    /// what the path resolved to.
+    fn check_host_path(
+        &self,
+        rule: &Rule<Vec<Pattern>>,
+        written: &Path,
+        owner: &Owner,
+    ) -> Result<PathBuf, (RuleRef, Option<String>)> {
         if rule.value.is_empty() {
             return Err((rule.cite(), None));
         }
@@ -552,6 +570,8 @@ pub struct ContainerDecision {
     pub mount_sources: Vec<(PathBuf, PathBuf)>,
     /// `docker-proxy`'s host directory as written and resolved.
     pub proxy_dir: Option<(PathBuf, PathBuf)>,
+    /// `docker-build`'s context as written and resolved: the emperor reads the resolved one.
+    pub build_context: Option<(PathBuf, PathBuf)>,
 }
 
 impl ContainerDecision {
@@ -626,6 +646,9 @@ impl fmt::Display for ContainerDecision {
         }
         if self.no_new_privileges {
             write!(f, ", no-new-privileges")?;
+        }
+        if let Some((_, resolved)) = &self.build_context {
+            write!(f, ", built from {}", resolved.display())?;
         }
         Ok(())
     }
@@ -730,7 +753,13 @@ pub fn admit(policy: &Policy, cfg: VassalConfig, owner: &Owner) -> Result<Vassal
     let decision = policy.check(&cfg, owner)?;
     let mut cfg = cfg;
     match decision {
-        Decision::Container(d) => cfg.container_policy = Some(d),
+        Decision::Container(d) => {
+            // The context the policy checked, resolved: a symlink re-pointed afterwards changes nothing.
+            if let (Some((_, resolved)), Some(docker)) = (&d.build_context, cfg.docker.as_mut()) {
+                docker.build = Some(resolved.clone());
+            }
+            cfg.container_policy = Some(d);
+        }
         // The program the policy allowed, resolved: a symlink or a PATH entry re-pointed after the check must
         // not change what runs.
         Decision::Process(p) => {

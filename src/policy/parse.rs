@@ -19,7 +19,8 @@ use super::{Pattern, Policy, PortRange, Rule, Source};
 use crate::config::{closest_key, parse_size, printable};
 
 /// The built-in strict policy, written as a policy file (a test parses it like any other). Rules it
-/// leaves out have their empty meaning: no `mount-root` (nothing may be mounted), no `cap-add`, no
+/// leaves out have their empty meaning: no `mount-root` (nothing may be mounted), no `build-root` (nothing
+/// may be built: `docker-build` is refused), no `cap-add`, no
 /// `uid-range` (any owner; tyrant mode refuses uid 0 and gid 0 on its own).
 pub const BUILT_IN: &str = "\
 [policy]
@@ -41,6 +42,7 @@ program = *
 pub const RULES: &[&str] = &[
     "image",
     "mount-root",
+    "build-root",
     "network",
     "publish",
     "socket-port",
@@ -60,6 +62,7 @@ pub const RULES: &[&str] = &[
 const REPEATABLE: &[&str] = &[
     "image",
     "mount-root",
+    "build-root",
     "network",
     "publish",
     "socket-port",
@@ -275,6 +278,7 @@ pub(super) fn parse_over(mut policy: Policy, source: Source, text: &str) -> Resu
             "image" => set!(image, list(&lines, &mut problems, true, parse_name_pattern)),
             "network" => set!(network, list(&lines, &mut problems, false, parse_name_pattern)),
             "mount-root" => set!(mount_root, list(&lines, &mut problems, true, parse_mount_root)),
+            "build-root" => set!(build_root, list(&lines, &mut problems, true, parse_build_root)),
             "program" => set!(program, list(&lines, &mut problems, true, parse_program)),
             "publish" => set!(publish, publish(&lines, &mut problems)),
             "socket-port" => set!(socket_port, list(&lines, &mut problems, true, parse_port_range)),
@@ -464,9 +468,20 @@ fn parse_name_pattern(value: &str) -> Result<Pattern, String> {
 
 /// An absolute directory, placeholders allowed, that is not `/` and not under what is never mounted.
 fn parse_mount_root(value: &str) -> Result<Pattern, String> {
+    parse_root(value, "mount-root", "mount", "mounted into a container")
+}
+
+/// The same for the directories `docker-build` contexts may lie under.
+fn parse_build_root(value: &str) -> Result<Pattern, String> {
+    parse_root(value, "build-root", "build from", "read as a build context")
+}
+
+fn parse_root(value: &str, rule: &str, verb: &str, never_what: &str) -> Result<Pattern, String> {
     check_placeholders(value)?;
     if value.contains(['*', '?']) {
-        return Err("a mount-root is a directory, not a pattern; use %U or %u for per-owner roots".to_owned());
+        return Err(format!(
+            "a {rule} is a directory, not a pattern; use %U or %u for per-owner roots"
+        ));
     }
     let path = Path::new(value);
     if !path.is_absolute() {
@@ -479,10 +494,12 @@ fn parse_mount_root(value: &str) -> Result<Pattern, String> {
         return Err("must not contain . or .. components".to_owned());
     }
     if path.components().count() == 1 {
-        return Err("/ would allow every path on the host; list the directories tenants may mount".to_owned());
+        return Err(format!(
+            "/ would allow every path on the host; list the directories tenants may {verb}"
+        ));
     }
     if let Some(never) = NEVER_MOUNTED.iter().find(|n| path.starts_with(n)) {
-        return Err(format!("{never} is never mounted into a container"));
+        return Err(format!("{never} is never {never_what}"));
     }
     Ok(Pattern(value.to_owned()))
 }

@@ -489,6 +489,7 @@ fn memory_swap_pids_cpus_and_capabilities() {
             network_mode: Some("none".into()),
             mount_sources: vec![],
             proxy_dir: None,
+            build_context: None,
         }
     );
     assert_eq!(
@@ -716,4 +717,69 @@ fn the_decision_is_forced_on_a_container_definition() {
     );
     let sources: Vec<Option<String>> = host.mounts.unwrap_or_default().into_iter().map(|m| m.source).collect();
     assert_eq!(sources, [Some("/run/emperor/x".into()), Some(s.show("alice/data"))]);
+}
+
+#[test]
+fn a_build_context_lies_under_a_build_root_resolved() {
+    let s = Scratch::new();
+    std::fs::create_dir(s.path("alice/app")).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink(s.path("alice/app"), s.path("alice/current")).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("/etc", s.path("alice/etc")).unwrap_or_else(|e| panic!("{e}"));
+    let build = |dir: &str| format!("[emperor]\ndocker-build = {dir}\n");
+    // The built-in policy builds nothing.
+    assert_eq!(
+        refused(&Policy::built_in(), &build(&s.show("alice/app"))),
+        [format!(
+            "shop.ini:2: [emperor] docker-build = \"{}\": refused by the built-in policy (no build-root rule)",
+            s.show("alice/app")
+        )]
+    );
+    let p = policy(&format!("[policy]\nbuild-root = {}/%U\n", s.0.display()));
+    let d = container(&p, &build(&s.show("alice/app")));
+    assert_eq!(d.build_context, Some((s.path("alice/app"), s.path("alice/app"))));
+    assert!(
+        d.to_string()
+            .ends_with(&format!(", built from {}", s.show("alice/app"))),
+        "{d}"
+    );
+    // A deploy symlink inside the root: the resolved directory is what the emperor reads.
+    let cfg = admit(&p, vassal(&build(&s.show("alice/current"))), &alice()).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(cfg.docker.and_then(|d| d.build), Some(s.path("alice/app")));
+    // Out of the root through a symlink, or missing: refused, saying where it leads.
+    assert_eq!(
+        refused(&p, &build(&s.show("alice/etc"))),
+        [format!(
+            "shop.ini:2: [emperor] docker-build = \"{0}\": refused by policy.ini:2 (build-root = {1}/%U): {0} resolves to /etc",
+            s.show("alice/etc"),
+            s.0.display()
+        )]
+    );
+    assert!(refused(&p, &build(&s.show("alice/none")))[0].ends_with("does not exist"));
+    // A mount root is not a build root, nor the other way round.
+    let mounts = policy(&format!("[policy]\nmount-root = {}/%U\n", s.0.display()));
+    assert!(mounts.check(&vassal(&build(&s.show("alice/app"))), &alice()).is_err());
+    assert!(
+        p.check(
+            &vassal(&format!(
+                "[emperor]\ndocker-image = a\ndocker-mount = {}:/m\n",
+                s.show("alice/app")
+            )),
+            &alice()
+        )
+        .is_err()
+    );
+    for (line, message) in [
+        (
+            "build-root = /",
+            "/ would allow every path on the host; list the directories tenants may build from",
+        ),
+        ("build-root = /proc/x", "/proc is never read as a build context"),
+        (
+            "build-root = /srv/*",
+            "a build-root is a directory, not a pattern; use %U or %u for per-owner roots",
+        ),
+    ] {
+        let got = policy_err(&format!("[policy]\n{line}\n"));
+        assert!(got.iter().any(|l| l.ends_with(message)), "{line}: {got:?}");
+    }
 }

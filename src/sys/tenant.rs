@@ -43,9 +43,9 @@ impl Tenant {
         Tenant { uid, gid, groups }
     }
 
-    /// Whether the tenant has all of `bits` (as owner bits: 0o2 write, 0o1 search) on a file with `st`, as the
+    /// Whether the tenant has all of `bits` (as owner bits: 0o4 read, 0o2 write, 0o1 search) on a file with `st`, as the
     /// kernel decides: the owner's bits if it owns it, else the group's if it is in the group, else others'.
-    fn may(&self, st: &FileStat, bits: u32) -> bool {
+    pub fn may(&self, st: &FileStat, bits: u32) -> bool {
         let mode = st.st_mode;
         let shift = if st.st_uid == self.uid {
             6

@@ -322,6 +322,11 @@ fn bridge_argv(
             None => opts.tyrant.then(|| "builtin".to_string()),
         },
         replica,
+        image: cfg
+            .docker
+            .as_ref()
+            .filter(|d| d.build.is_some())
+            .map(|d| d.image.clone()),
     };
     std::iter::once(exe).chain(args.to_argv()).collect()
 }

@@ -104,6 +104,7 @@ fn start_with(
         precreate: precreate::Precreate::default(),
         freezer: freeze::Freezer::default(),
         retiring: retire::Retiring::default(),
+        builds: Default::default(),
         track: Track::default(),
         reports,
     };
@@ -164,6 +165,8 @@ struct Actor {
     /// Pauses and resumes, in order, and the confirmation that a pause took effect.
     freezer: freeze::Freezer,
     retiring: retire::Retiring,
+    /// `docker-build`: the image of a new config, built before the config applies (`emperor/build.rs`).
+    builds: super::build::Builds,
     /// Instances 1.. of a vassal with `replicas`.
     replicas: replicas::Replicas,
     /// Times and outcomes for the stats document.
@@ -200,6 +203,8 @@ enum Wake {
     Replica(replicas::Report),
     /// A look at the accept queue, or a throttled replica's start, is due.
     Replicas,
+    /// A build or a prune of older images ended, or a prune is due.
+    Build(super::build::Woke),
 }
 
 impl Actor {
@@ -220,6 +225,12 @@ impl Actor {
         }
         self.replicas.finish().await;
         self.retiring.finish().await;
+        // A vassal whose file is gone takes its built images along (a stopping emperor keeps them for its next start).
+        if self.finish_reason.starts_with("removed (")
+            && let Some(cfg) = self.config.clone()
+        {
+            self.builds.removed(&self.name, &cfg, &self.opts).await;
+        }
         for s in self.sockets.drain(..) {
             s.release();
         }
@@ -251,6 +262,7 @@ impl Actor {
             _ = self.freezer.frozen() => Wake::Frozen,
             report = self.replicas.report() => Wake::Replica(report),
             _ = sleep_until(replicas_at) => Wake::Replicas,
+            woke = self.builds.woke() => Wake::Build(woke),
         }
     }
 
@@ -301,6 +313,14 @@ impl Actor {
                 vec![]
             }
             Wake::Replicas => vec![],
+            Wake::Build(woke) => match self.builds.on(&self.name, woke) {
+                Some(Ok(cfg)) => {
+                    self.builds.applied(&cfg, &self.opts);
+                    self.update(cfg)
+                }
+                Some(Err(e)) => self.config_failed(&e),
+                None => vec![],
+            },
             Wake::Seen => self.seen(),
             Wake::Frozen => self.frozen(),
             Wake::IdleCheck => self.idle_check(),
@@ -518,6 +538,11 @@ impl Actor {
             && cfg.as_ref().is_some_and(|c| c.ready_delay.is_none())
             && inst.is_some_and(|i| !i.speaks);
         self.ready.sync(pending, now());
+        // Older built images go once the vassal serves from the new one alone (or waits on demand).
+        let state = self.fsm.state();
+        let serving = self.fsm.previous().is_none()
+            && (matches!(state, State::Running(_)) || (*state == State::Waiting && self.fsm.params().on_demand));
+        self.builds.sync(serving);
         self.sync_replicas();
     }
 
@@ -685,21 +710,19 @@ impl Actor {
 
     fn command(&mut self, cmd: Command) -> Vec<Event> {
         match cmd {
-            Command::Update(Ok(cfg)) => self.update(cfg),
-            Command::Update(Err(e)) => {
-                self.track.config_error = Some(e.to_string());
-                for line in e.to_string().lines() {
-                    error!("[{}] {line}", self.name);
-                }
-                if self.config.is_some() {
-                    warn!(
-                        "[{}] keeping the current instance on its last good config until the file is fixed",
-                        self.name
-                    );
-                } else {
-                    self.fsm.invalid(e.to_string());
-                }
+            // Its image first: the config applies once the build is done (`emperor/build.rs`).
+            Command::Update(Ok(cfg)) if super::build::wanted(&cfg) => {
+                self.configure_log(&cfg);
+                self.builds.start(&self.name, cfg, &self.opts, self.log.clone());
                 vec![]
+            }
+            Command::Update(Ok(cfg)) => {
+                self.builds.cancel();
+                self.update(cfg)
+            }
+            Command::Update(Err(e)) => {
+                self.builds.cancel();
+                self.config_failed(&e)
             }
             Command::Remove => {
                 self.finish_reason = if self.opts.pg.is_some() {
@@ -740,6 +763,29 @@ impl Actor {
     }
 
     /// A new valid config: start, or reload (in place if the `[emperor]` section is unchanged).
+    /// The file (or its build) is broken: one error; a running instance keeps its last good config.
+    fn config_failed(&mut self, e: &crate::config::ConfigError) -> Vec<Event> {
+        self.track.config_error = Some(e.to_string());
+        for line in e.to_string().lines() {
+            error!("[{}] {line}", self.name);
+        }
+        if self.config.is_some() {
+            warn!(
+                "[{}] keeping the current instance on its last good config until the file is fixed",
+                self.name
+            );
+        } else {
+            self.fsm.invalid(e.to_string());
+        }
+        vec![]
+    }
+
+    /// Where the vassal's output goes (`logto`, `log-maxsize`).
+    fn configure_log(&self, cfg: &VassalConfig) {
+        let tenant = cfg.run_as.map(|r| crate::sys::tenant::Tenant::of(r.uid, r.gid));
+        self.log.configure(cfg.logto.as_deref(), cfg.log_maxsize, tenant);
+    }
+
     fn update(&mut self, cfg: Arc<VassalConfig>) -> Vec<Event> {
         self.track.config_error = None;
         self.fsm.set_params(params_for(&self.opts, Some(&cfg)));
@@ -748,6 +794,8 @@ impl Actor {
             old.emperor_hash != cfg.emperor_hash
                 || old.run_as != cfg.run_as
                 || old.container_policy != cfg.container_policy
+                // A new image built from `docker-build`.
+                || old.docker.as_ref().map(|d| &d.image) != cfg.docker.as_ref().map(|d| &d.image)
         });
         let first = self.config.is_none();
         // An on-demand vassal's sockets must exist before anything runs: they are what starts it.
@@ -764,8 +812,7 @@ impl Actor {
                 info!("[{}] on demand: waiting for a connection", self.name);
             }
         }
-        let tenant = cfg.run_as.map(|r| crate::sys::tenant::Tenant::of(r.uid, r.gid));
-        self.log.configure(cfg.logto.as_deref(), cfg.log_maxsize, tenant);
+        self.configure_log(&cfg);
         if let Some(id) = self.precreate.file_changed(cfg.docker.is_none()) {
             self.discard(id);
         }
