@@ -9,8 +9,10 @@
 //! older tags, each without force: the daemon refuses to remove an image any container still uses (another
 //! replica not replaced yet, another vassal that names it), and such a tag is tried again later.
 //!
-//! Images carry labels of their own, not the containers' ones: a container created from an image inherits
+//! Images carry a label of their own, not the containers' ones: a container created from an image inherits
 //! its labels, so an image labelled `emperor.vassal` would make any container of it look like the emperor's.
+//! It is one label (`emperor.build = vassal=<name> instance=<id> context=<sha256>`) because the classic
+//! builder adds each label as a step of its own, which costs a container and a commit on every build.
 
 pub mod context;
 mod ignore;
@@ -22,12 +24,9 @@ use bollard::Docker;
 use bollard::query_parameters::{BuildImageOptions, ListImagesOptions, RemoveImageOptions};
 use futures_util::StreamExt;
 
-/// The vassal (its container name) an image was built for.
-pub const LABEL_VASSAL: &str = "emperor.build.vassal";
-/// The emperor instance that built it.
-pub const LABEL_INSTANCE: &str = "emperor.build.instance";
-/// The full SHA-256 of the context it was built from.
-pub const LABEL_CONTEXT: &str = "emperor.build.context";
+/// Who an image was built for and from what: `vassal=<container name> instance=<emperor instance>
+/// context=<SHA-256 of the context>`.
+pub const LABEL_BUILD: &str = "emperor.build";
 /// Hex digits of the context hash in a tag.
 const TAG_HASH_LEN: usize = 16;
 /// Longest repository name made here (Docker's limit on a whole reference is 255).
@@ -69,13 +68,29 @@ pub fn tag(repository: &str, hash: &str) -> String {
 }
 
 /// Who an image is built for: what labels it and what a prune may remove.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     /// The vassal's container name.
     pub vassal: String,
     pub instance: String,
     /// `--docker-label`s, put on the image too.
     pub extra_labels: Vec<(String, String)>,
+}
+
+impl Owner {
+    /// The [`LABEL_BUILD`] value of an image built for this owner from a context with `hash`.
+    pub fn label(&self, hash: &str) -> String {
+        format!("vassal={} instance={} context={hash}", self.vassal, self.instance)
+    }
+}
+
+/// The fields of a [`LABEL_BUILD`] value: (vassal, instance, context).
+fn parse_label(value: &str) -> Option<(&str, &str, &str)> {
+    let mut fields = value.split(' ');
+    let vassal = fields.next()?.strip_prefix("vassal=")?;
+    let instance = fields.next()?.strip_prefix("instance=")?;
+    let context = fields.next()?.strip_prefix("context=")?;
+    fields.next().is_none().then_some((vassal, instance, context))
 }
 
 /// The id of the image under `tag`, if it was built from a context with `hash`; `None` when there is no
@@ -87,8 +102,11 @@ pub async fn existing(docker: &Docker, tag: &str, hash: &str) -> Result<Option<S
                 .config
                 .as_ref()
                 .and_then(|c| c.labels.as_ref())
-                .and_then(|l| l.get(LABEL_CONTEXT));
-            Ok((label.map(String::as_str) == Some(hash)).then(|| image.id.unwrap_or_default()))
+                .and_then(|l| l.get(LABEL_BUILD))
+                .and_then(|v| parse_label(v));
+            Ok(label
+                .is_some_and(|(_, _, context)| context == hash)
+                .then(|| image.id.unwrap_or_default()))
         }
         Err(e) if crate::docker::is_not_found(&e) => Ok(None),
         Err(e) => Err(e),
@@ -129,9 +147,7 @@ pub async fn build(
 ) -> Result<Built, Failed> {
     let started = Instant::now();
     let mut labels: HashMap<String, String> = owner.extra_labels.iter().cloned().collect();
-    labels.insert(LABEL_VASSAL.into(), owner.vassal.clone());
-    labels.insert(LABEL_INSTANCE.into(), owner.instance.clone());
-    labels.insert(LABEL_CONTEXT.into(), ctx.hash.clone());
+    labels.insert(LABEL_BUILD.into(), owner.label(&ctx.hash));
     let options = BuildImageOptions {
         dockerfile: "Dockerfile".into(),
         t: Some(tag.to_owned()),
@@ -216,13 +232,7 @@ pub async fn prune(
     owner: &Owner,
     keep: Option<&str>,
 ) -> Result<Pruned, bollard::errors::Error> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![
-            format!("{LABEL_VASSAL}={}", owner.vassal),
-            format!("{LABEL_INSTANCE}={}", owner.instance),
-        ],
-    )]);
+    let filters = HashMap::from([("label".to_string(), vec![LABEL_BUILD.to_string()])]);
     let images = docker
         .list_images(Some(ListImagesOptions {
             filters: Some(filters),
@@ -231,7 +241,13 @@ pub async fn prune(
         .await?;
     let prefix = format!("{repository}:");
     let mut done = Pruned::default();
-    for tag in images.iter().flat_map(|i| &i.repo_tags) {
+    let built_for_owner = |i: &&bollard::models::ImageSummary| {
+        i.labels
+            .get(LABEL_BUILD)
+            .and_then(|v| parse_label(v))
+            .is_some_and(|(vassal, instance, _)| vassal == owner.vassal && instance == owner.instance)
+    };
+    for tag in images.iter().filter(built_for_owner).flat_map(|i| &i.repo_tags) {
         let ours = tag
             .strip_prefix(&prefix)
             .is_some_and(|h| h.len() == TAG_HASH_LEN && h.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -277,6 +293,26 @@ mod tests {
             tag("emperor/app.ini", &"ab".repeat(32)),
             format!("emperor/app.ini:{}", "ab".repeat(8))
         );
+    }
+
+    #[test]
+    fn the_build_label_round_trips() {
+        let owner = Owner {
+            vassal: "app.ini".into(),
+            instance: "0123abcd".into(),
+            extra_labels: Vec::new(),
+        };
+        let label = owner.label("ff00");
+        assert_eq!(label, "vassal=app.ini instance=0123abcd context=ff00");
+        assert_eq!(parse_label(&label), Some(("app.ini", "0123abcd", "ff00")));
+        for bad in [
+            "",
+            "vassal=a",
+            "instance=x vassal=a context=c",
+            "vassal=a instance=b context=c d",
+        ] {
+            assert_eq!(parse_label(bad), None, "{bad}");
+        }
     }
 
     /// Docker's `[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*`.

@@ -7,6 +7,7 @@ mod control;
 mod deb;
 mod docker;
 mod docker_attrs;
+mod docker_build;
 mod faults;
 mod fleet;
 mod front;
