@@ -89,7 +89,7 @@ fn matches_or_parent(pattern: &str, path: &str) -> bool {
         return true;
     }
     path.match_indices('/')
-        .any(|(i, _)| glob(pattern.as_bytes(), path[..i].as_bytes()))
+        .any(|(i, _)| glob(pattern.as_bytes(), &path.as_bytes()[..i]))
 }
 
 /// Matches a whole `/`-separated path against a pattern (see the module doc).
