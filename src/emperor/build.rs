@@ -106,6 +106,18 @@ impl Builds {
         self.due = None;
     }
 
+    /// The vassal no longer builds (its file went from `docker-build` to `docker-image`, say): once it serves
+    /// from its new image, every tag built for `old` goes.
+    pub fn unbuilt(&mut self, old: &VassalConfig, opts: &EmperorOptions) {
+        if !wanted(old) {
+            return;
+        }
+        self.applied(old, opts);
+        if let Some(p) = self.prune.as_mut() {
+            p.keep.clear();
+        }
+    }
+
     /// After every wake-up: a prune wanted becomes due once the vassal serves (from the new tag only).
     pub fn sync(&mut self, serving: bool) {
         if serving && self.prune.is_some() && self.due.is_none() && self.pruning.is_none() {

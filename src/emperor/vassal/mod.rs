@@ -718,6 +718,9 @@ impl Actor {
             }
             Command::Update(Ok(cfg)) => {
                 self.builds.cancel();
+                if let Some(old) = self.config.clone() {
+                    self.builds.unbuilt(&old, &self.opts);
+                }
                 self.update(cfg)
             }
             Command::Update(Err(e)) => {
