@@ -2,13 +2,16 @@
 //! context unchanged builds nothing and runs the same image; a one-file change rebuilds on cached layers and the new
 //! container takes over under a request loop with no failed request, the old tag pruned once it serves; a broken
 //! Dockerfile is one error and the old container keeps serving; a symlink in the context pointing out of it is
-//! archived as a symlink, never followed (the file it points to is nowhere in the image).
+//! archived as a symlink, never followed (the file it points to is nowhere in the image). In tyrant mode a context
+//! outside the policy's `build-root` is refused, and a file in the context its owner could not read fails the build
+//! with one error naming it, until it is the owner's.
 //!
 //! The build context holds the static testapp and a `version.txt` on top of `emperor-test/busybox`; the vassal
 //! runs `testapp --name <version>`, so each answer says which build serves it. Every image the emperor builds here
 //! carries the test's `--docker-label`s, and an [`ImageSweep`] removes them even when the test fails.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -331,4 +334,79 @@ fn a_context_dir_is_built_reused_rebuilt_and_pruned_and_a_broken_build_changes_n
     drop(h);
     let left = images.images();
     assert!(left.is_empty(), "images the emperor left behind: {left:?}");
+}
+
+#[test]
+fn a_tenants_build_needs_a_build_root_and_reads_only_what_its_owner_could_read() {
+    let (uid, gid) = crate::util::ensure_user(super::tyrant::TENANT_A);
+    let sweep = DockerSweep::new();
+    let _images = ImageSweep(sweep.case_label().to_string());
+    let mut h = super::tyrant::tenant_harness("docker_build_tenant");
+    let name = unique_name("tbuild");
+    let file = format!("{name}.ini");
+    // The tenant's tree: /<root>/tenants/<user>/app, the tenant's own, with one root-only file in it.
+    let home = h.root.join("tenants").join(super::tyrant::TENANT_A);
+    let ctx = home.join("app");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::set_permissions(h.root.join("tenants"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY . /\n").unwrap();
+    fs::copy(testapp(), ctx.join("testapp")).unwrap();
+    for p in [
+        home.as_path(),
+        ctx.as_path(),
+        &ctx.join("Dockerfile"),
+        &ctx.join("testapp"),
+    ] {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+    }
+    let secret = ctx.join("root-only.txt");
+    fs::write(&secret, "root only\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let policy = h.root.join("policy.ini");
+    fs::write(
+        &policy,
+        format!("[policy]\nbuild-root = {}/tenants/%U\n", h.root.display()),
+    )
+    .unwrap();
+    let sock = h.root.join("run").join(format!("{name}.sock"));
+    let vassal = |dir: &Path| {
+        format!(
+            "[emperor]\ndocker-build = {}\nsocket = {}\nexec = /testapp --name {name}\n",
+            dir.display(),
+            sock.display()
+        )
+    };
+    crate::util::write_owned(&h.vassal(&file), &vassal(&ctx), uid, gid);
+    // A context outside the tenant's build root: refused by the policy before anything is read.
+    crate::util::write_owned(&h.vassal("outside.ini"), &vassal(&h.root.join("elsewhere")), uid, gid);
+    let mut args = sweep.emperor_args();
+    args.extend(["--emperor-tyrant", "--emperor-policy"].map(String::from));
+    args.push(policy.display().to_string());
+    h.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    h.wait_log("outside.ini:2: [emperor] docker-build", LONG);
+    h.check(
+        h.log_lines("outside.ini:2: [emperor] docker-build")[0].contains("refused by")
+            && h.log_lines("outside.ini:2: [emperor] docker-build")[0].contains("build-root ="),
+        "a context outside the build root is refused by the policy's rule",
+    );
+    let denied = format!("{}: the vassal's owner may not read it", secret.display());
+    h.wait_log(&denied, BUILD);
+    h.check(
+        h.log_lines(&denied).len() == 1 && sweep.containers().is_empty(),
+        "one error naming the file the owner may not read, and nothing started",
+    );
+
+    // Readable by its owner once it is the owner's: the next touch builds, and the container runs as the owner.
+    std::os::unix::fs::chown(&secret, Some(uid), Some(gid)).unwrap();
+    h.touch_vassal(&file);
+    let r = h.wait_http_unix(&sock, BUILD);
+    h.check(
+        r.contains(&format!("hello from {name}")),
+        format!("the tenant's build serves: {r:?}"),
+    );
+    h.check(
+        inspect(&file, "{{.Config.User}}").as_deref() == Some(format!("{uid}:{gid}").as_str()),
+        "the container runs as the file's owner",
+    );
 }

@@ -10,11 +10,11 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::util::{Harness, LONG, ensure_user, write_owned};
 
-const TENANT_A: &str = "emperor-tenant-a";
+pub(super) const TENANT_A: &str = "emperor-tenant-a";
 const TENANT_B: &str = "emperor-tenant-b";
 
 /// A harness whose test app can run as a tenant: its tree is searchable and its record directory writable.
-fn tenant_harness(name: &str) -> Harness {
+pub(super) fn tenant_harness(name: &str) -> Harness {
     let h = Harness::new(name);
     fs::set_permissions(&h.root, fs::Permissions::from_mode(0o755)).unwrap();
     for d in ["vassals", "elsewhere"] {
