@@ -465,7 +465,7 @@ pub struct EmperorArgs {
     #[arg(long)]
     pub emperor_docker: bool,
 
-    /// Refuse vassals without `docker-image`.
+    /// Refuse vassals without `docker-image` (or `docker-build`).
     #[arg(long)]
     pub emperor_docker_required: bool,
 

@@ -1019,7 +1019,9 @@ impl Emperor {
                     column: None,
                     key: None,
                     value: None,
-                    message: "refused: --emperor-docker-required is set and the file has no docker-image".into(),
+                    message:
+                        "refused: --emperor-docker-required is set and the file has no docker-image (or docker-build)"
+                            .into(),
                 }],
             });
         }
