@@ -57,6 +57,8 @@ struct Prune {
 #[derive(Debug, Default)]
 pub struct Builds {
     task: Option<JoinHandle<Outcome>>,
+    /// The vassal file of the build in flight, for the error of a build task that panicked.
+    file: std::path::PathBuf,
     prune: Option<Prune>,
     pruning: Option<JoinHandle<bool>>,
     /// When the next prune is due; `None` until the vassal serves from the new tag.
@@ -79,6 +81,7 @@ impl Builds {
     pub fn start(&mut self, name: &str, cfg: Arc<VassalConfig>, opts: &Arc<EmperorOptions>, log: Log) {
         self.cancel();
         let (name, opts) = (name.to_owned(), opts.clone());
+        self.file = cfg.path.clone();
         self.task = Some(tokio::task::spawn_local(
             async move { run(&name, cfg, &opts, &log).await },
         ));
@@ -142,12 +145,10 @@ impl Builds {
         match ended {
             Ended::Build(res) => {
                 self.task = None;
-                Woke::Built(res.unwrap_or_else(|e| {
-                    Err(Arc::new(ConfigError::file(
-                        std::path::Path::new("?"),
-                        format!("the build task failed: {e}"),
-                    )))
-                }))
+                let file = &self.file;
+                Woke::Built(
+                    res.unwrap_or_else(|e| Err(Arc::new(ConfigError::file(file, format!("the build failed: {e}"))))),
+                )
             }
             Ended::Prune(res) => {
                 self.pruning = None;
