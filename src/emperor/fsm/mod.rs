@@ -55,7 +55,7 @@
 //! | Starting, Running, Reloading | Exited, not loyal           | Throttled(attempt+1)       | DrainQueue if on demand |
 //! | Stopping                  | Exited                         | per `then`: Waiting+Spawn, Waiting, Done | |
 //! | Stopping                  | Rejected                       | as Exited                  | |
-//! | Starting, Running, Reloading | Rejected (bridge: bad config) | Invalid                  | |
+//! | Starting, Running, Reloading | Rejected (bridge: bad config) | Invalid; with a previous: Running(previous) | RestorePrevious (with a previous) |
 //! | Stopping                  | Timer (not yet killed)         | Stopping{killed}           | KillGroup |
 //! | Stopping                  | Reload, Start                  | Stopping{then: Restart}    | |
 //! | Throttled                 | Timer                          | Waiting                    | Spawn (on demand: wait, unless prewarm) |
@@ -724,6 +724,16 @@ impl Fsm {
             }
             (State::Paused(inst), Event::Exited(exit)) => self.died(inst, exit, now, acts),
             (State::Stopping { then, .. }, Event::Exited(exit)) => self.stopped(then, exit, acts),
+            // The new instance of an overlapping reload was rejected: the old one keeps serving (it used to be
+            // left running unmanaged while the vassal went invalid).
+            (State::Starting(_) | State::Running(_) | State::Reloading { .. }, Event::Rejected)
+                if self.previous.is_some() =>
+            {
+                if let Some(prev) = self.previous.take() {
+                    let why = "Docker rejected the new instance; waiting for the file to change".to_string();
+                    self.restore_previous(prev, why, acts);
+                }
+            }
             (State::Starting(_) | State::Running(_) | State::Reloading { .. }, Event::Rejected) => {
                 let error = "rejected by Docker; waiting for the file to change".to_string();
                 acts.push(Action::Log(log::Level::Error, error.clone()));

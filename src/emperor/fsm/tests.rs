@@ -324,6 +324,21 @@ fn overlapping_reload_keeps_the_old_instance_when_the_new_one_dies() {
 }
 
 #[test]
+fn a_rejected_replacement_restores_the_old_instance() {
+    let (mut f, t0) = overlapping(false);
+    f.on_event(Event::Spawned { pid: 2, speaks: false }, t0);
+    let acts = f.on_event(Event::Rejected, t0);
+    assert!(acts.contains(&Action::RestorePrevious), "{acts:?}");
+    assert_eq!(f.state, State::Running(f.state.instance().unwrap().clone()));
+    assert_eq!(f.state.instance().unwrap().pid, 1);
+    assert_eq!(f.previous, None);
+    // Without an overlap a rejection still makes the vassal invalid.
+    let (mut f, t0) = running(false);
+    f.on_event(Event::Rejected, t0);
+    assert_eq!(f.state.name(), "invalid");
+}
+
+#[test]
 fn an_old_instance_that_exited_during_the_overlap_is_not_restored() {
     let (mut f, t0) = overlapping(true);
     f.on_event(Event::Spawned { pid: 2, speaks: true }, t0);
