@@ -36,6 +36,20 @@ pub struct Tenant {
     pub groups: Vec<u32>,
 }
 
+/// For tests that act for a tenant: nobody (65534), with root's check first (they chown files to it, as the emperor
+/// in tyrant mode does), failing loudly rather than skipping without root.
+#[cfg(test)]
+pub fn nobody_for_tests() -> Tenant {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test needs root (it chowns files to another user), as the emperor in tyrant mode does");
+    }
+    Tenant {
+        uid: 65534,
+        gid: 65534,
+        groups: vec![65534],
+    }
+}
+
 impl Tenant {
     /// The tenant with uid and gid, and the supplementary groups of the user with that uid, if any.
     pub fn of(uid: u32, gid: u32) -> Tenant {
