@@ -121,6 +121,14 @@ pub struct Params {
     pub ready_delay: Duration,
 }
 
+impl Params {
+    /// The throttle delay after the n-th death in a row before loyalty: `min(n × throttle, max_throttle)`
+    /// (a vassal's, or one of its replicas').
+    pub fn throttle_delay(&self, attempts: u32) -> Duration {
+        self.throttle.saturating_mul(attempts.max(1)).min(self.max_throttle)
+    }
+}
+
 /// What the emperor knows about one running process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
@@ -419,10 +427,7 @@ impl Fsm {
 
     /// The throttle delay for the current attempt count.
     pub fn throttle_delay(&self) -> Duration {
-        self.params
-            .throttle
-            .saturating_mul(self.attempts.max(1))
-            .min(self.params.max_throttle)
+        self.params.throttle_delay(self.attempts)
     }
 
     fn stop(&mut self, inst: Instance, then: AfterStop, now: Instant, acts: &mut Vec<Action>) {

@@ -197,7 +197,7 @@ impl Replicas {
                     place.slot = Slot::Empty { retry_at: None };
                 } else {
                     place.attempts += 1;
-                    let delay = params.throttle.saturating_mul(place.attempts).min(params.max_throttle);
+                    let delay = params.throttle_delay(place.attempts);
                     warn!(
                         "[{tag}] exited {exit} before it was loyal; throttled: next start in {:.1}s (attempt {})",
                         delay.as_secs_f64(),
@@ -352,8 +352,7 @@ impl Replicas {
             Ok(p) => p,
             Err(e) => {
                 place.attempts += 1;
-                let p = start.params;
-                let delay = p.throttle.saturating_mul(place.attempts).min(p.max_throttle);
+                let delay = start.params.throttle_delay(place.attempts);
                 warn!(
                     "[{}#{k}] cannot start: {e}; next try in {:.1}s",
                     self.name,
