@@ -94,6 +94,16 @@ def raise_nofile():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def recv_all(s):
+    """Reads a connected socket to EOF."""
+    chunks = []
+    while True:
+        b = s.recv(65536)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
 def quote(*args):
     return " ".join(shlex.quote(str(a)) for a in args)
 

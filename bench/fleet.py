@@ -580,13 +580,7 @@ def http_get(port, host, timeout=10):
     """One HTTP/1.0 GET with a Host header through nginx: (status, body)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-        chunks = []
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            chunks.append(b)
-    data = b"".join(chunks)
+        data = common.recv_all(s)
     head, _, body = data.partition(b"\r\n\r\n")
     parts = head.split(b" ", 2)
     if len(parts) < 2 or not parts[1].isdigit():
@@ -1032,14 +1026,8 @@ def stats_latency(path, requests, timeout=60):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(path)
-            chunks = []
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    break
-                chunks.append(b)
+            body = common.recv_all(s)
         times.append(time.perf_counter_ns() - t0)
-        body = b"".join(chunks)
         size, count = len(body), len(json.loads(body)["vassals"])
     return times, size, count
 

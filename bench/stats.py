@@ -29,14 +29,9 @@ def fetch(path, request=b""):
     s.connect(path)
     if request:
         s.sendall(request)
-    chunks = []
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        chunks.append(b)
+    data = common.recv_all(s)
     s.close()
-    return time.perf_counter_ns() - t0, b"".join(chunks)
+    return time.perf_counter_ns() - t0, data
 
 
 def scrape(path):
